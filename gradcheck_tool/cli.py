@@ -1,0 +1,201 @@
+"""The `gradtool` command line: parse, load → prepare → engine → render, map exit codes.
+
+Exit codes: 0 every gradient passed, 1 a gradient (or --fail-on finding) failed, 2 the user's
+file, inputs or checkpoint could not be used, 3 an internal gradtool error, 130 Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import traceback
+from collections.abc import Iterator
+from typing import Any, Callable, List, Optional
+
+import typer
+
+from . import __version__
+from .errors import GradtoolError
+
+EXIT_OK, EXIT_FAIL, EXIT_USER, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+app = typer.Typer(
+    name="gradtool",
+    help="Is my gradient right, and why isn't my model learning?",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"gradtool {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Show the version and exit."
+    ),
+) -> None:
+    """gradtool: check gradients against finite differences, and diagnose gradient flow."""
+
+
+TARGET_HELP = "path/to/file.py or path/to/file.py:NAME (a model, autograd.Function or function)"
+TargetArg = typer.Argument(..., help=TARGET_HELP, metavar="TARGET")
+InputShapeOpt = typer.Option(
+    None,
+    "--input-shape",
+    help="Shape of one positional input, e.g. "
+    "8,16 (repeat for more inputs); used when the file has no "
+    "example_inputs().",
+)
+InputDtypeOpt = typer.Option("float32", "--input-dtype", help="dtype of --input-shape tensors.")
+WeightsOpt = typer.Option(
+    None,
+    "--weights",
+    help="A state_dict checkpoint to load "
+    "(torch.load with weights_only=True; nothing is unpickled).",
+)
+JsonOpt = typer.Option(None, "--json", help="Write a JSON report to PATH ('-' for stdout).")
+DebugOpt = typer.Option(False, "--debug", help="Show Python tracebacks for errors.")
+SeedOpt = typer.Option(0, "--seed", help="Seed for sampling, projections and random layers.")
+
+
+def _error_console() -> Any:
+    from .render import make_console
+
+    return make_console(stderr=True)
+
+
+@contextlib.contextmanager
+def user_errors(debug: bool) -> Iterator[None]:
+    """GradtoolError -> one-screen message and exit 2; anything else -> exit 3."""
+    try:
+        yield
+    except typer.Exit:
+        raise
+    except GradtoolError as exc:
+        if debug:
+            traceback.print_exc()
+        console = _error_console()
+        console.print(f"[bold red]error:[/bold red] {_escape(exc.message)}")
+        if exc.hint:
+            console.print(_escape(exc.hint))
+        raise typer.Exit(EXIT_USER) from None
+    except Exception as exc:
+        if debug:
+            traceback.print_exc()
+        console = _error_console()
+        console.print(
+            f"[bold red]internal error in gradtool:[/bold red] "
+            f"{_escape(f'{type(exc).__name__}: {exc}')}"
+        )
+        console.print("Run again with --debug for the traceback, and please report it.")
+        raise typer.Exit(EXIT_INTERNAL) from None
+
+
+def _escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
+
+
+@contextlib.contextmanager
+def progress_bar(enabled: bool) -> Iterator[Callable[[str, int, int], None] | None]:
+    """A rich progress bar on stderr, shown only on a terminal."""
+    if not enabled or not sys.stderr.isatty():
+        yield None
+        return
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        console=_error_console(),
+        transient=True,
+    ) as progress:
+        task = progress.add_task("checking", total=None)
+
+        def update(name: str, done: int, total: int) -> None:
+            progress.update(
+                task,
+                completed=done,
+                total=total,
+                description=f"checking {name}" if name else "done",
+            )
+
+        yield update
+
+
+@app.command()
+def check(
+    target: str = TargetArg,
+    input_shape: Optional[List[str]] = InputShapeOpt,
+    input_dtype: str = InputDtypeOpt,
+    weights: Optional[str] = WeightsOpt,
+    json_path: Optional[str] = JsonOpt,
+    tolerance: float = typer.Option(
+        1e-5, "--tolerance", help="A tensor passes when its relative error is at most this."
+    ),
+    eps: float = typer.Option(1e-6, "--eps", help="Finite-difference step h."),
+    full: bool = typer.Option(False, "--full", help="Check every coordinate of every tensor."),
+    samples: int = typer.Option(16, "--samples", help="Coordinates sampled per large tensor."),
+    serial: bool = typer.Option(
+        False, "--serial", help="Evaluate one perturbation at a time (no vmap batching)."
+    ),
+    seed: int = SeedOpt,
+    debug: bool = DebugOpt,
+) -> None:
+    """Check every gradient of TARGET against float64 central differences."""
+    from .api import check as run
+    from .finite_diff import Interrupted
+    from .loading import load_target
+    from .prepare import resolve_inputs
+    from .render import make_console, render_check, write_json
+
+    json_to_stdout = json_path == "-"
+    console = make_console(stderr=json_to_stdout)
+    with user_errors(debug):
+        loaded = load_target(target, weights=weights)
+        args, kwargs = resolve_inputs(loaded, input_shape, input_dtype, seed)
+        interrupted = False
+        with progress_bar(not json_to_stdout) as progress:
+            try:
+                report = run(
+                    loaded.obj,
+                    args,
+                    kwargs=kwargs,
+                    loss_fn=loaded.loss_fn,
+                    tolerance=tolerance,
+                    eps=eps,
+                    full=full,
+                    seed=seed,
+                    samples=samples,
+                    batched=not serial,
+                    name=loaded.spec,
+                    found_by=loaded.found_by,
+                    progress=progress,
+                )
+            except Interrupted as stop:
+                report, interrupted = stop.report, True
+        if json_path:
+            write_json(report.to_dict(), json_path)
+        if not json_to_stdout:
+            render_check(report, console)
+        if interrupted:
+            raise typer.Exit(EXIT_INTERRUPTED)
+        raise typer.Exit(EXIT_OK if report.passed else EXIT_FAIL)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app(prog_name="gradtool")
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        sys.exit(EXIT_INTERRUPTED)

@@ -1,0 +1,384 @@
+"""Import the user's file without side effects and find what to check in it.
+
+`file.py[:NAME]` resolves, without NAME, in this order: a function `build_model()`, a
+module-level `model` instance, then the only nn.Module or autograd.Function subclass
+defined in the file. `sys.path` and `sys.modules` are restored after the import.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import itertools
+import os
+import re
+import sys
+import sysconfig
+import traceback
+import types
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from .errors import CheckpointError, InputError, LoadError, UserCodeError
+
+_counter = itertools.count()
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+@dataclass(frozen=True)
+class LoadedTarget:
+    """What was found in the user's file, and how."""
+
+    spec: str
+    path: Path
+    name: str
+    obj: Any
+    kind: str  # "module" | "function" | "callable"
+    found_by: str
+    example_inputs: Any = None
+    loss_fn: Callable[..., Any] | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.path.name}:{self.name}"
+
+
+def split_spec(spec: str) -> tuple[Path, str | None]:
+    """`dir/file.py:NAME` -> (Path, NAME); NAME is None when absent."""
+    head, sep, tail = spec.rpartition(":")
+    if sep and _IDENTIFIER.match(tail) and head:
+        return Path(head), tail
+    return Path(spec), None
+
+
+def user_frame(tb: types.TracebackType | None, folder: Path) -> str | None:
+    """`file.py:LINE` of the innermost traceback frame inside the user's folder."""
+    found = None
+    folder_str = str(folder.resolve())
+    for frame in traceback.extract_tb(tb):
+        try:
+            frame_path = str(Path(frame.filename).resolve())
+        except OSError:
+            continue
+        if frame_path.startswith(folder_str + os.sep) or frame_path == folder_str:
+            found = f"{os.path.relpath(frame.filename)}:{frame.lineno}"
+    return found
+
+
+def describe_exception(exc: BaseException, folder: Path | None) -> str:
+    """'ValueError: text (at file.py:12)' — the user's own words, with where it happened."""
+    text = f"{type(exc).__name__}: {exc}"
+    where = user_frame(exc.__traceback__, folder) if folder is not None else None
+    return f"{text} (at {where})" if where else text
+
+
+def _installed_module(module: types.ModuleType) -> bool:
+    """Modules from site-packages or the standard library stay imported: removing a C
+    extension from sys.modules and importing it again can break it."""
+    origin = getattr(module, "__file__", None)
+    if not origin:
+        return False
+    roots = {sysconfig.get_paths()[k] for k in ("purelib", "platlib", "stdlib", "platstdlib")}
+    origin = os.path.realpath(origin)
+    return any(origin.startswith(os.path.realpath(r) + os.sep) for r in roots)
+
+
+def import_user_file(path: Path) -> types.ModuleType:
+    """Execute the user's file as a fresh module, its folder importable while it runs."""
+    if not path.exists():
+        raise LoadError(f"file not found: {path}")
+    if path.is_dir() or path.suffix != ".py":
+        raise LoadError(f"not a Python file: {path}", hint="TARGET is path/to/file.py[:NAME]")
+    folder = path.resolve().parent
+    stem = re.sub(r"\W", "_", path.stem)
+    module_name = f"_gradtool_user_{stem}_{next(_counter)}"
+    saved_path = list(sys.path)
+    saved_modules = dict(sys.modules)
+    sys.path.insert(0, str(folder))
+    try:
+        spec = importlib.util.spec_from_file_location(module_name, path)
+        if spec is None or spec.loader is None:
+            raise LoadError(f"cannot import {path}")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module
+        try:
+            spec.loader.exec_module(module)
+        except SyntaxError as exc:
+            where = f"{os.path.relpath(exc.filename or str(path))}:{exc.lineno}"
+            raise LoadError(f"syntax error in {where}: {exc.msg}") from None
+        except ImportError as exc:
+            raise LoadError(
+                f"import error while loading {path}: {describe_exception(exc, folder)}"
+            ) from None
+        except Exception as exc:  # the user's module-level code raised
+            raise LoadError(
+                f"error while loading {path}: {describe_exception(exc, folder)}"
+            ) from None
+        return module
+    finally:
+        sys.path[:] = saved_path
+        for name in list(sys.modules):
+            if name not in saved_modules and not _installed_module(sys.modules[name]):
+                del sys.modules[name]
+        for name, mod in saved_modules.items():
+            if sys.modules.get(name) is not mod:
+                sys.modules[name] = mod
+
+
+def _defined_here(obj: Any, module: types.ModuleType) -> bool:
+    return getattr(obj, "__module__", None) == module.__name__
+
+
+def _is_module_class(obj: Any) -> bool:
+    return inspect.isclass(obj) and issubclass(obj, nn.Module)
+
+
+def _is_function_class(obj: Any) -> bool:
+    return (
+        inspect.isclass(obj)
+        and issubclass(obj, torch.autograd.Function)
+        and obj is not torch.autograd.Function
+    )
+
+
+def _required_params(fn: Callable[..., Any]) -> list[str]:
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return []
+    return [
+        p.name
+        for p in sig.parameters.values()
+        if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
+
+
+def call_user(
+    fn: Callable[..., Any], *args: Any, what: str, folder: Path | None = None, **kwargs: Any
+) -> Any:
+    """Run user code; any exception becomes a UserCodeError repeating its text."""
+    try:
+        return fn(*args, **kwargs)
+    except Exception as exc:
+        raise UserCodeError(f"{what} raised {describe_exception(exc, folder)}") from exc
+
+
+def _classify(obj: Any, name: str, path: Path, how: str) -> tuple[Any, str, str]:
+    """Turn whatever NAME denotes into (object, kind, found_by)."""
+    folder = path.resolve().parent
+    if isinstance(obj, nn.Module):
+        return obj, "module", how
+    if _is_function_class(obj):
+        return obj, "function", how
+    if _is_module_class(obj):
+        if _required_params(obj.__init__)[1:]:
+            raise LoadError(
+                f"{path.name}:{name} is an nn.Module class whose constructor needs arguments "
+                f"({', '.join(_required_params(obj.__init__)[1:])})",
+                hint="Define `build_model()` returning an instance, or a module-level `model`.",
+            )
+        return (
+            call_user(obj, what=f"{name}()", folder=folder),
+            "module",
+            f"{how}, constructed {name}()",
+        )
+    if callable(obj):
+        if not _required_params(obj):
+            made = call_user(obj, what=f"{name}()", folder=folder)
+            if isinstance(made, nn.Module):
+                return made, "module", f"{how}, called {name}()"
+            raise LoadError(
+                f"{path.name}:{name}() takes no arguments but returned "
+                f"{type(made).__name__}, not an nn.Module",
+                hint="A zero-argument NAME must return an nn.Module; a function of tensors "
+                "must take the tensors as arguments.",
+            )
+        return obj, "callable", how
+    raise LoadError(
+        f"{path.name}:{name} is a {type(obj).__name__}, not a model, autograd.Function or function",
+    )
+
+
+def find_target(
+    module: types.ModuleType, path: Path, name: str | None
+) -> tuple[Any, str, str, str]:
+    """Resolve NAME (or discover the target) -> (object, kind, found_by, name)."""
+    if name is not None:
+        if not hasattr(module, name):
+            names = [n for n in vars(module) if not n.startswith("_")]
+            candidates = _candidates(module)
+            hint = (
+                f"Targets in this file: {', '.join(candidates)}"
+                if candidates
+                else f"Names in this file: {', '.join(names[:20])}"
+            )
+            raise LoadError(f"{path.name} has no name {name!r}", hint=hint)
+        obj, kind, how = _classify(getattr(module, name), name, path, f"name {name!r} given")
+        return obj, kind, how, name
+    build = getattr(module, "build_model", None)
+    if callable(build):
+        obj, kind, how = _classify(build, "build_model", path, "build_model() in file")
+        if kind != "module":
+            raise LoadError(
+                f"{path.name}: build_model must take no arguments and return an nn.Module"
+            )
+        return obj, kind, "build_model() in file", "build_model"
+    model = getattr(module, "model", None)
+    if isinstance(model, nn.Module):
+        return model, "module", "module-level `model` instance", "model"
+    candidates = _candidates(module)
+    if len(candidates) == 1:
+        cname = candidates[0]
+        obj = getattr(module, cname)
+        what = "autograd.Function" if _is_function_class(obj) else "nn.Module"
+        obj, kind, how = _classify(
+            obj, cname, path, f"the only {what} subclass defined in the file"
+        )
+        return obj, kind, how, cname
+    if not candidates:
+        raise LoadError(
+            f"{path.name} has no target: no build_model(), no module-level `model`, and no "
+            "nn.Module or autograd.Function subclass defined in it",
+            hint=f"Name one: gradtool check {path}:NAME",
+        )
+    raise LoadError(
+        f"{path.name} has several candidate targets: {', '.join(candidates)}",
+        hint="Pick one: " + ", ".join(f"{path}:{c}" for c in candidates),
+    )
+
+
+def _candidates(module: types.ModuleType) -> list[str]:
+    return [
+        n
+        for n, obj in vars(module).items()
+        if (_is_module_class(obj) or _is_function_class(obj)) and _defined_here(obj, module)
+    ]
+
+
+def load_target(spec: str, *, weights: str | None = None) -> LoadedTarget:
+    """Import `path.py[:NAME]`, find the target, its example inputs, loss and weights."""
+    path, name = split_spec(spec)
+    module = import_user_file(path)
+    folder = path.resolve().parent
+    obj, kind, found_by, resolved = find_target(module, path, name)
+
+    raw_inputs = getattr(module, "example_inputs", None)
+    if callable(raw_inputs):
+        raw_inputs = call_user(raw_inputs, what="example_inputs()", folder=folder)
+    loss_fn = getattr(module, "loss_fn", None)
+    if loss_fn is not None and not callable(loss_fn):
+        raise LoadError(f"{path.name}: loss_fn is a {type(loss_fn).__name__}, not a function")
+
+    if weights is not None:
+        if kind != "module":
+            raise CheckpointError(f"--weights needs an nn.Module target; {resolved} is a {kind}")
+        load_weights(obj, weights)
+    return LoadedTarget(spec, path, resolved, obj, kind, found_by, raw_inputs, loss_fn)
+
+
+def _state_dict_in(loaded: Any) -> Mapping[str, Any] | None:
+    if isinstance(loaded, Mapping):
+        for key in ("state_dict", "model"):
+            inner = loaded.get(key)
+            if isinstance(inner, Mapping):
+                return inner
+        if all(isinstance(k, str) for k in loaded) and all(
+            isinstance(v, torch.Tensor) for v in loaded.values()
+        ):
+            return loaded
+    return None
+
+
+def load_weights(model: nn.Module, weights: str) -> None:
+    """Load a state_dict safely into a model gradtool built from the user's file."""
+    path = Path(weights)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # weights_only refuses any pickle that would run code
+        text = str(exc).strip().splitlines()
+        first = text[0] if text else type(exc).__name__
+        unsafe = "weights_only" in str(exc) or "Unsupported global" in str(exc)
+        raise CheckpointError(
+            f"{path} is not a safe PyTorch checkpoint"
+            + (": it holds objects other than tensors, and was not unpickled" if unsafe else "")
+            + f" ({first[:200]})",
+            hint="Save weights with torch.save(model.state_dict(), path).",
+        ) from None
+    state = _state_dict_in(loaded)
+    if state is None:
+        raise CheckpointError(
+            f"{path} holds a {type(loaded).__name__}, not a state_dict "
+            "(nor a dict with one under 'state_dict' or 'model')"
+        )
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    misshaped = [
+        f"{k} (checkpoint {tuple(state[k].shape)}, model {tuple(expected[k].shape)})"
+        for k in expected
+        if k in state
+        and isinstance(state[k], torch.Tensor)
+        and tuple(state[k].shape) != tuple(expected[k].shape)
+    ]
+    problems = []
+    if missing:
+        problems.append("missing keys: " + ", ".join(missing))
+    if unexpected:
+        problems.append("unexpected keys: " + ", ".join(unexpected))
+    if misshaped:
+        problems.append("mis-shaped: " + ", ".join(misshaped))
+    if problems:
+        raise CheckpointError(f"{path} does not match the model: " + "; ".join(problems))
+    with torch.no_grad():
+        model.load_state_dict(state, strict=True)
+
+
+_DTYPES = {
+    "float32": torch.float32,
+    "float": torch.float32,
+    "float64": torch.float64,
+    "double": torch.float64,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "int64": torch.int64,
+    "long": torch.int64,
+    "int32": torch.int32,
+    "bool": torch.bool,
+}
+
+
+def parse_dtype(name: str) -> torch.dtype:
+    try:
+        return _DTYPES[name.lower().removeprefix("torch.")]
+    except KeyError:
+        raise InputError(f"unknown dtype {name!r}; use one of {', '.join(_DTYPES)}") from None
+
+
+def inputs_from_shapes(shapes: list[str], dtype: str = "float32", seed: int = 0) -> tuple:
+    """`--input-shape 8,16` (one per positional input) -> seeded random tensors."""
+    torch_dtype = parse_dtype(dtype)
+    gen = torch.Generator().manual_seed(seed)
+    tensors = []
+    for text in shapes:
+        try:
+            shape = tuple(int(s) for s in text.replace("x", ",").split(",") if s.strip())
+        except ValueError:
+            raise InputError(
+                f"bad --input-shape {text!r}: expected comma-separated sizes like 8,16"
+            ) from None
+        if not shape or any(s <= 0 for s in shape):
+            raise InputError(f"bad --input-shape {text!r}: sizes must be positive integers")
+        if torch_dtype.is_floating_point:
+            tensors.append(torch.randn(shape, generator=gen).to(torch_dtype))
+        elif torch_dtype == torch.bool:
+            tensors.append(torch.randint(0, 2, shape, generator=gen).bool())
+        else:
+            tensors.append(torch.randint(0, 10, shape, generator=gen).to(torch_dtype))
+    return tuple(tensors)

@@ -1,0 +1,454 @@
+"""Turn a loaded target into something the engines can evaluate deterministically.
+
+Inputs become (args, kwargs); the loss becomes a vector of named scalar terms (the user's
+`loss_fn` or a seeded random projection of every floating output); RNG state is captured
+so that every evaluation starts from the same point.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import inspect
+import random
+from collections.abc import Iterator, Mapping, Sequence
+from copy import deepcopy
+from typing import Any, Callable
+
+import torch
+
+from .errors import InputError, UserCodeError
+from .loading import LoadedTarget, call_user, inputs_from_shapes  # noqa: F401  (call_user re-exported)
+
+try:  # numpy is a dependency, but a missing one must not break torch-only use
+    import numpy as np
+except ImportError:  # pragma: no cover
+    np = None  # type: ignore[assignment]
+
+
+def normalize_inputs(raw: Any) -> tuple[tuple, dict]:
+    """tensor -> positional; tuple/list -> positional args; dict -> keyword args."""
+    if isinstance(raw, torch.Tensor):
+        return (raw,), {}
+    if isinstance(raw, Mapping):
+        return (), dict(raw)
+    if isinstance(raw, (tuple, list)):
+        return tuple(raw), {}
+    raise InputError(
+        f"example_inputs must be a tensor, a tuple/list (positional arguments) or a dict "
+        f"(keyword arguments); got {type(raw).__name__}"
+    )
+
+
+def resolve_inputs(
+    loaded: LoadedTarget, shapes: Sequence[str] | None, dtype: str = "float32", seed: int = 0
+) -> tuple[tuple, dict]:
+    """Inputs from `example_inputs` in the file, else from --input-shape, else an error."""
+    if loaded.example_inputs is not None:
+        return normalize_inputs(loaded.example_inputs)
+    if shapes:
+        return inputs_from_shapes(list(shapes), dtype, seed), {}
+    raise InputError(
+        f"no inputs for {loaded.label}",
+        hint=(
+            "Either define example_inputs() in the file, e.g.\n"
+            "    def example_inputs():\n"
+            "        return torch.randn(8, 16)\n"
+            f"or pass shapes: gradtool check {loaded.spec} --input-shape 8,16"
+        ),
+    )
+
+
+# --- output structures -------------------------------------------------------------------
+
+
+def floating_leaves(output: Any, path: str = "output") -> Iterator[tuple[str, torch.Tensor]]:
+    """Every floating tensor in a tensor/tuple/list/dict/dataclass/ModelOutput, with its path.
+
+    Non-tensor and integer leaves are skipped; the order is deterministic.
+    """
+    if isinstance(output, torch.Tensor):
+        if output.is_floating_point() or output.is_complex():
+            yield path, output
+    elif isinstance(output, Mapping):  # dicts and HuggingFace ModelOutput (an OrderedDict)
+        for key, value in output.items():
+            yield from floating_leaves(value, f"{path}[{key!r}]")
+    elif isinstance(output, (tuple, list)):
+        for i, value in enumerate(output):
+            yield from floating_leaves(value, f"{path}[{i}]")
+    elif dataclasses.is_dataclass(output) and not isinstance(output, type):
+        for f in dataclasses.fields(output):
+            yield from floating_leaves(getattr(output, f.name), f"{path}.{f.name}")
+    elif hasattr(output, "to_tuple") and callable(output.to_tuple):
+        yield from floating_leaves(output.to_tuple(), path)
+
+
+class ProjectionLoss:
+    """loss = Σ_k <R_k, out_k> with fixed seeded Gaussian R_k, one per floating output.
+
+    Not `.sum()`: a sum hides a backward that ignores the upstream gradient (the upstream
+    gradient is all ones) and gives zero gradient through softmax.
+    """
+
+    def __init__(self, reference_output: Any, seed: int, dtype: torch.dtype) -> None:
+        leaves = list(floating_leaves(reference_output))
+        if not leaves:
+            raise UserCodeError(
+                f"the output has no floating-point tensor to differentiate "
+                f"(got {_describe(reference_output)})",
+                hint="Return a tensor (or a tuple/dict of tensors), or define "
+                "loss_fn(output, *inputs) returning a scalar tensor.",
+            )
+        gen = torch.Generator().manual_seed(seed + 7919)
+        self.paths = [p for p, _ in leaves]
+        self.projections = [
+            torch.randn(t.shape, generator=gen, dtype=torch.float64).to(
+                device=t.device, dtype=dtype if t.is_floating_point() else t.dtype
+            )
+            for _, t in leaves
+        ]
+        self.names = ("loss",)
+
+    def __call__(self, output: Any, args: tuple, kwargs: dict) -> torch.Tensor:
+        leaves = [t for _, t in floating_leaves(output)]
+        if len(leaves) != len(self.projections):
+            raise UserCodeError(
+                "the output structure changed between evaluations "
+                f"({len(self.projections)} floating tensors, then {len(leaves)})"
+            )
+        total = None
+        for t, r in zip(leaves, self.projections):
+            term = (t.real if t.is_complex() else t).mul(r.real if r.is_complex() else r).sum()
+            total = term if total is None else total + term
+        return total.reshape(1)
+
+    def magnitude(self, output: Any) -> float:
+        """Σ|R·out|: the size of the numbers summed, which sets the rounding noise of f."""
+        leaves = [t for _, t in floating_leaves(output)]
+        return float(
+            sum(
+                float(
+                    (t.real if t.is_complex() else t)
+                    .detach()
+                    .mul(r.real if r.is_complex() else r)
+                    .abs()
+                    .sum()
+                )
+                for t, r in zip(leaves, self.projections)
+            )
+        )
+
+
+TOTAL = "total"
+
+
+class UserLoss:
+    """The user's loss_fn(output, *inputs), as a vector of its named scalar terms."""
+
+    def __init__(self, loss_fn: Callable[..., Any], reference: Any) -> None:
+        self.loss_fn = loss_fn
+        self.term_keys = tuple(_terms_of(reference).keys())
+        # With several terms the sum comes first, named TOTAL; each term is checked on its
+        # own too (the tutorial: check with and without regularization separately).
+        self.names = (TOTAL, *self.term_keys) if len(self.term_keys) > 1 else self.term_keys
+
+    def __call__(self, output: Any, args: tuple, kwargs: dict) -> torch.Tensor:
+        terms = _terms_of(self.loss_fn(output, *args, **kwargs))
+        if tuple(terms) != self.term_keys:
+            raise UserCodeError("loss_fn returned different terms between evaluations")
+        stacked = torch.stack([t.reshape(()) for t in terms.values()])
+        if len(self.term_keys) > 1:
+            stacked = torch.cat([stacked.sum().reshape(1), stacked])
+        return stacked
+
+
+def _terms_of(value: Any) -> dict[str, torch.Tensor]:
+    """A scalar tensor -> {"loss": t}; a dict of named scalar tensors is kept as is."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and value.is_floating_point():
+        return {"loss": value}
+    if isinstance(value, Mapping) and value:
+        bad = [
+            k
+            for k, v in value.items()
+            if not (isinstance(v, torch.Tensor) and v.numel() == 1 and v.is_floating_point())
+        ]
+        if not bad:
+            return {str(k): v for k, v in value.items()}
+        raise UserCodeError(
+            f"loss_fn returned a dict whose terms {bad} are not scalar floating tensors"
+        )
+    raise UserCodeError(
+        f"loss_fn must return a scalar tensor or a dict of named scalar tensors; "
+        f"got {_describe(value)}"
+    )
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"a {value.dtype} tensor of shape {tuple(value.shape)}"
+    return f"a {type(value).__name__}"
+
+
+# --- state: RNG, default dtype, grad mode ------------------------------------------------
+
+
+@dataclasses.dataclass
+class RngState:
+    """torch (CPU and every CUDA device), Python `random` and numpy generator states."""
+
+    torch_cpu: torch.Tensor
+    torch_cuda: list[torch.Tensor] | None
+    python: Any
+    numpy: Any
+
+    @classmethod
+    def capture(cls) -> RngState:
+        cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+        return cls(
+            torch.get_rng_state(),
+            cuda,
+            random.getstate(),
+            np.random.get_state() if np is not None else None,
+        )
+
+    @classmethod
+    def seeded(cls, seed: int) -> RngState:
+        """The state every evaluation starts from, made without disturbing the current one."""
+        with preserved_state():
+            torch.manual_seed(seed)
+            random.seed(seed)
+            if np is not None:
+                np.random.seed(seed % 2**32)
+            return cls.capture()
+
+    def restore(self) -> None:
+        torch.set_rng_state(self.torch_cpu)
+        if self.torch_cuda is not None:
+            torch.cuda.set_rng_state_all(self.torch_cuda)
+        random.setstate(self.python)
+        if np is not None and self.numpy is not None:
+            np.random.set_state(self.numpy)
+
+
+@contextlib.contextmanager
+def preserved_state() -> Iterator[None]:
+    """Restore RNG state, default dtype and grad mode however the block ends."""
+    rng = RngState.capture()
+    dtype = torch.get_default_dtype()
+    grad = torch.is_grad_enabled()
+    try:
+        yield
+    finally:
+        rng.restore()
+        torch.set_default_dtype(dtype)
+        torch.set_grad_enabled(grad)
+
+
+# --- the problem the engine differentiates -----------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Checkable:
+    """One tensor whose gradient is checked: where it lives and its value in check dtype."""
+
+    name: str
+    kind: str  # "parameter" | "input"
+    slot: tuple[str, Any]  # ("param", dotted name) | ("arg", index) | ("kwarg", key)
+    value: torch.Tensor
+
+
+def _argument_names(
+    fn: Callable[..., Any], args: tuple, kwargs: dict, skip_first: bool
+) -> tuple[list[str], dict[str, str]]:
+    """Names of positional args and keyword args as the forward signature calls them."""
+    positional = [f"arg{i}" for i in range(len(args))]
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return positional, {k: k for k in kwargs}
+    if skip_first and params:
+        params = params[1:]
+    for i in range(len(args)):
+        if i < len(params) and params[i].kind in (
+            params[i].POSITIONAL_ONLY,
+            params[i].POSITIONAL_OR_KEYWORD,
+        ):
+            positional[i] = params[i].name
+        else:
+            star = next((p.name for p in params if p.kind == p.VAR_POSITIONAL), "args")
+            first_star = next((j for j, p in enumerate(params) if p.kind == p.VAR_POSITIONAL), i)
+            positional[i] = f"{star}[{i - first_star}]"
+    return positional, {k: k for k in kwargs}
+
+
+def _function_forward_takes_ctx(fn_cls: type) -> bool:
+    """Old-style forward(ctx, ...) vs new-style forward(...) with setup_context."""
+    setup = getattr(fn_cls, "setup_context", None)
+    base = getattr(torch.autograd.Function, "setup_context", None)
+    return setup is None or getattr(setup, "__func__", setup) is getattr(base, "__func__", base)
+
+
+class Problem:
+    """A deterministic loss as a function of named tensors, ready for autograd and vmap.
+
+    Holds a private copy of the target in the check dtype; `terms(values)` evaluates the
+    loss terms (a 1-D tensor) from a fixed RNG state, with `values` substituted for the
+    checkable tensors.
+    """
+
+    def __init__(
+        self,
+        target: Any,
+        args: tuple,
+        kwargs: dict,
+        *,
+        loss_fn: Callable | None,
+        dtype: torch.dtype,
+        seed: int,
+        device: torch.device | None = None,
+    ) -> None:
+        self.dtype = dtype
+        self.seed = seed
+        self.rng = RngState.seeded(seed)
+        self.kind = _kind_of(target)
+        self.target = target
+        self.user_loss = loss_fn
+        self.args = tuple(_to_check_dtype(a, dtype, device) for a in args)
+        self.kwargs = {k: _to_check_dtype(v, dtype, device) for k, v in kwargs.items()}
+        self.checkables: list[Checkable] = []
+        if self.kind == "module":
+            self.module = _private_copy(target, dtype, device)
+            for name, p in self.module.named_parameters():
+                if p.requires_grad:
+                    self.checkables.append(
+                        Checkable(name, "parameter", ("param", name), p.detach())
+                    )
+            self.buffers = dict(self.module.named_buffers())
+            fn_for_names, skip = self.module.forward, False
+        elif self.kind == "function":
+            if self.kwargs:  # Function.apply is positional: bind keywords to their places
+                self.args, self.kwargs = _bind_positional(
+                    target.forward, self.args, self.kwargs, _function_forward_takes_ctx(target)
+                )
+            fn_for_names, skip = target.forward, _function_forward_takes_ctx(target)
+        else:
+            fn_for_names, skip = target, False
+        positional, keywords = _argument_names(fn_for_names, self.args, self.kwargs, skip)
+        prefix = "input:" if self.kind == "module" else ""
+        for i, a in enumerate(self.args):
+            if isinstance(a, torch.Tensor) and a.is_floating_point():
+                self.checkables.append(Checkable(prefix + positional[i], "input", ("arg", i), a))
+        for k, v in self.kwargs.items():
+            if isinstance(v, torch.Tensor) and v.is_floating_point():
+                self.checkables.append(Checkable(prefix + keywords[k], "input", ("kwarg", k), v))
+        self.loss: ProjectionLoss | UserLoss | None = None
+        self.magnitude: float | None = None  # size of the loss's summands, set on first call
+
+    @property
+    def values(self) -> dict[str, torch.Tensor]:
+        return {c.name: c.value for c in self.checkables}
+
+    def forward(self, values: dict[str, torch.Tensor]) -> tuple[Any, tuple, dict]:
+        """Run the target with `values` substituted; returns (output, args, kwargs) used."""
+        args = list(self.args)
+        kwargs = dict(self.kwargs)
+        params: dict[str, torch.Tensor] = {}
+        for c in self.checkables:
+            v = values[c.name]
+            if c.slot[0] == "param":
+                params[c.slot[1]] = v
+            elif c.slot[0] == "arg":
+                args[c.slot[1]] = v
+            else:
+                kwargs[c.slot[1]] = v
+        self.rng.restore()
+        if self.kind == "module":
+            # fresh buffer copies each time: a stateful buffer must not drift between calls
+            for name, b in self.buffers.items():
+                params[name] = b.clone()
+            out = torch.func.functional_call(self.module, params, tuple(args), kwargs)
+        elif self.kind == "function":
+            out = self.target.apply(*args)
+        else:
+            out = self.target(*args, **kwargs)
+        return out, tuple(args), kwargs
+
+    def terms(self, values: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The loss terms (1-D) at `values`; the first call fixes the projection/terms."""
+        out, args, kwargs = self.forward(values)
+        if self.loss is None:
+            if self.user_loss is not None:
+                self.loss = UserLoss(self.user_loss, self.user_loss(out, *args, **kwargs))
+            else:
+                self.loss = ProjectionLoss(out, self.seed, self.dtype)
+            self.reference_output = out
+        terms = self.loss(out, args, kwargs)
+        if self.magnitude is None:
+            summed = self.loss.magnitude(out) if isinstance(self.loss, ProjectionLoss) else 0.0
+            self.magnitude = max(summed, float(terms.detach().abs().max()))
+        return terms
+
+    @property
+    def term_names(self) -> tuple[str, ...]:
+        return self.loss.names if self.loss is not None else ("loss",)
+
+
+def _kind_of(target: Any) -> str:
+    if isinstance(target, torch.nn.Module):
+        return "module"
+    if inspect.isclass(target) and issubclass(target, torch.autograd.Function):
+        return "function"
+    if callable(target):
+        return "callable"
+    raise InputError(
+        f"cannot check a {type(target).__name__}: pass an nn.Module, an autograd.Function "
+        "subclass or a function of tensors"
+    )
+
+
+def _to_check_dtype(value: Any, dtype: torch.dtype, device: torch.device | None) -> Any:
+    """Floating tensors become detached copies in the check dtype; others pass unchanged."""
+    if isinstance(value, torch.Tensor):
+        out = value.detach()
+        if device is not None:
+            out = out.to(device)
+        if out.is_floating_point():
+            out = out.to(dtype)
+        return out.clone()
+    return value
+
+
+def _private_copy(
+    module: torch.nn.Module, dtype: torch.dtype, device: torch.device | None
+) -> torch.nn.Module:
+    try:
+        copy = deepcopy(module)
+    except Exception as exc:
+        raise UserCodeError(f"could not copy the model ({type(exc).__name__}: {exc})") from None
+    if device is not None:
+        copy = copy.to(device)
+    copy = copy.to(dtype)
+    for m in copy.modules():
+        # Train-mode BatchNorm normalizes with batch statistics either way; not tracking
+        # keeps the copy's running stats fixed so every evaluation sees the same model.
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.training:
+            m.track_running_stats = False
+    return copy
+
+
+def _bind_positional(
+    forward: Callable, args: tuple, kwargs: dict, skip_first: bool
+) -> tuple[tuple, dict]:
+    sig = inspect.signature(forward)
+    params = list(sig.parameters.values())[1 if skip_first else 0 :]
+    out = list(args)
+    for p in params[len(args) :]:
+        if p.name in kwargs:
+            out.append(kwargs.pop(p.name))
+        elif p.default is not p.empty:
+            out.append(p.default)
+        else:
+            break
+    if kwargs:
+        raise InputError(f"Function.forward has no arguments named {sorted(kwargs)}")
+    return tuple(out), {}

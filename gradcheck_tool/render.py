@@ -1,0 +1,143 @@
+"""Reports -> rich tables and JSON. Pure functions of the result dataclasses."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from .results import CheckReport, TensorResult
+
+RATING_STYLE = {
+    "excellent": "green",
+    "acceptable": "green",
+    "suspicious": "yellow",
+    "bug": "bold red",
+    "n/a": "dim",
+}
+
+
+def make_console(stderr: bool = False) -> Console:
+    """A console that writes plain text when not a TTY or when NO_COLOR is set."""
+    stream = sys.stderr if stderr else sys.stdout
+    no_color = "NO_COLOR" in os.environ or not stream.isatty()
+    return Console(
+        file=stream,
+        no_color=no_color,
+        highlight=False,
+        soft_wrap=False,
+        width=None if stream.isatty() else 120,
+        emoji=False,
+        force_terminal=None if not no_color else False,
+    )
+
+
+def write_json(data: dict[str, Any], path: str) -> None:
+    """Write `data` as JSON to `path`, or to stdout when `path` is "-"."""
+    text = json.dumps(data, indent=2, allow_nan=False)
+    if path == "-":
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
+    else:
+        with open(path, "w", encoding="utf-8") as fh:
+            fh.write(text + "\n")
+
+
+def format_error(value: float | None) -> str:
+    if value is None:
+        return "-"
+    if math.isnan(value):
+        return "nan"
+    if math.isinf(value):
+        return "inf"
+    return f"{value:.2e}"
+
+
+def _shape(shape: tuple[int, ...]) -> str:
+    return "×".join(str(s) for s in shape) if shape else "scalar"
+
+
+def check_table(report: CheckReport) -> Table:
+    table = Table(
+        title=f"gradtool check {report.target}",
+        title_justify="left",
+        show_lines=False,
+        pad_edge=False,
+    )
+    table.add_column("tensor", overflow="fold")
+    table.add_column("shape")
+    table.add_column("checked", justify="right")
+    table.add_column("rel. error", justify="right")
+    table.add_column("rating")
+    table.add_column("kinks", justify="right")
+    table.add_column("result")
+    table.add_column("note", overflow="fold", max_width=60)
+    for r in report.results:
+        style = RATING_STYLE.get(r.rating, "")
+        table.add_row(
+            r.name,
+            _shape(r.shape),
+            f"{r.checked}/{r.numel}",
+            Text(format_error(r.rel_error), style=style),
+            Text(r.rating, style=style),
+            str(r.kinks) if r.kinks else "",
+            Text("pass", style="green") if r.passed else Text("FAIL", style="bold red"),
+            (r.note + (f" — hint: {r.hint}" if r.hint else "")),
+        )
+    return table
+
+
+def verdict_line(report: CheckReport) -> Text:
+    n = len(report.results)
+    failures = report.failures
+    if report.interrupted:
+        return Text(
+            f"INTERRUPTED: partial report, {n} tensor(s) checked before Ctrl-C", style="bold yellow"
+        )
+    if report.nondeterministic:
+        return Text(
+            "NOT JUDGED: the forward is nondeterministic (see the warning above)",
+            style="bold yellow",
+        )
+    if not failures:
+        worst = max((r.rel_error for r in report.results), default=0.0)
+        return Text(
+            f"PASS: all {n} gradient(s) match finite differences "
+            f"(worst relative error {format_error(worst)}, tolerance "
+            f"{report.tolerance:g})",
+            style="bold green",
+        )
+    names = ", ".join(r.name for r in failures[:6]) + (" …" if len(failures) > 6 else "")
+    return Text(f"FAIL: {len(failures)} of {n} gradient(s) wrong: {names}", style="bold red")
+
+
+def worst_table(result: TensorResult) -> Table:
+    table = Table(title=f"worst entries of {result.name}", title_justify="left", pad_edge=False)
+    for col in ("index", "analytic", "numeric", "abs. error"):
+        table.add_column(col, justify="right")
+    for w in result.worst:
+        table.add_row(
+            str(list(w.index)), f"{w.analytic:.6g}", f"{w.numeric:.6g}", f"{w.abs_error:.3g}"
+        )
+    return table
+
+
+def render_check(report: CheckReport, console: Console) -> None:
+    console.print(f"target: {report.target}  (found by: {report.found_by})")
+    console.print(
+        f"checked in {report.dtype}, eps={report.eps:g}, "
+        f"{report.evaluation} evaluation, {report.seconds:.2f}s"
+    )
+    for w in report.warnings:
+        console.print(Text(f"warning: {w}", style="yellow"))
+    console.print(check_table(report))
+    for r in report.failures:
+        if r.worst:
+            console.print(worst_table(r))
+    console.print(verdict_line(report))
