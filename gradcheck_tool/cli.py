@@ -139,12 +139,32 @@ def check(
     input_dtype: str = InputDtypeOpt,
     weights: Optional[str] = WeightsOpt,
     json_path: Optional[str] = JsonOpt,
-    tolerance: float = typer.Option(
-        1e-5, "--tolerance", help="A tensor passes when its relative error is at most this."
+    tolerance: Optional[float] = typer.Option(
+        None,
+        "--tolerance",
+        help="A tensor passes when its relative error is at most this "
+        "[default: 1e-5; 1e-2 with --dtype float32].",
     ),
-    eps: float = typer.Option(1e-6, "--eps", help="Finite-difference step h."),
+    eps: Optional[float] = typer.Option(
+        None, "--eps", help="Finite-difference step h [default: 1e-6; 1e-3 with float32]."
+    ),
     full: bool = typer.Option(False, "--full", help="Check every coordinate of every tensor."),
     samples: int = typer.Option(16, "--samples", help="Coordinates sampled per large tensor."),
+    second_order: bool = typer.Option(
+        False, "--second-order", help="Also check the double backward (as gradgradcheck)."
+    ),
+    sweep: bool = typer.Option(
+        False, "--sweep", help="Sweep the step size for every tensor (failing ones always are)."
+    ),
+    forward_mode: bool = typer.Option(
+        False, "--forward-mode", help="Check forward-mode derivatives (a Function's jvp)."
+    ),
+    dtype: str = typer.Option(
+        "float64", "--dtype", help="float64, or float32 for code that can't run in float64."
+    ),
+    device: Optional[str] = typer.Option(
+        None, "--device", help="cpu or cuda (default: where the model already lives)."
+    ),
     serial: bool = typer.Option(
         False, "--serial", help="Evaluate one perturbation at a time (no vmap batching)."
     ),
@@ -176,6 +196,11 @@ def check(
                     full=full,
                     seed=seed,
                     samples=samples,
+                    second_order=second_order,
+                    sweep=sweep,
+                    forward_mode=forward_mode,
+                    dtype=dtype,
+                    device=device,
                     batched=not serial,
                     name=loaded.spec,
                     found_by=loaded.found_by,

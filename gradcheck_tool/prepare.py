@@ -452,3 +452,54 @@ def _bind_positional(
     if kwargs:
         raise InputError(f"Function.forward has no arguments named {sorted(kwargs)}")
     return tuple(out), {}
+
+
+class SecondOrderProblem:
+    """L₂(θ) = Σ_t ⟨v_t, ∂L/∂t(θ)⟩ for fixed random v: its gradient is the double backward.
+
+    Checking ∇L₂ against finite differences of L₂ is what gradgradcheck does; evaluations
+    need autograd, so they run one at a time.
+    """
+
+    needs_grad = True
+    term_names = ("loss",)
+    missing_note = (
+        "the double backward gives {got} but the gradient depends on this tensor: the "
+        "backward is built from detached values (or .data / torch.no_grad()), so it cannot "
+        "be differentiated again"
+    )
+
+    def __init__(self, first: Problem, seed: int) -> None:
+        self.first = first
+        self.checkables = first.checkables
+        self.dtype = first.dtype
+        self.args, self.kwargs = first.args, first.kwargs
+        self.magnitude: float | None = None
+        gen = torch.Generator().manual_seed(seed + 104_729)
+        self.vectors = {
+            c.name: torch.randn(c.value.shape, generator=gen, dtype=torch.float64).to(c.value)
+            for c in first.checkables
+        }
+
+    @property
+    def reference_output(self) -> Any:
+        return getattr(self.first, "reference_output", None)
+
+    def terms(self, values: dict[str, torch.Tensor]) -> torch.Tensor:
+        differentiable = any(v.requires_grad for v in values.values())
+        leaves = {
+            n: v if v.requires_grad else v.detach().requires_grad_(True) for n, v in values.items()
+        }
+        with torch.enable_grad():
+            loss = self.first.terms(leaves)[0]
+            if not loss.requires_grad:
+                return torch.zeros(1, dtype=self.dtype, device=loss.device)
+            grads = torch.autograd.grad(
+                loss, list(leaves.values()), create_graph=differentiable, allow_unused=True
+            )
+            products = [(g * self.vectors[n]).sum() for n, g in zip(leaves, grads) if g is not None]
+        if not products:
+            return torch.zeros(1, dtype=self.dtype, device=loss.device)
+        if self.magnitude is None:
+            self.magnitude = float(sum(p.detach().abs() for p in products))
+        return torch.stack(products).sum().reshape(1)

@@ -65,10 +65,7 @@ def _shape(shape: tuple[int, ...]) -> str:
 
 def check_table(report: CheckReport) -> Table:
     table = Table(
-        title=f"gradtool check {report.target}",
-        title_justify="left",
-        show_lines=False,
-        pad_edge=False,
+        title=Text(f"gradtool check {report.target}"), title_justify="left", pad_edge=False
     )
     table.add_column("tensor", overflow="fold")
     table.add_column("shape")
@@ -77,18 +74,22 @@ def check_table(report: CheckReport) -> Table:
     table.add_column("rating")
     table.add_column("kinks", justify="right")
     table.add_column("result")
-    table.add_column("note", overflow="fold", max_width=60)
+    table.add_column("note", overflow="fold", max_width=64)
     for r in report.results:
         style = RATING_STYLE.get(r.rating, "")
+        note = Text(r.note)
+        if r.hint:
+            note.append(("; " if r.note else "") + "hint: " + r.hint, style="bold")
+        # user-derived strings go in as Text: a name like "w [penalty]" is not rich markup
         table.add_row(
-            r.name,
+            Text(r.name),
             _shape(r.shape),
             f"{r.checked}/{r.numel}",
             Text(format_error(r.rel_error), style=style),
             Text(r.rating, style=style),
             str(r.kinks) if r.kinks else "",
             Text("pass", style="green") if r.passed else Text("FAIL", style="bold red"),
-            (r.note + (f" — hint: {r.hint}" if r.hint else "")),
+            note,
         )
     return table
 
@@ -98,7 +99,7 @@ def verdict_line(report: CheckReport) -> Text:
     failures = report.failures
     if report.interrupted:
         return Text(
-            f"INTERRUPTED: partial report, {n} tensor(s) checked before Ctrl-C", style="bold yellow"
+            f"INTERRUPTED: partial report, {n} result(s) before Ctrl-C", style="bold yellow"
         )
     if report.nondeterministic:
         return Text(
@@ -107,10 +108,11 @@ def verdict_line(report: CheckReport) -> Text:
         )
     if not failures:
         worst = max((r.rel_error for r in report.results), default=0.0)
+        kinks = sum(r.kinks for r in report.results)
+        extra = f", {kinks} kink(s) skipped" if kinks else ""
         return Text(
-            f"PASS: all {n} gradient(s) match finite differences "
-            f"(worst relative error {format_error(worst)}, tolerance "
-            f"{report.tolerance:g})",
+            f"PASS: all {n} gradient(s) match finite differences (worst relative error "
+            f"{format_error(worst)}, tolerance {report.tolerance:g}{extra})",
             style="bold green",
         )
     names = ", ".join(r.name for r in failures[:6]) + (" …" if len(failures) > 6 else "")
@@ -118,7 +120,9 @@ def verdict_line(report: CheckReport) -> Text:
 
 
 def worst_table(result: TensorResult) -> Table:
-    table = Table(title=f"worst entries of {result.name}", title_justify="left", pad_edge=False)
+    table = Table(
+        title=Text(f"worst entries of {result.name}"), title_justify="left", pad_edge=False
+    )
     for col in ("index", "analytic", "numeric", "abs. error"):
         table.add_column(col, justify="right")
     for w in result.worst:
@@ -128,15 +132,28 @@ def worst_table(result: TensorResult) -> Table:
     return table
 
 
+def sweep_line(result: TensorResult) -> Text:
+    steps = "  ".join(
+        f"{p.eps:.0e}: {'—' if math.isnan(p.rel_error) else format_error(p.rel_error)}"
+        for p in result.sweep
+    )
+    return Text(f"step-size sweep of {result.name}: {steps}\n  → {result.sweep_verdict}")
+
+
 def render_check(report: CheckReport, console: Console) -> None:
-    console.print(f"target: {report.target}  (found by: {report.found_by})")
+    console.print(Text(f"target: {report.target}  (found by: {report.found_by})"))
     console.print(
-        f"checked in {report.dtype}, eps={report.eps:g}, "
+        f"checked in {report.dtype}, eps={report.eps:g}, tolerance={report.tolerance:g}, "
         f"{report.evaluation} evaluation, {report.seconds:.2f}s"
     )
+    if report.fallback_reason:
+        console.print(Text(f"evaluated one point at a time: {report.fallback_reason}", style="dim"))
     for w in report.warnings:
         console.print(Text(f"warning: {w}", style="yellow"))
     console.print(check_table(report))
+    for r in report.results:
+        if r.sweep:
+            console.print(sweep_line(r))
     for r in report.failures:
         if r.worst:
             console.print(worst_table(r))

@@ -57,13 +57,16 @@ class WorstEntry:
 
 @dataclass(frozen=True)
 class SweepPoint:
-    """Relative error of one tensor at one finite-difference step size."""
+    """Relative error of one tensor at one finite-difference step size (NaN: unresolved)."""
 
     eps: float
     rel_error: float
 
     def to_dict(self) -> dict[str, Any]:
-        return {"eps": self.eps, "rel_error": _json_float(self.rel_error)}
+        return {
+            "eps": self.eps,
+            "rel_error": None if math.isnan(self.rel_error) else _json_float(self.rel_error),
+        }
 
 
 @dataclass(frozen=True)
@@ -171,3 +174,302 @@ class CheckReport:
             "seconds": round(self.seconds, 3),
             "results": [r.to_dict() for r in self.results],
         }
+
+
+# --- gradtool flow -------------------------------------------------------------------------
+
+# Every kind of finding `gradtool flow` can report, in the order the findings panel shows them.
+FINDING_KINDS: tuple[str, ...] = (
+    "nan",
+    "exploding",
+    "vanishing",
+    "dead_relu",
+    "saturation",
+    "no_grad",
+)
+
+
+def _ratio(numerator: float | None, denominator: float | None) -> float | None:
+    if numerator is None or denominator is None:
+        return None
+    if denominator == 0:
+        return math.inf if numerator > 0 else (math.nan if numerator != numerator else 0.0)
+    return numerator / denominator
+
+
+@dataclass(frozen=True)
+class LayerStats:
+    """One row of `gradtool flow`, in forward execution order.
+
+    kind "layer": a module that owns parameters; the norms are over its own parameters.
+    kind "activation": one call of an activation, either a module (`nn.ReLU`) or a functional
+    call (`torch.relu`, `F.gelu`) attributed to the module whose forward made it (`via`).
+    """
+
+    name: str  # named_modules() name; "" is the model itself
+    type: str  # module class name ("Linear", "ReLU"), or the activation of a functional call
+    kind: str  # "layer" | "activation"
+    key: str  # unique row id: "fc1", "act#2" (second call), "block:relu" (functional)
+    order: int
+    calls: int = 1  # how often the module ran (layers) / how many rows share `name` (activations)
+    call: int | None = None  # activations: which call this row is, 1-based
+    via: str | None = None  # functional activation that produced it, e.g. "torch.relu"
+    params: tuple[str, ...] = ()
+    numel: int = 0
+    grad_norm: float | None = None
+    weight_norm: float | None = None
+    max_abs_grad: float | None = None
+    output_grad_norm: float | None = None  # norm of the gradient reaching the layer's output
+    output_numel: int | None = None  # elements of that output (all calls)
+    frozen: bool = False
+    units: int | None = None
+    unit: str | None = None  # "feature" | "channel" | "element"
+    dead_fraction: float | None = None  # zero for every example (ReLU-like)
+    inactive_fraction: float | None = None  # negative for every example (leaky/smooth)
+    saturated_fraction: float | None = None  # outputs within the margin of an asymptote
+    note: str = ""
+
+    @property
+    def grad_weight_ratio(self) -> float | None:
+        return _ratio(self.grad_norm, self.weight_norm)
+
+    @property
+    def display_name(self) -> str:
+        """`fc1`, `(model) · torch.relu`, `act [call 2/3]`."""
+        text = self.name or "(model)"
+        if self.via:
+            text += f" · {self.via}"
+        if self.kind == "activation" and self.calls > 1 and self.call is not None:
+            text += f" [call {self.call}/{self.calls}]"
+        return text
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "type": self.type,
+            "kind": self.kind,
+            "key": self.key,
+            "order": self.order,
+            "calls": self.calls,
+            "call": self.call,
+            "via": self.via,
+            "params": list(self.params),
+            "numel": self.numel,
+            "grad_norm": _json_float(self.grad_norm),
+            "weight_norm": _json_float(self.weight_norm),
+            "grad_weight_ratio": _json_float(self.grad_weight_ratio),
+            "max_abs_grad": _json_float(self.max_abs_grad),
+            "output_grad_norm": _json_float(self.output_grad_norm),
+            "frozen": self.frozen,
+            "units": self.units,
+            "unit": self.unit,
+            "dead_fraction": _json_float(self.dead_fraction),
+            "inactive_fraction": _json_float(self.inactive_fraction),
+            "saturated_fraction": _json_float(self.saturated_fraction),
+            "note": self.note,
+        }
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One diagnosis: what (`kind`), where (`layer`), a one-line message and the fix."""
+
+    kind: str  # one of FINDING_KINDS
+    layer: str  # named_modules() name ("" = the model), or "(loss)" / "(inputs)"
+    message: str
+    fix: str
+    key: str | None = None  # the row of `layers` it is about, when it is about one row
+    value: float | None = None  # the measured quantity (fraction, ratio, norm)
+    step: int | None = None  # the training step it was seen at (1-based)
+    where: str | None = None  # nan only: "forward" | "backward" | "loss" | "inputs"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "layer": self.layer,
+            "message": self.message,
+            "fix": self.fix,
+            "key": self.key,
+            "value": _json_float(self.value),
+            "step": self.step,
+            "where": self.where,
+        }
+
+
+@dataclass(frozen=True)
+class RowSample:
+    """The per-step numbers of one row, for the history."""
+
+    grad_norm: float | None = None
+    weight_norm: float | None = None
+    max_abs_grad: float | None = None
+    dead_fraction: float | None = None
+    inactive_fraction: float | None = None
+    saturated_fraction: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            name: _json_float(value)
+            for name, value in (
+                ("grad_norm", self.grad_norm),
+                ("weight_norm", self.weight_norm),
+                ("max_abs_grad", self.max_abs_grad),
+                ("dead_fraction", self.dead_fraction),
+                ("inactive_fraction", self.inactive_fraction),
+                ("saturated_fraction", self.saturated_fraction),
+            )
+            if value is not None
+        }
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """One measured training step: its loss and every row's numbers, keyed by row key."""
+
+    step: int
+    loss: float | None
+    rows: tuple[tuple[str, RowSample], ...]
+
+    def row(self, key: str) -> RowSample | None:
+        for k, sample in self.rows:
+            if k == key:
+                return sample
+        return None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "loss": _json_float(self.loss),
+            "rows": {k: s.to_dict() for k, s in self.rows},
+        }
+
+
+@dataclass(frozen=True)
+class OverfitVerdict:
+    """The tutorial's "overfit one batch" check, from the loss over `--steps`."""
+
+    applicable: bool
+    reached: bool | None  # did the loss go near zero (None when not applicable)
+    first_loss: float | None
+    last_loss: float | None
+    min_loss: float | None
+    message: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "applicable": self.applicable,
+            "reached": self.reached,
+            "first_loss": _json_float(self.first_loss),
+            "last_loss": _json_float(self.last_loss),
+            "min_loss": _json_float(self.min_loss),
+            "message": self.message,
+        }
+
+
+# The quantities whose first and last values make the "trend" of a multi-step run.
+TREND_FIELDS: tuple[str, ...] = (
+    "grad_norm",
+    "weight_norm",
+    "dead_fraction",
+    "inactive_fraction",
+    "saturated_fraction",
+)
+
+
+@dataclass(frozen=True)
+class FlowReport:
+    """Everything `gradtool flow` (or a `Monitor`) measured and concluded about one model."""
+
+    target: str
+    version: str
+    layers: tuple[LayerStats, ...]
+    findings: tuple[Finding, ...]
+    found_by: str = ""
+    source: str = "flow"  # "flow" (gradtool flow / flow()) | "monitor"
+    dtype: str = ""
+    device: str = ""
+    mode: str = "train"
+    batch_size: int | None = None
+    loss: str = "projection"  # "projection" (seeded random projection) | "loss_fn" | "user"
+    steps: int = 1  # steps measured
+    steps_requested: int = 1
+    optimizer: str | None = None
+    lr: float | None = None
+    every: int | None = None  # monitor: record every N-th step
+    steps_seen: int | None = None  # monitor: training steps seen, recorded or not
+    history: tuple[StepRecord, ...] = ()
+    overfit: OverfitVerdict | None = None
+    warnings: tuple[str, ...] = ()
+    seconds: float = 0.0
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        """The kinds of finding present, each once, in FINDING_KINDS order."""
+        present = {f.kind for f in self.findings}
+        return tuple(k for k in FINDING_KINDS if k in present)
+
+    def findings_of(self, kind: str) -> tuple[Finding, ...]:
+        return tuple(f for f in self.findings if f.kind == kind)
+
+    def row(self, key: str) -> LayerStats:
+        """The row with this key (or, failing that, the only row with this name)."""
+        for r in self.layers:
+            if r.key == key:
+                return r
+        named = [r for r in self.layers if r.name == key]
+        if len(named) == 1:
+            return named[0]
+        raise KeyError(f"no single row {key!r}; have {[r.key for r in self.layers]}")
+
+    @property
+    def trend(self) -> dict[str, dict[str, tuple[float | None, float | None]]]:
+        """Per row key: (first, last) of each TREND_FIELDS quantity over the history."""
+        if len(self.history) < 2:
+            return {}
+        first, last = self.history[0], self.history[-1]
+        out: dict[str, dict[str, tuple[float | None, float | None]]] = {}
+        for key, end in last.rows:
+            start = first.row(key)
+            pairs = {}
+            for name in TREND_FIELDS:
+                a = getattr(start, name) if start is not None else None
+                b = getattr(end, name)
+                if a is not None or b is not None:
+                    pairs[name] = (a, b)
+            if pairs:
+                out[key] = pairs
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "tool": "gradtool",
+            "version": self.version,
+            "command": "flow",
+            "source": self.source,
+            "target": self.target,
+            "found_by": self.found_by,
+            "dtype": self.dtype,
+            "device": self.device,
+            "mode": self.mode,
+            "batch_size": self.batch_size,
+            "loss": self.loss,
+            "steps": self.steps,
+            "layers": [r.to_dict() for r in self.layers],
+            "findings": [f.to_dict() for f in self.findings],
+            "warnings": list(self.warnings),
+            "seconds": round(self.seconds, 3),
+        }
+        if self.source == "monitor":
+            out["every"] = self.every
+            out["steps_seen"] = self.steps_seen
+        if self.steps_requested > 1 or self.source == "monitor":
+            out["steps_requested"] = self.steps_requested
+            out["optimizer"] = self.optimizer
+            out["lr"] = self.lr
+            out["history"] = [h.to_dict() for h in self.history]
+            out["trend"] = {
+                key: {name: [_json_float(a), _json_float(b)] for name, (a, b) in pairs.items()}
+                for key, pairs in self.trend.items()
+            }
+            out["overfit"] = self.overfit.to_dict() if self.overfit is not None else None
+        return out
