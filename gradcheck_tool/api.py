@@ -48,6 +48,12 @@ def check(
     dtype and grad mode are left as they were.
     """
     check_dtype = _dtype(dtype)
+    if forward_mode and not _defines_jvp(target):
+        raise InputError(
+            "--forward-mode checks an autograd.Function's jvp, and "
+            f"{getattr(target, '__name__', type(target).__name__)} defines none",
+            hint="Define `jvp` (with `setup_context`) on the Function, or drop --forward-mode.",
+        )
     default_tol, default_eps = DEFAULTS[check_dtype]
     args, keywords = normalize_inputs(inputs if inputs is not None else ())
     keywords.update(kwargs or {})
@@ -61,6 +67,11 @@ def check(
         sweep=sweep,
         progress=progress,
     )
+    for what, value in (("tolerance", options.tolerance), ("eps", options.eps)):
+        if not value > 0 or value != value or value == float("inf"):
+            raise InputError(f"--{what} must be a positive number, not {value}")
+    if samples < 1:
+        raise InputError(f"--samples must be at least 1, not {samples}")
     label = name or getattr(target, "__name__", None) or type(target).__name__
     where = _device(target, args, keywords, device)
     meta = dict(target=label, found_by=found_by, version=__version__)
@@ -89,6 +100,14 @@ def check(
             ),
         )
     return report
+
+
+def _defines_jvp(target: Any) -> bool:
+    """A Function subclass overriding jvp; modules and functions are checked through the
+    Functions inside them, so they qualify when torch can run forward AD through them."""
+    if isinstance(target, type) and issubclass(target, torch.autograd.Function):
+        return getattr(target, "jvp", None) is not getattr(torch.autograd.Function, "jvp", None)
+    return True
 
 
 def _merge(first: CheckReport, second: CheckReport) -> CheckReport:

@@ -1,7 +1,8 @@
 """The `gradtool` command line: parse, load → prepare → engine → render, map exit codes.
 
 Exit codes: 0 every gradient passed, 1 a gradient (or --fail-on finding) failed, 2 the user's
-file, inputs or checkpoint could not be used, 3 an internal gradtool error, 130 Ctrl-C.
+file, inputs or checkpoint could not be used (a nondeterministic forward included), 3 an
+internal gradtool error, 130 Ctrl-C.
 """
 
 from __future__ import annotations
@@ -214,7 +215,81 @@ def check(
             render_check(report, console)
         if interrupted:
             raise typer.Exit(EXIT_INTERRUPTED)
+        if report.nondeterministic:  # not a gradient verdict: the model can't be checked
+            raise typer.Exit(EXIT_USER)
         raise typer.Exit(EXIT_OK if report.passed else EXIT_FAIL)
+
+
+@app.command()
+def flow(
+    target: str = TargetArg,
+    input_shape: Optional[List[str]] = InputShapeOpt,
+    input_dtype: str = InputDtypeOpt,
+    weights: Optional[str] = WeightsOpt,
+    json_path: Optional[str] = JsonOpt,
+    steps: int = typer.Option(
+        1, "--steps", min=1, help="Train a copy this many steps on the batch and show the trend."
+    ),
+    lr: Optional[float] = typer.Option(
+        None, "--lr", help="Learning rate for --steps [default: 1e-2 sgd, 1e-3 adam]."
+    ),
+    optimizer: str = typer.Option("sgd", "--optimizer", help="sgd or adam, for --steps."),
+    plot: Optional[str] = typer.Option(
+        None, "--plot", help="Write the gradient-flow figure to PATH (.png or .svg)."
+    ),
+    fail_on: Optional[str] = typer.Option(
+        None,
+        "--fail-on",
+        help="Exit 1 when a finding of these kinds occurs, e.g. nan,exploding,dead_relu "
+        "('all' for every kind).",
+    ),
+    device: Optional[str] = typer.Option(
+        None, "--device", help="cpu or cuda (default: where the model already lives)."
+    ),
+    seed: int = SeedOpt,
+    debug: bool = DebugOpt,
+) -> None:
+    """Per-layer gradient flow of TARGET: vanishing/exploding gradients, dead ReLUs,
+    saturation, the first NaN, parameters without gradient."""
+    from .flow import run_flow
+    from .loading import load_target
+    from .prepare import resolve_inputs
+    from .render import make_console, write_json
+    from .render_flow import check_plot_path, parse_fail_on, plot_flow, render_flow
+
+    json_to_stdout = json_path == "-"
+    console = make_console(stderr=json_to_stdout)
+    with user_errors(debug):
+        fail_kinds = parse_fail_on(fail_on)
+        if plot:
+            check_plot_path(plot)
+        loaded = load_target(target, weights=weights)
+        args, kwargs = resolve_inputs(loaded, input_shape, input_dtype, seed)
+        report = run_flow(
+            loaded.obj,
+            args,
+            kwargs,
+            loss_fn=loaded.loss_fn,
+            steps=steps,
+            lr=lr,
+            optimizer=optimizer,
+            seed=seed,
+            device=device,
+            target=loaded.spec,
+            found_by=loaded.found_by,
+            folder=loaded.path.resolve().parent,
+        )
+        if json_path:
+            write_json(report.to_dict(), json_path)
+        if not json_to_stdout:
+            render_flow(report, console)
+        if plot:
+            written = plot_flow(report, plot)
+            console.print(f"plot written to {written}")
+        failed = sorted(set(report.kinds) & fail_kinds)
+        if failed and not json_to_stdout:
+            console.print(f"[bold red]failing:[/bold red] --fail-on {','.join(failed)}")
+        raise typer.Exit(EXIT_FAIL if failed else EXIT_OK)
 
 
 def main() -> None:

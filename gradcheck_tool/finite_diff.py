@@ -71,8 +71,8 @@ class Comparison:
     """Analytic vs numeric at the checked coordinates of one tensor, for one loss term."""
 
     a: torch.Tensor  # analytic, (m,)
-    num: torch.Tensor  # central differences, (m,)
-    kink: torch.Tensor  # bool (m,): the derivative jumps here and `a` is a subgradient
+    num: torch.Tensor  # central differences, (m,), refined at a smaller step where needed
+    kink: torch.Tensor  # bool (m,): f is not differentiable here; the coordinate is skipped
     rel: float
     tiny: float
     noise: float  # per-coordinate finite-difference resolution at this step
@@ -83,6 +83,10 @@ class Comparison:
         return torch.where(self.kink, self.a, self.num)
 
 
+Refine = Callable[[torch.Tensor, float], "tuple[torch.Tensor, torch.Tensor]"]
+REFINE = 4.0  # mismatching coordinates are evaluated again at h / REFINE
+
+
 def compare(
     a: torch.Tensor,
     fp: torch.Tensor,
@@ -91,19 +95,59 @@ def compare(
     h: float,
     rounding: float,
     tol: float,
+    refine: Refine | None = None,
+    kinks: torch.Tensor | None = None,
+    verify: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> Comparison:
-    """a: analytic at m coordinates; fp/fm: loss at θ±h·e_i; rounding: noise of f itself."""
+    """a: analytic at m coordinates; fp/fm: loss at θ±h·e_i; rounding: noise of f itself.
+
+    Mismatching coordinates are evaluated again at h/4 (`refine(local_indices, step)`):
+    - a kink (ReLU, abs, max, clamp at a corner, however many flip at once): the one-sided
+      differences still disagree by as much, since a jump in the derivative does not shrink
+      with h, while smooth curvature (fwd − bwd ≈ h·f'') does;
+    - a jump in f itself (e.g. the gradient of abs, checked at second order): the error grows
+      like 1/h;
+    - otherwise, if the smaller step agrees with the analytic value, the mismatch was the
+      step's (truncation, or a kink near θ but not at it) and the refined value is used.
+    At a kink any subgradient is right. When the analytic value lies between the one-sided
+    derivatives, it is one; otherwise (several ReLUs flipping at once, or a wrong backward)
+    `verify(local_indices)` judges the backward a small step away from the kink, and only
+    coordinates whose backward is right there count as kinks.
+    """
     noise = rounding / h
     num = (fp - fm) / (2 * h)
-    fwd = (fp - f0) / h
-    bwd = (f0 - fm) / h
-    # A kink: the one-sided derivatives differ by far more than smooth curvature or rounding
-    # explain, and the analytic value lies between them (a valid subgradient).
-    jump = (fwd - bwd).abs() > 1e-3 * torch.maximum(fwd.abs(), bwd.abs()) + 100 * noise
-    slack = 4 * noise + tol * a.abs()
-    within = (a >= torch.minimum(fwd, bwd) - slack) & (a <= torch.maximum(fwd, bwd) + slack)
+    kink = torch.zeros_like(num, dtype=torch.bool) if kinks is None else kinks.clone()
     mismatch = (a - num).abs() > tol * (a.abs() + num.abs()) + noise
-    kink = jump & mismatch & within
+    candidates = (mismatch & ~kink).nonzero().reshape(-1)
+    if refine is not None and candidates.numel():
+        h2 = h / REFINE
+        fp2, fm2 = refine(candidates, h2)
+        noise2 = rounding / h2
+        fwd, bwd = (fp - f0) / h, (f0 - fm) / h
+        fwd2, bwd2 = (fp2 - f0) / h2, (f0 - fm2) / h2
+        num2 = (fp2 - fm2) / (2 * h2)
+        jump = (fwd - bwd)[candidates].abs()
+        jump2 = (fwd2 - bwd2).abs()
+        err, err2 = (a - num)[candidates].abs(), (a[candidates] - num2).abs()
+        derivative_jumps = (jump > 100 * noise2) & (jump2 > 0.5 * jump)
+        value_jumps = (err > 100 * noise2) & (err2 > 0.6 * REFINE * err)
+        at_kink = derivative_jumps | value_jumps
+        a_c = a[candidates]
+        slack = 4 * noise + tol * a_c.abs()
+        between = (a_c >= torch.minimum(fwd, bwd)[candidates] - slack) & (
+            a_c <= torch.maximum(fwd, bwd)[candidates] + slack
+        )
+        unexplained = at_kink & ~(derivative_jumps & between)
+        if unexplained.any():
+            agrees = verify(candidates[unexplained]) if verify is not None else None
+            confirmed = torch.zeros_like(unexplained)
+            if agrees is not None:
+                confirmed[unexplained] = agrees
+            at_kink = at_kink & (~unexplained | confirmed)
+        kink[candidates[at_kink]] = True
+        better = ~at_kink & (err2 < err)
+        num = num.clone()
+        num[candidates[better]] = num2[better]
     judged = torch.where(kink, a, num)
     tiny = math.sqrt(a.numel()) * noise / tol
     diff = float((a - judged).norm())
@@ -119,6 +163,8 @@ def classify_sweep(points: list[SweepPoint], tol: float, default_eps: float) -> 
     errs = {p.eps: p.rel_error for p in points if math.isfinite(p.rel_error)}
     if not errs:
         return "unresolved: the gradient is below finite-difference resolution at every step"
+    if errs.get(default_eps, math.inf) <= tol:
+        return "passes at the default step"
     best_eps = min(errs, key=errs.get)
     if errs[best_eps] > tol:
         middle = [e for h, e in errs.items() if 1e-8 <= h <= 1e-3] or list(errs.values())
@@ -140,7 +186,12 @@ class _Evaluator:
     """Loss terms at θ ± h·e_i: batched with vmap where the model allows, serially otherwise."""
 
     def __init__(
-        self, problem: Problem, options: CheckOptions, *, needs_grad: bool = False
+        self,
+        problem: Problem,
+        options: CheckOptions,
+        *,
+        needs_grad: bool = False,
+        base: dict[str, torch.Tensor] | None = None,
     ) -> None:
         self.problem = problem
         self.options = options
@@ -151,105 +202,153 @@ class _Evaluator:
         elif needs_grad:
             self.fallback_reason = "second-order terms are evaluated one at a time"
         self.batched_used = False
-        self.base = {c.name: c.value for c in problem.checkables}
+        self.serial_used = False
+        self.base = base or {c.name: c.value for c in problem.checkables}
         self.problem_missing_note = getattr(problem, "missing_note", MISSING_NOTE)
+        self.f0: torch.Tensor | None = None  # loss terms at θ, set before evaluate()
+
+    @property
+    def mode(self) -> str:
+        """ "batched" (vmap), "serial", or "mixed" when vmap ran only some tensors."""
+        if self.batched_used and self.serial_used:
+            return "mixed"
+        return "batched" if self.batched_used else "serial"
 
     def _grad_mode(self) -> Any:
         return torch.enable_grad() if self.needs_grad else torch.no_grad()
 
-    def _terms_at(self, name: str, value: torch.Tensor) -> torch.Tensor:
-        try:
-            return self.problem.terms({**self.base, name: value}).detach()
-        except (UserCodeError, KeyboardInterrupt):
-            raise
-        except Exception as exc:
-            raise UserCodeError(
-                f"the forward raised {describe_exception(exc, None)} at a perturbed value of {name}"
-            ) from exc
-
-    def coordinates(
-        self, c: Checkable, coords: torch.Tensor, h: float
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Loss terms at θ+h·e_i and θ−h·e_i for each coordinate: two (m, K) tensors."""
+    def evaluate(
+        self, c: Checkable, coords: torch.Tensor, h: float, direction: torch.Tensor | None = None
+    ) -> _Evaluations:
+        """Loss terms at θ ± h·e_i for each coordinate (and at θ ± h·d for a direction)."""
+        rows = _Rows(c, coords, h, direction)
         with self._grad_mode():
             if self.fallback_reason is None:
-                batched = self._batched(c, coords, h)
+                batched = self._batched(rows, self.f0)
                 if batched is not None:
                     self.batched_used = True
-                    return batched
-            return self._serial(c, coords, h)
-
-    def _perturbed(self, c: Checkable, coords: torch.Tensor, step: float) -> torch.Tensor:
-        flat = c.value.reshape(-1)
-        coords = coords.to(flat.device)
-        batch = flat.unsqueeze(0).repeat(coords.numel(), 1)
-        rows = torch.arange(coords.numel(), device=flat.device)
-        batch[rows, coords] = flat[coords] + step
-        return batch.view(coords.numel(), *c.value.shape)
+                    return rows.split(batched)
+            self.serial_used = True
+            return rows.split(self._serial(rows))
 
     def _vmapped(self, c: Checkable, batch: torch.Tensor) -> torch.Tensor:
         return torch.func.vmap(
             lambda v: self.problem.terms({**self.base, c.name: v}), randomness="same"
         )(batch)
 
-    def _batched(
-        self, c: Checkable, coords: torch.Tensor, h: float
-    ) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """vmap over perturbed copies of one tensor; None (and a reason) where it can't run."""
-        try:
-            probe = self._vmapped(c, c.value.unsqueeze(0))[0]
-        except KeyboardInterrupt:
-            raise
-        except Exception as exc:
-            first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
-            self.fallback_reason = f"vmap could not run the model ({type(exc).__name__}: {first})"
-            return None
-        reference = self._terms_at(c.name, c.value)
-        tol = 1e3 * torch.finfo(c.value.dtype).eps * (1.0 + float(reference.abs().max()))
-        if not torch.allclose(probe, reference, rtol=0.0, atol=tol):
-            self.fallback_reason = "vmap changes the model's result (random draws or state differ)"
-            return None
-        per_copy = 2 * c.value.numel() * c.value.element_size()
-        chunk = int(max(1, min(MAX_BATCH, MEMORY_BUDGET // max(per_copy, 1))))
-        plus, minus = [], []
-        for start in range(0, coords.numel(), chunk):
-            part = coords[start : start + chunk]
-            plus.append(self._vmapped(c, self._perturbed(c, part, +h)))
-            minus.append(self._vmapped(c, self._perturbed(c, part, -h)))
-        return torch.cat(plus), torch.cat(minus)
+    def _batched(self, rows: _Rows, f0: torch.Tensor) -> torch.Tensor | None:
+        """vmap over perturbed copies of one tensor, in chunks that fit the memory budget.
 
-    def _serial(
-        self, c: Checkable, coords: torch.Tensor, h: float
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        flat = c.value.detach().clone().reshape(-1)
-        plus, minus = [], []
-        for i in coords.tolist():
-            original = flat[i].clone()
-            flat[i] = original + h
-            plus.append(self._terms_at(c.name, flat.view(c.value.shape)))
-            flat[i] = original - h
-            minus.append(self._terms_at(c.name, flat.view(c.value.shape)))
-            flat[i] = original
-        return torch.stack(plus), torch.stack(minus)
+        The first chunk carries one unperturbed copy: if vmap can't run the model, or its
+        result differs from the plain forward (random draws, state), None and a reason.
+        """
+        c = rows.checkable
+        chunk = int(max(1, min(MAX_BATCH, MEMORY_BUDGET // max(rows.row_bytes, 1))))
+        outputs = []
+        for start in range(-1, rows.count, chunk):
+            stop = min(start + chunk, rows.count)
+            try:
+                out = self._vmapped(c, rows.materialize(start, stop))
+            except KeyboardInterrupt:
+                raise
+            except Exception as exc:
+                if start != -1:
+                    raise
+                text = str(exc).strip()
+                first = text.splitlines()[0][:160] if text else ""
+                self.fallback_reason = (
+                    f"vmap could not run the model ({type(exc).__name__}: {first})"
+                )
+                return None
+            if start == -1:
+                probe, out = out[0], out[1:]
+                tol = 1e3 * torch.finfo(c.value.dtype).eps * (1.0 + float(f0.abs().max()))
+                if not torch.allclose(probe, f0.to(probe), rtol=0.0, atol=tol):
+                    self.fallback_reason = (
+                        "vmap changes the model's result (random draws or state differ)"
+                    )
+                    return None
+            outputs.append(out)
+        return torch.cat(outputs)
 
-    def along(self, c: Checkable, d: torch.Tensor, h: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """Loss terms at θ ± h·d."""
-        with self._grad_mode():
-            return self._terms_at(c.name, c.value + h * d), self._terms_at(c.name, c.value - h * d)
+    def _serial(self, rows: _Rows) -> torch.Tensor:
+        c = rows.checkable
+        out = []
+        for r in range(rows.count):
+            value = rows.materialize(r, r + 1)[0]
+            try:
+                out.append(self.problem.terms({**self.base, c.name: value}).detach())
+            except (UserCodeError, KeyboardInterrupt):
+                raise
+            except Exception as exc:
+                raise UserCodeError(
+                    f"the forward raised {describe_exception(exc, None)} at a perturbed "
+                    f"value of {c.name}"
+                ) from exc
+        return torch.stack(out)
+
+
+@dataclass
+class _Evaluations:
+    plus: torch.Tensor  # (m, K): loss terms at θ + h·e_i
+    minus: torch.Tensor  # (m, K)
+    direction_plus: torch.Tensor | None  # (K,): at θ + h·d
+    direction_minus: torch.Tensor | None
+
+
+class _Rows:
+    """The perturbed points of one tensor as rows: +h·e_i for each coordinate, then −h·e_i,
+    then ±h·d. Row −1 is the unperturbed point (vmap's probe)."""
+
+    def __init__(
+        self, c: Checkable, coords: torch.Tensor, h: float, direction: torch.Tensor | None
+    ) -> None:
+        self.checkable = c
+        self.flat = c.value.reshape(-1)
+        self.coords = coords.to(self.flat.device)
+        self.h = h
+        self.direction = None if direction is None else direction.reshape(-1).to(self.flat)
+        self.m = coords.numel()
+        self.count = 2 * self.m + (2 if direction is not None else 0)
+        self.row_bytes = self.flat.numel() * self.flat.element_size()
+
+    def materialize(self, start: int, stop: int) -> torch.Tensor:
+        """Rows [start, stop) as a (stop − start, *shape) tensor of perturbed values."""
+        n = stop - start
+        batch = self.flat.expand(n, -1).clone()  # .repeat is several times slower here
+        first = max(start, 0)
+        rows = torch.arange(first, max(first, min(stop, 2 * self.m)), device=self.flat.device)
+        if rows.numel():
+            idx = self.coords[rows % self.m]
+            steps = torch.where(rows < self.m, self.h, -self.h).to(self.flat)
+            batch[rows - start, idx] = self.flat[idx] + steps
+        for r in range(max(start, 2 * self.m), stop):
+            step = self.h if r == 2 * self.m else -self.h
+            batch[r - start] = self.flat + step * self.direction
+        return batch.view(n, *self.checkable.value.shape)
+
+    def split(self, out: torch.Tensor) -> _Evaluations:
+        m = self.m
+        if self.direction is None:
+            return _Evaluations(out[:m], out[m : 2 * m], None, None)
+        return _Evaluations(out[:m], out[m : 2 * m], out[2 * m], out[2 * m + 1])
 
 
 @dataclass
 class _Analytic:
-    """Autograd's gradients per loss term, and which tensors ignore the upstream gradient."""
+    """Autograd's gradients per loss term, or the error the backward raised."""
 
     grads: list[dict[str, torch.Tensor | None]]
-    upstream_ignored: set[str]
     error: str | None = None
 
 
-def _analytic(problem: Problem, create_graph: bool = False) -> tuple[torch.Tensor, _Analytic]:
+def _analytic(
+    problem: Problem, values: dict[str, torch.Tensor] | None = None, scale: float = 1.0
+) -> tuple[torch.Tensor, _Analytic]:
+    """Autograd's gradient of each loss term (times `scale`) at `values` (default θ)."""
     names = [c.name for c in problem.checkables]
-    leaves = {c.name: c.value.detach().clone().requires_grad_(True) for c in problem.checkables}
+    start = values or {c.name: c.value for c in problem.checkables}
+    leaves = {n: start[n].detach().clone().requires_grad_(True) for n in names}
     with torch.enable_grad():
         try:
             terms = problem.terms(leaves)
@@ -257,7 +356,7 @@ def _analytic(problem: Problem, create_graph: bool = False) -> tuple[torch.Tenso
             raise
         except Exception as exc:
             raise UserCodeError(f"the forward raised {describe_exception(exc, None)}") from exc
-        result = _Analytic([], set())
+        result = _Analytic([])
         if not torch.isfinite(terms.detach()).all():
             return terms.detach(), result
         inputs = [leaves[n] for n in names]
@@ -266,30 +365,82 @@ def _analytic(problem: Problem, create_graph: bool = False) -> tuple[torch.Tenso
                 if not terms[k].requires_grad:
                     result.grads.append(dict.fromkeys(names))
                     continue
-                grads = torch.autograd.grad(terms[k], inputs, retain_graph=True, allow_unused=True)
+                upstream = torch.full_like(terms[k], scale)
+                grads = torch.autograd.grad(
+                    terms[k], inputs, grad_outputs=upstream, retain_graph=True, allow_unused=True
+                )
                 result.grads.append(
                     {n: None if g is None else g.detach() for n, g in zip(names, grads)}
                 )
-            # A correct backward is linear in the upstream gradient: doubling the loss
-            # doubles every gradient. Tensors whose gradient stays put ignore grad_output.
-            if terms[0].requires_grad:
-                doubled = torch.autograd.grad(
-                    terms[0], inputs, grad_outputs=torch.full_like(terms[0], 2.0), allow_unused=True
-                )
-                for n, g in zip(names, doubled):
-                    g1 = result.grads[0][n]
-                    if (
-                        g is not None
-                        and g1 is not None
-                        and g1.abs().max() > 0
-                        and torch.allclose(g, g1, rtol=1e-9, atol=0.0)
-                    ):
-                        result.upstream_ignored.add(n)
         except KeyboardInterrupt:
             raise
         except Exception as exc:
             result.error = describe_exception(exc, None)
     return terms.detach(), result
+
+
+class _OnDemand:
+    """Extra evidence computed only when some tensor fails or sits on a kink."""
+
+    def __init__(self, problem: Problem, analytic: _Analytic, options: CheckOptions) -> None:
+        self.problem = problem
+        self.analytic = analytic
+        self.options = options
+        self._upstream: set[str] | None = None
+        self._off: tuple[dict[str, torch.Tensor], _Analytic, _Evaluator] | None = None
+
+    def upstream_ignored(self, name: str) -> bool:
+        """A correct backward is linear in the upstream gradient: doubling it doubles every
+        gradient. A tensor whose gradient stays put lies behind a backward that ignores it."""
+        if self._upstream is None:
+            self._upstream = set()
+            if not getattr(self.problem, "needs_grad", False):
+                _, doubled = _analytic(self.problem, scale=2.0)
+                for n, g2 in (doubled.grads[0] if doubled.grads else {}).items():
+                    g1 = self.analytic.grads[0][n]
+                    if (
+                        g1 is not None
+                        and g2 is not None
+                        and g1.abs().max() > 0
+                        and torch.allclose(g1, g2, rtol=1e-9, atol=0.0)
+                    ):
+                        self._upstream.add(n)
+        return name in self._upstream
+
+    def agrees_off_kink(
+        self, c: Checkable, coords: torch.Tensor, k: int, h: float, rounding: float
+    ) -> torch.Tensor:
+        """At a kink any subgradient is right, so judge the backward a small step away,
+        where the function is smooth: θ' = θ + δ with |δ| ≈ 1e-3 ≫ h. True where the
+        analytic and numeric derivatives agree there."""
+        if self._off is None:
+            gen = torch.Generator().manual_seed(self.options.seed + 65_537)
+            moved = {}
+            for ch in self.problem.checkables:
+                v = ch.value
+                noise = torch.randn(v.shape, generator=gen, dtype=torch.float64).to(v)
+                # far enough that ±h no longer straddles the kink, near enough to stay local
+                size = 1000 * h + 1e-3 * (v.abs() + v.abs().mean())
+                moved[ch.name] = v + noise * size
+            _, grads = _analytic(self.problem, moved)
+            evaluator = _Evaluator(
+                self.problem,
+                self.options,
+                base=moved,
+                needs_grad=getattr(self.problem, "needs_grad", False),
+            )
+            with evaluator._grad_mode():
+                evaluator.f0 = self.problem.terms(moved).detach()
+            self._off = (moved, grads, evaluator)
+        moved, grads, evaluator = self._off
+        if grads.error or not grads.grads or grads.grads[k][c.name] is None:
+            return torch.zeros(coords.numel(), dtype=torch.bool)
+        a = grads.grads[k][c.name].reshape(-1).double().cpu()[coords]
+        shifted = Checkable(c.name, c.kind, c.slot, moved[c.name])
+        at = evaluator.evaluate(shifted, coords, h)
+        num = (at.plus[:, k] - at.minus[:, k]).double().cpu() / (2 * h)
+        noise = rounding / h
+        return (a - num).abs() <= 10 * self.options.tolerance * (a.abs() + num.abs()) + 10 * noise
 
 
 def _forward_mode(problem: Problem) -> tuple[torch.Tensor, _Analytic]:
@@ -304,7 +455,7 @@ def _forward_mode(problem: Problem) -> tuple[torch.Tensor, _Analytic]:
             raise
         except Exception as exc:
             raise UserCodeError(f"the forward raised {describe_exception(exc, None)}") from exc
-    result = _Analytic([dict.fromkeys(names) for _ in range(terms.numel())], set())
+    result = _Analytic([dict.fromkeys(names) for _ in range(terms.numel())])
     if not torch.isfinite(terms).all():
         return terms, result
     try:
@@ -381,6 +532,8 @@ def run_check(
     with evaluator._grad_mode():
         f0 = problem.terms(evaluator.base).detach()
         f0_again = problem.terms(evaluator.base).detach()
+    evaluator.f0 = f0
+    on_demand = _OnDemand(problem, analytic, options)
     noise_in_f = float((f0 - f0_again).abs().max())
     # Rounding noise of f itself: a few ulps of the size of the numbers the loss sums.
     scale = max(problem.magnitude or 0.0, float(f0.abs().max()), 1e-300)
@@ -424,11 +577,10 @@ def run_check(
             if options.progress:
                 options.progress(c.name, position, len(problem.checkables))
             coords = _choose_coordinates(c, analytic.grads, options, small_model)
-            fp, fm = evaluator.coordinates(c, coords, h)
-            direction = None
-            if coords.numel() < c.value.numel():
-                d = _direction(c, options.seed)
-                direction = (d, *evaluator.along(c, d, h))
+            d = _direction(c, options.seed) if coords.numel() < c.value.numel() else None
+            points = evaluator.evaluate(c, coords, h, d)
+            fp, fm = points.plus, points.minus
+            direction = None if d is None else (d, points.direction_plus, points.direction_minus)
             for k, tname in enumerate(term_names):
                 results[k].append(
                     _judge(
@@ -445,7 +597,7 @@ def run_check(
                         options,
                         evaluator,
                         batch_size,
-                        upstream_ignored=(k == 0 and c.name in analytic.upstream_ignored),
+                        on_demand,
                     )
                 )
     except KeyboardInterrupt:
@@ -454,7 +606,7 @@ def run_check(
         options.progress("", len(problem.checkables), len(problem.checkables))
     report = finish(
         [r for rs in results for r in rs],
-        evaluation="batched" if evaluator.batched_used else "serial",
+        evaluation=evaluator.mode,
         fallback_reason=evaluator.fallback_reason,
         interrupted=interrupted,
         noise=noise_in_f or None,
@@ -478,8 +630,7 @@ def _judge(
     options: CheckOptions,
     evaluator: _Evaluator,
     batch_size: int | None,
-    *,
-    upstream_ignored: bool,
+    on_demand: _OnDemand,
 ) -> TensorResult:
     h, tol = options.eps, options.tolerance
     shape = tuple(c.value.shape)
@@ -491,12 +642,13 @@ def _judge(
     )
     if not torch.isfinite(a_flat).all():
         i = int((~torch.isfinite(a_flat)).nonzero()[0])
+        where = list(_unravel(i, shape))
         return TensorResult(
             **base,
             rel_error=math.inf,
             rating="bug",
             passed=False,
-            note=f"NaN/Inf in the analytic gradient (first at index {list(_unravel(i, shape))})",
+            note=f"NaN/Inf in the analytic gradient (first at index {where})",
         )
     num_all = (fp - fm) / (2 * h)
     if not torch.isfinite(num_all).all():
@@ -510,15 +662,21 @@ def _judge(
             note=f"NaN/Inf in the loss when {c.name}{idx} is moved by ±{h:g}",
         )
 
-    comp = compare(a_flat[coords], fp, fm, f0, h, rounding, tol)
-    dir_rel = _direction_error(a_flat, direction, f0, k, h, rounding, tol)
+    def refine(local: torch.Tensor, step: float) -> tuple[torch.Tensor, torch.Tensor]:
+        at = evaluator.evaluate(c, coords[local], step)
+        return at.plus[:, k].double().cpu(), at.minus[:, k].double().cpu()
+
+    def verify(local: torch.Tensor) -> torch.Tensor:
+        return on_demand.agrees_off_kink(c, coords[local], k, h, rounding)
+
+    comp = compare(a_flat[coords], fp, fm, f0, h, rounding, tol, refine=refine, verify=verify)
+    dir_rel = _direction_error(c, a_flat, direction, f0, k, h, rounding, tol, evaluator)
     verdict = max(comp.rel, dir_rel or 0.0)
     passed = verdict <= tol
     note = ""
     never_reaches = False
-    numeric_size = float(comp.num.norm())
     if unused or float(a_flat.abs().max()) == 0.0:
-        if numeric_size <= comp.tiny * tol:
+        if float(comp.judged.norm()) <= comp.tiny * tol and not (dir_rel or 0.0) > tol:
             note = "unused: the loss does not depend on this tensor" if unused else "no gradient"
             passed, verdict = True, 0.0
         else:
@@ -535,7 +693,7 @@ def _judge(
     sweep_verdict = None
     if (options.sweep or not passed) and not never_reaches:
         sweep, sweep_verdict = _sweep(
-            c, coords, a_flat, direction, f0, k, rounding, options, evaluator
+            c, coords, a_flat, comp.kink, direction, f0, k, rounding, options, evaluator
         )
         if not passed and sweep_verdict.startswith(("truncation", "round-off")):
             # the mismatch is the step size's, not the gradient's: no bug to report
@@ -563,20 +721,21 @@ def _judge(
                 f"(rel. error {dir_rel:.2g}): the error is in coordinates not sampled; "
                 "run with --full"
             )
+        smooth = ~comp.kink  # kinks say nothing about the kind of mistake
         hint = bug_hint(
-            comp.a,
-            comp.judged,
-            coords,
+            comp.a[smooth],
+            comp.num[smooth],
+            coords[smooth],
             shape,
-            full=m == n_total,
+            full=m == n_total and not comp.kink.any(),
             noise=comp.noise,
             batch_size=batch_size,
-            upstream_ignored=upstream_ignored,
+            upstream_ignored=k == 0 and on_demand.upstream_ignored(c.name),
         )
     return TensorResult(
         **base,
         rel_error=verdict,
-        rating=rating_for(verdict),
+        rating=rating_for(verdict, scale=_band_scale(c.value.dtype)),
         passed=passed,
         note=note,
         worst=worst,
@@ -589,6 +748,7 @@ def _judge(
 
 
 def _direction_error(
+    c: Checkable,
     a_flat: torch.Tensor,
     direction: tuple | None,
     f0: float,
@@ -596,20 +756,30 @@ def _direction_error(
     h: float,
     rounding: float,
     tol: float,
+    evaluator: _Evaluator | None,
 ) -> float | None:
     """Relative error of the derivative along a random unit direction d: a·d vs numeric."""
     if direction is None:
         return None
     d, dp, dm = direction
+
+    def refine(local: torch.Tensor, step: float) -> tuple[torch.Tensor, torch.Tensor]:
+        at = evaluator.evaluate(c, torch.zeros(0, dtype=torch.long), step, d)
+        return (
+            at.direction_plus[k : k + 1].double().cpu(),
+            at.direction_minus[k : k + 1].double().cpu(),
+        )
+
     ad = float(a_flat @ d.reshape(-1).double().cpu())
     comp = compare(
-        torch.tensor([ad]),
+        torch.tensor([ad], dtype=torch.float64),
         dp[k : k + 1].double().cpu(),
         dm[k : k + 1].double().cpu(),
         f0,
         h,
         rounding,
         tol,
+        refine=refine if evaluator is not None else None,
     )
     return comp.rel if math.isfinite(float(comp.num[0])) else math.inf
 
@@ -618,6 +788,7 @@ def _sweep(
     c: Checkable,
     coords: torch.Tensor,
     a_flat: torch.Tensor,
+    kinks: torch.Tensor,
     direction: tuple | None,
     f0: float,
     k: int,
@@ -634,7 +805,8 @@ def _sweep(
     points = []
     for step in SWEEP_STEPS:
         noise = rounding / step
-        fp, fm = evaluator.coordinates(c, subset, step)
+        at = evaluator.evaluate(c, subset, step, None if direction is None else direction[0])
+        fp, fm = at.plus, at.minus
         comp = compare(
             a,
             fp[:, k].double().cpu(),
@@ -643,10 +815,11 @@ def _sweep(
             step,
             rounding,
             options.tolerance,
+            kinks=kinks[:SWEEP_COORDS],
         )
         pairs = [(comp.a, comp.judged, comp.tiny)]
         if direction is not None:
-            dp, dm = evaluator.along(c, direction[0], step)
+            dp, dm = at.direction_plus, at.direction_minus
             dcomp = compare(
                 torch.tensor([float(a_flat @ d)]),
                 dp[k : k + 1].double().cpu(),
@@ -704,6 +877,11 @@ def _direction(c: Checkable, seed: int) -> torch.Tensor:
 
 
 # --- small helpers ------------------------------------------------------------------------
+
+
+def _band_scale(dtype: torch.dtype) -> float:
+    """The tutorial's bands are for float64; float32 resolves ~1000× less (1e-2 vs 1e-5)."""
+    return 1e3 if dtype == torch.float32 else 1.0
 
 
 def _batch_size(problem: Problem) -> int | None:

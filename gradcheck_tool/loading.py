@@ -56,16 +56,33 @@ def split_spec(spec: str) -> tuple[Path, str | None]:
     return Path(spec), None
 
 
-def user_frame(tb: types.TracebackType | None, folder: Path) -> str | None:
-    """`file.py:LINE` of the innermost traceback frame inside the user's folder."""
+_OWN_DIR = str(Path(__file__).resolve().parent)
+
+
+def _library_file(path: str) -> bool:
+    """gradtool's own files, installed packages (torch) and the standard library."""
+    roots = [_OWN_DIR] + [
+        os.path.realpath(sysconfig.get_paths()[k])
+        for k in ("purelib", "platlib", "stdlib", "platstdlib")
+    ]
+    return path.startswith("<") or any(path.startswith(r + os.sep) for r in roots)
+
+
+def user_frame(tb: types.TracebackType | None, folder: Path | None) -> str | None:
+    """`file.py:LINE` of the innermost traceback frame in the user's code: inside `folder`
+    when given, else the innermost frame that is not gradtool's, torch's or Python's."""
     found = None
-    folder_str = str(folder.resolve())
+    folder_str = str(folder.resolve()) if folder is not None else None
     for frame in traceback.extract_tb(tb):
         try:
             frame_path = str(Path(frame.filename).resolve())
         except OSError:
             continue
-        if frame_path.startswith(folder_str + os.sep) or frame_path == folder_str:
+        if folder_str is not None:
+            mine = frame_path.startswith(folder_str + os.sep) or frame_path == folder_str
+        else:
+            mine = not _library_file(frame_path)
+        if mine:
             found = f"{os.path.relpath(frame.filename)}:{frame.lineno}"
     return found
 
@@ -73,7 +90,7 @@ def user_frame(tb: types.TracebackType | None, folder: Path) -> str | None:
 def describe_exception(exc: BaseException, folder: Path | None) -> str:
     """'ValueError: text (at file.py:12)' — the user's own words, with where it happened."""
     text = f"{type(exc).__name__}: {exc}"
-    where = user_frame(exc.__traceback__, folder) if folder is not None else None
+    where = user_frame(exc.__traceback__, folder)
     return f"{text} (at {where})" if where else text
 
 

@@ -27,12 +27,15 @@ def make_console(stderr: bool = False) -> Console:
     """A console that writes plain text when not a TTY or when NO_COLOR is set."""
     stream = sys.stderr if stderr else sys.stdout
     no_color = "NO_COLOR" in os.environ or not stream.isatty()
+    width = None
+    if not stream.isatty():  # a pipe or file: COLUMNS if set, else wide enough for the table
+        width = int(os.environ["COLUMNS"]) if os.environ.get("COLUMNS", "").isdigit() else 120
     return Console(
         file=stream,
         no_color=no_color,
         highlight=False,
         soft_wrap=False,
-        width=None if stream.isatty() else 120,
+        width=width,
         emoji=False,
         force_terminal=None if not no_color else False,
     )

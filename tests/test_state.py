@@ -1,0 +1,213 @@
+"""The user's objects are guests: check() leaves model, inputs and global state as found,
+and the same target gives the same report."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+from conftest import BUGS, CORRECT, MODEL_BUGS
+from torch import nn
+
+from gradcheck_tool import check
+from gradcheck_tool.loading import load_target
+
+
+class GuestNet(nn.Module):
+    """Dropout, train-mode BatchNorm (running stats, num_batches_tracked), a frozen layer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.frozen = nn.Linear(5, 6)
+        self.frozen.requires_grad_(False)
+        self.layer = nn.Linear(6, 8)
+        self.norm = nn.BatchNorm1d(8)
+        self.drop = nn.Dropout(0.3)
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.drop(torch.tanh(self.norm(self.layer(self.frozen(x))))))
+
+
+def make_guest() -> tuple[nn.Module, torch.Tensor]:
+    torch.manual_seed(0)
+    model = GuestNet().train()
+    model.head.eval()  # mixed modes must survive too
+    x = torch.randn(4, 5)
+    return model, x
+
+
+def snapshot(model: nn.Module) -> dict:
+    return {
+        "state": {k: v.detach().clone() for k, v in model.state_dict().items()},
+        "dtypes": {k: v.dtype for k, v in model.state_dict().items()},
+        "training": {n: m.training for n, m in model.named_modules()},
+        "requires_grad": {n: p.requires_grad for n, p in model.named_parameters()},
+        "grads": {
+            n: None if p.grad is None else p.grad.clone() for n, p in model.named_parameters()
+        },
+        "ids": {n: id(p) for n, p in model.named_parameters()},
+    }
+
+
+def assert_same(before: dict, after: dict) -> None:
+    assert before["state"].keys() == after["state"].keys()
+    for key, value in before["state"].items():
+        assert torch.equal(value, after["state"][key]), key
+    for field in ("dtypes", "training", "requires_grad", "ids"):
+        assert before[field] == after[field], field
+    for name, grad in before["grads"].items():
+        if grad is None:
+            assert after["grads"][name] is None, name
+        else:
+            assert torch.equal(grad, after["grads"][name]), name
+
+
+def test_model_and_inputs_untouched():
+    model, x = make_guest()
+    x_before = x.clone()
+    before = snapshot(model)
+    report = check(model, x)
+    assert report.passed
+    assert_same(before, snapshot(model))
+    assert torch.equal(x, x_before) and x.dtype == torch.float32 and not x.requires_grad
+    assert x.grad is None
+    # the frozen layer is not checked, every parameter that requires grad is
+    names = {r.name for r in report.results}
+    assert "frozen.weight" not in names and {"layer.weight", "norm.weight", "head.bias"} <= names
+
+
+def test_existing_grads_are_left_as_they_were():
+    model, x = make_guest()
+    model(x).sum().backward()
+    before = snapshot(model)
+    assert before["grads"]["layer.weight"] is not None
+    check(model, x)
+    assert_same(before, snapshot(model))
+
+
+def test_float32_model_stays_float32():
+    model, x = make_guest()
+    check(model, x)
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert model.norm.running_mean.dtype == torch.float32
+
+
+def global_state() -> dict:
+    return {
+        "torch": torch.get_rng_state().clone(),
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "dtype": torch.get_default_dtype(),
+        "grad": torch.is_grad_enabled(),
+    }
+
+
+def assert_global_state(before: dict) -> None:
+    after = global_state()
+    assert torch.equal(before["torch"], after["torch"])
+    assert before["python"] == after["python"]
+    np_before, np_after = before["numpy"], after["numpy"]
+    assert np_before[0] == np_after[0] and np.array_equal(np_before[1], np_after[1])
+    assert np_before[2:] == np_after[2:]
+    assert before["dtype"] == after["dtype"]
+    assert before["grad"] == after["grad"]
+
+
+def test_global_rng_dtype_and_grad_mode_unchanged():
+    model, x = make_guest()
+    torch.manual_seed(123)
+    random.seed(123)
+    np.random.seed(123)
+    before = global_state()
+    check(model, x)
+    assert_global_state(before)
+
+
+def test_unchanged_even_when_the_check_fails():
+    loaded = load_target(f"{BUGS / 'sign_flipped.py'}:Buggy")
+    before = global_state()
+    assert not check(loaded.obj, loaded.example_inputs).passed
+    assert_global_state(before)
+    loaded = load_target(str(MODEL_BUGS / "detached_weight.py"))  # builds a model: uses RNG
+    before = global_state()
+    model_before = snapshot(loaded.obj)
+    assert not check(loaded.obj, loaded.example_inputs).passed
+    assert_same(model_before, snapshot(loaded.obj))
+    assert_global_state(before)
+
+
+@pytest.mark.parametrize("grad_enabled", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_default_dtype_and_grad_mode_as_the_user_set_them(grad_enabled, dtype):
+    model, x = make_guest()
+    previous = torch.get_default_dtype()
+    try:
+        torch.set_default_dtype(dtype)
+        with torch.set_grad_enabled(grad_enabled):
+            report = check(model, x)
+            assert torch.is_grad_enabled() is grad_enabled
+            assert torch.get_default_dtype() == dtype
+        assert report.passed  # checking works under no_grad too
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def test_batchnorm_running_stats_do_not_reach_the_users_model():
+    model, x = make_guest()
+    mean, var = model.norm.running_mean.clone(), model.norm.running_var.clone()
+    tracked = model.norm.num_batches_tracked.clone()
+    check(model, x)
+    assert torch.equal(model.norm.running_mean, mean)
+    assert torch.equal(model.norm.running_var, var)
+    assert torch.equal(model.norm.num_batches_tracked, tracked)
+
+
+# --- determinism --------------------------------------------------------------------------
+
+
+def without_timing(report) -> dict:
+    data = report.to_dict()
+    data.pop("seconds")
+    return data
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        str(CORRECT / "dropout_mlp.py"),
+        str(CORRECT / "batchnorm_train.py"),
+        f"{BUGS / 'layernorm_missing_term.py'}:Buggy",
+    ],
+)
+def test_same_target_twice_gives_the_same_report(spec):
+    # Loaded once: building a model from the file draws from the global RNG, so two loads in
+    # one process give two different models (test_cli checks two fresh processes agree).
+    loaded = load_target(spec)
+    first = check(loaded.obj, loaded.example_inputs, loss_fn=loaded.loss_fn)
+    second = check(loaded.obj, loaded.example_inputs, loss_fn=loaded.loss_fn)
+    assert without_timing(first) == without_timing(second)
+    assert "seconds" in first.to_dict()
+
+
+def test_sampled_coordinates_are_the_same_twice():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(205, 100), nn.Tanh(), nn.Dropout(0.2), nn.Linear(100, 1))
+    x = torch.randn(2, 205)
+    first, second = check(model, x), check(model, x)
+    assert first.result("0.weight").checked < first.result("0.weight").numel
+    assert without_timing(first) == without_timing(second)
+
+
+def test_same_model_object_twice_gives_the_same_report():
+    model, x = make_guest()
+    assert without_timing(check(model, x)) == without_timing(check(model, x))
+
+
+def test_seed_is_part_of_the_contract():
+    model, x = make_guest()
+    a, b = check(model, x, seed=1), check(model, x, seed=1)
+    assert without_timing(a) == without_timing(b)
+    assert a.passed and check(model, x, seed=2).passed
