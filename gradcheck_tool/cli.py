@@ -151,6 +151,12 @@ def check(
     ),
     full: bool = typer.Option(False, "--full", help="Check every coordinate of every tensor."),
     samples: int = typer.Option(16, "--samples", help="Coordinates sampled per large tensor."),
+    budget: Optional[float] = typer.Option(
+        None,
+        "--budget",
+        help="Seconds to spend: after every tensor has its sample, keep adding coordinates "
+        "to the sampled tensors until this much time has passed.",
+    ),
     second_order: bool = typer.Option(
         False, "--second-order", help="Also check the double backward (as gradgradcheck)."
     ),
@@ -197,6 +203,7 @@ def check(
                     full=full,
                     seed=seed,
                     samples=samples,
+                    budget=budget,
                     second_order=second_order,
                     sweep=sweep,
                     forward_mode=forward_mode,

@@ -254,11 +254,7 @@ class _Evaluator:
             except Exception as exc:
                 if start != -1:
                     raise
-                text = str(exc).strip()
-                first = text.splitlines()[0][:160] if text else ""
-                self.fallback_reason = (
-                    f"vmap could not run the model ({type(exc).__name__}: {first})"
-                )
+                self.fallback_reason = _vmap_failure(exc)
                 return None
             if start == -1:
                 probe, out = out[0], out[1:]
@@ -571,26 +567,33 @@ def run_check(
     batch_size = _batch_size(problem)
     small_model = sum(c.value.numel() for c in problem.checkables) <= SMALL_MODEL
     results: list[list[TensorResult]] = [[] for _ in term_names]
+    measured: dict[str, _Measured] = {}
     interrupted = False
     try:
         for position, c in enumerate(problem.checkables):
             if options.progress:
                 options.progress(c.name, position, len(problem.checkables))
             coords = _choose_coordinates(c, analytic.grads, options, small_model)
-            d = _direction(c, options.seed) if coords.numel() < c.value.numel() else None
-            points = evaluator.evaluate(c, coords, h, d)
-            fp, fm = points.plus, points.minus
-            direction = None if d is None else (d, points.direction_plus, points.direction_minus)
+            measured[c.name] = _measure(evaluator, c, coords, h, options.seed)
+        if options.budget is not None:
+            _spend_budget(evaluator, problem, measured, options, started)
+    except KeyboardInterrupt:
+        interrupted = True
+    try:
+        for c in problem.checkables:
+            if c.name not in measured:
+                break
+            got = measured[c.name]
             for k, tname in enumerate(term_names):
                 results[k].append(
                     _judge(
                         c,
                         named(c, tname),
                         analytic.grads[k][c.name],
-                        coords,
-                        fp[:, k].double().cpu(),
-                        fm[:, k].double().cpu(),
-                        direction,
+                        got.coords,
+                        got.plus[:, k].double().cpu(),
+                        got.minus[:, k].double().cpu(),
+                        got.direction,
                         float(f0[k]),
                         k,
                         rounding,
@@ -614,6 +617,65 @@ def run_check(
     if interrupted:
         raise Interrupted(report)
     return report
+
+
+@dataclass
+class _Measured:
+    """The loss at θ ± h·e_i for the checked coordinates of one tensor (and ± h·d)."""
+
+    coords: torch.Tensor
+    plus: torch.Tensor
+    minus: torch.Tensor
+    direction: tuple | None
+    seconds: float
+
+
+def _measure(
+    evaluator: _Evaluator, c: Checkable, coords: torch.Tensor, h: float, seed: int
+) -> _Measured:
+    started = time.perf_counter()
+    d = _direction(c, seed) if coords.numel() < c.value.numel() else None
+    at = evaluator.evaluate(c, coords, h, d)
+    direction = None if d is None else (d, at.direction_plus, at.direction_minus)
+    return _Measured(coords, at.plus, at.minus, direction, time.perf_counter() - started)
+
+
+def _spend_budget(
+    evaluator: _Evaluator,
+    problem: Problem,
+    measured: dict[str, _Measured],
+    options: CheckOptions,
+    started: float,
+) -> None:
+    """--budget: while time is left, add seeded coordinates to the sampled tensors, round
+    by round (each round at most doubles a tensor's sample)."""
+    sampled = [c for c in problem.checkables if measured[c.name].coords.numel() < c.value.numel()]
+    gen = torch.Generator().manual_seed(options.seed + 31)
+    while sampled:
+        for c in list(sampled):
+            got = measured[c.name]
+            per_row = got.seconds / max(2 * got.coords.numel(), 1)
+            left = options.budget - (time.perf_counter() - started)
+            n = c.value.numel()
+            extra = min(got.coords.numel(), n - got.coords.numel(), int(left / per_row / 2))
+            if extra <= 0:
+                sampled.remove(c)
+                continue
+            fresh = torch.randint(n, (4 * extra,), generator=gen)
+            fresh = fresh[~torch.isin(fresh, got.coords)].unique()[:extra]
+            if fresh.numel() == 0:
+                sampled.remove(c)
+                continue
+            more = _measure(evaluator, c, fresh, options.eps, options.seed)
+            measured[c.name] = _Measured(
+                torch.cat([got.coords, fresh]),
+                torch.cat([got.plus, more.plus]),
+                torch.cat([got.minus, more.minus]),
+                got.direction,
+                got.seconds + more.seconds,
+            )
+            if measured[c.name].coords.numel() >= n:
+                sampled.remove(c)
 
 
 def _judge(
@@ -702,7 +764,7 @@ def _judge(
 
     n_kinks = int(comp.kink.sum())
     if n_kinks and not note:
-        note = f"{n_kinks} kink{'s' if n_kinks > 1 else ''} (non-differentiable point) skipped"
+        note = f"{n_kinks} kink{'s' if n_kinks > 1 else ''} skipped (not differentiable there)"
     if m < n_total and not note:
         note = f"sampled {m} of {n_total} coordinates + a random-direction check"
     worst: tuple[WorstEntry, ...] = ()
@@ -877,6 +939,19 @@ def _direction(c: Checkable, seed: int) -> torch.Tensor:
 
 
 # --- small helpers ------------------------------------------------------------------------
+
+
+def _vmap_failure(exc: Exception) -> str:
+    """Why vmap could not run the target, in one line."""
+    text = str(exc).strip()
+    if "setup_context" in text:
+        return (
+            "vmap needs an autograd.Function to define setup_context (and vmap or "
+            "generate_vmap_rule); this one does not"
+        )
+    first = text.splitlines()[0] if text else ""
+    first = first if len(first) <= 120 else first[:117] + "..."
+    return f"vmap could not run the model ({type(exc).__name__}: {first})"
 
 
 def _band_scale(dtype: torch.dtype) -> float:

@@ -350,7 +350,7 @@ class _ActCall:
     units: int
     unit: str
     numel: int
-    fields: list[str]  # which counts follow: "dead" | "inactive" | "saturated"
+    fields: list[str]  # which counts follow: "alive" | "inactive" | "saturated"
 
 
 @dataclass
@@ -376,6 +376,14 @@ def _norms(tensors: list[torch.Tensor], ord: float) -> list[torch.Tensor]:
         if low:
             tensors = [t.float() for t in tensors]
         return list(torch._foreach_norm(tensors, ord))
+
+
+def _extremes(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(min, max) of a tensor; NaN propagates. amin + amax are two fast vectorized passes
+    (aminmax and the inf-norm are several times slower on CPU)."""
+    if t.is_complex():
+        t = t.abs()
+    return t.amin(), t.amax()
 
 
 def _grad_accumulator(p: torch.Tensor) -> Any:
@@ -517,7 +525,7 @@ class _Recorder:
             for i, norm in zip(indices, _norms(dense, 2)):
                 self.gn[i] = norm
             for i, g in zip(indices, dense):
-                self.glo[i], self.ghi[i] = torch.aminmax(g.real if g.is_complex() else g)
+                self.glo[i], self.ghi[i] = _extremes(g)
         self.grads_seen = True
 
     def _hook_grads(self, layer: _Layer) -> None:
@@ -542,7 +550,7 @@ class _Recorder:
             g = _dense(g).detach()
             low = g.dtype in (torch.float16, torch.bfloat16)
             self.gn[i] = torch.linalg.vector_norm(g, dtype=torch.float32 if low else None)
-            self.glo[i], self.ghi[i] = torch.aminmax(g.real if g.is_complex() else g)
+            self.glo[i], self.ghi[i] = _extremes(g)
             self.grads_seen = True
         except Exception as exc:  # pragma: no cover - defensive
             self._internal(exc)
@@ -651,10 +659,10 @@ class _Recorder:
             self.bwd_numel.append(t.numel())
             self.bwd_wants_norm.append(role[4])
             self.hooked[key] = (index, t)
-            try:
-                self.tensor_handles.append(t.register_hook(partial(self._on_grad, index)))
-            except RuntimeError:  # e.g. a view that cannot take hooks: simply not watched
-                pass
+            # a pre-hook on the node that made this version of `t` receives dL/dt: the same
+            # gradient a tensor hook would, registered more cheaply
+            hook = partial(self._on_node_grad, index, t.output_nr)
+            self.tensor_handles.append(t.grad_fn.register_prehook(hook))
         else:
             self.bwd_roles[entry[0]].append(role)
             if role[4]:
@@ -696,17 +704,18 @@ class _Recorder:
             unit_dim, unit = y.dim() - 1, "feature"
         counts = self.act_counts
         fields: list[str] = []
-        # one reduction over the batch per statistic: a unit is dead when its largest |output|
-        # is 0, inactive when its largest output is < 0
+        # one reduction over the batch per statistic: a unit is alive when its largest |output|
+        # is not 0, active when its largest output is ≥ 0 (counted on the device)
         dims = tuple(d for d in range(y.dim()) if d != unit_dim)
+        dims = dims[0] if len(dims) == 1 else dims
         y = y.detach()
         if spec.dead == "zero":
             peak = y if spec.nonnegative else y.abs()
-            peak = peak.amax(dim=dims) if dims else peak
-            counts.append((peak == 0).sum())
-            fields.append("dead")
+            counts.append(torch.count_nonzero(peak.amax(dim=dims) if dims != () else peak))
+            fields.append("alive")
         elif spec.dead == "negative":
-            counts.append(((y.amax(dim=dims) if dims else y) < 0).sum())
+            peak = y.amax(dim=dims) if dims != () else y
+            counts.append(torch.count_nonzero(peak < 0))
             fields.append("inactive")
         if bounds is not None:
             lo, hi = bounds
@@ -714,11 +723,11 @@ class _Recorder:
                 # |y - centre| ≥ half-range - margin: within the margin of either asymptote
                 centre, half = (lo + hi) / 2, (hi - lo) / 2
                 edge = half - self.saturation_margin * (hi - lo)
-                counts.append(((y - centre).abs() >= edge).sum())
+                counts.append(torch.count_nonzero((y - centre).abs_() >= edge))
             elif hi is not None:
-                counts.append((y >= hi - self.saturation_margin * abs(hi)).sum())
+                counts.append(torch.count_nonzero(y >= hi - self.saturation_margin * abs(hi)))
             else:
-                counts.append((y <= lo + self.saturation_margin * abs(lo)).sum())
+                counts.append(torch.count_nonzero(y <= lo + self.saturation_margin * abs(lo)))
             fields.append("saturated")
         if fields:
             self.acts.append(
@@ -735,6 +744,11 @@ class _Recorder:
                     fields,
                 )
             )
+
+    def _on_node_grad(self, index: int, output_nr: int, grads: tuple) -> None:
+        grad = grads[output_nr] if output_nr < len(grads) else None
+        if grad is not None:
+            self._on_grad(index, grad)
 
     def _on_grad(self, index: int, grad: torch.Tensor) -> None:
         try:
@@ -762,11 +776,12 @@ class _Recorder:
         scalars.extend(self.wn)
         for values in (self.gn, self.glo, self.ghi):
             scalars.extend(v for v in values if v is not None)
-        for group in (self.act_counts, self.fwd_flags, self.bwd_flags, self.bwd_norms):
+        for group in (self.fwd_flags, self.bwd_flags, self.bwd_norms):
             scalars.extend(group)
         pending = _PendingStep(
             step=step,
-            vector=_stack(scalars),
+            # the integer counts go last, stacked on their own: stacking mixed dtypes is slow
+            vector=_stack(scalars, self.act_counts),
             has_loss=loss is not None,
             grads_present=present,
             acts=self.acts,
@@ -783,16 +798,27 @@ class _Recorder:
         return pending
 
 
-def _stack(scalars: list[torch.Tensor]) -> torch.Tensor | None:
-    """0-d tensors -> one float vector on one device (float64 where the device has it)."""
-    if not scalars:
+def _stack(*groups: list[torch.Tensor]) -> torch.Tensor | None:
+    """Groups of 0-d tensors -> one float vector on one device, in order."""
+    parts = []
+    for scalars in groups:
+        if not scalars:
+            continue
+        device = scalars[0].device
+        try:
+            part = torch.stack(scalars)
+        except RuntimeError:  # a model spread over several devices
+            device = parts[0].device if parts else device
+            part = torch.stack([s.to(device) for s in scalars])
+        if part.dtype not in (torch.float32, torch.float64):
+            part = part.to(_host_dtype(device))
+        parts.append(part)
+    if not parts:
         return None
-    device = scalars[0].device
-    try:
-        vector = torch.stack(scalars)
-    except RuntimeError:  # a model spread over several devices
-        vector = torch.stack([s.to(device) for s in scalars])
-    return vector.to(_host_dtype(device))
+    if len(parts) == 1:
+        return parts[0]
+    dtype = torch.promote_types(parts[0].dtype, parts[1].dtype)
+    return torch.cat([p.to(device=parts[0].device, dtype=dtype) for p in parts])
 
 
 class _ActivationCalls(TorchFunctionMode):
@@ -889,10 +915,10 @@ def _resolve_step(p: _PendingStep, mm: _ModelMap) -> _StepSample:
         math.nan if math.isnan(lo) or math.isnan(hi) else max(-lo, hi)
         for lo, hi in zip(lows, highs)
     ]
-    counts = _take(values, sum(len(a.fields) for a in p.acts), at)
     fwd_flags = _take(values, len(p.fwd), at)
     bwd_flags = _take(values, len(p.bwd), at)
     bwd_norms = _take(values, len(p.bwd_norm_at), at)
+    counts = [round(c) for c in _take(values, sum(len(a.fields) for a in p.acts), at)]
 
     # the gradient reaching each module's output ("the backward signal"), from the tensor hooks
     out_sq: dict[str, float] = {}
@@ -982,7 +1008,10 @@ def _resolve_step(p: _PendingStep, mm: _ModelMap) -> _StepSample:
         n = totals[a.base_key]
         stats = {"dead": None, "inactive": None, "saturated": None}
         for f in a.fields:
-            stats[f] = counts[k]
+            if f == "alive":
+                stats["dead"] = a.units - counts[k]
+            else:
+                stats[f] = counts[k]
             k += 1
         frac = {
             "dead": stats["dead"] / a.units if stats["dead"] is not None else None,

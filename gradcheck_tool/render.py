@@ -67,33 +67,38 @@ def _shape(shape: tuple[int, ...]) -> str:
 
 
 def check_table(report: CheckReport) -> Table:
-    table = Table(
-        title=Text(f"gradtool check {report.target}"), title_justify="left", pad_edge=False
-    )
+    show_kinks = any(r.kinks for r in report.results)
+    show_note = any(r.note or r.hint for r in report.results)
+    table = Table(pad_edge=False)
     table.add_column("tensor", overflow="fold")
     table.add_column("shape")
     table.add_column("checked", justify="right")
     table.add_column("rel. error", justify="right")
     table.add_column("rating")
-    table.add_column("kinks", justify="right")
+    if show_kinks:
+        table.add_column("kinks", justify="right")
     table.add_column("result")
-    table.add_column("note", overflow="fold", max_width=64)
+    if show_note:
+        table.add_column("note", overflow="fold", max_width=64)
     for r in report.results:
         style = RATING_STYLE.get(r.rating, "")
-        note = Text(r.note)
-        if r.hint:
-            note.append(("; " if r.note else "") + "hint: " + r.hint, style="bold")
         # user-derived strings go in as Text: a name like "w [penalty]" is not rich markup
-        table.add_row(
+        row: list = [
             Text(r.name),
             _shape(r.shape),
             f"{r.checked}/{r.numel}",
             Text(format_error(r.rel_error), style=style),
             Text(r.rating, style=style),
-            str(r.kinks) if r.kinks else "",
-            Text("pass", style="green") if r.passed else Text("FAIL", style="bold red"),
-            note,
-        )
+        ]
+        if show_kinks:
+            row.append(str(r.kinks) if r.kinks else "")
+        row.append(Text("pass", style="green") if r.passed else Text("FAIL", style="bold red"))
+        if show_note:
+            note = Text(r.note)
+            if r.hint:
+                note.append(("; " if r.note else "") + "hint: " + r.hint, style="bold")
+            row.append(note)
+        table.add_row(*row)
     return table
 
 
