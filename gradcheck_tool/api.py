@@ -10,6 +10,7 @@ import torch
 from . import __version__
 from .errors import InputError
 from .finite_diff import DEFAULT_SAMPLES, CheckOptions, Interrupted, run_check
+from .loading import parse_dtype
 from .prepare import Problem, SecondOrderProblem, normalize_inputs, preserved_state
 from .results import CheckReport
 
@@ -52,7 +53,8 @@ def check(
     if forward_mode and not _defines_jvp(target):
         raise InputError(
             "--forward-mode checks an autograd.Function's jvp, and "
-            f"{getattr(target, '__name__', type(target).__name__)} defines none",
+            f"{getattr(target, '__name__', type(target).__name__)} is not a Function that "
+            "defines one",
             hint="Define `jvp` (with `setup_context`) on the Function, or drop --forward-mode.",
         )
     default_tol, default_eps = DEFAULTS[check_dtype]
@@ -74,6 +76,11 @@ def check(
             raise InputError(f"--{what} must be a positive number, not {value}")
     if samples < 1:
         raise InputError(f"--samples must be at least 1, not {samples}")
+    if budget is not None and not 0 < budget < float("inf"):
+        raise InputError(f"--budget must be a positive number of seconds, not {budget}")
+    if not 0 <= seed < 2**63:
+        raise InputError(f"--seed must be between 0 and 2**63 - 1, not {seed}")
+    target = _unwrap(target)
     label = name or getattr(target, "__name__", None) or type(target).__name__
     where = _device(target, args, keywords, device)
     meta = dict(target=label, found_by=found_by, version=__version__)
@@ -82,6 +89,13 @@ def check(
         problem = Problem(
             target, args, keywords, loss_fn=loss_fn, dtype=check_dtype, seed=seed, device=where
         )
+        if not problem.checkables:  # certifying nothing would turn a mistake into a pass
+            raise InputError(
+                f"nothing to check in {label}: no parameter requires grad and no input is a "
+                "floating-point tensor",
+                hint="Unfreeze the parameters, or pass floating inputs (token ids are never "
+                "perturbed).",
+            )
         report = run_check(problem, options, forward_mode=forward_mode, **meta)
         if second_order and not report.interrupted:
             try:
@@ -105,11 +119,12 @@ def check(
 
 
 def _defines_jvp(target: Any) -> bool:
-    """A Function subclass overriding jvp; modules and functions are checked through the
-    Functions inside them, so they qualify when torch can run forward AD through them."""
-    if isinstance(target, type) and issubclass(target, torch.autograd.Function):
-        return getattr(target, "jvp", None) is not getattr(torch.autograd.Function, "jvp", None)
-    return True
+    """An autograd.Function subclass that overrides jvp (what --forward-mode checks)."""
+    return (
+        isinstance(target, type)
+        and issubclass(target, torch.autograd.Function)
+        and getattr(target, "jvp", None) is not getattr(torch.autograd.Function, "jvp", None)
+    )
 
 
 def _merge(first: CheckReport, second: CheckReport) -> CheckReport:
@@ -123,16 +138,42 @@ def _merge(first: CheckReport, second: CheckReport) -> CheckReport:
 
 
 def _dtype(dtype: torch.dtype | str) -> torch.dtype:
-    if isinstance(dtype, str):
-        dtype = {
-            "float64": torch.float64,
-            "double": torch.float64,
-            "float32": torch.float32,
-            "float": torch.float32,
-        }.get(dtype, dtype)  # type: ignore[arg-type]
-    if dtype not in DEFAULTS:
+    checked = parse_dtype(dtype) if isinstance(dtype, str) else dtype
+    if checked not in DEFAULTS:
         raise InputError(f"--dtype must be float64 or float32, not {dtype}")
-    return dtype  # type: ignore[return-value]
+    return checked
+
+
+def _unwrap(target: Any) -> Any:
+    """`model.forward` is the model; a function that closes over a module would run (and
+    change) the user's own module, and its parameters would go unchecked: refuse it."""
+    owner = getattr(target, "__self__", None)
+    if isinstance(owner, torch.nn.Module) and getattr(target, "__name__", "") == "forward":
+        return owner
+    if not isinstance(target, torch.nn.Module) and callable(target):
+        cells = [
+            c.cell_contents
+            for c in (getattr(target, "__closure__", None) or ())
+            if _has_contents(c)
+        ]
+        used = [type(v).__name__ for v in cells if isinstance(v, torch.nn.Module)]
+        if isinstance(owner, torch.nn.Module):
+            used.append(type(owner).__name__)
+        if used:
+            raise InputError(
+                f"the function uses the module {used[0]} from outside its arguments: its "
+                "parameters would not be checked, and running it would change your model",
+                hint="Pass the module itself (or a small nn.Module wrapping it) as the target.",
+            )
+    return target
+
+
+def _has_contents(cell: Any) -> bool:
+    try:
+        cell.cell_contents  # noqa: B018  (an empty cell raises)
+    except ValueError:
+        return False
+    return True
 
 
 def _device(
@@ -140,9 +181,19 @@ def _device(
 ) -> torch.device | None:
     """The requested device, else where the model or its inputs already live."""
     if device is not None:
-        where = torch.device(device)
-        if where.type == "cuda" and not torch.cuda.is_available():
-            raise InputError("--device cuda was asked for, but CUDA is not available here")
+        try:
+            where = torch.device(device)
+        except (RuntimeError, TypeError):
+            raise InputError(f"--device must be cpu or cuda[:N], not {device!r}") from None
+        if where.type not in ("cpu", "cuda"):
+            raise InputError(f"--device must be cpu or cuda[:N], not {device!r}")
+        if where.type == "cuda":
+            if not torch.cuda.is_available():
+                raise InputError("--device cuda was asked for, but CUDA is not available here")
+            if where.index is not None and where.index >= torch.cuda.device_count():
+                raise InputError(
+                    f"--device {device}: this machine has {torch.cuda.device_count()} GPU(s)"
+                )
         return where
     if isinstance(target, torch.nn.Module):
         for p in target.parameters():

@@ -86,6 +86,13 @@ def user_errors(debug: bool) -> Iterator[None]:
         if exc.hint:
             console.print(_escape(exc.hint))
         raise typer.Exit(EXIT_USER) from None
+    except SystemExit as exc:  # the user's code called sys.exit() somewhere unguarded
+        if debug:
+            traceback.print_exc()
+        _error_console().print(
+            f"[bold red]error:[/bold red] your code called sys.exit({_escape(repr(exc.code))})"
+        )
+        raise typer.Exit(EXIT_USER) from None
     except Exception as exc:
         if debug:
             traceback.print_exc()
@@ -96,6 +103,23 @@ def user_errors(debug: bool) -> Iterator[None]:
         )
         console.print("Run again with --debug for the traceback, and please report it.")
         raise typer.Exit(EXIT_INTERNAL) from None
+
+
+@contextlib.contextmanager
+def user_run(target: str, json_path: str | None, debug: bool) -> Iterator[Any]:
+    """The frame of a command that runs the user's code: errors become exit codes, the
+    user's folder stays importable until the end, and with `--json -` anything the user's
+    code prints goes to stderr so stdout holds only the JSON. Yields the real stdout."""
+    from .loading import scope_for
+    from .render import check_json_path
+
+    stdout = sys.stdout
+    with user_errors(debug):
+        if json_path:
+            check_json_path(json_path)
+        quiet = contextlib.redirect_stdout(sys.stderr) if json_path == "-" else None
+        with scope_for(target), quiet or contextlib.nullcontext():
+            yield stdout
 
 
 def _escape(text: str) -> str:
@@ -187,7 +211,7 @@ def check(
 
     json_to_stdout = json_path == "-"
     console = make_console(stderr=json_to_stdout)
-    with user_errors(debug):
+    with user_run(target, json_path, debug) as stdout:
         loaded = load_target(target, weights=weights)
         args, kwargs = resolve_inputs(loaded, input_shape, input_dtype, seed)
         interrupted = False
@@ -216,10 +240,10 @@ def check(
                 )
             except Interrupted as stop:
                 report, interrupted = stop.report, True
-        if json_path:
-            write_json(report.to_dict(), json_path)
         if not json_to_stdout:
             render_check(report, console)
+        if json_path:
+            write_json(report.to_dict(), json_path, stdout=stdout)
         if interrupted:
             raise typer.Exit(EXIT_INTERRUPTED)
         if report.nondeterministic:  # not a gradient verdict: the model can't be checked
@@ -238,7 +262,7 @@ def flow(
         1, "--steps", min=1, help="Train a copy this many steps on the batch and show the trend."
     ),
     lr: Optional[float] = typer.Option(
-        None, "--lr", help="Learning rate for --steps [default: 1e-2 sgd, 1e-3 adam]."
+        None, "--lr", help="Learning rate for --steps (default 1e-2 with sgd, 1e-3 with adam)."
     ),
     optimizer: str = typer.Option("sgd", "--optimizer", help="sgd or adam, for --steps."),
     plot: Optional[str] = typer.Option(
@@ -266,7 +290,7 @@ def flow(
 
     json_to_stdout = json_path == "-"
     console = make_console(stderr=json_to_stdout)
-    with user_errors(debug):
+    with user_run(target, json_path, debug) as stdout:
         fail_kinds = parse_fail_on(fail_on)
         if plot:
             check_plot_path(plot)
@@ -286,10 +310,10 @@ def flow(
             found_by=loaded.found_by,
             folder=loaded.path.resolve().parent,
         )
-        if json_path:
-            write_json(report.to_dict(), json_path)
         if not json_to_stdout:
             render_flow(report, console)
+        if json_path:
+            write_json(report.to_dict(), json_path, stdout=stdout)
         if plot:
             written = plot_flow(report, plot)
             console.print(f"plot written to {written}")

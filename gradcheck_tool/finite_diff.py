@@ -20,15 +20,18 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from .errors import UserCodeError
 from .hints import bug_hint
 from .loading import describe_exception
-from .prepare import TOTAL, Checkable, Problem, floating_leaves
+from .prepare import Checkable, Problem, floating_leaves
 from .results import CheckReport, SweepPoint, TensorResult, WorstEntry, rating_for
 
 FULL_THRESHOLD = 256  # tensors up to this many elements are checked at every coordinate
-SMALL_MODEL = 20_000  # ... and every tensor of a target with at most this many in all
+TINY_MODEL = 4096  # ... and every tensor of a target with at most this many in all,
+SMALL_MODEL = 20_000  # ... or at most this many,
+FULL_CHECK_SECONDS = 10.0  # ... when such a full check should take about this long at most
 DEFAULT_SAMPLES = 16  # coordinates sampled from each larger tensor (plus a direction check)
 MEMORY_BUDGET = 256 * 2**20  # bytes of perturbed copies per batched (vmap) call
 MAX_BATCH = 512
@@ -156,6 +159,13 @@ def compare(
     return Comparison(a, num, kink, rel, tiny, noise)
 
 
+def _step_in(sweep_verdict: str | None) -> float | None:
+    """The step a truncation/round-off verdict says passes ("... passes at eps=1e-08")."""
+    if not sweep_verdict or not sweep_verdict.startswith(("truncation", "round-off")):
+        return None
+    return float(sweep_verdict.rsplit("eps=", 1)[1])
+
+
 def classify_sweep(points: list[SweepPoint], tol: float, default_eps: float) -> str:
     """Truncation (error shrinks with h), round-off (grows as h shrinks) or a stable bug."""
     if all(math.isinf(p.rel_error) for p in points):
@@ -206,6 +216,8 @@ class _Evaluator:
         self.base = base or {c.name: c.value for c in problem.checkables}
         self.problem_missing_note = getattr(problem, "missing_note", MISSING_NOTE)
         self.f0: torch.Tensor | None = None  # loss terms at θ, set before evaluate()
+        self._probed: set[str] = set()  # tensors vmap was shown to handle
+        self.activation_bytes = 0  # bytes one forward allocates, set with f0
 
     @property
     def mode(self) -> str:
@@ -214,20 +226,44 @@ class _Evaluator:
             return "mixed"
         return "batched" if self.batched_used else "serial"
 
-    def _grad_mode(self) -> Any:
+    def grad_mode(self) -> Any:
         return torch.enable_grad() if self.needs_grad else torch.no_grad()
+
+    def can_batch(self, c: Checkable) -> bool:
+        """Whether vmap runs the target over copies of `c` and reproduces f(θ) exactly
+        enough; on the first failure, the reason is kept and vmap is not tried again."""
+        if self.fallback_reason is not None:
+            return False
+        if c.name in self._probed:
+            return True
+        with self.grad_mode():
+            try:
+                probe = self._vmapped(c, c.value.unsqueeze(0))[0]
+            except KeyboardInterrupt:
+                raise
+            except (Exception, SystemExit) as exc:
+                self.fallback_reason = _vmap_failure(exc)
+                return False
+        f0 = self.f0
+        tol = 1e3 * torch.finfo(c.value.dtype).eps * (1.0 + float(f0.abs().max()))
+        if not torch.allclose(probe, f0.to(probe), rtol=0.0, atol=tol):
+            # e.g. dropout inside attention draws its mask differently under vmap
+            self.fallback_reason = "vmap changes the model's result (random draws or state differ)"
+            return False
+        self._probed.add(c.name)
+        return True
 
     def evaluate(
         self, c: Checkable, coords: torch.Tensor, h: float, direction: torch.Tensor | None = None
     ) -> _Evaluations:
         """Loss terms at θ ± h·e_i for each coordinate (and at θ ± h·d for a direction)."""
         rows = _Rows(c, coords, h, direction)
-        with self._grad_mode():
-            if self.fallback_reason is None:
-                batched = self._batched(rows, self.f0)
-                if batched is not None:
+        with self.grad_mode():
+            if self.can_batch(c):
+                out = self._batched(rows)
+                if out is not None:
                     self.batched_used = True
-                    return rows.split(batched)
+                    return rows.split(out)
             self.serial_used = True
             return rows.split(self._serial(rows))
 
@@ -236,35 +272,22 @@ class _Evaluator:
             lambda v: self.problem.terms({**self.base, c.name: v}), randomness="same"
         )(batch)
 
-    def _batched(self, rows: _Rows, f0: torch.Tensor) -> torch.Tensor | None:
-        """vmap over perturbed copies of one tensor, in chunks that fit the memory budget.
-
-        The first chunk carries one unperturbed copy: if vmap can't run the model, or its
-        result differs from the plain forward (random draws, state), None and a reason.
-        """
-        c = rows.checkable
-        chunk = int(max(1, min(MAX_BATCH, MEMORY_BUDGET // max(rows.row_bytes, 1))))
+    def _batched(self, rows: _Rows) -> torch.Tensor | None:
+        """vmap over perturbed copies of one tensor, in chunks that fit the memory budget
+        (the copies and the activations each copy makes); None (and a reason) if a chunk
+        fails, e.g. for lack of memory."""
+        per_row = rows.row_bytes + self.activation_bytes
+        chunk = int(max(1, min(MAX_BATCH, MEMORY_BUDGET // max(per_row, 1))))
         outputs = []
-        for start in range(-1, rows.count, chunk):
-            stop = min(start + chunk, rows.count)
+        for start in range(0, rows.count, chunk):
+            part = rows.materialize(start, min(start + chunk, rows.count))
             try:
-                out = self._vmapped(c, rows.materialize(start, stop))
+                outputs.append(self._vmapped(rows.checkable, part))
             except KeyboardInterrupt:
                 raise
-            except Exception as exc:
-                if start != -1:
-                    raise
+            except (Exception, SystemExit) as exc:
                 self.fallback_reason = _vmap_failure(exc)
                 return None
-            if start == -1:
-                probe, out = out[0], out[1:]
-                tol = 1e3 * torch.finfo(c.value.dtype).eps * (1.0 + float(f0.abs().max()))
-                if not torch.allclose(probe, f0.to(probe), rtol=0.0, atol=tol):
-                    self.fallback_reason = (
-                        "vmap changes the model's result (random draws or state differ)"
-                    )
-                    return None
-            outputs.append(out)
         return torch.cat(outputs)
 
     def _serial(self, rows: _Rows) -> torch.Tensor:
@@ -276,12 +299,25 @@ class _Evaluator:
                 out.append(self.problem.terms({**self.base, c.name: value}).detach())
             except (UserCodeError, KeyboardInterrupt):
                 raise
-            except Exception as exc:
-                raise UserCodeError(
-                    f"the forward raised {describe_exception(exc, None)} at a perturbed "
-                    f"value of {c.name}"
-                ) from exc
+            except (Exception, SystemExit) as exc:
+                raise forward_error(exc, f" at a perturbed value of {c.name}") from exc
         return torch.stack(out)
+
+
+class _AllocatedBytes(TorchDispatchMode):
+    """Adds up the bytes of every tensor the ops of one forward produce: an upper bound on
+    the activation memory a batched copy of that forward needs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.total = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(t, torch.Tensor) and t.layout == torch.strided:
+                self.total += t.numel() * t.element_size()
+        return out
 
 
 @dataclass
@@ -294,7 +330,7 @@ class _Evaluations:
 
 class _Rows:
     """The perturbed points of one tensor as rows: +h·e_i for each coordinate, then −h·e_i,
-    then ±h·d. Row −1 is the unperturbed point (vmap's probe)."""
+    then ±h·d."""
 
     def __init__(
         self, c: Checkable, coords: torch.Tensor, h: float, direction: torch.Tensor | None
@@ -312,8 +348,7 @@ class _Rows:
         """Rows [start, stop) as a (stop − start, *shape) tensor of perturbed values."""
         n = stop - start
         batch = self.flat.expand(n, -1).clone()  # .repeat is several times slower here
-        first = max(start, 0)
-        rows = torch.arange(first, max(first, min(stop, 2 * self.m)), device=self.flat.device)
+        rows = torch.arange(start, max(start, min(stop, 2 * self.m)), device=self.flat.device)
         if rows.numel():
             idx = self.coords[rows % self.m]
             steps = torch.where(rows < self.m, self.h, -self.h).to(self.flat)
@@ -350,8 +385,8 @@ def _analytic(
             terms = problem.terms(leaves)
         except (UserCodeError, KeyboardInterrupt):
             raise
-        except Exception as exc:
-            raise UserCodeError(f"the forward raised {describe_exception(exc, None)}") from exc
+        except (Exception, SystemExit) as exc:
+            raise forward_error(exc) from exc
         result = _Analytic([])
         if not torch.isfinite(terms.detach()).all():
             return terms.detach(), result
@@ -365,12 +400,10 @@ def _analytic(
                 grads = torch.autograd.grad(
                     terms[k], inputs, grad_outputs=upstream, retain_graph=True, allow_unused=True
                 )
-                result.grads.append(
-                    {n: None if g is None else g.detach() for n, g in zip(names, grads)}
-                )
+                result.grads.append({n: _dense(g) for n, g in zip(names, grads)})
         except KeyboardInterrupt:
             raise
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:
             result.error = describe_exception(exc, None)
     return terms.detach(), result
 
@@ -425,7 +458,7 @@ class _OnDemand:
                 base=moved,
                 needs_grad=getattr(self.problem, "needs_grad", False),
             )
-            with evaluator._grad_mode():
+            with evaluator.grad_mode():
                 evaluator.f0 = self.problem.terms(moved).detach()
             self._off = (moved, grads, evaluator)
         moved, grads, evaluator = self._off
@@ -449,8 +482,8 @@ def _forward_mode(problem: Problem) -> tuple[torch.Tensor, _Analytic]:
             terms = problem.terms({c.name: c.value for c in problem.checkables})
         except (UserCodeError, KeyboardInterrupt):
             raise
-        except Exception as exc:
-            raise UserCodeError(f"the forward raised {describe_exception(exc, None)}") from exc
+        except (Exception, SystemExit) as exc:
+            raise forward_error(exc) from exc
     result = _Analytic([dict.fromkeys(names) for _ in range(terms.numel())])
     if not torch.isfinite(terms).all():
         return terms, result
@@ -470,7 +503,7 @@ def _forward_mode(problem: Problem) -> tuple[torch.Tensor, _Analytic]:
                 result.grads[k][c.name] = stacked[:, k].reshape(c.value.shape)
     except KeyboardInterrupt:
         raise
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:
         result.error = describe_exception(exc, None)
     return terms, result
 
@@ -509,25 +542,30 @@ def run_check(
             **extra,
         )
 
-    def named(c: Checkable, tname: str) -> str:
+    def named(c: Checkable, k: int) -> str:
+        """The first term (the sum, when there are several) goes by the tensor's name."""
         base = c.name + label_suffix
-        return base if tname in (TOTAL, term_names[0]) else f"{base} [{tname}]"
+        return base if k == 0 else f"{base} [{term_names[k]}]"
 
     if not torch.isfinite(base_terms).all():
         where = _nonfinite_output(problem) or "the loss"
         note = f"NaN/Inf in the forward pass: seen in {where}"
         return finish(
-            [_failed(c, named(c, term_names[0]), note) for c in problem.checkables]
-            or [_failed_output(note)]
+            [_failed(c, named(c, 0), note) for c in problem.checkables] or [_failed_output(note)]
         )
     if analytic.error is not None:
         note = f"the {'jvp' if forward_mode else 'backward'} raised {analytic.error}"
-        return finish([_failed(c, named(c, term_names[0]), note) for c in problem.checkables])
+        return finish([_failed(c, named(c, 0), note) for c in problem.checkables])
 
     evaluator = _Evaluator(problem, options, needs_grad=getattr(problem, "needs_grad", False))
-    with evaluator._grad_mode():
-        f0 = problem.terms(evaluator.base).detach()
+    with evaluator.grad_mode():
+        tick = time.perf_counter()
+        with _AllocatedBytes() as allocated:
+            f0 = problem.terms(evaluator.base).detach()
+        evaluator.activation_bytes = allocated.total
+        tock = time.perf_counter()
         f0_again = problem.terms(evaluator.base).detach()
+        forward_seconds = min(tock - tick, time.perf_counter() - tock)
     evaluator.f0 = f0
     on_demand = _OnDemand(problem, analytic, options)
     noise_in_f = float((f0 - f0_again).abs().max())
@@ -550,9 +588,7 @@ def run_check(
             )
             return finish(
                 [
-                    _unjudged(
-                        c, named(c, term_names[0]), "not judged: the forward is nondeterministic"
-                    )
+                    _unjudged(c, named(c, 0), "not judged: the forward is nondeterministic")
                     for c in problem.checkables
                 ],
                 nondeterministic=True,
@@ -565,7 +601,12 @@ def run_check(
         rounding = max(rounding, noise_in_f)
 
     batch_size = _batch_size(problem)
-    small_model = sum(c.value.numel() for c in problem.checkables) <= SMALL_MODEL
+    # Every coordinate of a small model, when that is quick: ~2·numel forwards, which vmap
+    # runs several times faster than one by one.
+    total = sum(c.value.numel() for c in problem.checkables)
+    small_model = total <= TINY_MODEL or (
+        total <= SMALL_MODEL and 2 * total * forward_seconds / 4 <= FULL_CHECK_SECONDS
+    )
     results: list[list[TensorResult]] = [[] for _ in term_names]
     measured: dict[str, _Measured] = {}
     interrupted = False
@@ -573,7 +614,9 @@ def run_check(
         for position, c in enumerate(problem.checkables):
             if options.progress:
                 options.progress(c.name, position, len(problem.checkables))
-            coords = _choose_coordinates(c, analytic.grads, options, small_model)
+            # every coordinate of a small model, unless each point costs a whole forward
+            everything = small_model and evaluator.can_batch(c)
+            coords = _choose_coordinates(c, analytic.grads, options, everything)
             measured[c.name] = _measure(evaluator, c, coords, h, options.seed)
         if options.budget is not None:
             _spend_budget(evaluator, problem, measured, options, started)
@@ -584,11 +627,11 @@ def run_check(
             if c.name not in measured:
                 break
             got = measured[c.name]
-            for k, tname in enumerate(term_names):
+            for k in range(len(term_names)):
                 results[k].append(
                     _judge(
                         c,
-                        named(c, tname),
+                        named(c, k),
                         analytic.grads[k][c.name],
                         got.coords,
                         got.plus[:, k].double().cpu(),
@@ -754,13 +797,53 @@ def _judge(
     sweep: tuple[SweepPoint, ...] = ()
     sweep_verdict = None
     if (options.sweep or not passed) and not never_reaches:
+        # sweep where the disagreement is: the worst coordinates first
+        worst_first = torch.argsort((comp.a - comp.judged).abs(), descending=True)[:SWEEP_COORDS]
         sweep, sweep_verdict = _sweep(
-            c, coords, a_flat, comp.kink, direction, f0, k, rounding, options, evaluator
+            c,
+            coords[worst_first],
+            a_flat,
+            comp.kink[worst_first],
+            direction,
+            f0,
+            k,
+            rounding,
+            options,
+            evaluator,
         )
-        if not passed and sweep_verdict.startswith(("truncation", "round-off")):
-            # the mismatch is the step size's, not the gradient's: no bug to report
-            passed = True
-            note = f"passes with another step size ({sweep_verdict})"
+        better_step = _step_in(sweep_verdict)
+        if not passed and better_step is not None:
+            # the mismatch may be the step's, not the gradient's: judge every checked
+            # coordinate (and the direction) again at that step before saying so
+            d = direction[0] if direction is not None else None
+            at = evaluator.evaluate(c, coords, better_step, d)
+            again = compare(
+                a_flat[coords],
+                at.plus[:, k].double().cpu(),
+                at.minus[:, k].double().cpu(),
+                f0,
+                better_step,
+                rounding,
+                tol,
+                refine=refine,
+                verify=verify,
+            )
+            dir_again = _direction_error(
+                c,
+                a_flat,
+                None if d is None else (d, at.direction_plus, at.direction_minus),
+                f0,
+                k,
+                better_step,
+                rounding,
+                tol,
+                evaluator,
+            )
+            if max(again.rel, dir_again or 0.0) <= tol:
+                comp, dir_rel = again, dir_again
+                verdict = max(again.rel, dir_again or 0.0)
+                passed = True
+                note = f"passes at eps={better_step:g} ({sweep_verdict})"
 
     n_kinks = int(comp.kink.sum())
     if n_kinks and not note:
@@ -952,6 +1035,26 @@ def _vmap_failure(exc: Exception) -> str:
     first = text.splitlines()[0] if text else ""
     first = first if len(first) <= 120 else first[:117] + "..."
     return f"vmap could not run the model ({type(exc).__name__}: {first})"
+
+
+def forward_error(exc: BaseException, where: str = "") -> UserCodeError:
+    """The user's forward raised: their words, their line, and a hint for the usual cause."""
+    text = describe_exception(exc, None)
+    hint = None
+    if "dtype" in text and ("ouble" in text or "float64" in text):
+        hint = (
+            "gradtool checks in float64: create constants with the input's dtype "
+            "(x.new_tensor, dtype=x.dtype), or run with --dtype float32."
+        )
+    return UserCodeError(f"the forward raised {text}{where}", hint=hint)
+
+
+def _dense(g: torch.Tensor | None) -> torch.Tensor | None:
+    """Autograd's gradient, detached and strided (nn.Embedding(sparse=True) gives sparse)."""
+    if g is None:
+        return None
+    g = g.detach()
+    return g.to_dense() if g.layout != torch.strided else g
 
 
 def _band_scale(dtype: torch.dtype) -> float:

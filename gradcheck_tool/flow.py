@@ -1,12 +1,13 @@
 """gradtool flow: per-layer gradient flow, dead and saturated activations, the first NaN.
 
-The engine never prints. For one forward/backward it puts forward pre-hooks and forward
-hooks on every module (tensor hooks on their outputs see the backward; never full backward
-hooks, which break on in-place ops), and a TorchFunctionMode that sees functional
-activations (`torch.relu`, `F.gelu`, ...) while the forward runs and attributes them to the
-module whose forward made them. Every hook handle lives in a side table and is removed in
-`finally`; nothing is set on the user's modules. What is measured stays on the device until
-one transfer per step.
+The engine never prints. While one forward runs it registers a global module forward
+pre-hook and forward hook (they ignore modules outside the model), pre-hooks on the autograd
+nodes that made each module's output (they see the backward; never full backward hooks,
+which break on in-place ops), and a TorchFunctionMode that sees functional activations
+(`torch.relu`, `F.gelu`, ...) and attributes them to the module whose forward made them.
+Every handle lives in a side table and is removed in `finally`; nothing is set on the
+user's modules or parameters. What is measured stays on the device: one vector per step,
+read back in one transfer.
 
 `flow()` works on a deep copy of the model (its own dtype and device); `Monitor` watches
 the user's own model inside their training loop and leaves it as it found it.
@@ -21,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import torch
 from torch import nn
@@ -353,8 +354,7 @@ class _ActCall:
     fields: list[str]  # which counts follow: "alive" | "inactive" | "saturated"
 
 
-@dataclass
-class _FwdEvent:
+class _FwdEvent(NamedTuple):
     where: str  # "input" | "output"
     name: str
     parent: str | None  # the module on the stack when it happened (None: outside the model)
@@ -365,17 +365,19 @@ def _host_dtype(device: torch.device) -> torch.dtype:
     return torch.float32 if device.type == "mps" else torch.float64
 
 
-def _norms(tensors: list[torch.Tensor], ord: float) -> list[torch.Tensor]:
-    """Batched norms (one foreach call per dtype/device), accumulated in ≥ float32."""
-    if not tensors:
-        return []
-    low = any(t.dtype in (torch.float16, torch.bfloat16) for t in tensors)
-    try:
-        return list(torch._foreach_norm(tensors, ord, dtype=torch.float32 if low else None))
-    except TypeError:  # older torch: no dtype argument
-        if low:
-            tensors = [t.float() for t in tensors]
-        return list(torch._foreach_norm(tensors, ord))
+def _sq_norm(t: torch.Tensor) -> torch.Tensor:
+    """Σ t² as a 0-d tensor (the host takes the square root).
+
+    A dot product of the flattened tensor with itself is one memory-bound pass, about twice
+    as fast on CPU as vector_norm; half precision and odd layouts go through vector_norm with
+    float32 accumulation. (A float32 sum of squares overflows only for entries beyond ~1e19,
+    which no update survives either: that reads as an exploding, non-finite norm.)
+    """
+    if t.dtype in (torch.float32, torch.float64) and t.is_contiguous() and t.numel():
+        flat = t.view(-1)
+        return torch.dot(flat, flat)
+    low = t.dtype in (torch.float16, torch.bfloat16)
+    return torch.linalg.vector_norm(t, dtype=torch.float32 if low else None).square()
 
 
 def _extremes(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -446,8 +448,8 @@ class _Recorder:
         self.tensor_handles: list[Any] = []
         self.errors: list[str] = []
         self.mode: _ActivationCalls | None = None
-        # AccumulateGrad node of each parameter, looked up once and kept while hooked
-        self.grad_nodes: dict[int, Any] = {}
+        # AccumulateGrad node of each parameter (and its hook), looked up once, kept while hooked
+        self.grad_nodes: dict[int, tuple[Any, Callable[[tuple], None]]] = {}
         self.on_root_return: Callable[[Any], None] | None = None
         self.begin()
 
@@ -511,21 +513,18 @@ class _Recorder:
             mode, self.mode = self.mode, None
             mode.__exit__(None, None, None)
 
-    def measure_weights(self, indices: list[int]) -> None:
-        with torch.no_grad():
-            norms = _norms([self.mm.params[i].detach() for i in indices], 2)
-        for i, norm in zip(indices, norms):
-            self.wn[i] = norm
+    def measure_weights(self, indices: Sequence[int]) -> None:
+        params = self.mm.params
+        for i in indices:
+            self.wn[i] = _sq_norm(params[i].detach())  # detached: no graph
 
     def measure_grads(self, grads: list[torch.Tensor | None]) -> None:
         """Statistics of the gradients as they stand (flow(): p.grad after the backward)."""
         indices = [i for i, g in enumerate(grads) if g is not None]
         dense = [_dense(grads[i]).detach() for i in indices]
-        with torch.no_grad():
-            for i, norm in zip(indices, _norms(dense, 2)):
-                self.gn[i] = norm
-            for i, g in zip(indices, dense):
-                self.glo[i], self.ghi[i] = _extremes(g)
+        for i, g in zip(indices, dense):
+            self.gn[i] = _sq_norm(g)
+            self.glo[i], self.ghi[i] = _extremes(g)
         self.grads_seen = True
 
     def _hook_grads(self, layer: _Layer) -> None:
@@ -536,11 +535,11 @@ class _Recorder:
             p = self.mm.params[i]
             if not p.requires_grad:
                 continue
-            node = self.grad_nodes.get(i)
-            if node is None:
-                node = self.grad_nodes[i] = _grad_accumulator(p)
-            if node is not None:
-                self.tensor_handles.append(node.register_prehook(partial(self._on_param_grad, i)))
+            entry = self.grad_nodes.get(i)
+            if entry is None:  # looked up once: the node and the bound hook for parameter i
+                entry = self.grad_nodes[i] = (_grad_accumulator(p), partial(self._on_param_grad, i))
+            if entry[0] is not None:
+                self.tensor_handles.append(entry[0].register_prehook(entry[1]))
 
     def _on_param_grad(self, i: int, grads: tuple) -> None:
         try:
@@ -548,9 +547,10 @@ class _Recorder:
             if g is None:
                 return
             g = _dense(g).detach()
-            low = g.dtype in (torch.float16, torch.bfloat16)
-            self.gn[i] = torch.linalg.vector_norm(g, dtype=torch.float32 if low else None)
+            self.gn[i] = _sq_norm(g)
             self.glo[i], self.ghi[i] = _extremes(g)
+            if self.wn[i] is None:  # the weights were just read by this backward: in cache
+                self.wn[i] = _sq_norm(self.mm.params[i].detach())
             self.grads_seen = True
         except Exception as exc:  # pragma: no cover - defensive
             self._internal(exc)
@@ -587,12 +587,14 @@ class _Recorder:
     def on_pre(self, module: nn.Module, args: tuple, kwargs: dict | None) -> None:
         self.order += 1
         name, depth, _, layer = self.mm.info[id(module)]
+        if module is self.mm.root and not self.hook_param_grads:
+            # every weight norm, before anything changes them (the Monitor measures each
+            # parameter in its gradient hook instead, where the weights are in cache)
+            self.measure_weights(range(len(self.mm.params)))
         if layer is not None:
             calls = self.layer_calls[layer.index] = self.layer_calls.get(layer.index, 0) + 1
             if calls == 1:
                 self.layer_order[layer.index] = self.order
-                # the weights are about to be read by this layer: measure them now, in cache
-                self.measure_weights(layer.param_index)
                 if self.hook_param_grads:
                     self._hook_grads(layer)
         parent = self.mm.names[id(self.stack[-1])] if self.stack else None
@@ -754,13 +756,15 @@ class _Recorder:
         try:
             grad = grad.detach()
             self.bwd.append(index)
-            self.bwd_flags.append(_finite_probe(grad))
-            if self.bwd_wants_norm[index]:  # a layer's output: the backward signal's size
-                low = grad.dtype in (torch.float16, torch.bfloat16)
+            if self.bwd_wants_norm[index]:
+                # a layer's output: the size of the backward signal, which doubles as the
+                # NaN/Inf probe (see _sq_norm about overflow)
+                norm = _sq_norm(grad)
                 self.bwd_norm_at.append(len(self.bwd) - 1)
-                self.bwd_norms.append(
-                    torch.linalg.vector_norm(grad, dtype=torch.float32 if low else None)
-                )
+                self.bwd_norms.append(norm)
+                self.bwd_flags.append(norm)
+            else:
+                self.bwd_flags.append(_finite_probe(grad))
         except Exception as exc:  # pragma: no cover - defensive
             self._internal(exc)
 
@@ -905,10 +909,10 @@ def _resolve_step(p: _PendingStep, mm: _ModelMap) -> _StepSample:
     at = [0]
     loss = _take(values, 1, at)[0] if p.has_loss else None
     P = len(mm.params)
-    weights = _take(values, P, at)
+    weights = [math.sqrt(w) for w in _take(values, P, at)]  # squared norms on the device
     present = p.grads_present
     n_grads = sum(present) if present else 0
-    g2 = _take(values, n_grads, at)
+    g2 = [math.sqrt(g) for g in _take(values, n_grads, at)]
     lows, highs = _take(values, n_grads, at), _take(values, n_grads, at)
     # max |g| from the min and max; NaN anywhere makes it NaN
     ginf = [
@@ -917,7 +921,7 @@ def _resolve_step(p: _PendingStep, mm: _ModelMap) -> _StepSample:
     ]
     fwd_flags = _take(values, len(p.fwd), at)
     bwd_flags = _take(values, len(p.bwd), at)
-    bwd_norms = _take(values, len(p.bwd_norm_at), at)
+    bwd_norms = [math.sqrt(n) for n in _take(values, len(p.bwd_norm_at), at)]
     counts = [round(c) for c in _take(values, sum(len(a.fields) for a in p.acts), at)]
 
     # the gradient reaching each module's output ("the backward signal"), from the tensor hooks
@@ -1767,9 +1771,8 @@ class Monitor:
     that forward and backward only; on the other steps a single forward pre-hook on the model
     counts the call and returns. Measurements stay on the device and are read back at
     `report()` (at most one transfer per recorded step). Each parameter's gradient is measured
-    as the backward produces it (the gradient of this step, before any accumulation), each
-    layer's weights just before the layer runs. On exit the model has no hook left from the
-    monitor.
+    as the backward produces it (the gradient of this step, before any accumulation), the
+    weights as the model is called. On exit the model has no hook left from the monitor.
     """
 
     def __init__(

@@ -7,6 +7,7 @@ defined in the file. `sys.path` and `sys.modules` are restored after the import.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import inspect
 import itertools
@@ -16,7 +17,7 @@ import sys
 import sysconfig
 import traceback
 import types
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -51,21 +52,28 @@ class LoadedTarget:
 def split_spec(spec: str) -> tuple[Path, str | None]:
     """`dir/file.py:NAME` -> (Path, NAME); NAME is None when absent."""
     head, sep, tail = spec.rpartition(":")
-    if sep and _IDENTIFIER.match(tail) and head:
+    if sep and head and head.endswith(".py"):
+        if not _IDENTIFIER.match(tail):
+            raise LoadError(
+                f"bad NAME {tail!r} in {spec}: NAME must be a top-level name in the file",
+                hint="e.g. gradtool check model.py:Net",
+            )
         return Path(head), tail
     return Path(spec), None
 
 
 _OWN_DIR = str(Path(__file__).resolve().parent)
+_LIBRARY_ROOTS = tuple(
+    {
+        os.path.realpath(sysconfig.get_paths()[k])
+        for k in ("purelib", "platlib", "stdlib", "platstdlib")
+    }
+)
 
 
 def _library_file(path: str) -> bool:
-    """gradtool's own files, installed packages (torch) and the standard library."""
-    roots = [_OWN_DIR] + [
-        os.path.realpath(sysconfig.get_paths()[k])
-        for k in ("purelib", "platlib", "stdlib", "platstdlib")
-    ]
-    return path.startswith("<") or any(path.startswith(r + os.sep) for r in roots)
+    """Installed packages (torch) and the standard library, by real path."""
+    return any(path.startswith(root + os.sep) for root in _LIBRARY_ROOTS)
 
 
 def user_frame(tb: types.TracebackType | None, folder: Path | None) -> str | None:
@@ -78,10 +86,12 @@ def user_frame(tb: types.TracebackType | None, folder: Path | None) -> str | Non
             frame_path = str(Path(frame.filename).resolve())
         except OSError:
             continue
+        # the user's own code: not gradtool, torch or Python (a venv inside the user's
+        # folder holds torch too), and inside their folder when that is known
+        mine = not frame.filename.startswith("<") and not _library_file(frame_path)
+        mine = mine and not frame_path.startswith(_OWN_DIR + os.sep)
         if folder_str is not None:
-            mine = frame_path.startswith(folder_str + os.sep) or frame_path == folder_str
-        else:
-            mine = not _library_file(frame_path)
+            mine = mine and frame_path.startswith(folder_str + os.sep)
         if mine:
             found = f"{os.path.relpath(frame.filename)}:{frame.lineno}"
     return found
@@ -89,7 +99,10 @@ def user_frame(tb: types.TracebackType | None, folder: Path | None) -> str | Non
 
 def describe_exception(exc: BaseException, folder: Path | None) -> str:
     """'ValueError: text (at file.py:12)' — the user's own words, with where it happened."""
-    text = f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, SystemExit):
+        text = f"sys.exit({exc.code!r})"
+    else:
+        text = f"{type(exc).__name__}: {exc}"
     where = user_frame(exc.__traceback__, folder)
     return f"{text} (at {where})" if where else text
 
@@ -98,11 +111,48 @@ def _installed_module(module: types.ModuleType) -> bool:
     """Modules from site-packages or the standard library stay imported: removing a C
     extension from sys.modules and importing it again can break it."""
     origin = getattr(module, "__file__", None)
-    if not origin:
-        return False
-    roots = {sysconfig.get_paths()[k] for k in ("purelib", "platlib", "stdlib", "platstdlib")}
-    origin = os.path.realpath(origin)
-    return any(origin.startswith(os.path.realpath(r) + os.sep) for r in roots)
+    return bool(origin) and _library_file(os.path.realpath(origin))
+
+
+_scopes: list[str] = []  # folders of the user scopes now open, outermost first
+
+
+@contextlib.contextmanager
+def user_scope(folder: Path) -> Iterator[None]:
+    """The user's folder is importable while their code runs (the import, build_model,
+    forward, loss_fn); when the outermost scope ends, sys.path is restored and the modules
+    imported meanwhile are dropped from sys.modules (installed packages and the standard
+    library excepted: re-importing a C extension can break it)."""
+    entry = str(folder.resolve())
+    if _scopes:  # nested: the outermost scope restores everything
+        if entry not in sys.path:
+            sys.path.insert(0, entry)
+        _scopes.append(entry)
+        try:
+            yield
+        finally:
+            _scopes.pop()
+        return
+    saved_path = list(sys.path)
+    saved_modules = dict(sys.modules)
+    sys.path.insert(0, entry)
+    _scopes.append(entry)
+    try:
+        yield
+    finally:
+        _scopes.pop()
+        sys.path[:] = saved_path
+        for name in list(sys.modules):
+            if name not in saved_modules and not _installed_module(sys.modules[name]):
+                del sys.modules[name]
+        for name, mod in saved_modules.items():
+            if sys.modules.get(name) is not mod:
+                sys.modules[name] = mod
+
+
+def scope_for(spec: str) -> contextlib.AbstractContextManager[None]:
+    """user_scope for the folder of `file.py[:NAME]` (the CLI holds it for a whole run)."""
+    return user_scope(split_spec(spec)[0].resolve().parent)
 
 
 def import_user_file(path: Path) -> types.ModuleType:
@@ -114,10 +164,7 @@ def import_user_file(path: Path) -> types.ModuleType:
     folder = path.resolve().parent
     stem = re.sub(r"\W", "_", path.stem)
     module_name = f"_gradtool_user_{stem}_{next(_counter)}"
-    saved_path = list(sys.path)
-    saved_modules = dict(sys.modules)
-    sys.path.insert(0, str(folder))
-    try:
+    with user_scope(folder):
         spec = importlib.util.spec_from_file_location(module_name, path)
         if spec is None or spec.loader is None:
             raise LoadError(f"cannot import {path}")
@@ -132,19 +179,17 @@ def import_user_file(path: Path) -> types.ModuleType:
             raise LoadError(
                 f"import error while loading {path}: {describe_exception(exc, folder)}"
             ) from None
+        except SystemExit as exc:
+            raise LoadError(
+                f"{path} called sys.exit({exc.code!r}) while being imported"
+                + (f" (at {user_frame(exc.__traceback__, folder)})" if exc.__traceback__ else ""),
+                hint='Put script code under `if __name__ == "__main__":`.',
+            ) from None
         except Exception as exc:  # the user's module-level code raised
             raise LoadError(
                 f"error while loading {path}: {describe_exception(exc, folder)}"
             ) from None
         return module
-    finally:
-        sys.path[:] = saved_path
-        for name in list(sys.modules):
-            if name not in saved_modules and not _installed_module(sys.modules[name]):
-                del sys.modules[name]
-        for name, mod in saved_modules.items():
-            if sys.modules.get(name) is not mod:
-                sys.modules[name] = mod
 
 
 def _defined_here(obj: Any, module: types.ModuleType) -> bool:
@@ -164,6 +209,7 @@ def _is_function_class(obj: Any) -> bool:
 
 
 def _required_params(fn: Callable[..., Any]) -> list[str]:
+    """Parameters a call must fill; `*args` counts (a function of tensors, not a factory)."""
     try:
         sig = inspect.signature(fn)
     except (TypeError, ValueError):
@@ -171,17 +217,19 @@ def _required_params(fn: Callable[..., Any]) -> list[str]:
     return [
         p.name
         for p in sig.parameters.values()
-        if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+        if (p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD))
+        or p.kind == p.VAR_POSITIONAL
     ]
 
 
 def call_user(
     fn: Callable[..., Any], *args: Any, what: str, folder: Path | None = None, **kwargs: Any
 ) -> Any:
-    """Run user code; any exception becomes a UserCodeError repeating its text."""
+    """Run user code; any exception (sys.exit included) becomes a UserCodeError repeating
+    its text."""
     try:
         return fn(*args, **kwargs)
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:
         raise UserCodeError(f"{what} raised {describe_exception(exc, folder)}") from exc
 
 
@@ -280,6 +328,11 @@ def _candidates(module: types.ModuleType) -> list[str]:
 def load_target(spec: str, *, weights: str | None = None) -> LoadedTarget:
     """Import `path.py[:NAME]`, find the target, its example inputs, loss and weights."""
     path, name = split_spec(spec)
+    with user_scope(path.resolve().parent if path.exists() else Path.cwd()):
+        return _load(spec, path, name, weights)
+
+
+def _load(spec: str, path: Path, name: str | None, weights: str | None) -> LoadedTarget:
     module = import_user_file(path)
     folder = path.resolve().parent
     obj, kind, found_by, resolved = find_target(module, path, name)
@@ -303,6 +356,12 @@ def _state_dict_in(loaded: Any) -> Mapping[str, Any] | None:
         for key in ("state_dict", "model"):
             inner = loaded.get(key)
             if isinstance(inner, Mapping):
+                bad = [str(k) for k, v in inner.items() if not isinstance(v, torch.Tensor)]
+                if bad:
+                    raise CheckpointError(
+                        f"the state_dict under {key!r} holds non-tensor values for "
+                        f"{', '.join(bad[:10])}"
+                    )
                 return inner
         if all(isinstance(k, str) for k in loaded) and all(
             isinstance(v, torch.Tensor) for v in loaded.values()
@@ -353,8 +412,11 @@ def load_weights(model: nn.Module, weights: str) -> None:
         problems.append("mis-shaped: " + ", ".join(misshaped))
     if problems:
         raise CheckpointError(f"{path} does not match the model: " + "; ".join(problems))
-    with torch.no_grad():
-        model.load_state_dict(state, strict=True)
+    try:
+        with torch.no_grad():
+            model.load_state_dict(state, strict=True)
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path} could not be loaded into the model: {exc}") from None
 
 
 _DTYPES = {
@@ -385,7 +447,7 @@ def inputs_from_shapes(shapes: list[str], dtype: str = "float32", seed: int = 0)
     tensors = []
     for text in shapes:
         try:
-            shape = tuple(int(s) for s in text.replace("x", ",").split(",") if s.strip())
+            shape = tuple(int(part) for part in re.split(r"[,x×]", text.strip()))
         except ValueError:
             raise InputError(
                 f"bad --input-shape {text!r}: expected comma-separated sizes like 8,16"

@@ -18,7 +18,7 @@ from typing import Any, Callable
 import torch
 
 from .errors import InputError, UserCodeError
-from .loading import LoadedTarget, call_user, inputs_from_shapes  # noqa: F401  (call_user re-exported)
+from .loading import LoadedTarget, describe_exception, inputs_from_shapes
 
 try:  # numpy is a dependency, but a missing one must not break torch-only use
     import numpy as np
@@ -101,45 +101,51 @@ class ProjectionLoss:
             )
         gen = torch.Generator().manual_seed(seed + 7919)
         self.paths = [p for p, _ in leaves]
+        # complex outputs get complex projections: Re⟨R, t⟩ sees both real and imaginary parts
         self.projections = [
-            torch.randn(t.shape, generator=gen, dtype=torch.float64).to(
-                device=t.device, dtype=dtype if t.is_floating_point() else t.dtype
-            )
+            torch.randn(
+                t.shape,
+                generator=gen,
+                dtype=torch.complex128 if t.is_complex() else torch.float64,
+            ).to(device=t.device, dtype=t.dtype if t.is_complex() else dtype)
             for _, t in leaves
         ]
         self.names = ("loss",)
 
     def __call__(self, output: Any, args: tuple, kwargs: dict) -> torch.Tensor:
+        return sum(self._products(output)).reshape(1)
+
+    def magnitude(self, output: Any) -> float:
+        """Σ|R·out|: the size of the numbers summed, which sets the rounding noise of f."""
+        return float(sum(float(p.detach().abs().sum()) for p in self._products(output, sum_=False)))
+
+    def _products(self, output: Any, sum_: bool = True) -> list[torch.Tensor]:
+        """Re(conj(R)·t) per output leaf (summed per leaf unless sum_ is False)."""
         leaves = [t for _, t in floating_leaves(output)]
         if len(leaves) != len(self.projections):
             raise UserCodeError(
                 "the output structure changed between evaluations "
                 f"({len(self.projections)} floating tensors, then {len(leaves)})"
             )
-        total = None
+        out = []
         for t, r in zip(leaves, self.projections):
-            term = (t.real if t.is_complex() else t).mul(r.real if r.is_complex() else r).sum()
-            total = term if total is None else total + term
-        return total.reshape(1)
-
-    def magnitude(self, output: Any) -> float:
-        """Σ|R·out|: the size of the numbers summed, which sets the rounding noise of f."""
-        leaves = [t for _, t in floating_leaves(output)]
-        return float(
-            sum(
-                float(
-                    (t.real if t.is_complex() else t)
-                    .detach()
-                    .mul(r.real if r.is_complex() else r)
-                    .abs()
-                    .sum()
-                )
-                for t, r in zip(leaves, self.projections)
-            )
-        )
+            prod = (t * r.conj()).real if t.is_complex() else t * r
+            out.append(prod.sum() if sum_ else prod)
+        return out
 
 
 TOTAL = "total"
+
+
+def call_loss(loss_fn: Callable[..., Any], output: Any, args: tuple, kwargs: dict) -> Any:
+    """loss_fn(output, *inputs, **keyword_inputs); its errors are named as loss_fn's."""
+    try:
+        return loss_fn(output, *args, **kwargs)
+    except (Exception, SystemExit) as exc:
+        raise UserCodeError(
+            f"loss_fn raised {describe_exception(exc, None)}",
+            hint="gradtool calls loss_fn(output, *inputs, **keyword_inputs).",
+        ) from exc
 
 
 class UserLoss:
@@ -153,7 +159,11 @@ class UserLoss:
         self.names = (TOTAL, *self.term_keys) if len(self.term_keys) > 1 else self.term_keys
 
     def __call__(self, output: Any, args: tuple, kwargs: dict) -> torch.Tensor:
-        terms = _terms_of(self.loss_fn(output, *args, **kwargs))
+        return self.stack(call_loss(self.loss_fn, output, args, kwargs))
+
+    def stack(self, value: Any) -> torch.Tensor:
+        """loss_fn's value as the terms vector (the sum first when there are several)."""
+        terms = _terms_of(value)
         if tuple(terms) != self.term_keys:
             raise UserCodeError("loss_fn returned different terms between evaluations")
         stacked = torch.stack([t.reshape(()) for t in terms.values()])
@@ -293,7 +303,8 @@ class Problem:
 
     Holds a private copy of the target in the check dtype; `terms(values)` evaluates the
     loss terms (a 1-D tensor) from a fixed RNG state, with `values` substituted for the
-    checkable tensors.
+    checkable tensors (parameters, and floating input tensors however deeply nested in
+    tuples, lists and dicts).
     """
 
     def __init__(
@@ -335,12 +346,14 @@ class Problem:
             fn_for_names, skip = target, False
         positional, keywords = _argument_names(fn_for_names, self.args, self.kwargs, skip)
         prefix = "input:" if self.kind == "module" else ""
-        for i, a in enumerate(self.args):
-            if isinstance(a, torch.Tensor) and a.is_floating_point():
-                self.checkables.append(Checkable(prefix + positional[i], "input", ("arg", i), a))
-        for k, v in self.kwargs.items():
-            if isinstance(v, torch.Tensor) and v.is_floating_point():
-                self.checkables.append(Checkable(prefix + keywords[k], "input", ("kwarg", k), v))
+        roots = [("arg", i, positional[i], a) for i, a in enumerate(self.args)]
+        roots += [("kwarg", k, keywords[k], v) for k, v in self.kwargs.items()]
+        self._root_names = {(where, key): name for where, key, name, _ in roots}
+        for where, key, root_name, value in roots:
+            for path, leaf in _walk(value, root_name):
+                if isinstance(leaf, torch.Tensor) and leaf.is_floating_point():
+                    slot = (where, key, path)
+                    self.checkables.append(Checkable(prefix + path, "input", slot, leaf))
         self.loss: ProjectionLoss | UserLoss | None = None
         self.magnitude: float | None = None  # size of the loss's summands, set on first call
 
@@ -353,14 +366,17 @@ class Problem:
         args = list(self.args)
         kwargs = dict(self.kwargs)
         params: dict[str, torch.Tensor] = {}
+        nested: dict[tuple[str, Any], dict[str, torch.Tensor]] = {}
         for c in self.checkables:
-            v = values[c.name]
             if c.slot[0] == "param":
-                params[c.slot[1]] = v
-            elif c.slot[0] == "arg":
-                args[c.slot[1]] = v
+                params[c.slot[1]] = values[c.name]
             else:
-                kwargs[c.slot[1]] = v
+                nested.setdefault(c.slot[:2], {})[c.slot[2]] = values[c.name]
+        for (where, key), table in nested.items():
+            root = args if where == "arg" else kwargs
+            # a clone: a forward that writes into its input must not change θ (or a leaf)
+            table = {path: v.clone() for path, v in table.items()}
+            root[key] = _replace(root[key], self._root_names[(where, key)], table)
         self.rng.restore()
         if self.kind == "module":
             # fresh buffer copies each time: a stateful buffer must not drift between calls
@@ -377,12 +393,18 @@ class Problem:
         """The loss terms (1-D) at `values`; the first call fixes the projection/terms."""
         out, args, kwargs = self.forward(values)
         if self.loss is None:
+            self.reference_output = out
             if self.user_loss is not None:
-                self.loss = UserLoss(self.user_loss, self.user_loss(out, *args, **kwargs))
+                # one loss_fn call per evaluation, the first included: a loss that draws
+                # randomness must see the same RNG state every time
+                value = call_loss(self.user_loss, out, args, kwargs)
+                self.loss = UserLoss(self.user_loss, value)
+                terms = self.loss.stack(value)
             else:
                 self.loss = ProjectionLoss(out, self.seed, self.dtype)
-            self.reference_output = out
-        terms = self.loss(out, args, kwargs)
+                terms = self.loss(out, args, kwargs)
+        else:
+            terms = self.loss(out, args, kwargs)
         if self.magnitude is None:
             summed = self.loss.magnitude(out) if isinstance(self.loss, ProjectionLoss) else 0.0
             self.magnitude = max(summed, float(terms.detach().abs().max()))
@@ -391,6 +413,32 @@ class Problem:
     @property
     def term_names(self) -> tuple[str, ...]:
         return self.loss.names if self.loss is not None else ("loss",)
+
+
+def _walk(value: Any, path: str) -> Iterator[tuple[str, Any]]:
+    """(path, leaf) for every leaf of nested tuples/lists/dicts, in a fixed order."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield from _walk(v, f"{path}[{k!r}]")
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            yield from _walk(v, f"{path}[{i}]")
+    else:
+        yield path, value
+
+
+def _replace(value: Any, path: str, table: dict[str, Any]) -> Any:
+    """A copy of the nested structure with the leaves at `table`'s paths replaced."""
+    if path in table:
+        return table[path]
+    if isinstance(value, dict):
+        return type(value)((k, _replace(v, f"{path}[{k!r}]", table)) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        items = [_replace(v, f"{path}[{i}]", table) for i, v in enumerate(value)]
+        if hasattr(value, "_fields"):  # namedtuple
+            return type(value)(*items)
+        return type(value)(items)
+    return value
 
 
 def _kind_of(target: Any) -> str:
@@ -407,7 +455,15 @@ def _kind_of(target: Any) -> str:
 
 
 def _to_check_dtype(value: Any, dtype: torch.dtype, device: torch.device | None) -> Any:
-    """Floating tensors become detached copies in the check dtype; others pass unchanged."""
+    """Floating tensors (also inside tuples, lists, dicts) become detached copies in the
+    check dtype; everything else passes unchanged."""
+    if isinstance(value, (dict, list, tuple)):
+        table = {
+            path: _to_check_dtype(leaf, dtype, device)
+            for path, leaf in _walk(value, "")
+            if isinstance(leaf, torch.Tensor)
+        }
+        return _replace(value, "", table)
     if isinstance(value, torch.Tensor):
         out = value.detach()
         if device is not None:
@@ -424,7 +480,12 @@ def _private_copy(
     try:
         copy = deepcopy(module)
     except Exception as exc:
-        raise UserCodeError(f"could not copy the model ({type(exc).__name__}: {exc})") from None
+        raise UserCodeError(
+            f"could not copy the model to check it ({type(exc).__name__}: {exc})",
+            hint="gradtool checks a deep copy so your model is never changed; make the model "
+            "deep-copyable (keep locks, files and generators out of it), or build it in "
+            "build_model().",
+        ) from None
     if device is not None:
         copy = copy.to(device)
     copy = copy.to(dtype)

@@ -6,12 +6,14 @@ import json
 import math
 import os
 import sys
-from typing import Any
+from pathlib import Path
+from typing import Any, TextIO
 
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from .errors import InputError
 from .results import CheckReport, TensorResult
 
 RATING_STYLE = {
@@ -41,15 +43,33 @@ def make_console(stderr: bool = False) -> Console:
     )
 
 
-def write_json(data: dict[str, Any], path: str) -> None:
+def check_json_path(path: str) -> None:
+    """Refuse a --json path that can't be written before any work is done."""
+    if path == "-":
+        return
+    target = Path(path)
+    if target.is_dir():
+        raise InputError(f"--json {path}: is a directory")
+    parent = target.parent if str(target.parent) else Path(".")
+    if not parent.is_dir():
+        raise InputError(f"--json {path}: the folder {parent} does not exist")
+    if not os.access(parent, os.W_OK) or (target.exists() and not os.access(target, os.W_OK)):
+        raise InputError(f"--json {path}: not writable")
+
+
+def write_json(data: dict[str, Any], path: str, stdout: TextIO | None = None) -> None:
     """Write `data` as JSON to `path`, or to stdout when `path` is "-"."""
     text = json.dumps(data, indent=2, allow_nan=False)
     if path == "-":
-        sys.stdout.write(text + "\n")
-        sys.stdout.flush()
-    else:
+        out = stdout or sys.stdout
+        out.write(text + "\n")
+        out.flush()
+        return
+    try:
         with open(path, "w", encoding="utf-8") as fh:
             fh.write(text + "\n")
+    except OSError as exc:
+        raise InputError(f"could not write --json {path}: {exc.strerror or exc}") from None
 
 
 def format_error(value: float | None) -> str:

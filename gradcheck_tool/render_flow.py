@@ -243,6 +243,7 @@ def plot_flow(report: FlowReport, path: str | Path) -> Path:
         raise InputError(f"--plot writes .png or .svg files; got {path.name!r}")
     try:
         from matplotlib.figure import Figure
+        from matplotlib.patches import Patch
     except ImportError:
         raise GradtoolError(
             "--plot needs matplotlib, which is not installed",
@@ -289,8 +290,15 @@ def plot_flow(report: FlowReport, path: str | Path) -> Path:
                 color="#d62728",
                 rotation=90,
             )
-    if any(n for n in norms):
+    shown = [v for r, n in zip(layers, norms) for v in (n, _positive(r.max_abs_grad)) if v]
+    if len(report.history) > 1:
+        shown += [v for v in before if v]
+    if shown:
         top.set_yscale("log")
+        # whole decades, at least two, so the log axis always reads as orders of magnitude
+        low = math.floor(math.log10(min(shown)))
+        high = max(math.ceil(math.log10(max(shown))), low + 2)
+        top.set_ylim(10.0**low, 10.0**high)
     top.set_xticks(xs, [r.name or "(model)" for r in layers], rotation=60, ha="right", fontsize=8)
     top.set_xlim(-0.6, max(len(layers), 1) - 0.4)
     top.set_ylabel("gradient norm (log scale)")
@@ -302,7 +310,13 @@ def plot_flow(report: FlowReport, path: str | Path) -> Path:
     )
     top.grid(axis="y", which="major", alpha=0.3)
     if layers:
-        top.legend(fontsize=8, loc="best")
+        # the bars' colours vary (flagged layers are red): say so with proxy patches
+        handles, labels = top.get_legend_handles_labels()
+        keep = [(h, lab) for h, lab in zip(handles, labels) if lab != "gradient norm"]
+        proxies = [Patch(color="#1f77b4", alpha=0.8, label="gradient norm")]
+        if "#d62728" in colors:
+            proxies.append(Patch(color="#d62728", alpha=0.8, label="where a finding points"))
+        top.legend(handles=proxies + [h for h, _ in keep], fontsize=8, loc="best")
 
     # activations: dead / saturated / inactive fractions
     xa = list(range(len(acts)))
@@ -324,18 +338,35 @@ def plot_flow(report: FlowReport, path: str | Path) -> Path:
             label="negative for every example (leaky/smooth)",
         )
     bottom.bar([x + w / 2 for x in xa], sat, w, color="#ff7f0e", label="saturated")
-    bottom.axhline(0.5, color="#555555", linestyle="--", linewidth=1)
-    bottom.text(
-        1.0,
-        0.5,
-        " 50%",
-        transform=bottom.get_yaxis_transform(),
-        va="center",
-        fontsize=7,
-        color="#555555",
-    )
+    if acts:
+        bottom.axhline(0.5, color="#555555", linestyle="--", linewidth=1)
+        bottom.text(
+            1.0,
+            0.5,
+            " 50%",
+            transform=bottom.get_yaxis_transform(),
+            va="center",
+            fontsize=7,
+            color="#555555",
+        )
     for x, r in zip(xa, acts):
-        if r.dead_fraction is None and r.saturated_fraction is None and r.inactive_fraction is None:
+        # the value over each bar, so that 0% reads as measured, not missing
+        dead_value = r.dead_fraction if r.dead_fraction is not None else r.inactive_fraction
+        for dx, value, prefix in (
+            (-w / 2, dead_value, "" if r.dead_fraction is not None else "~"),
+            (w / 2, r.saturated_fraction, ""),
+        ):
+            if value is not None:
+                bottom.text(
+                    x + dx,
+                    value + 0.015,
+                    f"{prefix}{100 * value:.0f}%",
+                    ha="center",
+                    va="bottom",
+                    fontsize=7,
+                    color="#333333",
+                )
+        if dead_value is None and r.saturated_fraction is None:
             bottom.text(x, 0.02, "n/a", ha="center", fontsize=7, color="#777777")
     bottom.set_ylim(0, 1.05)
     bottom.set_xticks(xa, [r.display_name for r in acts], rotation=60, ha="right", fontsize=8)

@@ -6,7 +6,7 @@ Nothing here imports torch: reports can be built by hand in tests of the rendere
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 # The tutorial's bands for the relative error |a - n| / (|a| + |n|).
@@ -92,10 +92,6 @@ class TensorResult:
     sweep: tuple[SweepPoint, ...] = ()
     sweep_verdict: str | None = None
 
-    @property
-    def coverage(self) -> float:
-        return self.checked / self.numel if self.numel else 1.0
-
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "name": self.name,
@@ -136,7 +132,6 @@ class CheckReport:
     noise: float | None = None
     interrupted: bool = False
     seconds: float = 0.0
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def passed(self) -> bool:

@@ -472,6 +472,26 @@ def test_forward_errors_name_the_module_that_raised() -> None:
     assert hook_free(model)
 
 
+def test_a_failing_loss_fn_is_the_users_error_and_leaves_nothing_behind() -> None:
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+
+    def loss_fn(out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        raise KeyError("labels")
+
+    with pytest.raises(UserCodeError, match="loss_fn.*KeyError"):
+        flow(model, batch(2, 4), loss_fn=loss_fn)
+    assert hook_free(model)
+
+
+def test_device_option_moves_the_copy_and_inputs() -> None:
+    from gradcheck_tool.flow import run_flow
+
+    report = run_flow(nn.Linear(4, 2), (batch(3, 4),), {}, device="cpu")
+    assert report.device == "cpu" and report.row("").grad_norm > 0
+    with pytest.raises(InputError, match="device"):
+        run_flow(nn.Linear(4, 2), (batch(3, 4),), {}, device="no-such-device")
+
+
 def test_flow_rejects_what_it_cannot_measure() -> None:
     with pytest.raises(InputError, match="needs an nn.Module"):
         flow(lambda x: x, batch(2, 2))
