@@ -25,7 +25,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from .errors import UserCodeError
 from .hints import bug_hint
 from .loading import describe_exception
-from .prepare import Checkable, Problem, floating_leaves
+from .prepare import Checkable, CheckProblem, floating_leaves
 from .results import CheckReport, SweepPoint, TensorResult, WorstEntry, rating_for
 
 FULL_THRESHOLD = 256  # tensors up to this many elements are checked at every coordinate
@@ -38,10 +38,6 @@ MAX_BATCH = 512
 ROUNDING_ULPS = 4.0  # rounding noise of f(θ±h) in units of ε_mach·Σ|summands| (measured: ~1)
 WORST_SHOWN = 5
 SWEEP_STEPS = (1e-2, 1e-3, 1e-4, 1e-5, 1e-6, 1e-7, 1e-8, 1e-9)
-MISSING_NOTE = (
-    "the gradient never reaches this tensor (autograd gives {got}) but the loss depends on "
-    "it: look for .detach(), .data, torch.no_grad() or .item() on its way to the loss"
-)
 SWEEP_COORDS = 64  # coordinates re-evaluated at each step of a sweep
 
 
@@ -197,7 +193,7 @@ class _Evaluator:
 
     def __init__(
         self,
-        problem: Problem,
+        problem: CheckProblem,
         options: CheckOptions,
         *,
         needs_grad: bool = False,
@@ -214,7 +210,6 @@ class _Evaluator:
         self.batched_used = False
         self.serial_used = False
         self.base = base or {c.name: c.value for c in problem.checkables}
-        self.problem_missing_note = getattr(problem, "missing_note", MISSING_NOTE)
         self.f0: torch.Tensor | None = None  # loss terms at θ, set before evaluate()
         self._probed: set[str] = set()  # tensors vmap was shown to handle
         self.activation_bytes = 0  # bytes one forward allocates, set with f0
@@ -374,7 +369,7 @@ class _Analytic:
 
 
 def _analytic(
-    problem: Problem, values: dict[str, torch.Tensor] | None = None, scale: float = 1.0
+    problem: CheckProblem, values: dict[str, torch.Tensor] | None = None, scale: float = 1.0
 ) -> tuple[torch.Tensor, _Analytic]:
     """Autograd's gradient of each loss term (times `scale`) at `values` (default θ)."""
     names = [c.name for c in problem.checkables]
@@ -408,10 +403,18 @@ def _analytic(
     return terms.detach(), result
 
 
-class _OnDemand:
-    """Extra evidence computed only when some tensor fails or sits on a kink."""
+class _LazyEvidence:
+    """Evidence computed only when some tensor needs it: whether a backward ignores its
+    upstream gradient (for hints), and the backward judged away from a kink."""
 
-    def __init__(self, problem: Problem, analytic: _Analytic, options: CheckOptions) -> None:
+    def __init__(
+        self,
+        problem: CheckProblem,
+        analytic: _Analytic,
+        options: CheckOptions,
+        forward_mode: bool = False,
+    ) -> None:
+        self.forward_mode = forward_mode
         self.problem = problem
         self.analytic = analytic
         self.options = options
@@ -423,7 +426,8 @@ class _OnDemand:
         gradient. A tensor whose gradient stays put lies behind a backward that ignores it."""
         if self._upstream is None:
             self._upstream = set()
-            if not getattr(self.problem, "needs_grad", False):
+            # only a backward has an upstream gradient to ignore (not a jvp, not L₂)
+            if not self.problem.needs_grad and not self.forward_mode:
                 _, doubled = _analytic(self.problem, scale=2.0)
                 for n, g2 in (doubled.grads[0] if doubled.grads else {}).items():
                     g1 = self.analytic.grads[0][n]
@@ -456,7 +460,7 @@ class _OnDemand:
                 self.problem,
                 self.options,
                 base=moved,
-                needs_grad=getattr(self.problem, "needs_grad", False),
+                needs_grad=self.problem.needs_grad,
             )
             with evaluator.grad_mode():
                 evaluator.f0 = self.problem.terms(moved).detach()
@@ -472,7 +476,7 @@ class _OnDemand:
         return (a - num).abs() <= 10 * self.options.tolerance * (a.abs() + num.abs()) + 10 * noise
 
 
-def _forward_mode(problem: Problem) -> tuple[torch.Tensor, _Analytic]:
+def _forward_mode(problem: CheckProblem) -> tuple[torch.Tensor, _Analytic]:
     """Derivatives of each loss term along every coordinate by forward-mode AD (jvp)."""
     import torch.autograd.forward_ad as fwad
 
@@ -509,7 +513,7 @@ def _forward_mode(problem: Problem) -> tuple[torch.Tensor, _Analytic]:
 
 
 def run_check(
-    problem: Problem,
+    problem: CheckProblem,
     options: CheckOptions,
     *,
     target: str,
@@ -557,7 +561,7 @@ def run_check(
         note = f"the {'jvp' if forward_mode else 'backward'} raised {analytic.error}"
         return finish([_failed(c, named(c, 0), note) for c in problem.checkables])
 
-    evaluator = _Evaluator(problem, options, needs_grad=getattr(problem, "needs_grad", False))
+    evaluator = _Evaluator(problem, options, needs_grad=problem.needs_grad)
     with evaluator.grad_mode():
         tick = time.perf_counter()
         with _AllocatedBytes() as allocated:
@@ -567,7 +571,7 @@ def run_check(
         f0_again = problem.terms(evaluator.base).detach()
         forward_seconds = min(tock - tick, time.perf_counter() - tock)
     evaluator.f0 = f0
-    on_demand = _OnDemand(problem, analytic, options)
+    on_demand = _LazyEvidence(problem, analytic, options, forward_mode)
     noise_in_f = float((f0 - f0_again).abs().max())
     # Rounding noise of f itself: a few ulps of the size of the numbers the loss sums.
     scale = max(problem.magnitude or 0.0, float(f0.abs().max()), 1e-300)
@@ -685,7 +689,7 @@ def _measure(
 
 def _spend_budget(
     evaluator: _Evaluator,
-    problem: Problem,
+    problem: CheckProblem,
     measured: dict[str, _Measured],
     options: CheckOptions,
     started: float,
@@ -735,7 +739,7 @@ def _judge(
     options: CheckOptions,
     evaluator: _Evaluator,
     batch_size: int | None,
-    on_demand: _OnDemand,
+    on_demand: _LazyEvidence,
 ) -> TensorResult:
     h, tol = options.eps, options.tolerance
     shape = tuple(c.value.shape)
@@ -785,7 +789,7 @@ def _judge(
             note = "unused: the loss does not depend on this tensor" if unused else "no gradient"
             passed, verdict = True, 0.0
         else:
-            note = evaluator.problem_missing_note.format(got="none" if unused else "zero")
+            note = evaluator.problem.missing_note.format(got="none" if unused else "zero")
             never_reaches = True
             passed, verdict = False, max(verdict, 1.0)
     elif passed and max(float(comp.a.norm()), float(comp.judged.norm())) < comp.tiny:
@@ -1062,7 +1066,7 @@ def _band_scale(dtype: torch.dtype) -> float:
     return 1e3 if dtype == torch.float32 else 1.0
 
 
-def _batch_size(problem: Problem) -> int | None:
+def _batch_size(problem: CheckProblem) -> int | None:
     """The leading dimension of the first input tensor with at least two dimensions."""
     for value in (*problem.args, *problem.kwargs.values()):
         if isinstance(value, torch.Tensor) and value.dim() >= 2:
@@ -1120,9 +1124,9 @@ def _unjudged(c: Checkable, name: str, note: str) -> TensorResult:
     )
 
 
-def _nonfinite_output(problem: Problem) -> str | None:
+def _nonfinite_output(problem: CheckProblem) -> str | None:
     """The path of the first output tensor holding NaN/Inf, for the failure message."""
-    out = getattr(problem, "reference_output", None)
+    out = problem.reference_output
     if out is None:
         return None
     for path, t in floating_leaves(out):

@@ -13,7 +13,7 @@ import inspect
 import random
 from collections.abc import Iterator, Mapping, Sequence
 from copy import deepcopy
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 import torch
 
@@ -256,6 +256,29 @@ def preserved_state() -> Iterator[None]:
 
 # --- the problem the engine differentiates -----------------------------------------------
 
+MISSING_NOTE = (
+    "the gradient never reaches this tensor (autograd gives {got}) but the loss depends on "
+    "it: look for .detach(), .data, torch.no_grad() or .item() on its way to the loss"
+)
+
+
+class CheckProblem(Protocol):
+    """What the check engine needs of a problem: `Problem`, or `SecondOrderProblem`."""
+
+    checkables: list[Checkable]
+    args: tuple  # the inputs, in the check dtype
+    kwargs: dict
+    dtype: torch.dtype
+    magnitude: float | None  # size of the loss's summands, known after the first terms()
+    reference_output: Any  # the output of the first evaluation
+    needs_grad: bool  # evaluations need autograd (and can't be batched)
+    missing_note: str  # what to say when autograd gives no gradient ({got}: none/zero)
+
+    @property
+    def term_names(self) -> tuple[str, ...]: ...
+
+    def terms(self, values: dict[str, torch.Tensor]) -> torch.Tensor: ...
+
 
 @dataclasses.dataclass(frozen=True)
 class Checkable:
@@ -307,6 +330,9 @@ class Problem:
     tuples, lists and dicts).
     """
 
+    needs_grad = False
+    missing_note = MISSING_NOTE
+
     def __init__(
         self,
         target: Any,
@@ -356,6 +382,7 @@ class Problem:
                     self.checkables.append(Checkable(prefix + path, "input", slot, leaf))
         self.loss: ProjectionLoss | UserLoss | None = None
         self.magnitude: float | None = None  # size of the loss's summands, set on first call
+        self.reference_output: Any = None  # the output of the first evaluation
 
     @property
     def values(self) -> dict[str, torch.Tensor]:
@@ -544,7 +571,7 @@ class SecondOrderProblem:
 
     @property
     def reference_output(self) -> Any:
-        return getattr(self.first, "reference_output", None)
+        return self.first.reference_output
 
     def terms(self, values: dict[str, torch.Tensor]) -> torch.Tensor:
         differentiable = any(v.requires_grad for v in values.values())
