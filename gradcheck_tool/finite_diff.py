@@ -12,15 +12,15 @@ differences. Pure: never prints, never exits.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from .errors import UserCodeError
 from .hints import bug_hint
@@ -299,20 +299,34 @@ class _Evaluator:
         return torch.stack(out)
 
 
-class _AllocatedBytes(TorchDispatchMode):
-    """Adds up the bytes of every tensor the ops of one forward produce: an upper bound on
-    the activation memory a batched copy of that forward needs."""
+@contextlib.contextmanager
+def _activation_bytes(problem: CheckProblem) -> Iterator[list[int]]:
+    """Bytes of the outputs of every submodule during one forward (twice that, for what
+    happens inside modules): roughly the activation memory a batched copy needs. Hooks go
+    on gradtool's private copy and come off at the end. (A TorchDispatchMode would count
+    every op, but entering one imports seconds' worth of torch internals.)"""
+    total = [0]
+    module = getattr(problem, "module", None)
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.total = 0
+    def count(_module: Any, _inputs: Any, output: Any) -> None:
+        for _, t in floating_leaves(output):
+            total[0] += 2 * t.numel() * t.element_size()
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
-        out = func(*args, **(kwargs or {}))
-        for t in out if isinstance(out, (tuple, list)) else (out,):
-            if isinstance(t, torch.Tensor) and t.layout == torch.strided:
-                self.total += t.numel() * t.element_size()
-        return out
+    handles = [m.register_forward_hook(count) for m in module.modules()] if module else []
+    try:
+        yield total
+    finally:
+        for handle in handles:
+            handle.remove()
+        if not handles:  # a Function or a plain function: its inputs and output, a few times
+            out = problem.reference_output
+            sizes = [t.numel() * t.element_size() for _, t in floating_leaves(out)]
+            sizes += [
+                c.value.numel() * c.value.element_size()
+                for c in problem.checkables
+                if c.kind == "input"
+            ]
+            total[0] = 4 * sum(sizes)
 
 
 @dataclass
@@ -391,10 +405,10 @@ def _analytic(
                 if not terms[k].requires_grad:
                     result.grads.append(dict.fromkeys(names))
                     continue
-                upstream = torch.full_like(terms[k], scale)
-                grads = torch.autograd.grad(
-                    terms[k], inputs, grad_outputs=upstream, retain_graph=True, allow_unused=True
-                )
+                # scale the output rather than pass grad_outputs: autograd then needs no
+                # shape check, whose import (sympy) costs seconds
+                term = terms[k] if scale == 1.0 else terms[k] * scale
+                grads = torch.autograd.grad(term, inputs, retain_graph=True, allow_unused=True)
                 result.grads.append({n: _dense(g) for n, g in zip(names, grads)})
         except KeyboardInterrupt:
             raise
@@ -564,9 +578,9 @@ def run_check(
     evaluator = _Evaluator(problem, options, needs_grad=problem.needs_grad)
     with evaluator.grad_mode():
         tick = time.perf_counter()
-        with _AllocatedBytes() as allocated:
+        with _activation_bytes(problem) as allocated:
             f0 = problem.terms(evaluator.base).detach()
-        evaluator.activation_bytes = allocated.total
+        evaluator.activation_bytes = allocated[0]
         tock = time.perf_counter()
         f0_again = problem.terms(evaluator.base).detach()
         forward_seconds = min(tock - tick, time.perf_counter() - tock)
