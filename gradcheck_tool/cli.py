@@ -62,7 +62,9 @@ WeightsOpt = typer.Option(
 )
 JsonOpt = typer.Option(None, "--json", help="Write a JSON report to PATH ('-' for stdout).")
 DebugOpt = typer.Option(False, "--debug", help="Show Python tracebacks for errors.")
-SeedOpt = typer.Option(0, "--seed", help="Seed for sampling, projections and random layers.")
+SeedOpt = typer.Option(
+    0, "--seed", min=0, max=2**63 - 1, help="Seed for sampling, projections and random layers."
+)
 
 
 def _error_console() -> Any:

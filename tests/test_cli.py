@@ -255,7 +255,8 @@ def _shapes() -> dict[str, torch.Size]:
 
 def test_zero_tolerance_is_not_an_internal_error():
     result = run_cli("check", SAMPLES / "exercise_net.py", "--tolerance", "0")
-    assert result.code in (0, 1, 2), result.output  # 3 would be a gradtool crash
+    assert result.code == 2, result.output  # rejected as a bad argument: no pass, no crash
+    assert "--tolerance must be a positive number" in flat(result.output)
     assert "internal error" not in result.output
 
 
