@@ -286,6 +286,19 @@ class _Layer:
         return any(p.dim() >= 2 for _, p in self.params)
 
 
+def _may_call_activations(module: nn.Module) -> bool:
+    """Whether functional activations called while this module's own forward runs need
+    watching: yes for the user's modules and torch's composite ones (TransformerEncoderLayer
+    calls F.relu), no for torch's leaf modules (nn.Linear; nn.ReLU is measured by its hook)
+    and pure containers, during which the TorchFunctionMode is suspended: it costs a Python
+    call per torch function."""
+    if not type(module).__module__.startswith("torch."):
+        return True
+    if isinstance(module, (nn.Sequential, nn.ModuleList, nn.ModuleDict)):
+        return False
+    return next(module.children(), None) is not None
+
+
 class _ModelMap:
     """Names, layers, parameters and activation specs of one model, computed once."""
 
@@ -320,6 +333,7 @@ class _ModelMap:
                     self.param_names.append(qualname)
                     self.param_layer.append(layer.index)
         self.modules = [m for _, m in model.named_modules()]
+        self.runs_user_code = {id(m): _may_call_activations(m) for m in self.modules}
         # what the hooks need per module, in one lookup: name, depth, activation spec, layer
         self.info: dict[int, tuple[str, int, ActivationSpec | None, _Layer | None]] = {
             id(m): (
@@ -381,11 +395,11 @@ def _sq_norm(t: torch.Tensor) -> torch.Tensor:
 
 
 def _extremes(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(min, max) of a tensor; NaN propagates. amin + amax are two fast vectorized passes
-    (aminmax and the inf-norm are several times slower on CPU)."""
+    """(min, max) of a tensor in one pass; NaN propagates. (The inf-norm, which would give
+    max |t| directly, is an order of magnitude slower on CPU.)"""
     if t.is_complex():
         t = t.abs()
-    return t.amin(), t.amax()
+    return torch.aminmax(t)
 
 
 def _grad_accumulator(p: torch.Tensor) -> Any:
@@ -577,12 +591,24 @@ class _Recorder:
     def _pre_hook(self, module: nn.Module, args: tuple) -> None:
         if id(module) in self.mm.info and module is not self.mm.root:
             self._guard(self.on_pre, module, args, None)
+            self.sync_mode()
 
     def _post_hook(self, module: nn.Module, args: tuple, output: Any) -> None:
         if id(module) in self.mm.info:
             self._guard(self.on_post, module, output)
+            self.sync_mode()
             if module is self.mm.root and self.on_root_return is not None:
                 self.on_root_return(output)
+
+    def sync_mode(self) -> None:
+        """The activation mode is on exactly while a forward that may call functional
+        activations runs (the innermost module on the stack decides)."""
+        stack = self.stack
+        want = self.functional and bool(stack) and self.mm.runs_user_code[id(stack[-1])]
+        if want and self.mode is None:
+            self.enter_mode()
+        elif not want and self.mode is not None:
+            self.exit_mode()
 
     def on_pre(self, module: nn.Module, args: tuple, kwargs: dict | None) -> None:
         self.order += 1
@@ -785,7 +811,7 @@ class _Recorder:
         pending = _PendingStep(
             step=step,
             # the integer counts go last, stacked on their own: stacking mixed dtypes is slow
-            vector=_stack(scalars, self.act_counts),
+            parts=_stack(scalars, self.act_counts),
             has_loss=loss is not None,
             grads_present=present,
             acts=self.acts,
@@ -802,27 +828,17 @@ class _Recorder:
         return pending
 
 
-def _stack(*groups: list[torch.Tensor]) -> torch.Tensor | None:
-    """Groups of 0-d tensors -> one float vector on one device, in order."""
+def _stack(*groups: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Groups of 0-d tensors -> one 1-D tensor per group (one op each), in order."""
     parts = []
     for scalars in groups:
-        if not scalars:
-            continue
-        device = scalars[0].device
-        try:
-            part = torch.stack(scalars)
-        except RuntimeError:  # a model spread over several devices
-            device = parts[0].device if parts else device
-            part = torch.stack([s.to(device) for s in scalars])
-        if part.dtype not in (torch.float32, torch.float64):
-            part = part.to(_host_dtype(device))
-        parts.append(part)
-    if not parts:
-        return None
-    if len(parts) == 1:
-        return parts[0]
-    dtype = torch.promote_types(parts[0].dtype, parts[1].dtype)
-    return torch.cat([p.to(device=parts[0].device, dtype=dtype) for p in parts])
+        if scalars:
+            try:
+                parts.append(torch.stack(scalars))
+            except RuntimeError:  # a model spread over several devices
+                device = scalars[0].device
+                parts.append(torch.stack([s.to(device) for s in scalars]))
+    return parts
 
 
 class _ActivationCalls(TorchFunctionMode):
@@ -847,7 +863,7 @@ class _PendingStep:
     layout that says what each number is."""
 
     step: int
-    vector: torch.Tensor | None
+    parts: list[torch.Tensor]
     has_loss: bool
     grads_present: list[bool] | None
     acts: list[_ActCall]
@@ -864,12 +880,16 @@ class _PendingStep:
 def _read_back(pending: Sequence[_PendingStep]) -> None:
     """One device→host transfer for any number of pending steps; fills `host`."""
     todo = [p for p in pending if p.host is None]
-    vectors = [p.vector for p in todo if p.vector is not None]
-    flat = torch.cat(vectors).tolist() if vectors else []
+    parts = [part for p in todo for part in p.parts]
+    flat: list[float] = []
+    if parts:
+        device = parts[0].device
+        dtype = _host_dtype(device)
+        flat = torch.cat([part.to(device=device, dtype=dtype) for part in parts]).tolist()
     start = 0
     for p in todo:
-        n = p.vector.numel() if p.vector is not None else 0
-        p.host, p.vector = flat[start : start + n], None
+        n = sum(part.numel() for part in p.parts)
+        p.host, p.parts = flat[start : start + n], []
         start += n
 
 
@@ -1693,8 +1713,8 @@ def _train_and_measure(
             recorder.begin()
             recorder.attach()
             try:
-                recorder.enter_mode()
                 recorder._guard(recorder.on_pre, work, step_args, step_kwargs)
+                recorder.sync_mode()
                 output = work(*step_args, **step_kwargs)
             except GradtoolError:
                 raise
@@ -1868,7 +1888,7 @@ class Monitor:
         # inside it, and the model itself is entered by hand (with its keyword arguments)
         rec.attach()
         rec._guard(rec.on_pre, module, args, kwargs)
-        rec.enter_mode()
+        rec.sync_mode()
 
     def _on_model_return(self, output: Any) -> None:
         rec = self._recorder
