@@ -311,6 +311,15 @@ def test_functional_call_inside_a_submodule_is_attributed_to_it() -> None:
     ]
 
 
+def test_functional_call_inside_a_torch_composite_module_is_measured() -> None:
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(16, 2, 32, batch_first=True, activation="relu")
+    model = nn.Sequential(layer, nn.Linear(16, 2))
+    acts = [r for r in flow(model, batch(2, 5, 16)).layers if r.kind == "activation"]
+    assert [(r.name, r.via) for r in acts] == [("0", "F.relu")]
+    assert acts[0].units == 32  # the feed-forward width
+
+
 def test_module_activation_is_not_double_counted_through_its_functional_call() -> None:
     report = flow(nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2)), batch(8, 4))
     acts = [r for r in report.layers if r.kind == "activation"]
