@@ -352,11 +352,19 @@ class _Rows:
         self.m = coords.numel()
         self.count = 2 * self.m + (2 if direction is not None else 0)
         self.row_bytes = self.flat.numel() * self.flat.element_size()
+        self._buffer: torch.Tensor | None = None
 
     def materialize(self, start: int, stop: int) -> torch.Tensor:
-        """Rows [start, stop) as a (stop − start, *shape) tensor of perturbed values."""
+        """Rows [start, stop) as a (stop − start, *shape) tensor of perturbed values. The
+        memory is reused from call to call (fresh allocations of this size cost more in page
+        faults than the copy): a result is valid until the next call."""
         n = stop - start
-        batch = self.flat.expand(n, -1).clone()  # .repeat is several times slower here
+        if self._buffer is None or self._buffer.shape[0] < n:
+            self._buffer = torch.empty(
+                (n, self.flat.numel()), dtype=self.flat.dtype, device=self.flat.device
+            )
+        batch = self._buffer[:n]
+        batch.copy_(self.flat.expand(n, -1))
         rows = torch.arange(start, max(start, min(stop, 2 * self.m)), device=self.flat.device)
         if rows.numel():
             idx = self.coords[rows % self.m]
