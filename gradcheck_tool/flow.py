@@ -334,6 +334,11 @@ class _ModelMap:
                     self.param_layer.append(layer.index)
         self.modules = [m for _, m in model.named_modules()]
         self.runs_user_code = {id(m): _may_call_activations(m) for m in self.modules}
+        # torch's own leaf modules never turn a finite gradient into NaN/Inf
+        self.trusted_backward = {
+            id(m): type(m).__module__.startswith("torch.") and next(m.children(), None) is None
+            for m in self.modules
+        }
         # what the hooks need per module, in one lookup: name, depth, activation spec, layer
         self.info: dict[int, tuple[str, int, ActivationSpec | None, _Layer | None]] = {
             id(m): (
@@ -489,7 +494,7 @@ class _Recorder:
         # (id, version) of every tensor seen this forward; holding the tensor keeps its id
         # from being reused while the forward runs. Cleared when the forward ends.
         self.checked: dict[tuple[int, int], torch.Tensor] = {}
-        self.hooked: dict[tuple[int, int], tuple[int, torch.Tensor]] = {}
+        self.hooked: dict[tuple[int, int], list] = {}  # key -> [index, tensor, hooked?]
         # per parameter, as 0-d device tensors: weight norm; gradient norm, min and max
         n = len(self.mm.params)
         self.wn: list[torch.Tensor | None] = [None] * n
@@ -658,7 +663,7 @@ class _Recorder:
         for t in leaves:
             # a registered activation maps finite values to finite values: its output needs
             # no check of its own (a non-finite input was caught where it was made)
-            self._watch(t, role, module, "output", parent, probe=spec is None)
+            self._watch(t, role, module, "output", parent, probe=spec is None, spec=spec)
 
     def _watch(
         self,
@@ -668,6 +673,7 @@ class _Recorder:
         where: str,
         parent: str | None,
         probe: bool = True,
+        spec: ActivationSpec | None = None,
     ) -> None:
         """Check `t` for NaN/Inf in the forward (once per tensor version) and hook it for
         the backward (once per tensor version, with every module role it plays)."""
@@ -680,21 +686,30 @@ class _Recorder:
         # only non-leaf tensors: a hook on a leaf would stay on the user's tensor
         if not t.requires_grad or t.grad_fn is None:
             return
+        # Its gradient is worth watching when it leaves a module that is not an activation
+        # (layer outputs: the backward signal) or enters one whose backward could turn a
+        # finite gradient non-finite (anything but torch's own leaf modules). The output of
+        # an nn.ReLU feeding an nn.Linear needs no hook of its own.
+        needed = (role[0] == "out" and spec is None) or (
+            role[0] == "in" and not self.mm.trusted_backward[id(module)]
+        )
         entry = self.hooked.get(key)
         if entry is None:
             index = len(self.bwd_roles)
             self.bwd_roles.append([role])
             self.bwd_numel.append(t.numel())
             self.bwd_wants_norm.append(role[4])
-            self.hooked[key] = (index, t)
-            # a pre-hook on the node that made this version of `t` receives dL/dt: the same
-            # gradient a tensor hook would, registered more cheaply
-            hook = partial(self._on_node_grad, index, t.output_nr)
-            self.tensor_handles.append(t.grad_fn.register_prehook(hook))
+            entry = self.hooked[key] = [index, t, False]
         else:
             self.bwd_roles[entry[0]].append(role)
             if role[4]:
                 self.bwd_wants_norm[entry[0]] = True
+        if needed and not entry[2]:
+            # a pre-hook on the node that made this version of `t` receives dL/dt: the same
+            # gradient a tensor hook would, registered more cheaply
+            entry[2] = True
+            hook = partial(self._on_node_grad, entry[0], t.output_nr)
+            self.tensor_handles.append(t.grad_fn.register_prehook(hook))
 
     def on_functional(
         self, func: Any, spec: ActivationSpec, args: tuple, kwargs: dict, out: Any
