@@ -170,10 +170,10 @@ def check(
         None,
         "--tolerance",
         help="A tensor passes when its relative error is at most this "
-        "[default: 1e-5; 1e-2 with --dtype float32].",
+        "(default 1e-5; 1e-2 with --dtype float32).",
     ),
     eps: Optional[float] = typer.Option(
-        None, "--eps", help="Finite-difference step h [default: 1e-6; 1e-3 with float32]."
+        None, "--eps", help="Finite-difference step h (default 1e-6; 1e-3 with --dtype float32)."
     ),
     full: bool = typer.Option(False, "--full", help="Check every coordinate of every tensor."),
     samples: int = typer.Option(16, "--samples", help="Coordinates sampled per large tensor."),
