@@ -155,34 +155,30 @@ def compare(
     return Comparison(a, num, kink, rel, tiny, noise)
 
 
-def _step_in(sweep_verdict: str | None) -> float | None:
-    """The step a truncation/round-off verdict says passes ("... passes at eps=1e-08")."""
-    if not sweep_verdict or not sweep_verdict.startswith(("truncation", "round-off")):
-        return None
-    return float(sweep_verdict.rsplit("eps=", 1)[1])
-
-
-def classify_sweep(points: list[SweepPoint], tol: float, default_eps: float) -> str:
-    """Truncation (error shrinks with h), round-off (grows as h shrinks) or a stable bug."""
+def classify_sweep(
+    points: list[SweepPoint], tol: float, default_eps: float
+) -> tuple[str, float | None]:
+    """Truncation (error shrinks with h), round-off (grows as h shrinks) or a stable bug;
+    with the step that passes when the mismatch is the step's, else None."""
     if all(math.isinf(p.rel_error) for p in points):
-        return "stable mismatch: NaN/Inf at every step"
+        return "stable mismatch: NaN/Inf at every step", None
     errs = {p.eps: p.rel_error for p in points if math.isfinite(p.rel_error)}
     if not errs:
-        return "unresolved: the gradient is below finite-difference resolution at every step"
+        return "unresolved: the gradient is below finite-difference resolution at every step", None
     if errs.get(default_eps, math.inf) <= tol:
-        return "passes at the default step"
+        return "passes at the default step", None
     best_eps = min(errs, key=errs.get)
     if errs[best_eps] > tol:
         middle = [e for h, e in errs.items() if 1e-8 <= h <= 1e-3] or list(errs.values())
         if max(middle) <= 10 * min(middle):
-            return "stable mismatch at every step size: a real bug"
+            return "stable mismatch at every step size: a real bug", None
         best = f"best {errs[best_eps]:.2g} at eps={best_eps:g}"
-        return f"mismatch at every step size ({best}): a real bug"
+        return f"mismatch at every step size ({best}): a real bug", None
     if best_eps < default_eps:
-        return f"truncation error: shrinks as h shrinks; passes at eps={best_eps:g}"
+        return f"truncation error: shrinks as h shrinks; passes at eps={best_eps:g}", best_eps
     if best_eps > default_eps:
-        return f"round-off error: grows as h shrinks; passes at eps={best_eps:g}"
-    return "passes at the default step"
+        return f"round-off error: grows as h shrinks; passes at eps={best_eps:g}", best_eps
+    return "passes at the default step", None
 
 
 # --- the check ------------------------------------------------------------------------------
@@ -576,12 +572,10 @@ def run_check(
     if not torch.isfinite(base_terms).all():
         where = _nonfinite_output(problem) or "the loss"
         note = f"NaN/Inf in the forward pass: seen in {where}"
-        return finish(
-            [_failed(c, named(c, 0), note) for c in problem.checkables] or [_failed_output(note)]
-        )
+        return finish([_unchecked(c, named(c, 0), note) for c in problem.checkables])
     if analytic.error is not None:
         note = f"the {'jvp' if forward_mode else 'backward'} raised {analytic.error}"
-        return finish([_failed(c, named(c, 0), note) for c in problem.checkables])
+        return finish([_unchecked(c, named(c, 0), note) for c in problem.checkables])
 
     evaluator = _Evaluator(problem, options, needs_grad=problem.needs_grad)
     with evaluator.grad_mode():
@@ -614,7 +608,9 @@ def run_check(
             )
             return finish(
                 [
-                    _unjudged(c, named(c, 0), "not judged: the forward is nondeterministic")
+                    _unchecked(
+                        c, named(c, 0), "not judged: the forward is nondeterministic", judged=False
+                    )
                     for c in problem.checkables
                 ],
                 nondeterministic=True,
@@ -825,7 +821,7 @@ def _judge(
     if (options.sweep or not passed) and not never_reaches:
         # sweep where the disagreement is: the worst coordinates first
         worst_first = torch.argsort((comp.a - comp.judged).abs(), descending=True)[:SWEEP_COORDS]
-        sweep, sweep_verdict = _sweep(
+        sweep, sweep_verdict, better_step = _sweep(
             c,
             coords[worst_first],
             a_flat,
@@ -837,7 +833,6 @@ def _judge(
             options,
             evaluator,
         )
-        better_step = _step_in(sweep_verdict)
         if not passed and better_step is not None:
             # the mismatch may be the step's, not the gradient's: judge every checked
             # coordinate (and the direction) again at that step before saying so
@@ -966,7 +961,7 @@ def _sweep(
     rounding: float,
     options: CheckOptions,
     evaluator: _Evaluator,
-) -> tuple[tuple[SweepPoint, ...], str]:
+) -> tuple[tuple[SweepPoint, ...], str, float | None]:
     """Relative error at several step sizes, on (up to SWEEP_COORDS of) the same coordinates
     and the same random direction. Steps where the gradient is below the finite-difference
     resolution are recorded as NaN: they can neither pass nor fail anything."""
@@ -1009,7 +1004,8 @@ def _sweep(
             elif size >= tiny:  # resolved: the signal is above the rounding noise
                 errors.append(float((a_i - n_i).norm()) / size)
         points.append(SweepPoint(step, max(errors) if errors else math.nan))
-    return tuple(points), classify_sweep(points, options.tolerance, options.eps)
+    verdict, better_step = classify_sweep(points, options.tolerance, options.eps)
+    return tuple(points), verdict, better_step
 
 
 # --- choosing coordinates and directions ----------------------------------------------------
@@ -1104,43 +1100,17 @@ def _unravel(flat_index: int, shape: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(reversed(out))
 
 
-def _failed(c: Checkable, name: str, note: str) -> TensorResult:
+def _unchecked(c: Checkable, name: str, note: str, *, judged: bool = True) -> TensorResult:
+    """A tensor no coordinate of which was compared: failed (NaN/Inf, a backward that
+    raised) or, when not `judged`, left without a verdict (a nondeterministic forward)."""
     return TensorResult(
         name=name,
         kind=c.kind,
         shape=tuple(c.value.shape),
         numel=c.value.numel(),
         checked=0,
-        rel_error=math.inf,
-        rating="bug",
-        passed=False,
-        note=note,
-    )
-
-
-def _failed_output(note: str) -> TensorResult:
-    return TensorResult(
-        name="output",
-        kind="output",
-        shape=(),
-        numel=0,
-        checked=0,
-        rel_error=math.inf,
-        rating="bug",
-        passed=False,
-        note=note,
-    )
-
-
-def _unjudged(c: Checkable, name: str, note: str) -> TensorResult:
-    return TensorResult(
-        name=name,
-        kind=c.kind,
-        shape=tuple(c.value.shape),
-        numel=c.value.numel(),
-        checked=0,
-        rel_error=math.nan,
-        rating="n/a",
+        rel_error=math.inf if judged else math.nan,
+        rating="bug" if judged else "n/a",
         passed=False,
         note=note,
     )
