@@ -4,6 +4,7 @@ process, on the MLPs of issue #5. Prints a table with wall time and peak memory 
     python benchmarks/bench_check.py            # everything (gradcheck --full on 136k is slow)
     python benchmarks/bench_check.py --quick    # skip the 136k full-mode pair
     python benchmarks/bench_check.py --timeout 600
+    python benchmarks/bench_check.py --only mlp_136k
 
 Each run is a fresh `python` process (imports included, as a user would run it); each pair
 is run --repeat times, interleaved, and the median is reported. Goals (issue #5): 35k MLP
@@ -66,7 +67,11 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="skip the 136k full-mode pair")
     parser.add_argument("--repeat", type=int, default=1, help="runs per command (median)")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per process")
+    parser.add_argument(
+        "--only", default="", help="comma-separated models to run, e.g. mlp_136k (default: all)"
+    )
     args = parser.parse_args()
+    only = {m for m in args.only.split(",") if m}
 
     pairs = [
         (
@@ -88,6 +93,8 @@ def main() -> None:
             gradcheck_cmd("mlp_big", fast=True),
         )
     )
+    if only:
+        pairs = [p for p in pairs if p[0] in only]
 
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} cores, {platform.system()} "

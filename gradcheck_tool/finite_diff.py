@@ -208,6 +208,7 @@ class _Evaluator:
         self.base = base or {c.name: c.value for c in problem.checkables}
         self.f0: torch.Tensor | None = None  # loss terms at θ, set before evaluate()
         self._probed: set[str] = set()  # tensors vmap was shown to handle
+        self._linear: dict[str, _LinearDelta | None] = {}  # see _linear_rows
         self.activation_bytes = 0  # bytes one forward allocates, set with f0
 
     @property
@@ -251,7 +252,9 @@ class _Evaluator:
         rows = _Rows(c, coords, h, direction)
         with self.grad_mode():
             if self.can_batch(c):
-                out = self._batched(rows)
+                out = self._linear_rows(rows)
+                if out is None:
+                    out = self._batched(rows)
                 if out is not None:
                     self.batched_used = True
                     return rows.split(out)
@@ -263,26 +266,106 @@ class _Evaluator:
             lambda v: self.problem.terms({**self.base, c.name: v}), randomness="same"
         )(batch)
 
+    def _linear_rows(self, rows: _Rows) -> torch.Tensor | None:
+        """The rows of a stock nn.Linear's weight or bias without copies of the tensor: the
+        layer runs once on θ and a forward hook adds what θ ± h·e_i changes in its output
+        (x_j·(±h) in output unit i), vmapped over i. Linear in the weight, so the same
+        function up to rounding, minus the copies and the batched matmul that dominate a
+        wide layer's cost. Used only after a random direction gave the same loss both ways
+        (which a shared weight, a module called around its hooks, or a forward that isn't
+        F.linear would not); None where it doesn't apply, and the copies are used instead."""
+        c = rows.checkable
+        if c.name not in self._linear:
+            self._linear[c.name] = self._linear_delta(c)
+        delta = self._linear[c.name]
+        if delta is None:
+            return None
+        coords, steps = rows.coordinate_rows()
+        terms = self.problem.terms
+        batched = torch.func.vmap(
+            lambda k, step: delta.run(k, step, terms, self.base), randomness="same"
+        )
+        try:
+            with delta.attached():
+                outputs = _in_chunks(
+                    coords.numel(),
+                    _chunk_size(coords, self.activation_bytes, 4 * MAX_BATCH),
+                    lambda start, stop: batched(coords[start:stop], steps[start:stop]),
+                )
+        except KeyboardInterrupt:
+            raise
+        except (Exception, SystemExit):
+            self._linear[c.name] = None  # the copies will do
+            return None
+        if rows.count > coords.numel():  # ±h·d: dense, so with copies
+            outputs.append(self._vmapped(c, rows.materialize(coords.numel(), rows.count)))
+        return torch.cat(outputs)
+
+    def _linear_delta(self, c: Checkable) -> _LinearDelta | None:
+        """The hook for `c` if it is the weight or bias of an nn.Linear (the class itself,
+        not a subclass), registered once, with no hooks of its own; checked on a random
+        direction against a copy."""
+        module = getattr(self.problem, "module", None)
+        if module is None or c.kind != "parameter" or self.needs_grad:
+            return None
+        owner_name, _, attr = c.slot[1].rpartition(".")
+        try:
+            layer = module.get_submodule(owner_name)
+        except AttributeError:
+            return None
+        if type(layer) is not torch.nn.Linear or attr not in ("weight", "bias"):
+            return None
+        if layer._forward_hooks or layer._forward_pre_hooks:
+            return None
+        param = getattr(layer, attr)
+        uses = sum(p is param for _, p in module.named_parameters(remove_duplicate=False))
+        if uses != 1:
+            return None
+        delta = _LinearDelta(layer, attr)
+        d = _direction(c, self.options.seed + 3)
+        h = 1e-3 * (1.0 + float(c.value.abs().max()))
+        try:
+            with delta.attached():
+                delta.dense, delta.step = d, torch.tensor(h, dtype=d.dtype, device=d.device)
+                hooked = self.problem.terms(self.base)
+            delta.dense = None
+            copied = self.problem.terms({**self.base, c.name: c.value + h * d})
+        except KeyboardInterrupt:
+            raise
+        except (Exception, SystemExit):
+            return None
+        f0 = self.f0.to(copied)
+        tol = 1e3 * torch.finfo(c.value.dtype).eps * (1.0 + float(f0.abs().max()))
+        tol += 1e-9 * float((copied - f0).abs().max())
+        if not torch.allclose(hooked, copied, rtol=0.0, atol=tol):
+            return None
+        return delta
+
     def _batched(self, rows: _Rows) -> torch.Tensor | None:
         """vmap over perturbed copies of one tensor, in chunks that fit the memory budget
         (the copies and the activations each copy makes); None (and a reason) if a chunk
         fails, e.g. for lack of memory."""
-        per_row = rows.row_bytes + self.activation_bytes
-        chunk = int(max(1, min(MAX_BATCH, MEMORY_BUDGET // max(per_row, 1))))
-        outputs = []
-        for start in range(0, rows.count, chunk):
-            part = rows.materialize(start, min(start + chunk, rows.count))
-            try:
-                outputs.append(self._vmapped(rows.checkable, part))
-            except KeyboardInterrupt:
-                raise
-            except (Exception, SystemExit) as exc:
-                self.fallback_reason = _vmap_failure(exc)
-                return None
-        return torch.cat(outputs)
+        chunk = _chunk_size(rows.flat, rows.row_bytes + self.activation_bytes, MAX_BATCH)
+
+        def run(start: int, stop: int) -> torch.Tensor:
+            part = rows.materialize(start, stop)
+            given = part.clone() if start == 0 and rows.reuse and stop < rows.count else None
+            out = self._vmapped(rows.checkable, part)
+            if given is not None and not torch.equal(given, part):
+                rows.reuse = False  # the target writes into its values: refill every copy
+            return out
+
+        try:
+            return torch.cat(_in_chunks(rows.count, chunk, run))
+        except KeyboardInterrupt:
+            raise
+        except (Exception, SystemExit) as exc:
+            self.fallback_reason = _vmap_failure(exc)
+            return None
 
     def _serial(self, rows: _Rows) -> torch.Tensor:
         c = rows.checkable
+        rows.reuse = False  # a fresh copy per forward costs nothing next to the forward
         out = []
         for r in range(rows.count):
             value = rows.materialize(r, r + 1)[0]
@@ -325,6 +408,53 @@ def _activation_bytes(problem: CheckProblem) -> Iterator[list[int]]:
             total[0] = 4 * sum(sizes)
 
 
+class _LinearDelta:
+    """Forward hook for one nn.Linear: output + what perturbing its weight or bias changes.
+    F.linear(x, W + s·e_ij) = F.linear(x, W) + s·x_j·e_i (and + s·e_i for the bias): the flat
+    index `k` and step `s` are batched under vmap; `dense` replaces e_k by a whole direction."""
+
+    def __init__(self, layer: torch.nn.Linear, attr: str) -> None:
+        self.layer = layer
+        self.attr = attr
+        self.k: torch.Tensor | None = None
+        self.step: torch.Tensor | None = None
+        self.dense: torch.Tensor | None = None
+
+    @contextlib.contextmanager
+    def attached(self) -> Iterator[None]:
+        handle = self.layer.register_forward_hook(self, with_kwargs=True)
+        try:
+            yield
+        finally:
+            handle.remove()
+            self.k = self.step = self.dense = None
+
+    def run(
+        self, k: torch.Tensor, step: torch.Tensor, terms: Callable[..., torch.Tensor], base: Any
+    ) -> torch.Tensor:
+        """The loss terms with the layer's tensor moved by `step` at flat index `k`."""
+        self.k, self.step = k, step
+        return terms(base)
+
+    def __call__(self, _layer: Any, args: tuple, kwargs: dict, output: torch.Tensor) -> Any:
+        x = args[0] if args else kwargs["input"]
+        out_features, in_features = self.layer.out_features, self.layer.in_features
+        if self.dense is not None:
+            change = (
+                torch.nn.functional.linear(x, self.dense) if self.attr == "weight" else self.dense
+            )
+            return output + self.step * change
+        unit = self.k // in_features if self.attr == "weight" else self.k
+        e_i = (torch.arange(out_features, device=output.device) == unit).to(output.dtype)
+        if self.attr == "bias":
+            return output + self.step * e_i
+        e_j = (torch.arange(in_features, device=x.device) == self.k % in_features).to(x.dtype)
+        # (x·e_j).sum, not x @ e_j: the matmul leaves vmap's batch dimension inside, and
+        # every later layer then runs as a bmm over copies of its weight (3x slower)
+        x_j = (x * e_j).sum(-1, keepdim=True)
+        return torch.addcmul(output, self.step * x_j, e_i)
+
+
 @dataclass
 class _Evaluations:
     plus: torch.Tensor  # (m, K): loss terms at θ + h·e_i
@@ -338,7 +468,13 @@ class _Rows:
     then ±h·d."""
 
     def __init__(
-        self, c: Checkable, coords: torch.Tensor, h: float, direction: torch.Tensor | None
+        self,
+        c: Checkable,
+        coords: torch.Tensor,
+        h: float,
+        direction: torch.Tensor | None,
+        *,
+        reuse: bool = True,
     ) -> None:
         self.checkable = c
         self.flat = c.value.reshape(-1)
@@ -348,28 +484,47 @@ class _Rows:
         self.m = coords.numel()
         self.count = 2 * self.m + (2 if direction is not None else 0)
         self.row_bytes = self.flat.numel() * self.flat.element_size()
+        self.reuse = reuse  # False when the target may write into the values it is given
         self._buffer: torch.Tensor | None = None
+        self._dirty: tuple[torch.Tensor, torch.Tensor, list[int]] | None = None
 
     def materialize(self, start: int, stop: int) -> torch.Tensor:
         """Rows [start, stop) as a (stop − start, *shape) tensor of perturbed values. The
-        memory is reused from call to call (fresh allocations of this size cost more in page
-        faults than the copy): a result is valid until the next call."""
+        memory is reused from call to call, and only the entries the last call perturbed are
+        put back (refilling every copy costs about as much as the forwards themselves): a
+        result is valid until the next call."""
         n = stop - start
         if self._buffer is None or self._buffer.shape[0] < n:
             self._buffer = torch.empty(
                 (n, self.flat.numel()), dtype=self.flat.dtype, device=self.flat.device
             )
+            self._buffer.copy_(self.flat.expand(n, -1))
+        elif self.reuse and self._dirty is not None:
+            local, idx, full = self._dirty
+            self._buffer[local, idx] = self.flat[idx]
+            for r in full:
+                self._buffer[r] = self.flat
+        else:
+            self._buffer[:n].copy_(self.flat.expand(n, -1))
         batch = self._buffer[:n]
-        batch.copy_(self.flat.expand(n, -1))
         rows = torch.arange(start, max(start, min(stop, 2 * self.m)), device=self.flat.device)
+        idx = self.coords[rows % self.m]
         if rows.numel():
-            idx = self.coords[rows % self.m]
             steps = torch.where(rows < self.m, self.h, -self.h).to(self.flat)
             batch[rows - start, idx] = self.flat[idx] + steps
+        full = []
         for r in range(max(start, 2 * self.m), stop):
             step = self.h if r == 2 * self.m else -self.h
             batch[r - start] = self.flat + step * self.direction
+            full.append(r - start)
+        self._dirty = (rows - start, idx, full)
         return batch.view(n, *self.checkable.value.shape)
+
+    def coordinate_rows(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(flat index, step) of the 2m coordinate rows: +h for each, then −h."""
+        steps = torch.full((2 * self.m,), self.h, dtype=self.flat.dtype, device=self.flat.device)
+        steps[self.m :] = -self.h
+        return self.coords.repeat(2), steps
 
     def split(self, out: torch.Tensor) -> _Evaluations:
         m = self.m
@@ -581,10 +736,10 @@ def run_check(
     with evaluator.grad_mode():
         tick = time.perf_counter()
         with _activation_bytes(problem) as allocated:
-            f0 = problem.terms(evaluator.base).detach()
+            f0 = _synced(problem.terms(evaluator.base).detach())
         evaluator.activation_bytes = allocated[0]
         tock = time.perf_counter()
-        f0_again = problem.terms(evaluator.base).detach()
+        f0_again = _synced(problem.terms(evaluator.base).detach())
         forward_seconds = min(tock - tick, time.perf_counter() - tock)
     evaluator.f0 = f0
     on_demand = _LazyEvidence(problem, analytic, options, forward_mode)
@@ -702,6 +857,7 @@ def _measure(
     d = _direction(c, seed) if coords.numel() < c.value.numel() else None
     at = evaluator.evaluate(c, coords, h, d)
     direction = None if d is None else (d, at.direction_plus, at.direction_minus)
+    _synced(at.plus)
     return _Measured(coords, at.plus, at.minus, direction, time.perf_counter() - started)
 
 
@@ -1069,6 +1225,49 @@ def forward_error(exc: BaseException, where: str = "") -> UserCodeError:
             "(x.new_tensor, dtype=x.dtype), or run with --dtype float32."
         )
     return UserCodeError(f"the forward raised {text}{where}", hint=hint)
+
+
+def _synced(t: torch.Tensor) -> torch.Tensor:
+    """`t`, once the GPU has computed it: CUDA calls return before the work is done, and
+    the engine times its forwards (full check or sample, --budget)."""
+    if t.is_cuda:
+        torch.cuda.synchronize(t.device)
+    return t
+
+
+def _chunk_size(like: torch.Tensor, per_row: int, cap: int) -> int:
+    """Rows per batched call: as many as the memory budget holds, at most `cap`."""
+    return int(max(1, min(cap, _memory_budget(like.device) // max(per_row, 1))))
+
+
+def _in_chunks(
+    count: int, chunk: int, run: Callable[[int, int], torch.Tensor]
+) -> list[torch.Tensor]:
+    """run(start, stop) over [0, count) in chunks; on a GPU that runs out of memory the
+    chunk is halved and the same rows tried again (down to one row)."""
+    outputs: list[torch.Tensor] = []
+    start = 0
+    while start < count:
+        stop = min(start + chunk, count)
+        try:
+            outputs.append(run(start, stop))
+        except torch.cuda.OutOfMemoryError:
+            if chunk == 1:
+                raise
+            torch.cuda.empty_cache()
+            chunk = max(1, chunk // 2)
+            continue
+        start = stop
+    return outputs
+
+
+def _memory_budget(device: torch.device) -> int:
+    """Bytes one batched call may use: MEMORY_BUDGET on the CPU; on a GPU a quarter of
+    what is free, between that and 2 GiB."""
+    if device.type != "cuda":
+        return MEMORY_BUDGET
+    free, _total = torch.cuda.mem_get_info(device)
+    return int(min(max(free // 4, MEMORY_BUDGET), 8 * MEMORY_BUDGET))
 
 
 def _dense(g: torch.Tensor | None) -> torch.Tensor | None:
