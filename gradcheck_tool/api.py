@@ -11,7 +11,14 @@ from . import __version__
 from .errors import InputError
 from .finite_diff import DEFAULT_SAMPLES, CheckOptions, Interrupted, run_check
 from .loading import parse_dtype
-from .prepare import Problem, SecondOrderProblem, normalize_inputs, preserved_state
+from .prepare import (
+    Problem,
+    SecondOrderProblem,
+    exact_float32,
+    init_cuda,
+    normalize_inputs,
+    preserved_state,
+)
 from .results import CheckReport
 
 # Defaults per check dtype: the tutorial's float64 numbers, and float32's weaker ones
@@ -84,7 +91,11 @@ def check(
     label = name or getattr(target, "__name__", None) or type(target).__name__
     where = _device(target, args, keywords, device)
     meta = dict(target=label, found_by=found_by, version=__version__)
-    with preserved_state():
+    # CUDA is initialized before the RNG state is captured: its generators are then fixed
+    # for every evaluation (dropout on the GPU) and the user's are restored at the end
+    init_cuda(where)
+    on_cuda = where is not None and where.type == "cuda"
+    with preserved_state(), exact_float32(on_cuda and check_dtype == torch.float32):
         torch.set_default_dtype(check_dtype)
         problem = Problem(
             target, args, keywords, loss_fn=loss_fn, dtype=check_dtype, seed=seed, device=where
@@ -96,15 +107,23 @@ def check(
                 hint="Unfreeze the parameters, or pass floating inputs (token ids are never "
                 "perturbed).",
             )
-        report = run_check(problem, options, forward_mode=forward_mode, **meta)
-        if second_order and not report.interrupted:
-            try:
-                second = run_check(
-                    SecondOrderProblem(problem, seed), options, label_suffix=" (2nd order)", **meta
-                )
-            except Interrupted as stop:
-                raise Interrupted(_merge(report, stop.report)) from None
-            report = _merge(report, second)
+        ran_on = str(problem.checkables[0].value.device)
+        try:
+            report = run_check(problem, options, forward_mode=forward_mode, **meta)
+            if second_order and not report.interrupted:
+                try:
+                    second = run_check(
+                        SecondOrderProblem(problem, seed),
+                        options,
+                        label_suffix=" (2nd order)",
+                        **meta,
+                    )
+                except Interrupted as stop:
+                    raise Interrupted(_merge(report, stop.report)) from None
+                report = _merge(report, second)
+        except Interrupted as stop:
+            raise Interrupted(dataclasses.replace(stop.report, device=ran_on)) from None
+        report = dataclasses.replace(report, device=ran_on)
     if check_dtype == torch.float32:
         report = dataclasses.replace(
             report,

@@ -40,6 +40,7 @@ from .prepare import (
     RngState,
     _terms_of,
     floating_leaves,
+    init_cuda,
     normalize_inputs,
     preserved_state,
 )
@@ -1525,7 +1526,8 @@ def _to_device(value: Any, device: torch.device) -> Any:
     if isinstance(value, torch.Tensor):
         return value.to(device)
     if isinstance(value, (tuple, list)):
-        return type(value)(_to_device(v, device) for v in value)
+        items = [_to_device(v, device) for v in value]
+        return type(value)(*items) if hasattr(value, "_fields") else type(value)(items)
     if isinstance(value, dict):
         return {k: _to_device(v, device) for k, v in value.items()}
     return value
@@ -1540,6 +1542,14 @@ def _first_tensor(value: Any) -> torch.Tensor | None:
             t = _first_tensor(v)
             if t is not None:
                 return t
+    return None
+
+
+def _home_device(model: nn.Module) -> torch.device | None:
+    """The device of the model's first floating parameter or buffer (None if it has none)."""
+    for t in (*model.parameters(), *model.buffers()):
+        if t.is_floating_point():
+            return None if t.device.type == "meta" else t.device
     return None
 
 
@@ -1625,11 +1635,20 @@ def run_flow(
         raise InputError(f"the learning rate must be positive; got {lr}")
     th = thresholds or FlowThresholds()
     started = time.perf_counter()
+    move_model = device is not None
     if device is not None:
         try:
             device = torch.device(device)
         except (RuntimeError, TypeError):
             raise InputError(f"unknown device {device!r}; use e.g. cpu or cuda") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise InputError(f"cannot use device {device}: CUDA is not available here")
+    else:
+        # the inputs go where the model lives (as `check` does), e.g. a model built on the
+        # GPU with example inputs (or --input-shape tensors) made on the CPU
+        device = _home_device(model)
+    # initialized before the RNG state is captured, so that CUDA's is seeded and restored
+    init_cuda(device)
 
     with preserved_state():
         RngState.seeded(seed).restore()
@@ -1644,7 +1663,8 @@ def run_flow(
         work.train()
         if device is not None:
             try:
-                work.to(device)
+                if move_model:
+                    work.to(device)
                 args, kwargs = _to_device((args, kwargs), device)
             except (RuntimeError, AssertionError) as exc:  # e.g. CUDA not available
                 raise InputError(f"cannot use device {device}: {exc}") from None

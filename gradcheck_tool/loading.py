@@ -13,6 +13,7 @@ import inspect
 import itertools
 import os
 import re
+import site
 import sys
 import sysconfig
 import traceback
@@ -63,12 +64,21 @@ def split_spec(spec: str) -> tuple[Path, str | None]:
 
 
 _OWN_DIR = str(Path(__file__).resolve().parent)
-_LIBRARY_ROOTS = tuple(
-    {
-        os.path.realpath(sysconfig.get_paths()[k])
-        for k in ("purelib", "platlib", "stdlib", "platstdlib")
-    }
-)
+
+
+def _library_roots() -> tuple[str, ...]:
+    """Where installed packages and the standard library live: this interpreter's scheme,
+    its site-packages folders (a distribution's dist-packages, the user site) and torch's
+    own folder, wherever it was installed."""
+    roots = [sysconfig.get_paths()[k] for k in ("purelib", "platlib", "stdlib", "platstdlib")]
+    roots += getattr(site, "getsitepackages", list)()
+    if site.ENABLE_USER_SITE:
+        roots.append(site.getusersitepackages())
+    roots.append(os.path.dirname(os.path.dirname(torch.__file__)))
+    return tuple({os.path.realpath(r) for r in roots if r})
+
+
+_LIBRARY_ROOTS = _library_roots()
 
 
 def _library_file(path: str) -> bool:

@@ -223,9 +223,17 @@ class RngState:
 
     @classmethod
     def seeded(cls, seed: int) -> RngState:
-        """The state every evaluation starts from, made without disturbing the current one."""
+        """The state every evaluation starts from, made without disturbing the current one.
+
+        CUDA's generators are seeded (and fixed per evaluation) only once CUDA is
+        initialized: call `init_cuda` first when the work will run there. While it is not,
+        `torch.manual_seed` would queue the seed for CUDA's lazy initialization, where
+        restoring cannot undo it and it would replace the user's own queued seed.
+        """
         with preserved_state():
-            torch.manual_seed(seed)
+            torch.default_generator.manual_seed(seed)
+            if torch.cuda.is_initialized():
+                torch.cuda.manual_seed_all(seed)
             random.seed(seed)
             if np is not None:
                 np.random.seed(seed % 2**32)
@@ -238,6 +246,42 @@ class RngState:
         random.setstate(self.python)
         if np is not None and self.numpy is not None:
             np.random.set_state(self.numpy)
+
+
+def init_cuda(device: torch.device | None) -> None:
+    """Initialize CUDA before RNG state is captured when the work will run there, so that
+    its generators are fixed per evaluation and restored afterwards like the CPU's."""
+    if device is not None and device.type == "cuda":
+        torch.cuda.init()
+
+
+@contextlib.contextmanager
+def exact_float32(active: bool) -> Iterator[None]:
+    """No TensorFloat-32 while a float32 check runs on CUDA: TF32 matmuls and convolutions
+    (cuDNN's default for convolutions on Ampere and later GPUs) round float32 operands to 10
+    mantissa bits, far coarser than the finite differences of a float32 check. The user's
+    settings are restored however the block ends."""
+    undo: list[Callable[[], Any]] = []
+    try:
+        if active:
+            matmul = torch.get_float32_matmul_precision()
+            undo.append(lambda: torch.set_float32_matmul_precision(matmul))
+            torch.set_float32_matmul_precision("highest")
+            cudnn = torch.backends.cudnn
+            try:
+                conv = cudnn.allow_tf32
+            except RuntimeError:  # torch >= 2.9 after a mix of the legacy and the new flag API
+                saved = [(op, op.fp32_precision) for op in (cudnn.conv, cudnn.rnn)]
+                undo.append(lambda: [setattr(op, "fp32_precision", v) for op, v in saved])
+                for op, _ in saved:
+                    op.fp32_precision = "ieee"
+            else:
+                undo.append(lambda: setattr(cudnn, "allow_tf32", conv))
+                cudnn.allow_tf32 = False
+        yield
+    finally:
+        for step in reversed(undo):
+            step()
 
 
 @contextlib.contextmanager
@@ -346,6 +390,7 @@ class Problem:
     ) -> None:
         self.dtype = dtype
         self.seed = seed
+        init_cuda(device)  # before the seeded state is captured: CUDA's must be in it
         self.rng = RngState.seeded(seed)
         self.kind = _kind_of(target)
         self.target = target
@@ -506,6 +551,8 @@ def _private_copy(
 ) -> torch.nn.Module:
     try:
         copy = deepcopy(module)
+    except torch.cuda.OutOfMemoryError:
+        raise _no_room_on_gpu(dtype) from None
     except Exception as exc:
         raise UserCodeError(
             f"could not copy the model to check it ({type(exc).__name__}: {exc})",
@@ -513,15 +560,26 @@ def _private_copy(
             "deep-copyable (keep locks, files and generators out of it), or build it in "
             "build_model().",
         ) from None
-    if device is not None:
-        copy = copy.to(device)
-    copy = copy.to(dtype)
+    try:
+        if device is not None:
+            copy = copy.to(device)
+        copy = copy.to(dtype)
+    except torch.cuda.OutOfMemoryError:
+        raise _no_room_on_gpu(dtype) from None
     for m in copy.modules():
         # Train-mode BatchNorm normalizes with batch statistics either way; not tracking
         # keeps the copy's running stats fixed so every evaluation sees the same model.
         if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.training:
             m.track_running_stats = False
     return copy
+
+
+def _no_room_on_gpu(dtype: torch.dtype) -> UserCodeError:
+    return UserCodeError(
+        f"the GPU has no room for gradtool's {str(dtype).replace('torch.', '')} copy of the model",
+        hint="gradtool checks a private copy (float64 unless --dtype float32); free GPU "
+        "memory, or check on the CPU with --device cpu.",
+    )
 
 
 def _bind_positional(

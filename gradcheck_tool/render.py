@@ -170,8 +170,9 @@ def sweep_line(result: TensorResult) -> Text:
 
 def render_check(report: CheckReport, console: Console) -> None:
     console.print(Text(f"target: {report.target}  (found by: {report.found_by})"))
+    where = "" if report.device == "cpu" else f" on {report.device}"
     console.print(
-        f"checked in {report.dtype}, eps={report.eps:g}, tolerance={report.tolerance:g}, "
+        f"checked in {report.dtype}{where}, eps={report.eps:g}, tolerance={report.tolerance:g}, "
         f"{report.evaluation} evaluation, {report.seconds:.2f}s"
     )
     if report.fallback_reason:

@@ -125,6 +125,7 @@ class CheckReport:
     results: tuple[TensorResult, ...]
     version: str
     dtype: str = "float64"
+    device: str = "cpu"  # where the evaluations ran, e.g. "cuda:0"
     evaluation: str = "serial"  # "batched" (vmap) or "serial"
     fallback_reason: str | None = None
     warnings: tuple[str, ...] = ()
@@ -163,6 +164,7 @@ class CheckReport:
             "tolerance": self.tolerance,
             "eps": self.eps,
             "dtype": self.dtype,
+            "device": self.device,
             "evaluation": self.evaluation,
             "fallback_reason": self.fallback_reason,
             "nondeterministic": self.nondeterministic,

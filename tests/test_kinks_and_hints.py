@@ -35,7 +35,10 @@ class Cli:
 
     def __init__(self, tmp_path: Path, *args: str) -> None:
         json_path = tmp_path / "report.json"
-        result = CliRunner().invoke(app, ["check", *args, "--json", str(json_path)])
+        # a fixed width: the table is parsed, and the caller's COLUMNS must not wrap it
+        result = CliRunner().invoke(
+            app, ["check", *args, "--json", str(json_path)], env={"COLUMNS": "200"}
+        )
         if result.exception is not None and not isinstance(result.exception, SystemExit):
             raise result.exception
         self.code = result.exit_code
