@@ -287,7 +287,7 @@ class _Evaluator:
         )
         try:
             with delta.attached():
-                outputs = _in_chunks(
+                out = _in_chunks(
                     coords.numel(),
                     _chunk_size(coords, self.activation_bytes, 4 * MAX_BATCH),
                     lambda start, stop: batched(coords[start:stop], steps[start:stop]),
@@ -298,8 +298,9 @@ class _Evaluator:
             self._linear[c.name] = None  # the copies will do
             return None
         if rows.count > coords.numel():  # ±h·d: dense, so with copies
-            outputs.append(self._vmapped(c, rows.materialize(coords.numel(), rows.count)))
-        return torch.cat(outputs)
+            dense = self._vmapped(c, rows.materialize(coords.numel(), rows.count))
+            out = torch.cat([out, dense])
+        return out
 
     def _linear_delta(self, c: Checkable) -> _LinearDelta | None:
         """The hook for `c` if it is the weight or bias of an nn.Linear (the class itself,
@@ -356,7 +357,7 @@ class _Evaluator:
             return out
 
         try:
-            return torch.cat(_in_chunks(rows.count, chunk, run))
+            return _in_chunks(rows.count, chunk, run)
         except KeyboardInterrupt:
             raise
         except (Exception, SystemExit) as exc:
@@ -1240,25 +1241,30 @@ def _chunk_size(like: torch.Tensor, per_row: int, cap: int) -> int:
     return int(max(1, min(cap, _memory_budget(like.device) // max(per_row, 1))))
 
 
-def _in_chunks(
-    count: int, chunk: int, run: Callable[[int, int], torch.Tensor]
-) -> list[torch.Tensor]:
-    """run(start, stop) over [0, count) in chunks; on a GPU that runs out of memory the
-    chunk is halved and the same rows tried again (down to one row)."""
-    outputs: list[torch.Tensor] = []
+def _in_chunks(count: int, chunk: int, run: Callable[[int, int], torch.Tensor]) -> torch.Tensor:
+    """run(start, stop) over [0, count) in chunks, concatenated; on a GPU that runs out of
+    memory the chunk is halved and the same rows tried again (down to one row). The rows
+    are written into one tensor as they come: small results kept between the chunks'
+    large temporaries would fragment the heap (RSS grew by GBs on wide layers)."""
+    out: torch.Tensor | None = None
     start = 0
     while start < count:
         stop = min(start + chunk, count)
         try:
-            outputs.append(run(start, stop))
+            part = run(start, stop)
         except torch.cuda.OutOfMemoryError:
             if chunk == 1:
                 raise
             torch.cuda.empty_cache()
             chunk = max(1, chunk // 2)
             continue
+        if out is None:
+            out = part.new_empty((count, *part.shape[1:]))
+        out[start:stop] = part
+        del part
         start = stop
-    return outputs
+    assert out is not None
+    return out
 
 
 def _memory_budget(device: torch.device) -> int:
