@@ -6,6 +6,7 @@ import dataclasses
 from typing import Any, Callable
 
 import torch
+import torch.utils._pytree
 
 from . import __version__
 from .errors import InputError
@@ -217,7 +218,7 @@ def _device(
     if isinstance(target, torch.nn.Module):
         for p in target.parameters():
             return p.device if p.device.type != "meta" else None
-    for value in (*args, *kwargs.values()):
+    for value in torch.utils._pytree.tree_leaves((args, kwargs)):  # nested inputs too
         if isinstance(value, torch.Tensor):
             return value.device
     return None

@@ -275,6 +275,8 @@ class _Evaluator:
         (which a shared weight, a module called around its hooks, or a forward that isn't
         F.linear would not); None where it doesn't apply, and the copies are used instead."""
         c = rows.checkable
+        if rows.m == 0:  # a direction alone: two copies
+            return None
         if c.name not in self._linear:
             self._linear[c.name] = self._linear_delta(c)
         delta = self._linear[c.name]
@@ -292,22 +294,27 @@ class _Evaluator:
                     _chunk_size(coords, self.activation_bytes, 4 * MAX_BATCH),
                     lambda start, stop: batched(coords[start:stop], steps[start:stop]),
                 )
+            if rows.count > coords.numel():  # ±h·d: dense, so with copies
+                dense = self._vmapped(c, rows.materialize(coords.numel(), rows.count))
+                out = torch.cat([out, dense])
         except KeyboardInterrupt:
             raise
         except (Exception, SystemExit):
             self._linear[c.name] = None  # the copies will do
             return None
-        if rows.count > coords.numel():  # ±h·d: dense, so with copies
-            dense = self._vmapped(c, rows.materialize(coords.numel(), rows.count))
-            out = torch.cat([out, dense])
         return out
 
     def _linear_delta(self, c: Checkable) -> _LinearDelta | None:
         """The hook for `c` if it is the weight or bias of an nn.Linear (the class itself,
-        not a subclass), registered once, with no hooks of its own; checked on a random
-        direction against a copy."""
+        not a subclass, its forward not replaced), registered once, with no hooks of its own,
+        in a float64 check; and if the hook gives the same loss as a perturbed copy, along a
+        random direction and at one coordinate, with steps large enough that any use of the
+        tensor the hook doesn't see (the weight passed to F.linear elsewhere, a layer called
+        around its hooks or through a fast path) shows far above rounding."""
         module = getattr(self.problem, "module", None)
         if module is None or c.kind != "parameter" or self.needs_grad:
+            return None
+        if c.value.dtype != torch.float64:  # float32 rounding would hide a missed use
             return None
         owner_name, _, attr = c.slot[1].rpartition(".")
         try:
@@ -316,30 +323,50 @@ class _Evaluator:
             return None
         if type(layer) is not torch.nn.Linear or attr not in ("weight", "bias"):
             return None
-        if layer._forward_hooks or layer._forward_pre_hooks:
+        if layer._forward_hooks or layer._forward_pre_hooks or "forward" in vars(layer):
             return None
         param = getattr(layer, attr)
         uses = sum(p is param for _, p in module.named_parameters(remove_duplicate=False))
         if uses != 1:
             return None
         delta = _LinearDelta(layer, attr)
+        flat = c.value.reshape(-1)
+        step = 0.1 * (1.0 + float(flat.abs().max()))  # exact either way: only rounding differs
         d = _direction(c, self.options.seed + 3)
-        h = 1e-3 * (1.0 + float(c.value.abs().max()))
+        k = int(flat.abs().argmax())
+        device = c.value.device
         try:
             with delta.attached():
-                delta.dense, delta.step = d, torch.tensor(h, dtype=d.dtype, device=d.device)
-                hooked = self.problem.terms(self.base)
-            delta.dense = None
-            copied = self.problem.terms({**self.base, c.name: c.value + h * d})
+                delta.dense = d
+                along_d = delta.run(
+                    None,
+                    torch.tensor(step, dtype=flat.dtype, device=device),
+                    self.problem.terms,
+                    self.base,
+                )
+                delta.dense = None
+                at_k = delta.run(
+                    torch.tensor(k, device=device),
+                    torch.tensor(step, dtype=flat.dtype, device=device),
+                    self.problem.terms,
+                    self.base,
+                )
+            moved = flat.clone()
+            moved[k] += step
+            copies = (
+                self.problem.terms({**self.base, c.name: c.value + step * d}),
+                self.problem.terms({**self.base, c.name: moved.view_as(c.value)}),
+            )
         except KeyboardInterrupt:
             raise
         except (Exception, SystemExit):
             return None
-        f0 = self.f0.to(copied)
-        tol = 1e3 * torch.finfo(c.value.dtype).eps * (1.0 + float(f0.abs().max()))
-        tol += 1e-9 * float((copied - f0).abs().max())
-        if not torch.allclose(hooked, copied, rtol=0.0, atol=tol):
-            return None
+        f0 = self.f0.to(copies[0])
+        rounding = 1e3 * torch.finfo(flat.dtype).eps * (1.0 + float(f0.abs().max()))
+        for hooked, copied in zip((along_d, at_k), copies):
+            moved_by = float((copied - f0).abs().max())
+            if float((hooked - copied).abs().max()) > rounding + 1e-7 * moved_by:
+                return None
         return delta
 
     def _batched(self, rows: _Rows) -> torch.Tensor | None:
@@ -350,10 +377,16 @@ class _Evaluator:
 
         def run(start: int, stop: int) -> torch.Tensor:
             part = rows.materialize(start, stop)
-            given = part.clone() if start == 0 and rows.reuse and stop < rows.count else None
-            out = self._vmapped(rows.checkable, part)
-            if given is not None and not torch.equal(given, part):
-                rows.reuse = False  # the target writes into its values: refill every copy
+            version = part._version
+            try:
+                out = self._vmapped(rows.checkable, part)
+            except BaseException:
+                rows.forget()  # a retry (smaller chunk after an OOM) refills every copy
+                raise
+            if part._version != version:
+                # the target wrote into the values it was given: refill every copy from now on
+                rows.reuse = False
+                rows.forget()
             return out
 
         try:
@@ -431,9 +464,14 @@ class _LinearDelta:
             self.k = self.step = self.dense = None
 
     def run(
-        self, k: torch.Tensor, step: torch.Tensor, terms: Callable[..., torch.Tensor], base: Any
+        self,
+        k: torch.Tensor | None,
+        step: torch.Tensor,
+        terms: Callable[..., torch.Tensor],
+        base: Any,
     ) -> torch.Tensor:
-        """The loss terms with the layer's tensor moved by `step` at flat index `k`."""
+        """The loss terms with the layer's tensor moved by `step` at flat index `k` (along
+        `dense` when that is set)."""
         self.k, self.step = k, step
         return terms(base)
 
@@ -511,7 +549,8 @@ class _Rows:
         rows = torch.arange(start, max(start, min(stop, 2 * self.m)), device=self.flat.device)
         idx = self.coords[rows % self.m]
         if rows.numel():
-            steps = torch.where(rows < self.m, self.h, -self.h).to(self.flat)
+            steps = torch.full(rows.shape, self.h, dtype=self.flat.dtype, device=rows.device)
+            steps[rows >= self.m] = -self.h
             batch[rows - start, idx] = self.flat[idx] + steps
         full = []
         for r in range(max(start, 2 * self.m), stop):
@@ -520,6 +559,10 @@ class _Rows:
             full.append(r - start)
         self._dirty = (rows - start, idx, full)
         return batch.view(n, *self.checkable.value.shape)
+
+    def forget(self) -> None:
+        """The buffer may hold anything: the next call refills the rows it returns."""
+        self._dirty = None
 
     def coordinate_rows(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(flat index, step) of the 2m coordinate rows: +h for each, then −h."""
@@ -1263,7 +1306,8 @@ def _in_chunks(count: int, chunk: int, run: Callable[[int, int], torch.Tensor]) 
         out[start:stop] = part
         del part
         start = stop
-    assert out is not None
+    if out is None:
+        raise ValueError("no rows to evaluate")
     return out
 
 
@@ -1273,6 +1317,7 @@ def _memory_budget(device: torch.device) -> int:
     if device.type != "cuda":
         return MEMORY_BUDGET
     free, _total = torch.cuda.mem_get_info(device)
+    free += torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)  # cached
     return int(min(max(free // 4, MEMORY_BUDGET), 8 * MEMORY_BUDGET))
 
 

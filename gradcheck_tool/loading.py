@@ -68,13 +68,11 @@ _OWN_DIR = str(Path(__file__).resolve().parent)
 
 def _library_roots() -> tuple[str, ...]:
     """Where installed packages and the standard library live: this interpreter's scheme,
-    its site-packages folders (a distribution's dist-packages, the user site) and torch's
-    own folder, wherever it was installed."""
+    and its site-packages folders (a distribution's dist-packages, the user site)."""
     roots = [sysconfig.get_paths()[k] for k in ("purelib", "platlib", "stdlib", "platstdlib")]
     roots += getattr(site, "getsitepackages", list)()
     if site.ENABLE_USER_SITE:
         roots.append(site.getusersitepackages())
-    roots.append(os.path.dirname(os.path.dirname(torch.__file__)))
     return tuple({os.path.realpath(r) for r in roots if r})
 
 

@@ -264,9 +264,16 @@ def exact_float32(active: bool) -> Iterator[None]:
     undo: list[Callable[[], Any]] = []
     try:
         if active:
-            matmul = torch.get_float32_matmul_precision()
-            undo.append(lambda: torch.set_float32_matmul_precision(matmul))
-            torch.set_float32_matmul_precision("highest")
+            try:
+                matmul = torch.get_float32_matmul_precision()
+            except RuntimeError:  # torch >= 2.9 after the user set the new flag API
+                new_api = torch.backends.cuda.matmul
+                kept = new_api.fp32_precision
+                undo.append(lambda: setattr(new_api, "fp32_precision", kept))
+                new_api.fp32_precision = "ieee"
+            else:
+                undo.append(lambda: torch.set_float32_matmul_precision(matmul))
+                torch.set_float32_matmul_precision("highest")
             cudnn = torch.backends.cudnn
             try:
                 conv = cudnn.allow_tf32

@@ -270,3 +270,138 @@ def test_a_target_that_writes_into_its_parameter_gets_fresh_copies(monkeypatch):
         for start in range(0, stale.count, 3):
             parts.append(ev._vmapped(c, stale.materialize(start, min(start + 3, stale.count))))
     assert not torch.allclose(torch.cat(parts), serial, rtol=0, atol=1e-9)
+
+
+# --- found by review: each fails on the code before its fix ---------------------------------
+
+
+class SecondUseLost(nn.Module):
+    """fc.weight is also used outside the layer, and that use loses its gradient."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc = nn.Linear(64, 64)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.fc(x)) + (self.fc.weight.detach() ** 2).sum(1)
+
+
+def test_a_missed_second_use_fails_in_float32_too():
+    # float32 rounding (~1e-4 of the loss) hid the missed use from the hook's probe
+    torch.manual_seed(1)
+    x = torch.randn(8, 64)
+    for dtype in ("float32", "float64"):
+        report = check(SecondUseLost(), (x,), dtype=dtype)
+        weight = next(r for r in report.results if r.name == "fc.weight")
+        assert not weight.passed, dtype
+
+
+def test_the_hook_is_not_used_in_float32():
+    problem = Problem(
+        nn.Sequential(nn.Linear(4, 3), nn.Tanh()),
+        (torch.randn(2, 4),),
+        {},
+        loss_fn=None,
+        dtype=torch.float32,
+        seed=0,
+    )
+    ev = _Evaluator(problem, CheckOptions(eps=1e-3))
+    with torch.no_grad():
+        ev.f0 = problem.terms(problem.values)
+        c = problem.checkables[0]
+        assert ev.can_batch(c)
+        assert ev._linear_rows(_Rows(c, torch.arange(12), 1e-3, None)) is None
+
+
+def test_a_write_in_a_later_chunk_is_caught(monkeypatch):
+    # the first chunk's rows don't touch the max entry; a later one does (every entry moves)
+    import gradcheck_tool.finite_diff as engine
+
+    monkeypatch.setattr(engine, "MAX_BATCH", 3)
+    problem, ev = _evaluator(Normalizes(), torch.randn(2, 4))
+    c = problem.checkables[0]
+    coords = torch.tensor([5, 6, 7, 0, 11])
+    with torch.no_grad():
+        assert ev.can_batch(c)
+        rows = _Rows(c, coords, 1e-2, None)
+        batched = ev._batched(rows)
+        serial = ev._serial(_Rows(c, coords, 1e-2, None))
+    assert not rows.reuse
+    assert torch.allclose(batched, serial, rtol=0, atol=1e-13)
+
+
+class MaxNormEmbedding(nn.Module):
+    """nn.Embedding(max_norm=…) renormalizes the rows it looks up, in place, in forward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.emb = nn.Embedding(6, 4, max_norm=1.0)
+        with torch.no_grad():  # every row just under the limit: +h pushes it over
+            self.emb.weight.mul_(0.999 / self.emb.weight.norm(dim=1, keepdim=True))
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.fc(self.emb(ids)))
+
+
+def test_embedding_with_max_norm_gets_fresh_copies(monkeypatch):
+    import gradcheck_tool.finite_diff as engine
+
+    monkeypatch.setattr(engine, "MAX_BATCH", 4)
+    problem, ev = _evaluator(MaxNormEmbedding(), torch.tensor([[0, 1, 2, 3, 4, 5]]))
+    c = next(c for c in problem.checkables if c.name == "emb.weight")
+    with torch.no_grad():
+        assert ev.can_batch(c)
+        batched = ev._batched(_Rows(c, torch.arange(24), 1e-2, None))
+        serial = ev._serial(_Rows(c, torch.arange(24), 1e-2, None))
+    assert torch.allclose(batched, serial, rtol=0, atol=1e-13)
+
+
+class NormalizesThenOOM(Normalizes):
+    """A batch 'runs out of GPU memory' after the forward wrote into its weight."""
+
+    fail_next = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = super().forward(x)
+        if type(self).fail_next:
+            type(self).fail_next = False
+            raise torch.cuda.OutOfMemoryError("simulated")
+        return out
+
+
+def test_out_of_memory_halves_the_chunk_and_refills_the_copies(monkeypatch):
+    import gradcheck_tool.finite_diff as engine
+
+    monkeypatch.setattr(engine, "MAX_BATCH", 4)
+    problem, ev = _evaluator(NormalizesThenOOM(), torch.randn(2, 4))
+    c = problem.checkables[0]
+    coords = torch.tensor([11, 5, 6, 7])  # row 0 = +h at the max entry: every entry rescaled
+    sizes = []
+    vmapped = ev._vmapped
+    monkeypatch.setattr(ev, "_vmapped", lambda c, part: sizes.append(len(part)) or vmapped(c, part))
+    with torch.no_grad():
+        assert ev.can_batch(c)
+        serial = ev._serial(_Rows(c, coords, 1e-2, None))
+        sizes.clear()
+        NormalizesThenOOM.fail_next = True
+        batched = ev._batched(_Rows(c, coords, 1e-2, None))
+    assert ev.fallback_reason is None  # the retry worked; batching stays on
+    assert sizes[:2] == [4, 2]  # the failed chunk of 4, then halves
+    assert torch.allclose(batched, serial, rtol=0, atol=1e-13)
+
+
+def test_a_direction_alone_leaves_the_hook_in_use():
+    torch.manual_seed(5)
+    problem, ev = _evaluator(nn.Sequential(nn.Linear(5, 7), nn.Tanh()), torch.randn(3, 5))
+    c = next(c for c in problem.checkables if c.name == "0.weight")
+    d = torch.randn_like(c.value)
+    with torch.no_grad():
+        assert ev.can_batch(c)
+        assert ev._linear_rows(_Rows(c, torch.tensor([1, 2]), 1e-6, None)) is not None
+        at = ev.evaluate(c, torch.tensor([], dtype=torch.long), 1e-6, d)
+        plus = problem.terms({**ev.base, c.name: c.value + 1e-6 * d})
+    assert torch.allclose(at.direction_plus, plus, rtol=0, atol=1e-13)
+    assert ev._linear[c.name] is not None

@@ -211,3 +211,53 @@ def test_seed_is_part_of_the_contract():
     a, b = check(model, x, seed=1), check(model, x, seed=1)
     assert without_timing(a) == without_timing(b)
     assert a.passed and check(model, x, seed=2).passed
+
+
+# --- TF32 flags: exact_float32 (used by float32 checks on CUDA) restores what it changes -----
+
+
+def test_exact_float32_turns_tf32_off_and_restores_the_legacy_flags():
+    from gradcheck_tool.prepare import exact_float32
+
+    matmul, conv = torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32
+    try:
+        torch.set_float32_matmul_precision("high")
+        torch.backends.cudnn.allow_tf32 = True
+        with exact_float32(True):
+            assert torch.get_float32_matmul_precision() == "highest"
+            assert torch.backends.cudnn.allow_tf32 is False
+        assert torch.get_float32_matmul_precision() == "high"
+        assert torch.backends.cudnn.allow_tf32 is True
+        with exact_float32(False):  # a float64 check changes nothing
+            assert torch.get_float32_matmul_precision() == "high"
+    finally:
+        torch.set_float32_matmul_precision(matmul)
+        torch.backends.cudnn.allow_tf32 = conv
+
+
+NEW_API = """
+import torch
+from gradcheck_tool.prepare import exact_float32
+torch.backends.cuda.matmul.fp32_precision = "tf32"
+torch.backends.cudnn.conv.fp32_precision = "tf32"
+with exact_float32(True):
+    print(torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision,
+          torch.backends.cudnn.allow_tf32)
+print(torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision)
+"""
+
+
+@pytest.mark.skipif(not hasattr(torch.backends.cuda.matmul, "fp32_precision"), reason="torch < 2.9")
+def test_exact_float32_with_the_new_precision_api():
+    # a fresh process: once the new API is used, torch's legacy getters raise for good
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    out = subprocess.run(
+        [sys.executable, "-c", NEW_API], capture_output=True, text=True, cwd=REPO, check=True
+    ).stdout.split("\n")
+    # inside: no TF32 for matmuls (new API) nor convolutions (cuDNN's "none" = TF32 off);
+    # afterwards the user's settings, readable with the API they used
+    assert out[:2] == ["ieee none False", "tf32 tf32"]
