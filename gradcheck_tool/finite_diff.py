@@ -271,9 +271,8 @@ class _Evaluator:
         layer runs once on θ and a forward hook adds what θ ± h·e_i changes in its output
         (x_j·(±h) in output unit i), vmapped over i. Linear in the weight, so the same
         function up to rounding, minus the copies and the batched matmul that dominate a
-        wide layer's cost. Used only after a random direction gave the same loss both ways
-        (which a shared weight, a module called around its hooks, or a forward that isn't
-        F.linear would not); None where it doesn't apply, and the copies are used instead."""
+        wide layer's cost. Used only after the hook gave the same loss as a copy (see
+        `_linear_delta`); None where it doesn't apply, and the copies are used instead."""
         c = rows.checkable
         if rows.m == 0:  # a direction alone: two copies
             return None
@@ -365,8 +364,9 @@ class _Evaluator:
         rounding = 1e3 * torch.finfo(flat.dtype).eps * (1.0 + float(f0.abs().max()))
         for hooked, copied in zip((along_d, at_k), copies):
             moved_by = float((copied - f0).abs().max())
-            if float((hooked - copied).abs().max()) > rounding + 1e-7 * moved_by:
-                return None
+            apart = float((hooked - copied).abs().max())
+            if not math.isfinite(apart + moved_by) or apart > rounding + 1e-7 * moved_by:
+                return None  # (a step into NaN/Inf proves nothing either)
         return delta
 
     def _batched(self, rows: _Rows) -> torch.Tensor | None:

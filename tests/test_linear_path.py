@@ -405,3 +405,25 @@ def test_a_direction_alone_leaves_the_hook_in_use():
         plus = problem.terms({**ev.base, c.name: c.value + 1e-6 * d})
     assert torch.allclose(at.direction_plus, plus, rtol=0, atol=1e-13)
     assert ev._linear[c.name] is not None
+
+
+class LogOfLinear(nn.Module):
+    """Finite at θ, NaN a large step away: the hook's probe can't tell, so copies are used."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(3, 2)
+        with torch.no_grad():
+            self.fc.weight.fill_(0.01)
+            self.fc.bias.fill_(0.05)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.log(self.fc(x))
+
+
+def test_a_probe_that_steps_into_nan_does_not_vouch_for_the_hook():
+    problem, ev = _evaluator(LogOfLinear(), torch.ones(1, 3))
+    c = next(c for c in problem.checkables if c.name == "fc.weight")
+    with torch.no_grad():
+        assert ev.can_batch(c)
+        assert ev._linear_rows(_Rows(c, torch.arange(6), 1e-6, None)) is None
