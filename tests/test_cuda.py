@@ -20,6 +20,8 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import BUGS, CORRECT, REPO, SAMPLES, check_file, failing, run_cli
+from test_flow import SeventyPercentDead, sigmoid_mlp
+from test_state import GuestNet
 from torch import nn
 from torch.nn import functional as F
 
@@ -266,22 +268,6 @@ def test_seeded_bug_fails_exactly_the_buggy_tensor_on_cuda(bug, wrong, hint):
 # --- a model that already lives on the GPU ----------------------------------------------------
 
 
-class GuestNet(nn.Module):
-    """Dropout, train-mode BatchNorm, a frozen layer (as test_state's guest)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.frozen = nn.Linear(5, 6)
-        self.frozen.requires_grad_(False)
-        self.layer = nn.Linear(6, 8)
-        self.norm = nn.BatchNorm1d(8)
-        self.drop = nn.Dropout(0.3)
-        self.head = nn.Linear(8, 2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.drop(torch.tanh(self.norm(self.layer(self.frozen(x))))))
-
-
 def make_guest() -> tuple[nn.Module, torch.Tensor]:
     torch.manual_seed(0)
     model = GuestNet().cuda().train()
@@ -513,30 +499,6 @@ def test_float32_check_on_cuda_is_not_spoiled_by_tf32_and_restores_the_settings(
 
 
 # --- flow and Monitor on the GPU ----------------------------------------------------------------
-
-
-def sigmoid_mlp(depth: int = 20, width: int = 32) -> nn.Module:
-    torch.manual_seed(0)
-    layers: list[nn.Module] = []
-    for _ in range(depth):
-        layers += [nn.Linear(width, width), nn.Sigmoid()]
-    return nn.Sequential(*layers, nn.Linear(width, 10))
-
-
-class SeventyPercentDead(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.fc1 = nn.Linear(16, 100)
-        self.act = nn.ReLU()
-        self.fc2 = nn.Linear(100, 4)
-        with torch.no_grad():
-            self.fc1.weight.mul_(0.1)
-            self.fc1.bias[:70] = -100.0
-            self.fc1.bias[70:] = 5.0
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
 
 
 class LogOfNegatives(nn.Module):
