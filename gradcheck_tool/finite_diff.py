@@ -512,8 +512,6 @@ class _Rows:
         coords: torch.Tensor,
         h: float,
         direction: torch.Tensor | None,
-        *,
-        reuse: bool = True,
     ) -> None:
         self.checkable = c
         self.flat = c.value.reshape(-1)
@@ -523,7 +521,7 @@ class _Rows:
         self.m = coords.numel()
         self.count = 2 * self.m + (2 if direction is not None else 0)
         self.row_bytes = self.flat.numel() * self.flat.element_size()
-        self.reuse = reuse  # False when the target may write into the values it is given
+        self.reuse = True  # False once the target is seen writing into the values it is given
         self._buffer: torch.Tensor | None = None
         self._dirty: tuple[torch.Tensor, torch.Tensor, list[int]] | None = None
 

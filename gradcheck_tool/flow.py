@@ -1545,18 +1545,21 @@ def _first_tensor(value: Any) -> torch.Tensor | None:
     return None
 
 
+def _first_floating(model: nn.Module) -> torch.Tensor | None:
+    """The model's first floating parameter or buffer: where it lives and in what dtype."""
+    return next((t for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()), None)
+
+
 def _home_device(model: nn.Module) -> torch.device | None:
-    """The device of the model's first floating parameter or buffer (None if it has none)."""
-    for t in (*model.parameters(), *model.buffers()):
-        if t.is_floating_point():
-            return None if t.device.type == "meta" else t.device
-    return None
+    """The model's device (None without a floating tensor, or when the first is on meta)."""
+    t = _first_floating(model)
+    return None if t is None or t.device.type == "meta" else t.device
 
 
 def _model_dtype_device(model: nn.Module) -> tuple[str, torch.device]:
-    for t in (*model.parameters(), *model.buffers()):
-        if t.is_floating_point():
-            return str(t.dtype).replace("torch.", ""), t.device
+    t = _first_floating(model)
+    if t is not None:
+        return str(t.dtype).replace("torch.", ""), t.device
     return str(torch.get_default_dtype()).replace("torch.", ""), torch.device("cpu")
 
 

@@ -21,7 +21,7 @@ import pytest
 import torch
 from conftest import BUGS, CORRECT, REPO, SAMPLES, check_file, failing, run_cli
 from test_flow import SeventyPercentDead, sigmoid_mlp
-from test_state import GuestNet
+from test_state import GuestNet, assert_same, snapshot
 from torch import nn
 from torch.nn import functional as F
 
@@ -274,31 +274,6 @@ def make_guest() -> tuple[nn.Module, torch.Tensor]:
     model.head.eval()
     x = torch.randn(4, 5, device="cuda")
     return model, x
-
-
-def snapshot(model: nn.Module) -> dict:
-    return {
-        "state": {k: v.detach().clone() for k, v in model.state_dict().items()},
-        "devices": {k: v.device for k, v in model.state_dict().items()},
-        "dtypes": {k: v.dtype for k, v in model.state_dict().items()},
-        "training": {n: m.training for n, m in model.named_modules()},
-        "grads": {
-            n: None if p.grad is None else p.grad.clone() for n, p in model.named_parameters()
-        },
-        "ids": {n: id(p) for n, p in model.named_parameters()},
-    }
-
-
-def assert_same(before: dict, after: dict) -> None:
-    for key, value in before["state"].items():
-        assert torch.equal(value, after["state"][key]), key
-    for field in ("devices", "dtypes", "training", "ids"):
-        assert before[field] == after[field], field
-    for name, grad in before["grads"].items():
-        if grad is None:
-            assert after["grads"][name] is None, name
-        else:
-            assert torch.equal(grad, after["grads"][name]), name
 
 
 def test_model_on_cuda_is_checked_there_and_left_as_found():

@@ -4,6 +4,7 @@ weights, independent code) and gradcheck-style seeded bugs; every fallback case 
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -74,8 +75,12 @@ def test_direction_rows_come_from_copies_and_match():
         assert ev.can_batch(c)
         rows = ev._linear_rows(_Rows(c, torch.tensor([0, 4, 9]), 1e-6, d))
         plus = problem.terms({**ev.base, c.name: c.value + 1e-6 * d})
+        minus = problem.terms({**ev.base, c.name: c.value - 1e-6 * d})
+        copied = ev._batched(_Rows(c, torch.tensor([0, 4, 9]), 1e-6, None))
     assert rows.shape == (8, 1)
+    assert torch.allclose(rows[:6], copied, rtol=0, atol=1e-13)
     assert torch.allclose(rows[6], plus, rtol=0, atol=1e-13)
+    assert torch.allclose(rows[7], minus, rtol=0, atol=1e-13)
 
 
 class TiedDecoder(nn.Module):
@@ -249,19 +254,26 @@ class Normalizes(nn.Module):
         return torch.tanh(x @ self.w.T).pow(2)
 
 
-def test_a_target_that_writes_into_its_parameter_gets_fresh_copies(monkeypatch):
+@pytest.mark.parametrize(
+    "coords",
+    [
+        [0, 11, 5, 0, 11],  # the first chunk perturbs the max entry: every entry moves
+        [5, 6, 7, 0, 11],  # only a later chunk does
+    ],
+)
+def test_a_target_that_writes_into_its_parameter_gets_fresh_copies(monkeypatch, coords):
     import gradcheck_tool.finite_diff as engine
 
     monkeypatch.setattr(engine, "MAX_BATCH", 3)  # several chunks per tensor
     problem, ev = _evaluator(Normalizes(), torch.randn(2, 4))
     c = problem.checkables[0]
-    coords = torch.tensor([0, 11, 5, 0, 11])
+    coords = torch.tensor(coords)
     with torch.no_grad():
         assert ev.can_batch(c)
         rows = _Rows(c, coords, 1e-2, None)
         batched = ev._batched(rows)
         serial = ev._serial(_Rows(c, coords, 1e-2, None))
-    assert not rows.reuse  # the first chunk showed the writes
+    assert not rows.reuse  # the buffer's version counter showed the writes
     assert torch.allclose(batched, serial, rtol=0, atol=1e-13)
     # and the same rows with the buffer reused regardless would have been wrong
     with torch.no_grad():
@@ -312,23 +324,6 @@ def test_the_hook_is_not_used_in_float32():
         c = problem.checkables[0]
         assert ev.can_batch(c)
         assert ev._linear_rows(_Rows(c, torch.arange(12), 1e-3, None)) is None
-
-
-def test_a_write_in_a_later_chunk_is_caught(monkeypatch):
-    # the first chunk's rows don't touch the max entry; a later one does (every entry moves)
-    import gradcheck_tool.finite_diff as engine
-
-    monkeypatch.setattr(engine, "MAX_BATCH", 3)
-    problem, ev = _evaluator(Normalizes(), torch.randn(2, 4))
-    c = problem.checkables[0]
-    coords = torch.tensor([5, 6, 7, 0, 11])
-    with torch.no_grad():
-        assert ev.can_batch(c)
-        rows = _Rows(c, coords, 1e-2, None)
-        batched = ev._batched(rows)
-        serial = ev._serial(_Rows(c, coords, 1e-2, None))
-    assert not rows.reuse
-    assert torch.allclose(batched, serial, rtol=0, atol=1e-13)
 
 
 class MaxNormEmbedding(nn.Module):

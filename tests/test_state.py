@@ -42,6 +42,7 @@ def make_guest() -> tuple[nn.Module, torch.Tensor]:
 def snapshot(model: nn.Module) -> dict:
     return {
         "state": {k: v.detach().clone() for k, v in model.state_dict().items()},
+        "devices": {k: v.device for k, v in model.state_dict().items()},
         "dtypes": {k: v.dtype for k, v in model.state_dict().items()},
         "training": {n: m.training for n, m in model.named_modules()},
         "requires_grad": {n: p.requires_grad for n, p in model.named_parameters()},
@@ -56,7 +57,7 @@ def assert_same(before: dict, after: dict) -> None:
     assert before["state"].keys() == after["state"].keys()
     for key, value in before["state"].items():
         assert torch.equal(value, after["state"][key]), key
-    for field in ("dtypes", "training", "requires_grad", "ids"):
+    for field in ("devices", "dtypes", "training", "requires_grad", "ids"):
         assert before[field] == after[field], field
     for name, grad in before["grads"].items():
         if grad is None:
