@@ -1,19 +1,40 @@
-"""gradtool: is my gradient right, and why isn't my model learning?"""
+"""gradtool: is my gradient right, and why isn't my model learning?
 
-__version__ = "0.1.0"
+`check`, `flow` and `Monitor` are loaded on first use (PEP 562): importing the package, or
+running `gradtool --version`, does not import torch.
+"""
 
-from .api import check  # noqa: E402
-from .errors import GradtoolError  # noqa: E402
-from .flow import Monitor, flow  # noqa: E402
-from .results import CheckReport, FlowReport, TensorResult  # noqa: E402
+from __future__ import annotations
 
-__all__ = [
-    "__version__",
-    "check",
-    "flow",
-    "Monitor",
-    "CheckReport",
-    "FlowReport",
-    "TensorResult",
-    "GradtoolError",
-]
+import importlib
+from typing import Any
+
+from ._version import __version__
+
+# public name -> the module that defines it
+_LAZY = {
+    "check": "gradcheck_tool.api",
+    "flow": "gradcheck_tool.flow",
+    "Monitor": "gradcheck_tool.flow",
+    "CheckReport": "gradcheck_tool.results",
+    "FlowReport": "gradcheck_tool.results",
+    "TensorResult": "gradcheck_tool.results",
+    "GradtoolError": "gradcheck_tool.errors",
+}
+
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module = importlib.import_module(_LAZY[name])
+    # every name that module provides, at once: later lookups skip this function
+    globals().update(
+        {n: getattr(module, n) for n, where in _LAZY.items() if where == module.__name__}
+    )
+    return globals()[name]
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

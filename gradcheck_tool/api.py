@@ -8,7 +8,7 @@ from typing import Any, Callable
 import torch
 import torch.utils._pytree
 
-from . import __version__
+from ._version import __version__
 from .errors import InputError
 from .finite_diff import DEFAULT_SAMPLES, CheckOptions, Interrupted, run_check
 from .loading import parse_dtype

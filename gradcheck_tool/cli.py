@@ -15,7 +15,7 @@ from typing import Any, Callable, List, Optional
 
 import typer
 
-from . import __version__
+from ._version import __version__
 from .errors import GradtoolError
 
 EXIT_OK, EXIT_FAIL, EXIT_USER, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130

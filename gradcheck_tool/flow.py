@@ -32,7 +32,7 @@ from torch.nn.modules.module import (
 )
 from torch.overrides import TorchFunctionMode
 
-from . import __version__
+from ._version import __version__
 from .errors import GradtoolError, InputError, UserCodeError
 from .loading import describe_exception
 from .prepare import (
