@@ -6,20 +6,14 @@ import dataclasses
 from typing import Any, Callable
 
 import torch
-import torch.utils._pytree
 
+from ._guest import exact_float32, init_cuda, preserved_state
+from ._tree import first_tensor
 from ._version import __version__
-from .errors import InputError
+from .errors import InputError, OptionError
 from .finite_diff import DEFAULT_SAMPLES, CheckOptions, Interrupted, run_check
-from .loading import parse_dtype
-from .prepare import (
-    Problem,
-    SecondOrderProblem,
-    exact_float32,
-    init_cuda,
-    normalize_inputs,
-    preserved_state,
-)
+from .options import CheckDtype, at_least, choice, positive, valid_seed
+from .prepare import Problem, SecondOrderProblem, normalize_inputs, parse_device
 from .results import CheckReport
 
 # Defaults per check dtype: the tutorial's float64 numbers, and float32's weaker ones
@@ -59,38 +53,33 @@ def check(
     """
     check_dtype = _dtype(dtype)
     if forward_mode and not _defines_jvp(target):
-        raise InputError(
-            "--forward-mode checks an autograd.Function's jvp, and "
+        raise OptionError(
+            "forward_mode",
+            "checks an autograd.Function's jvp, and "
             f"{getattr(target, '__name__', type(target).__name__)} is not a Function that "
             "defines one",
-            hint="Define `jvp` (with `setup_context`) on the Function, or drop --forward-mode.",
+            hint="Define `jvp` (with `setup_context`) on the Function, or drop forward mode.",
         )
     default_tol, default_eps = DEFAULTS[check_dtype]
     args, keywords = normalize_inputs(inputs if inputs is not None else ())
     keywords.update(kwargs or {})
     options = CheckOptions(
-        tolerance=default_tol if tolerance is None else tolerance,
-        eps=default_eps if eps is None else eps,
+        tolerance=default_tol if tolerance is None else positive("tolerance", tolerance),
+        eps=default_eps if eps is None else positive("eps", eps),
         full=full,
-        samples=samples,
-        budget=budget,
-        seed=seed,
+        samples=at_least("samples", samples, 1),
+        budget=None
+        if budget is None
+        else positive("budget", budget, "a positive number of seconds"),
+        seed=valid_seed(seed),
         batched=batched,
         sweep=sweep,
         progress=progress,
     )
-    for what, value in (("tolerance", options.tolerance), ("eps", options.eps)):
-        if not value > 0 or value != value or value == float("inf"):
-            raise InputError(f"--{what} must be a positive number, not {value}")
-    if samples < 1:
-        raise InputError(f"--samples must be at least 1, not {samples}")
-    if budget is not None and not 0 < budget < float("inf"):
-        raise InputError(f"--budget must be a positive number of seconds, not {budget}")
-    if not 0 <= seed < 2**63:
-        raise InputError(f"--seed must be between 0 and 2**63 - 1, not {seed}")
     target = _unwrap(target)
     label = name or getattr(target, "__name__", None) or type(target).__name__
-    where = _device(target, args, keywords, device)
+    where = parse_device(device, ("cpu", "cuda")) if device is not None else None
+    where = where or _home_device(target, args, keywords)
     meta = dict(target=label, found_by=found_by, version=__version__)
     # CUDA is initialized before the RNG state is captured: its generators are then fixed
     # for every evaluation (dropout on the GPU) and the user's are restored at the end
@@ -158,10 +147,7 @@ def _merge(first: CheckReport, second: CheckReport) -> CheckReport:
 
 
 def _dtype(dtype: torch.dtype | str) -> torch.dtype:
-    checked = parse_dtype(dtype) if isinstance(dtype, str) else dtype
-    if checked not in DEFAULTS:
-        raise InputError(f"--dtype must be float64 or float32, not {dtype}")
-    return checked
+    return {"float64": torch.float64, "float32": torch.float32}[choice(CheckDtype, "dtype", dtype)]
 
 
 def _unwrap(target: Any) -> Any:
@@ -196,29 +182,10 @@ def _has_contents(cell: Any) -> bool:
     return True
 
 
-def _device(
-    target: Any, args: tuple, kwargs: dict, device: str | torch.device | None
-) -> torch.device | None:
-    """The requested device, else where the model or its inputs already live."""
-    if device is not None:
-        try:
-            where = torch.device(device)
-        except (RuntimeError, TypeError):
-            raise InputError(f"--device must be cpu or cuda[:N], not {device!r}") from None
-        if where.type not in ("cpu", "cuda"):
-            raise InputError(f"--device must be cpu or cuda[:N], not {device!r}")
-        if where.type == "cuda":
-            if not torch.cuda.is_available():
-                raise InputError("--device cuda was asked for, but CUDA is not available here")
-            if where.index is not None and where.index >= torch.cuda.device_count():
-                raise InputError(
-                    f"--device {device}: this machine has {torch.cuda.device_count()} GPU(s)"
-                )
-        return where
+def _home_device(target: Any, args: tuple, kwargs: dict) -> torch.device | None:
+    """Where the model or its inputs already live (None: the default, the CPU)."""
     if isinstance(target, torch.nn.Module):
         for p in target.parameters():
             return p.device if p.device.type != "meta" else None
-    for value in torch.utils._pytree.tree_leaves((args, kwargs)):  # nested inputs too
-        if isinstance(value, torch.Tensor):
-            return value.device
-    return None
+    first = first_tensor((args, kwargs))  # nested inputs too
+    return first.device if first is not None else None

@@ -16,7 +16,8 @@ from typing import Any, Callable, List, Optional
 import typer
 
 from ._version import __version__
-from .errors import GradtoolError
+from .errors import GradtoolError, OptionError
+from .options import CheckDtype, Optimizer, flag_for
 
 EXIT_OK, EXIT_FAIL, EXIT_USER, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
@@ -84,7 +85,10 @@ def user_errors(debug: bool) -> Iterator[None]:
         if debug:
             traceback.print_exc()
         console = _error_console()
-        console.print(f"[bold red]error:[/bold red] {_escape(exc.message)}")
+        message = exc.message
+        if isinstance(exc, OptionError):  # named as the API names it: name the flag instead
+            message = f"{flag_for(exc.option)} {exc.problem}"
+        console.print(f"[bold red]error:[/bold red] {_escape(message)}")
         if exc.hint:
             console.print(_escape(exc.hint))
         raise typer.Exit(EXIT_USER) from None
@@ -192,8 +196,11 @@ def check(
     forward_mode: bool = typer.Option(
         False, "--forward-mode", help="Check forward-mode derivatives (a Function's jvp)."
     ),
-    dtype: str = typer.Option(
-        "float64", "--dtype", help="float64, or float32 for code that can't run in float64."
+    dtype: CheckDtype = typer.Option(
+        CheckDtype.FLOAT64,
+        "--dtype",
+        case_sensitive=False,
+        help="float64, or float32 for code that can't run in float64.",
     ),
     device: Optional[str] = typer.Option(
         None, "--device", help="cpu or cuda (default: where the model already lives)."
@@ -266,7 +273,9 @@ def flow(
     lr: Optional[float] = typer.Option(
         None, "--lr", help="Learning rate for --steps (default 1e-2 with sgd, 1e-3 with adam)."
     ),
-    optimizer: str = typer.Option("sgd", "--optimizer", help="sgd or adam, for --steps."),
+    optimizer: Optimizer = typer.Option(
+        Optimizer.SGD, "--optimizer", case_sensitive=False, help="The optimizer for --steps."
+    ),
     plot: Optional[str] = typer.Option(
         None, "--plot", help="Write the gradient-flow figure to PATH (.png or .svg)."
     ),
@@ -305,7 +314,7 @@ def flow(
             loss_fn=loaded.loss_fn,
             steps=steps,
             lr=lr,
-            optimizer=optimizer,
+            optimizer=optimizer.value,
             seed=seed,
             device=device,
             target=loaded.spec,

@@ -29,3 +29,13 @@ class CheckpointError(GradtoolError):
 
 class UserCodeError(GradtoolError):
     """The user's forward or loss raised, or returned something gradtool cannot use."""
+
+
+class OptionError(InputError):
+    """An option value the API cannot use, named as the API names it (`tolerance`); the CLI
+    names its flag instead (`--tolerance`)."""
+
+    def __init__(self, option: str, problem: str, *, hint: str | None = None) -> None:
+        super().__init__(f"{option} {problem}", hint=hint)
+        self.option = option
+        self.problem = problem

@@ -22,10 +22,11 @@ from typing import Any
 
 import torch
 
+from ._guest import describe_exception
+from ._tree import floating_leaves
 from .errors import UserCodeError
 from .hints import bug_hint
-from .loading import describe_exception
-from .prepare import Checkable, CheckProblem, floating_leaves
+from .prepare import Checkable, CheckProblem
 from .results import CheckReport, SweepPoint, TensorResult, WorstEntry, rating_for
 
 FULL_THRESHOLD = 256  # tensors up to this many elements are checked at every coordinate

@@ -32,18 +32,11 @@ from torch.nn.modules.module import (
 )
 from torch.overrides import TorchFunctionMode
 
+from ._guest import RngState, describe_exception, init_cuda, preserved_state
+from ._tree import floating_leaves
 from ._version import __version__
 from .errors import GradtoolError, InputError, UserCodeError
-from .loading import describe_exception
-from .prepare import (
-    ProjectionLoss,
-    RngState,
-    _terms_of,
-    floating_leaves,
-    init_cuda,
-    normalize_inputs,
-    preserved_state,
-)
+from .prepare import ProjectionLoss, _terms_of, normalize_inputs
 from .results import (
     FINDING_KINDS,
     Finding,

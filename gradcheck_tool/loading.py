@@ -13,12 +13,9 @@ import inspect
 import itertools
 import os
 import re
-import site
 import sys
-import sysconfig
-import traceback
 import types
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -26,7 +23,8 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from .errors import CheckpointError, InputError, LoadError, UserCodeError
+from ._guest import call_user, describe_exception, user_frame, user_scope
+from .errors import CheckpointError, InputError, LoadError
 
 _counter = itertools.count()
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -61,101 +59,6 @@ def split_spec(spec: str) -> tuple[Path, str | None]:
             )
         return Path(head), tail
     return Path(spec), None
-
-
-_OWN_DIR = str(Path(__file__).resolve().parent)
-
-
-def _library_roots() -> tuple[str, ...]:
-    """Where installed packages and the standard library live: this interpreter's scheme,
-    and its site-packages folders (a distribution's dist-packages, the user site)."""
-    roots = [sysconfig.get_paths()[k] for k in ("purelib", "platlib", "stdlib", "platstdlib")]
-    roots += getattr(site, "getsitepackages", list)()
-    if site.ENABLE_USER_SITE:
-        roots.append(site.getusersitepackages())
-    return tuple({os.path.realpath(r) for r in roots if r})
-
-
-_LIBRARY_ROOTS = _library_roots()
-
-
-def _library_file(path: str) -> bool:
-    """Installed packages (torch) and the standard library, by real path."""
-    return any(path.startswith(root + os.sep) for root in _LIBRARY_ROOTS)
-
-
-def user_frame(tb: types.TracebackType | None, folder: Path | None) -> str | None:
-    """`file.py:LINE` of the innermost traceback frame in the user's code: inside `folder`
-    when given, else the innermost frame that is not gradtool's, torch's or Python's."""
-    found = None
-    folder_str = str(folder.resolve()) if folder is not None else None
-    for frame in traceback.extract_tb(tb):
-        try:
-            frame_path = str(Path(frame.filename).resolve())
-        except OSError:
-            continue
-        # the user's own code: not gradtool, torch or Python (a venv inside the user's
-        # folder holds torch too), and inside their folder when that is known
-        mine = not frame.filename.startswith("<") and not _library_file(frame_path)
-        mine = mine and not frame_path.startswith(_OWN_DIR + os.sep)
-        if folder_str is not None:
-            mine = mine and frame_path.startswith(folder_str + os.sep)
-        if mine:
-            found = f"{os.path.relpath(frame.filename)}:{frame.lineno}"
-    return found
-
-
-def describe_exception(exc: BaseException, folder: Path | None) -> str:
-    """'ValueError: text (at file.py:12)' — the user's own words, with where it happened."""
-    if isinstance(exc, SystemExit):
-        text = f"sys.exit({exc.code!r})"
-    else:
-        text = f"{type(exc).__name__}: {exc}"
-    where = user_frame(exc.__traceback__, folder)
-    return f"{text} (at {where})" if where else text
-
-
-def _installed_module(module: types.ModuleType) -> bool:
-    """Modules from site-packages or the standard library stay imported: removing a C
-    extension from sys.modules and importing it again can break it."""
-    origin = getattr(module, "__file__", None)
-    return bool(origin) and _library_file(os.path.realpath(origin))
-
-
-_scopes: list[str] = []  # folders of the user scopes now open, outermost first
-
-
-@contextlib.contextmanager
-def user_scope(folder: Path) -> Iterator[None]:
-    """The user's folder is importable while their code runs (the import, build_model,
-    forward, loss_fn); when the outermost scope ends, sys.path is restored and the modules
-    imported meanwhile are dropped from sys.modules (installed packages and the standard
-    library excepted: re-importing a C extension can break it)."""
-    entry = str(folder.resolve())
-    if _scopes:  # nested: the outermost scope restores everything
-        if entry not in sys.path:
-            sys.path.insert(0, entry)
-        _scopes.append(entry)
-        try:
-            yield
-        finally:
-            _scopes.pop()
-        return
-    saved_path = list(sys.path)
-    saved_modules = dict(sys.modules)
-    sys.path.insert(0, entry)
-    _scopes.append(entry)
-    try:
-        yield
-    finally:
-        _scopes.pop()
-        sys.path[:] = saved_path
-        for name in list(sys.modules):
-            if name not in saved_modules and not _installed_module(sys.modules[name]):
-                del sys.modules[name]
-        for name, mod in saved_modules.items():
-            if sys.modules.get(name) is not mod:
-                sys.modules[name] = mod
 
 
 def scope_for(spec: str) -> contextlib.AbstractContextManager[None]:
@@ -228,17 +131,6 @@ def _required_params(fn: Callable[..., Any]) -> list[str]:
         if (p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD))
         or p.kind == p.VAR_POSITIONAL
     ]
-
-
-def call_user(
-    fn: Callable[..., Any], *args: Any, what: str, folder: Path | None = None, **kwargs: Any
-) -> Any:
-    """Run user code; any exception (sys.exit included) becomes a UserCodeError repeating
-    its text."""
-    try:
-        return fn(*args, **kwargs)
-    except (Exception, SystemExit) as exc:
-        raise UserCodeError(f"{what} raised {describe_exception(exc, folder)}") from exc
 
 
 def _classify(obj: Any, name: str, path: Path, how: str) -> tuple[Any, str, str]:

@@ -7,23 +7,18 @@ so that every evaluation starts from the same point.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import inspect
-import random
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from copy import deepcopy
 from typing import Any, Callable, Protocol
 
 import torch
 
-from .errors import InputError, UserCodeError
-from .loading import LoadedTarget, describe_exception, inputs_from_shapes
-
-try:  # numpy is a dependency, but a missing one must not break torch-only use
-    import numpy as np
-except ImportError:  # pragma: no cover
-    np = None  # type: ignore[assignment]
+from ._guest import RngState, describe_exception, init_cuda
+from ._tree import floating_leaves, leaves_with_paths, map_tensors, replace_at
+from .errors import InputError, OptionError, UserCodeError
+from .loading import LoadedTarget, inputs_from_shapes
 
 
 def normalize_inputs(raw: Any) -> tuple[tuple, dict]:
@@ -38,6 +33,27 @@ def normalize_inputs(raw: Any) -> tuple[tuple, dict]:
         f"example_inputs must be a tensor, a tuple/list (positional arguments) or a dict "
         f"(keyword arguments); got {type(raw).__name__}"
     )
+
+
+def parse_device(device: str | torch.device, allowed: tuple[str, ...]) -> torch.device:
+    """A device the user asked for, that this machine has: "cpu", "cuda", "cuda:1", ..."""
+    try:
+        where = torch.device(device)
+    except (RuntimeError, TypeError):
+        where = None
+    if where is None or where.type not in allowed:
+        names = " or ".join(f"{t}[:N]" if t != "cpu" else t for t in allowed)
+        raise OptionError("device", f"must be {names}, not {device!r}")
+    if where.type == "cuda":
+        if not torch.cuda.is_available():
+            raise OptionError("device", f"{device} was asked for, but CUDA is not available here")
+        if where.index is not None and where.index >= torch.cuda.device_count():
+            raise OptionError(
+                "device", f"{device}: this machine has {torch.cuda.device_count()} GPU(s)"
+            )
+    if where.type == "mps" and not torch.backends.mps.is_available():
+        raise OptionError("device", f"{device} was asked for, but MPS is not available here")
+    return where
 
 
 def resolve_inputs(
@@ -59,28 +75,7 @@ def resolve_inputs(
     )
 
 
-# --- output structures -------------------------------------------------------------------
-
-
-def floating_leaves(output: Any, path: str = "output") -> Iterator[tuple[str, torch.Tensor]]:
-    """Every floating tensor in a tensor/tuple/list/dict/dataclass/ModelOutput, with its path.
-
-    Non-tensor and integer leaves are skipped; the order is deterministic.
-    """
-    if isinstance(output, torch.Tensor):
-        if output.is_floating_point() or output.is_complex():
-            yield path, output
-    elif isinstance(output, Mapping):  # dicts and HuggingFace ModelOutput (an OrderedDict)
-        for key, value in output.items():
-            yield from floating_leaves(value, f"{path}[{key!r}]")
-    elif isinstance(output, (tuple, list)):
-        for i, value in enumerate(output):
-            yield from floating_leaves(value, f"{path}[{i}]")
-    elif dataclasses.is_dataclass(output) and not isinstance(output, type):
-        for f in dataclasses.fields(output):
-            yield from floating_leaves(getattr(output, f.name), f"{path}.{f.name}")
-    elif hasattr(output, "to_tuple") and callable(output.to_tuple):
-        yield from floating_leaves(output.to_tuple(), path)
+# --- the loss -------------------------------------------------------------------------------
 
 
 class ProjectionLoss:
@@ -197,112 +192,6 @@ def _describe(value: Any) -> str:
     if isinstance(value, torch.Tensor):
         return f"a {value.dtype} tensor of shape {tuple(value.shape)}"
     return f"a {type(value).__name__}"
-
-
-# --- state: RNG, default dtype, grad mode ------------------------------------------------
-
-
-@dataclasses.dataclass
-class RngState:
-    """torch (CPU and every CUDA device), Python `random` and numpy generator states."""
-
-    torch_cpu: torch.Tensor
-    torch_cuda: list[torch.Tensor] | None
-    python: Any
-    numpy: Any
-
-    @classmethod
-    def capture(cls) -> RngState:
-        cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
-        return cls(
-            torch.get_rng_state(),
-            cuda,
-            random.getstate(),
-            np.random.get_state() if np is not None else None,
-        )
-
-    @classmethod
-    def seeded(cls, seed: int) -> RngState:
-        """The state every evaluation starts from, made without disturbing the current one.
-
-        CUDA's generators are seeded (and fixed per evaluation) only once CUDA is
-        initialized: call `init_cuda` first when the work will run there. While it is not,
-        `torch.manual_seed` would queue the seed for CUDA's lazy initialization, where
-        restoring cannot undo it and it would replace the user's own queued seed.
-        """
-        with preserved_state():
-            torch.default_generator.manual_seed(seed)
-            if torch.cuda.is_initialized():
-                torch.cuda.manual_seed_all(seed)
-            random.seed(seed)
-            if np is not None:
-                np.random.seed(seed % 2**32)
-            return cls.capture()
-
-    def restore(self) -> None:
-        torch.set_rng_state(self.torch_cpu)
-        if self.torch_cuda is not None:
-            torch.cuda.set_rng_state_all(self.torch_cuda)
-        random.setstate(self.python)
-        if np is not None and self.numpy is not None:
-            np.random.set_state(self.numpy)
-
-
-def init_cuda(device: torch.device | None) -> None:
-    """Initialize CUDA before RNG state is captured when the work will run there, so that
-    its generators are fixed per evaluation and restored afterwards like the CPU's."""
-    if device is not None and device.type == "cuda":
-        torch.cuda.init()
-
-
-@contextlib.contextmanager
-def exact_float32(active: bool) -> Iterator[None]:
-    """No TensorFloat-32 while a float32 check runs on CUDA: TF32 matmuls and convolutions
-    (cuDNN's default for convolutions on Ampere and later GPUs) round float32 operands to 10
-    mantissa bits, far coarser than the finite differences of a float32 check. The user's
-    settings are restored however the block ends."""
-    undo: list[Callable[[], Any]] = []
-    try:
-        if active:
-            try:
-                matmul = torch.get_float32_matmul_precision()
-            except RuntimeError:  # torch >= 2.9 after the user set the new flag API
-                new_api = torch.backends.cuda.matmul
-                kept = new_api.fp32_precision
-                undo.append(lambda: setattr(new_api, "fp32_precision", kept))
-                new_api.fp32_precision = "ieee"
-            else:
-                undo.append(lambda: torch.set_float32_matmul_precision(matmul))
-                torch.set_float32_matmul_precision("highest")
-            cudnn = torch.backends.cudnn
-            try:
-                conv = cudnn.allow_tf32
-            except RuntimeError:  # torch >= 2.9 after a mix of the legacy and the new flag API
-                saved = [(op, op.fp32_precision) for op in (cudnn.conv, cudnn.rnn)]
-                undo.append(lambda: [setattr(op, "fp32_precision", v) for op, v in saved])
-                for op, _ in saved:
-                    op.fp32_precision = "ieee"
-            else:
-                undo.append(lambda: setattr(cudnn, "allow_tf32", conv))
-                cudnn.allow_tf32 = False
-        yield
-    finally:
-        for step in reversed(undo):
-            step()
-
-
-@contextlib.contextmanager
-def preserved_state() -> Iterator[None]:
-    """Restore RNG state, default dtype and grad mode however the block ends."""
-    rng = RngState.capture()
-    dtype = torch.get_default_dtype()
-    grad = torch.is_grad_enabled()
-    try:
-        yield
-    finally:
-        rng.restore()
-        torch.set_default_dtype(dtype)
-        torch.set_grad_enabled(grad)
 
 
 # --- the problem the engine differentiates -----------------------------------------------
@@ -428,7 +317,7 @@ class Problem:
         roots += [("kwarg", k, keywords[k], v) for k, v in self.kwargs.items()]
         self._root_names = {(where, key): name for where, key, name, _ in roots}
         for where, key, root_name, value in roots:
-            for path, leaf in _walk(value, root_name):
+            for path, leaf in leaves_with_paths(value, root_name):
                 if isinstance(leaf, torch.Tensor) and leaf.is_floating_point():
                     slot = (where, key, path)
                     self.checkables.append(Checkable(prefix + path, "input", slot, leaf))
@@ -455,7 +344,7 @@ class Problem:
             root = args if where == "arg" else kwargs
             # a clone: a forward that writes into its input must not change θ (or a leaf)
             table = {path: v.clone() for path, v in table.items()}
-            root[key] = _replace(root[key], self._root_names[(where, key)], table)
+            root[key] = replace_at(root[key], table, self._root_names[(where, key)])
         self.rng.restore()
         if self.kind == "module":
             # fresh buffer copies each time: a stateful buffer must not drift between calls
@@ -494,32 +383,6 @@ class Problem:
         return self.loss.names if self.loss is not None else ("loss",)
 
 
-def _walk(value: Any, path: str) -> Iterator[tuple[str, Any]]:
-    """(path, leaf) for every leaf of nested tuples/lists/dicts, in a fixed order."""
-    if isinstance(value, dict):
-        for k, v in value.items():
-            yield from _walk(v, f"{path}[{k!r}]")
-    elif isinstance(value, (list, tuple)):
-        for i, v in enumerate(value):
-            yield from _walk(v, f"{path}[{i}]")
-    else:
-        yield path, value
-
-
-def _replace(value: Any, path: str, table: dict[str, Any]) -> Any:
-    """A copy of the nested structure with the leaves at `table`'s paths replaced."""
-    if path in table:
-        return table[path]
-    if isinstance(value, dict):
-        return type(value)((k, _replace(v, f"{path}[{k!r}]", table)) for k, v in value.items())
-    if isinstance(value, (list, tuple)):
-        items = [_replace(v, f"{path}[{i}]", table) for i, v in enumerate(value)]
-        if hasattr(value, "_fields"):  # namedtuple
-            return type(value)(*items)
-        return type(value)(items)
-    return value
-
-
 def _kind_of(target: Any) -> str:
     if isinstance(target, torch.nn.Module):
         return "module"
@@ -534,23 +397,18 @@ def _kind_of(target: Any) -> str:
 
 
 def _to_check_dtype(value: Any, dtype: torch.dtype, device: torch.device | None) -> Any:
-    """Floating tensors (also inside tuples, lists, dicts) become detached copies in the
+    """Tensors (also inside tuples, lists, dicts) become detached copies, floating ones in the
     check dtype; everything else passes unchanged."""
-    if isinstance(value, (dict, list, tuple)):
-        table = {
-            path: _to_check_dtype(leaf, dtype, device)
-            for path, leaf in _walk(value, "")
-            if isinstance(leaf, torch.Tensor)
-        }
-        return _replace(value, "", table)
-    if isinstance(value, torch.Tensor):
-        out = value.detach()
+
+    def convert(t: torch.Tensor) -> torch.Tensor:
+        out = t.detach()
         if device is not None:
             out = out.to(device)
         if out.is_floating_point():
             out = out.to(dtype)
         return out.clone()
-    return value
+
+    return map_tensors(convert, value)
 
 
 def _private_copy(

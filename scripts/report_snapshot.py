@@ -4,8 +4,9 @@ versions of the code: a refactoring must leave every report as it was.
     python scripts/report_snapshot.py OUT_DIR            # write one JSON file per run
     python scripts/report_snapshot.py --compare A B      # list the runs that differ
 
-Run it from the checkout's root. To snapshot older code on today's files, put the older
-package first on the path: PYTHONPATH=/tmp/old python scripts/report_snapshot.py OUT.
+Run it from the checkout's root, with that checkout's package importable (an editable
+install of another checkout takes precedence over PYTHONPATH): for the code before a change,
+a `git worktree` of the older commit with its own venv.
 
 Each run goes through the command line in-process (typer's CliRunner) and records the exit
 code, the printed text and the JSON report, with timings removed (they differ run to run).
@@ -33,6 +34,7 @@ EXTRA = {
     "relu_at_zero": [["--serial"]],
 }
 TIMING = re.compile(r"\d+\.\d+s\b")
+WARNING_AT = re.compile(r"^\S+\.py:\d+: (\w+Warning)", re.M)  # Python warnings: where they were raised
 
 
 def targets() -> list[tuple[str, str]]:
@@ -73,7 +75,7 @@ def run(args: list[str]) -> dict:
             app, [*args, "--json", str(report)], env={"COLUMNS": "100", "NO_COLOR": "1"}
         )
         data = json.loads(report.read_text()) if report.exists() else None
-    text = TIMING.sub("<t>", result.output)
+    text = WARNING_AT.sub(r"<file>: \1", TIMING.sub("<t>", result.output))
     return {"args": args, "exit_code": result.exit_code, "output": text, "json": strip(data)}
 
 

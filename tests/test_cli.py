@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import pickle
+import subprocess
 import sys
 
 import pytest
 import torch
-from conftest import BAD, BUGS, CORRECT, FIXTURES, SAMPLES, TARGETS, run_cli
+from conftest import BAD, BUGS, CORRECT, FIXTURES, REPO, SAMPLES, TARGETS, run_cli
 
 TOP_FIELDS = {"tool", "version", "command", "target", "found_by", "passed", "tolerance", "eps"}
 RESULT_FIELDS = {"name", "kind", "shape", "numel", "checked", "rel_error", "rating", "passed"}
@@ -265,3 +267,49 @@ def test_table_names_each_loss_term():
     assert result.code == 1, result.output
     assert "out.bias [mse]" in result.stdout  # a passing row of the table
     assert "worst entries of input:x [penalty]" in result.stdout
+
+
+STARTUP_PROBE = """
+import runpy, sys
+sys.argv = ['gradtool', *sys.argv[1:]]
+try:
+    runpy.run_module('gradcheck_tool', run_name='__main__')
+except SystemExit as exc:
+    code = exc.code
+print('torch imported' if 'torch' in sys.modules else 'no torch', code)
+"""
+
+
+@pytest.mark.parametrize(
+    "args", [["--version"], ["--help"], ["check", "--help"], ["flow", "--help"]]
+)
+def test_version_and_help_do_not_import_torch(args):
+    proc = subprocess.run(
+        [sys.executable, "-c", STARTUP_PROBE, *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        timeout=60,
+    )
+    assert proc.stdout.strip().splitlines()[-1] == "no torch 0", proc.stdout + proc.stderr
+    assert "gradtool" in proc.stdout
+
+
+def test_the_package_root_loads_its_api_lazily():
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, gradcheck_tool as g; print('torch' in sys.modules, g.__version__);"
+            "from gradcheck_tool import check, flow, Monitor;"
+            "import gradcheck_tool.engines.flow.monitor;"
+            "print('torch' in sys.modules, callable(g.flow), g.flow is flow, g.check is check)",
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        timeout=60,
+    )
+    first, second = proc.stdout.strip().splitlines()
+    assert first == "False 0.1.0"
+    assert second == "True True True True", proc.stderr

@@ -218,7 +218,7 @@ def test_seed_is_part_of_the_contract():
 
 
 def test_exact_float32_turns_tf32_off_and_restores_the_legacy_flags():
-    from gradcheck_tool.prepare import exact_float32
+    from gradcheck_tool._guest import exact_float32
 
     matmul, conv = torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32
     try:
@@ -238,7 +238,7 @@ def test_exact_float32_turns_tf32_off_and_restores_the_legacy_flags():
 
 NEW_API = """
 import torch
-from gradcheck_tool.prepare import exact_float32
+from gradcheck_tool._guest import exact_float32
 torch.backends.cuda.matmul.fp32_precision = "tf32"
 torch.backends.cudnn.conv.fp32_precision = "tf32"
 with exact_float32(True):

@@ -1,0 +1,74 @@
+"""The options gradtool takes, validated once, in the Python API's terms.
+
+Each validator returns the value to use or raises `OptionError` naming the option as the API
+names it (`tolerance must be a positive number, not 0.0`); `cli.py` names its flag instead
+(`--tolerance must be ...`). Closed sets of choices are enums. No torch here: the command
+line's help is built from these without importing it.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from typing import TypeVar
+
+from .errors import OptionError
+
+E = TypeVar("E", bound=enum.Enum)
+
+
+class CheckDtype(str, enum.Enum):
+    """The dtype finite differences run in: float64, or float32 for code that can't."""
+
+    FLOAT64 = "float64"
+    FLOAT32 = "float32"
+
+
+class Optimizer(str, enum.Enum):
+    """The optimizer `flow --steps` trains its copy with."""
+
+    SGD = "sgd"
+    ADAM = "adam"
+
+
+# API option name -> command-line flag, where the flag is not the name with dashes
+FLAGS = {"batched": "--serial"}
+
+
+def flag_for(option: str) -> str:
+    return FLAGS.get(option, "--" + option.replace("_", "-"))
+
+
+def choice(kind: type[E], option: str, value: object) -> E:
+    """`value` (an enum member or its name, any case) as a member of `kind`."""
+    if isinstance(value, kind):
+        return value
+    text = str(getattr(value, "value", value)).lower().removeprefix("torch.")
+    for member in kind:
+        if member.value == text:
+            return member
+    names = " or ".join(m.value for m in kind)
+    raise OptionError(option, f"must be {names}, not {value}")
+
+
+def positive(option: str, value: float, what: str = "a positive number") -> float:
+    """A finite number above zero."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise OptionError(option, f"must be {what}, not {value!r}")
+    if not (value > 0 and math.isfinite(value)):
+        raise OptionError(option, f"must be {what}, not {value}")
+    return float(value)
+
+
+def at_least(option: str, value: int, minimum: int) -> int:
+    """An integer no smaller than `minimum`."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise OptionError(option, f"must be an integer of at least {minimum}, not {value!r}")
+    return value
+
+
+def valid_seed(value: int) -> int:
+    """A seed torch.manual_seed takes."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**63:
+        raise OptionError("seed", f"must be between 0 and 2**63 - 1, not {value}")
+    return value
