@@ -9,8 +9,8 @@ import torch
 import torch.utils._pytree
 
 from ._version import __version__
+from .engines.check import DEFAULT_SAMPLES, CheckOptions, Interrupted, run_check
 from .errors import InputError
-from .finite_diff import DEFAULT_SAMPLES, CheckOptions, Interrupted, run_check
 from .loading import parse_dtype
 from .prepare import (
     Problem,
