@@ -10,8 +10,8 @@ import torch
 from ._guest import exact_float32, init_cuda, preserved_state
 from ._tree import first_tensor
 from ._version import __version__
+from .engines.check import DEFAULT_SAMPLES, CheckOptions, Interrupted, run_check
 from .errors import InputError, OptionError
-from .finite_diff import DEFAULT_SAMPLES, CheckOptions, Interrupted, run_check
 from .options import CheckDtype, at_least, choice, positive, valid_seed
 from .prepare import Problem, SecondOrderProblem, normalize_inputs, parse_device
 from .results import CheckReport

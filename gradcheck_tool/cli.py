@@ -213,7 +213,7 @@ def check(
 ) -> None:
     """Check every gradient of TARGET against float64 central differences."""
     from .api import check as run
-    from .finite_diff import Interrupted
+    from .engines.check import Interrupted
     from .loading import load_target
     from .prepare import resolve_inputs
     from .render import make_console, render_check, write_json

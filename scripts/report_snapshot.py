@@ -34,7 +34,8 @@ EXTRA = {
     "relu_at_zero": [["--serial"]],
 }
 TIMING = re.compile(r"\d+\.\d+s\b")
-WARNING_AT = re.compile(r"^\S+\.py:\d+: (\w+Warning)", re.M)  # Python warnings: where they were raised
+# Python warnings name the file and line they were raised at
+WARNING_AT = re.compile(r"^\S+\.py:\d+: (\w+Warning)", re.M)
 
 
 def targets() -> list[tuple[str, str]]:

@@ -20,7 +20,8 @@ from typer.testing import CliRunner
 
 from gradcheck_tool import check
 from gradcheck_tool.cli import app
-from gradcheck_tool.finite_diff import SWEEP_STEPS, Interrupted
+from gradcheck_tool.engines.check import Interrupted
+from gradcheck_tool.engines.check.numerics import SWEEP_STEPS
 from gradcheck_tool.loading import load_target
 
 BEYOND = REPO / "tests" / "fixtures_beyond"

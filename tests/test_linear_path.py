@@ -10,7 +10,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from gradcheck_tool import check
-from gradcheck_tool.finite_diff import CheckOptions, _Evaluator, _Rows
+from gradcheck_tool.engines.check import CheckOptions
+from gradcheck_tool.engines.check.evaluate import _Evaluator
+from gradcheck_tool.engines.check.rows import _Rows
 from gradcheck_tool.prepare import Problem
 
 
@@ -262,7 +264,7 @@ class Normalizes(nn.Module):
     ],
 )
 def test_a_target_that_writes_into_its_parameter_gets_fresh_copies(monkeypatch, coords):
-    import gradcheck_tool.finite_diff as engine
+    import gradcheck_tool.engines.check.evaluate as engine
 
     monkeypatch.setattr(engine, "MAX_BATCH", 3)  # several chunks per tensor
     problem, ev = _evaluator(Normalizes(), torch.randn(2, 4))
@@ -342,7 +344,7 @@ class MaxNormEmbedding(nn.Module):
 
 
 def test_embedding_with_max_norm_gets_fresh_copies(monkeypatch):
-    import gradcheck_tool.finite_diff as engine
+    import gradcheck_tool.engines.check.evaluate as engine
 
     monkeypatch.setattr(engine, "MAX_BATCH", 4)
     problem, ev = _evaluator(MaxNormEmbedding(), torch.tensor([[0, 1, 2, 3, 4, 5]]))
@@ -368,7 +370,7 @@ class NormalizesThenOOM(Normalizes):
 
 
 def test_out_of_memory_halves_the_chunk_and_refills_the_copies(monkeypatch):
-    import gradcheck_tool.finite_diff as engine
+    import gradcheck_tool.engines.check.evaluate as engine
 
     monkeypatch.setattr(engine, "MAX_BATCH", 4)
     problem, ev = _evaluator(NormalizesThenOOM(), torch.randn(2, 4))

@@ -1,0 +1,1 @@
+"""The engines: each turns a prepared problem into a report, and never prints."""

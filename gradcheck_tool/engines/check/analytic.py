@@ -1,0 +1,174 @@
+"""What autograd says: the analytic gradients (backward, or jvp for --forward-mode), and
+evidence about a backward computed only when some tensor needs it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..._guest import describe_exception
+from ...errors import UserCodeError
+from ...prepare import Checkable, CheckProblem
+from .evaluate import _Evaluator, forward_error
+from .options import CheckOptions
+
+
+@dataclass
+class _Analytic:
+    """Autograd's gradients per loss term, or the error the backward raised."""
+
+    grads: list[dict[str, torch.Tensor | None]]
+    error: str | None = None
+
+
+def _analytic(
+    problem: CheckProblem, values: dict[str, torch.Tensor] | None = None, scale: float = 1.0
+) -> tuple[torch.Tensor, _Analytic]:
+    """Autograd's gradient of each loss term (times `scale`) at `values` (default θ)."""
+    names = [c.name for c in problem.checkables]
+    start = values or {c.name: c.value for c in problem.checkables}
+    leaves = {n: start[n].detach().clone().requires_grad_(True) for n in names}
+    with torch.enable_grad():
+        try:
+            terms = problem.terms(leaves)
+        except (UserCodeError, KeyboardInterrupt):
+            raise
+        except (Exception, SystemExit) as exc:
+            raise forward_error(exc) from exc
+        result = _Analytic([])
+        if not torch.isfinite(terms.detach()).all():
+            return terms.detach(), result
+        inputs = [leaves[n] for n in names]
+        try:
+            for k in range(terms.numel()):
+                if not terms[k].requires_grad:
+                    result.grads.append(dict.fromkeys(names))
+                    continue
+                # scale the output rather than pass grad_outputs: autograd then needs no
+                # shape check, whose import (sympy) costs seconds
+                term = terms[k] if scale == 1.0 else terms[k] * scale
+                grads = torch.autograd.grad(term, inputs, retain_graph=True, allow_unused=True)
+                result.grads.append({n: _dense(g) for n, g in zip(names, grads)})
+        except KeyboardInterrupt:
+            raise
+        except (Exception, SystemExit) as exc:
+            result.error = describe_exception(exc, None)
+    return terms.detach(), result
+
+
+def _forward_mode(problem: CheckProblem) -> tuple[torch.Tensor, _Analytic]:
+    """Derivatives of each loss term along every coordinate by forward-mode AD (jvp)."""
+    import torch.autograd.forward_ad as fwad
+
+    names = [c.name for c in problem.checkables]
+    with torch.no_grad():
+        try:
+            terms = problem.terms({c.name: c.value for c in problem.checkables})
+        except (UserCodeError, KeyboardInterrupt):
+            raise
+        except (Exception, SystemExit) as exc:
+            raise forward_error(exc) from exc
+    result = _Analytic([dict.fromkeys(names) for _ in range(terms.numel())])
+    if not torch.isfinite(terms).all():
+        return terms, result
+    try:
+        for c in problem.checkables:
+            columns = []
+            for i in range(c.value.numel()):
+                tangent_in = torch.zeros_like(c.value).reshape(-1)
+                tangent_in[i] = 1.0
+                with fwad.dual_level(), torch.no_grad():
+                    values = {n.name: n.value for n in problem.checkables}
+                    values[c.name] = fwad.make_dual(c.value, tangent_in.view(c.value.shape))
+                    tangent = fwad.unpack_dual(problem.terms(values)).tangent
+                columns.append(torch.zeros_like(terms) if tangent is None else tangent.detach())
+            stacked = torch.stack(columns)  # (numel, K)
+            for k in range(terms.numel()):
+                result.grads[k][c.name] = stacked[:, k].reshape(c.value.shape)
+    except KeyboardInterrupt:
+        raise
+    except (Exception, SystemExit) as exc:
+        result.error = describe_exception(exc, None)
+    return terms, result
+
+
+def _dense(g: torch.Tensor | None) -> torch.Tensor | None:
+    """Autograd's gradient, detached and strided (nn.Embedding(sparse=True) gives sparse)."""
+    if g is None:
+        return None
+    g = g.detach()
+    return g.to_dense() if g.layout != torch.strided else g
+
+
+class _LazyEvidence:
+    """Evidence computed only when some tensor needs it: whether a backward ignores its
+    upstream gradient (for hints), and the backward judged away from a kink."""
+
+    def __init__(
+        self,
+        problem: CheckProblem,
+        analytic: _Analytic,
+        options: CheckOptions,
+        forward_mode: bool = False,
+    ) -> None:
+        self.forward_mode = forward_mode
+        self.problem = problem
+        self.analytic = analytic
+        self.options = options
+        self._upstream: set[str] | None = None
+        self._off: tuple[dict[str, torch.Tensor], _Analytic, _Evaluator] | None = None
+
+    def upstream_ignored(self, name: str) -> bool:
+        """A correct backward is linear in the upstream gradient: doubling it doubles every
+        gradient. A tensor whose gradient stays put lies behind a backward that ignores it."""
+        if self._upstream is None:
+            self._upstream = set()
+            # only a backward has an upstream gradient to ignore (not a jvp, not L₂)
+            if not self.problem.needs_grad and not self.forward_mode:
+                _, doubled = _analytic(self.problem, scale=2.0)
+                for n, g2 in (doubled.grads[0] if doubled.grads else {}).items():
+                    g1 = self.analytic.grads[0][n]
+                    if (
+                        g1 is not None
+                        and g2 is not None
+                        and g1.abs().max() > 0
+                        and torch.allclose(g1, g2, rtol=1e-9, atol=0.0)
+                    ):
+                        self._upstream.add(n)
+        return name in self._upstream
+
+    def agrees_off_kink(
+        self, c: Checkable, coords: torch.Tensor, k: int, h: float, rounding: float
+    ) -> torch.Tensor:
+        """At a kink any subgradient is right (Note [kinks] in `compare`), so judge the
+        backward a small step away, where the function is smooth: θ' = θ + δ with
+        |δ| ≈ 1e-3 ≫ h. True where the analytic and numeric derivatives agree there."""
+        if self._off is None:
+            gen = torch.Generator().manual_seed(self.options.seed + 65_537)
+            moved = {}
+            for ch in self.problem.checkables:
+                v = ch.value
+                noise = torch.randn(v.shape, generator=gen, dtype=torch.float64).to(v)
+                # far enough that ±h no longer straddles the kink, near enough to stay local
+                size = 1000 * h + 1e-3 * (v.abs() + v.abs().mean())
+                moved[ch.name] = v + noise * size
+            _, grads = _analytic(self.problem, moved)
+            evaluator = _Evaluator(
+                self.problem,
+                self.options,
+                base=moved,
+                needs_grad=self.problem.needs_grad,
+            )
+            with evaluator.grad_mode():
+                evaluator.f0 = self.problem.terms(moved).detach()
+            self._off = (moved, grads, evaluator)
+        moved, grads, evaluator = self._off
+        if grads.error or not grads.grads or grads.grads[k][c.name] is None:
+            return torch.zeros(coords.numel(), dtype=torch.bool)
+        a = grads.grads[k][c.name].reshape(-1).double().cpu()[coords]
+        shifted = Checkable(c.name, c.kind, c.slot, moved[c.name])
+        at = evaluator.evaluate(shifted, coords, h)
+        num = (at.plus[:, k] - at.minus[:, k]).double().cpu() / (2 * h)
+        noise = rounding / h
+        return (a - num).abs() <= 10 * self.options.tolerance * (a.abs() + num.abs()) + 10 * noise

@@ -1,0 +1,281 @@
+"""`run_check`: the check as its list of steps, each a function with its own message."""
+
+from __future__ import annotations
+
+import functools
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..._tree import floating_leaves
+from ...prepare import Checkable, CheckProblem
+from ...results import CheckReport, TensorResult
+from .analytic import _Analytic, _analytic, _forward_mode, _LazyEvidence
+from .batching import _activation_bytes
+from .evaluate import _Evaluator, _synced
+from .judge import TensorJudge
+from .numerics import rounding_noise
+from .options import CheckOptions, Interrupted
+from .sampling import _choose_coordinates, _measure, _Measured, _small_model, _spend_budget
+
+
+def run_check(
+    problem: CheckProblem,
+    options: CheckOptions,
+    *,
+    target: str,
+    found_by: str,
+    version: str,
+    label_suffix: str = "",
+    forward_mode: bool = False,
+) -> CheckReport:
+    """Check every checkable tensor of `problem`; returns the report (never prints).
+
+    Autograd's gradients → a forward with NaN/Inf or a backward that raised fails every
+    tensor → f(θ) twice: a nondeterministic forward cannot be judged → the rounding noise of
+    f → per tensor: the coordinates, the loss measured there, --budget spent on more → per
+    tensor and loss term: the judge → the report. Ctrl-C raises `Interrupted` carrying the
+    partial report.
+    """
+    report = _ReportMaker(problem, options, target, found_by, version, label_suffix)
+    if not problem.checkables:
+        report.warnings.append(
+            "nothing to check: no parameter requires grad and no input is floating"
+        )
+    base_terms, analytic = _forward_mode(problem) if forward_mode else _analytic(problem)
+    failure = _forward_not_finite(problem, base_terms) or _backward_raised(analytic, forward_mode)
+    if failure is not None:
+        return report.finish(report.unchecked(failure))
+
+    evaluator = _Evaluator(problem, options, needs_grad=problem.needs_grad)
+    f0, f0_again, forward_seconds = _loss_at_theta_twice(problem, evaluator)
+    noise_in_f = float((f0 - f0_again).abs().max())
+    rounding = _rounding(problem, f0)
+    if noise_in_f > 0.0:
+        warning, judgeable = _nondeterminism(noise_in_f, analytic, rounding, options)
+        report.warnings.append(warning)
+        if not judgeable:
+            not_judged = report.unchecked("not judged: the forward is nondeterministic", False)
+            return report.finish(not_judged, nondeterministic=True, noise=noise_in_f)
+        rounding = max(rounding, noise_in_f)
+
+    small_model = _small_model(problem, forward_seconds)
+    measured, interrupted = _measure_tensors(
+        problem, evaluator, analytic, options, small_model, report.started
+    )
+    judge = functools.partial(
+        TensorJudge,
+        rounding=rounding,
+        options=options,
+        evaluator=evaluator,
+        evidence=_LazyEvidence(problem, analytic, options, forward_mode),
+        batch_size=_batch_size(problem),
+    )
+    results, stopped = _judge_tensors(problem, analytic, measured, f0, judge, report.label)
+    interrupted = interrupted or stopped
+    if options.progress:
+        options.progress("", len(problem.checkables), len(problem.checkables))
+    checked = report.finish(
+        results,
+        evaluation=evaluator.mode,
+        fallback_reason=evaluator.fallback_reason,
+        interrupted=interrupted,
+        noise=noise_in_f or None,
+    )
+    if interrupted:
+        raise Interrupted(checked)
+    return checked
+
+
+# --- the steps ------------------------------------------------------------------------------
+
+
+def _forward_not_finite(problem: CheckProblem, base_terms: torch.Tensor) -> str | None:
+    if torch.isfinite(base_terms).all():
+        return None
+    return f"NaN/Inf in the forward pass: seen in {_nonfinite_output(problem) or 'the loss'}"
+
+
+def _backward_raised(analytic: _Analytic, forward_mode: bool) -> str | None:
+    if analytic.error is None:
+        return None
+    return f"the {'jvp' if forward_mode else 'backward'} raised {analytic.error}"
+
+
+def _loss_at_theta_twice(
+    problem: CheckProblem, evaluator: _Evaluator
+) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """f(θ) twice (any difference is nondeterminism), the faster forward's seconds, and on
+    the way the activation memory one forward makes, for the evaluator's chunk sizes."""
+    with evaluator.grad_mode():
+        tick = time.perf_counter()
+        with _activation_bytes(problem) as allocated:
+            f0 = _synced(problem.terms(evaluator.base).detach())
+        evaluator.activation_bytes = allocated[0]
+        tock = time.perf_counter()
+        f0_again = _synced(problem.terms(evaluator.base).detach())
+        forward_seconds = min(tock - tick, time.perf_counter() - tock)
+    evaluator.f0 = f0
+    return f0, f0_again, forward_seconds
+
+
+def _rounding(problem: CheckProblem, f0: torch.Tensor) -> float:
+    """Rounding noise of f: a few ulps of the size of the numbers the loss sums."""
+    return rounding_noise(
+        problem.dtype, max(problem.magnitude or 0.0, float(f0.abs().max()), 1e-300)
+    )
+
+
+def _nondeterminism(
+    noise_in_f: float, analytic: _Analytic, rounding: float, options: CheckOptions
+) -> tuple[str, bool]:
+    """What to say when f(θ) moved between two evaluations, and whether finite differences
+    can still judge the gradients: only when the noise is far below their signal."""
+    h, tol = options.eps, options.tolerance
+    grad_scale = max(
+        (float(g.abs().max()) for per in analytic.grads for g in per.values() if g is not None),
+        default=0.0,
+    )
+    if not noise_in_f / h > tol * max(grad_scale, rounding / h):  # `not >`: a NaN scale judges on
+        return (
+            f"tiny nondeterminism in the forward ({noise_in_f:.3g}), far below "
+            "the finite-difference signal"
+        ), True
+    return (
+        f"the loss differs between two evaluations at the same point by "
+        f"{noise_in_f:.3g}: that is {noise_in_f / h:.3g} in finite-difference units, "
+        f"against gradients of size {grad_scale:.3g}. The forward is nondeterministic "
+        "(a private torch.Generator, an unseeded random source, or nondeterministic "
+        "kernels), so finite differences cannot judge its gradients. Draw randomness "
+        "from torch's global generator, or make the forward deterministic."
+    ), False
+
+
+def _measure_tensors(
+    problem: CheckProblem,
+    evaluator: _Evaluator,
+    analytic: _Analytic,
+    options: CheckOptions,
+    small_model: bool,
+    started: float,
+) -> tuple[dict[str, _Measured], bool]:
+    """Per tensor: the coordinates and the loss measured there; then --budget spent. Ctrl-C
+    keeps what was measured and says it was interrupted."""
+    measured: dict[str, _Measured] = {}
+    try:
+        for position, c in enumerate(problem.checkables):
+            if options.progress:
+                options.progress(c.name, position, len(problem.checkables))
+            # every coordinate of a small model, unless each point costs a whole forward
+            everything = small_model and evaluator.can_batch(c)
+            coords = _choose_coordinates(c, analytic.grads, options, everything)
+            measured[c.name] = _measure(evaluator, c, coords, options.eps, options.seed)
+        if options.budget is not None:
+            _spend_budget(evaluator, problem, measured, options, started)
+    except KeyboardInterrupt:
+        return measured, True
+    return measured, False
+
+
+def _judge_tensors(
+    problem: CheckProblem,
+    analytic: _Analytic,
+    measured: dict[str, _Measured],
+    f0: torch.Tensor,
+    judge: Callable[..., TensorJudge],
+    label: Callable[[Checkable, int], str],
+) -> tuple[list[TensorResult], bool]:
+    """Per measured tensor and loss term, the judge's result, grouped by term (the first
+    term's results first). Ctrl-C keeps the results so far and says it was interrupted."""
+    per_term: list[list[TensorResult]] = [[] for _ in problem.term_names]
+    interrupted = False
+    try:
+        for c in problem.checkables:
+            if c.name not in measured:
+                break
+            for k in range(len(per_term)):
+                a = analytic.grads[k][c.name]
+                per_term[k].append(
+                    judge(c, label(c, k), a, measured[c.name], k, f0=float(f0[k])).result()
+                )
+    except KeyboardInterrupt:
+        interrupted = True
+    return [r for results in per_term for r in results], interrupted
+
+
+# --- the report -----------------------------------------------------------------------------
+
+
+@dataclass
+class _ReportMaker:
+    """What every report of this run carries, and the tensors' names in it."""
+
+    problem: CheckProblem
+    options: CheckOptions
+    target: str
+    found_by: str
+    version: str
+    label_suffix: str
+    warnings: list[str] = field(default_factory=list)
+    started: float = field(default_factory=time.perf_counter)
+
+    def label(self, c: Checkable, k: int) -> str:
+        """The first term (the sum, when there are several) goes by the tensor's name."""
+        base = c.name + self.label_suffix
+        return base if k == 0 else f"{base} [{self.problem.term_names[k]}]"
+
+    def unchecked(self, note: str, judged: bool = True) -> list[TensorResult]:
+        """Every tensor with no coordinate compared: failed (NaN/Inf, a backward that
+        raised) or, when not `judged`, left without a verdict (a nondeterministic forward)."""
+        return [
+            TensorResult(
+                name=self.label(c, 0),
+                kind=c.kind,
+                shape=tuple(c.value.shape),
+                numel=c.value.numel(),
+                checked=0,
+                rel_error=math.inf if judged else math.nan,
+                rating="bug" if judged else "n/a",
+                passed=False,
+                note=note,
+            )
+            for c in self.problem.checkables
+        ]
+
+    def finish(self, results: list[TensorResult], **extra: Any) -> CheckReport:
+        return CheckReport(
+            target=self.target,
+            found_by=self.found_by,
+            tolerance=self.options.tolerance,
+            eps=self.options.eps,
+            results=tuple(results),
+            version=self.version,
+            dtype=str(self.problem.dtype).replace("torch.", ""),
+            warnings=tuple(self.warnings),
+            seconds=time.perf_counter() - self.started,
+            **extra,
+        )
+
+
+def _nonfinite_output(problem: CheckProblem) -> str | None:
+    """The path of the first output tensor holding NaN/Inf, for the failure message."""
+    out = problem.reference_output
+    if out is None:
+        return None
+    for path, t in floating_leaves(out):
+        if not torch.isfinite(t.detach()).all():
+            kind = "NaN" if torch.isnan(t.detach()).any() else "Inf"
+            return f"{path} ({kind})"
+    return None
+
+
+def _batch_size(problem: CheckProblem) -> int | None:
+    """The leading dimension of the first input tensor with at least two dimensions."""
+    for value in (*problem.args, *problem.kwargs.values()):
+        if isinstance(value, torch.Tensor) and value.dim() >= 2:
+            return int(value.shape[0])
+    return None

@@ -1,0 +1,208 @@
+"""The loss terms at perturbed points: batched with vmap over perturbed copies where the
+model allows, through the nn.Linear hook where that applies, serially otherwise."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..._guest import describe_exception
+from ...errors import UserCodeError
+from ...prepare import Checkable, CheckProblem
+from .batching import _chunk_size, _in_chunks
+from .linear_path import _hooked_rows, _linear_delta, _LinearDelta
+from .options import CheckOptions
+from .rows import _Evaluations, _Rows
+
+MAX_BATCH = 512  # rows per batched call over copies (the hook path, 4x: it makes no copies)
+
+
+class _Evaluator:
+    """Loss terms at θ ± h·e_i: batched with vmap where the model allows, serially otherwise."""
+
+    def __init__(
+        self,
+        problem: CheckProblem,
+        options: CheckOptions,
+        *,
+        needs_grad: bool = False,
+        base: dict[str, torch.Tensor] | None = None,
+    ) -> None:
+        self.problem = problem
+        self.options = options
+        self.needs_grad = needs_grad
+        self.fallback_reason: str | None = None
+        if not options.batched:
+            self.fallback_reason = "batching turned off (--serial)"
+        elif needs_grad:
+            self.fallback_reason = "second-order terms are evaluated one at a time"
+        self.batched_used = False
+        self.serial_used = False
+        self.base = base or {c.name: c.value for c in problem.checkables}
+        self.f0: torch.Tensor | None = None  # loss terms at θ, set before evaluate()
+        self._probed: set[str] = set()  # tensors vmap was shown to handle
+        self._linear: dict[str, _LinearDelta | None] = {}  # see _linear_rows
+        self.activation_bytes = 0  # bytes one forward allocates, set with f0
+
+    @property
+    def mode(self) -> str:
+        """ "batched" (vmap), "serial", or "mixed" when vmap ran only some tensors."""
+        if self.batched_used and self.serial_used:
+            return "mixed"
+        return "batched" if self.batched_used else "serial"
+
+    def grad_mode(self) -> Any:
+        return torch.enable_grad() if self.needs_grad else torch.no_grad()
+
+    def can_batch(self, c: Checkable) -> bool:
+        """Whether vmap runs the target over copies of `c` and reproduces f(θ) exactly
+        enough; on the first failure, the reason is kept and vmap is not tried again."""
+        if self.fallback_reason is not None:
+            return False
+        if c.name in self._probed:
+            return True
+        with self.grad_mode():
+            try:
+                probe = self._vmapped(c, c.value.unsqueeze(0))[0]
+            except KeyboardInterrupt:
+                raise
+            except (Exception, SystemExit) as exc:
+                self.fallback_reason = _vmap_failure(exc)
+                return False
+        f0 = self.f0
+        tol = 1e3 * torch.finfo(c.value.dtype).eps * (1.0 + float(f0.abs().max()))
+        if not torch.allclose(probe, f0.to(probe), rtol=0.0, atol=tol):
+            # e.g. dropout inside attention draws its mask differently under vmap
+            self.fallback_reason = "vmap changes the model's result (random draws or state differ)"
+            return False
+        self._probed.add(c.name)
+        return True
+
+    def evaluate(
+        self, c: Checkable, coords: torch.Tensor, h: float, direction: torch.Tensor | None = None
+    ) -> _Evaluations:
+        """Loss terms at θ ± h·e_i for each coordinate (and at θ ± h·d for a direction)."""
+        rows = _Rows(c, coords, h, direction)
+        with self.grad_mode():
+            if self.can_batch(c):
+                out = self._linear_rows(rows)
+                if out is None:
+                    out = self._batched(rows)
+                if out is not None:
+                    self.batched_used = True
+                    return rows.split(out)
+            self.serial_used = True
+            return rows.split(self._serial(rows))
+
+    def _vmapped(self, c: Checkable, batch: torch.Tensor) -> torch.Tensor:
+        return torch.func.vmap(
+            lambda v: self.problem.terms({**self.base, c.name: v}), randomness="same"
+        )(batch)
+
+    def _linear_rows(self, rows: _Rows) -> torch.Tensor | None:
+        """The rows through the nn.Linear hook (Note [the nn.Linear hook]) where the probe
+        allowed it for this tensor; None where it doesn't apply or failed once, and the
+        copies are used instead."""
+        c = rows.checkable
+        if rows.m == 0:  # a direction alone: two copies
+            return None
+        if c.name not in self._linear:
+            self._linear[c.name] = _linear_delta(
+                self.problem,
+                c,
+                self.base,
+                self.f0,
+                seed=self.options.seed,
+                needs_grad=self.needs_grad,
+            )
+        delta = self._linear[c.name]
+        if delta is None:
+            return None
+        out = _hooked_rows(
+            delta,
+            rows,
+            self.problem.terms,
+            self.base,
+            activation_bytes=self.activation_bytes,
+            cap=4 * MAX_BATCH,
+            copies=lambda part: self._vmapped(c, part),
+        )
+        if out is None:
+            self._linear[c.name] = None  # the copies will do
+        return out
+
+    def _batched(self, rows: _Rows) -> torch.Tensor | None:
+        """vmap over perturbed copies of one tensor, in chunks that fit the memory budget
+        (the copies and the activations each copy makes); None (and a reason) if a chunk
+        fails, e.g. for lack of memory."""
+        chunk = _chunk_size(rows.flat, rows.row_bytes + self.activation_bytes, MAX_BATCH)
+
+        def run(start: int, stop: int) -> torch.Tensor:
+            part = rows.materialize(start, stop)
+            version = part._version
+            try:
+                out = self._vmapped(rows.checkable, part)
+            except BaseException:
+                rows.forget()  # a retry (smaller chunk after an OOM) refills every copy
+                raise
+            if part._version != version:
+                # the target wrote into the values it was given: refill every copy from now on
+                rows.reuse = False
+                rows.forget()
+            return out
+
+        try:
+            return _in_chunks(rows.count, chunk, run)
+        except KeyboardInterrupt:
+            raise
+        except (Exception, SystemExit) as exc:
+            self.fallback_reason = _vmap_failure(exc)
+            return None
+
+    def _serial(self, rows: _Rows) -> torch.Tensor:
+        c = rows.checkable
+        rows.reuse = False  # a fresh copy per forward costs nothing next to the forward
+        out = []
+        for r in range(rows.count):
+            value = rows.materialize(r, r + 1)[0]
+            try:
+                out.append(self.problem.terms({**self.base, c.name: value}).detach())
+            except (UserCodeError, KeyboardInterrupt):
+                raise
+            except (Exception, SystemExit) as exc:
+                raise forward_error(exc, f" at a perturbed value of {c.name}") from exc
+        return torch.stack(out)
+
+
+def _vmap_failure(exc: Exception) -> str:
+    """Why vmap could not run the target, in one line."""
+    text = str(exc).strip()
+    if "setup_context" in text:
+        return (
+            "vmap needs an autograd.Function to define setup_context (and vmap or "
+            "generate_vmap_rule); this one does not"
+        )
+    first = text.splitlines()[0] if text else ""
+    first = first if len(first) <= 120 else first[:117] + "..."
+    return f"vmap could not run the model ({type(exc).__name__}: {first})"
+
+
+def forward_error(exc: BaseException, where: str = "") -> UserCodeError:
+    """The user's forward raised: their words, their line, and a hint for the usual cause."""
+    text = describe_exception(exc, None)
+    hint = None
+    if "dtype" in text and ("ouble" in text or "float64" in text):
+        hint = (
+            "gradtool checks in float64: create constants with the input's dtype "
+            "(x.new_tensor, dtype=x.dtype), or run with --dtype float32."
+        )
+    return UserCodeError(f"the forward raised {text}{where}", hint=hint)
+
+
+def _synced(t: torch.Tensor) -> torch.Tensor:
+    """`t`, once the GPU has computed it: CUDA calls return before the work is done, and
+    the engine times its forwards (full check or sample, --budget)."""
+    if t.is_cuda:
+        torch.cuda.synchronize(t.device)
+    return t

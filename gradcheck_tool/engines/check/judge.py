@@ -1,0 +1,357 @@
+"""Judging one tensor for one loss term from what was measured at its coordinates.
+
+`TensorJudge.result()` runs the steps in order: non-finite values, the verdict (the
+coordinates compared, and the random direction), a zero analytic gradient, the step-size
+sweep (and the verdict again at a step that the sweep found better), and for a failure the
+diagnosis (worst entries, a hint). Each step may propose a note; `choose_note` picks one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+
+from ...prepare import Checkable
+from ...results import SweepPoint, TensorResult, WorstEntry, rating_for
+from .analytic import _LazyEvidence
+from .evaluate import _Evaluator
+from .hints import bug_hint
+from .numerics import (
+    SWEEP_STEPS,
+    Comparison,
+    Refine,
+    band_scale,
+    classify_sweep,
+    compare,
+    resolved_error,
+)
+from .options import CheckOptions
+from .sampling import _Measured
+
+WORST_SHOWN = 5
+SWEEP_COORDS = 64  # coordinates re-evaluated at each step of a sweep
+
+
+class Note(enum.IntEnum):
+    """What a tensor's note may say, in precedence: the first candidate present is shown.
+    (The first three never arise together: each needs a different verdict.)"""
+
+    ZERO_GRADIENT = 1  # unused / no gradient (passed), or the gradient never reaches it
+    BELOW_RESOLUTION = 2  # passed, at a gradient finite differences cannot resolve
+    PASSES_AT_STEP = 3  # failed at eps; passes at the step the sweep found
+    KINKS = 4  # coordinates skipped as kinks
+    SAMPLED = 5  # only a sample of the coordinates was checked
+
+
+def choose_note(candidates: Mapping[Note, str], direction: str = "") -> str:
+    """The note a tensor's result shows: the non-empty candidate of highest precedence, and
+    after it ("; ") what the random direction says where it disagrees with coordinates that
+    agree (`direction`, empty otherwise)."""
+    first = next((candidates[kind] for kind in sorted(candidates) if candidates[kind]), "")
+    return "; ".join(text for text in (first, direction) if text)
+
+
+@dataclass(frozen=True)
+class _Verdict:
+    """Analytic vs numeric for one tensor at one step: the coordinates, and the direction."""
+
+    comparison: Comparison
+    direction_error: float | None  # None without a direction (every coordinate checked)
+    rel_error: float
+    passed: bool
+
+
+@dataclass(frozen=True)
+class _Sweep:
+    points: tuple[SweepPoint, ...] = ()
+    verdict: str | None = None
+    better_step: float | None = None  # a step at which the mismatch goes away
+
+
+class TensorJudge:
+    """The verdict for one checkable tensor and one loss term `k`, from its measured rows."""
+
+    def __init__(
+        self,
+        c: Checkable,
+        label: str,
+        analytic: torch.Tensor | None,
+        measured: _Measured,
+        k: int,
+        *,
+        f0: float,
+        rounding: float,
+        options: CheckOptions,
+        evaluator: _Evaluator,
+        evidence: _LazyEvidence,
+        batch_size: int | None,
+    ) -> None:
+        self.c, self.label, self.k = c, label, k
+        self.f0, self.rounding, self.options = f0, rounding, options
+        self.evaluator, self.evidence, self.batch_size = evaluator, evidence, batch_size
+        self.h, self.tol = options.eps, options.tolerance
+        self.shape = tuple(c.value.shape)
+        self.numel = c.value.numel()
+        self.coords = measured.coords
+        self.m = measured.coords.numel()
+        self.plus, self.minus = self._term(measured.plus), self._term(measured.minus)
+        self.direction = measured.direction  # (d, loss at θ + h·d, at θ − h·d) or None
+        self.unused = analytic is None
+        self.a_flat = (
+            torch.zeros(self.numel, dtype=torch.float64)
+            if analytic is None
+            else analytic.reshape(-1).double().cpu()
+        )
+
+    def result(self) -> TensorResult:
+        """The steps in order; each may propose a note, and `choose_note` picks one."""
+        failed = self.nonfinite_analytic() or self.nonfinite_numeric()
+        if failed is not None:
+            return failed
+        notes: dict[Note, str] = {}
+        verdict = self.verdict(self.h, self.plus, self.minus, self.direction)
+        reaches = True
+        if self.unused or float(self.a_flat.abs().max()) == 0.0:
+            verdict, notes[Note.ZERO_GRADIENT], reaches = self.zero_gradient(verdict)
+        elif verdict.passed and self.below_resolution(verdict.comparison):
+            notes[Note.BELOW_RESOLUTION] = (
+                f"gradient (≈{float(verdict.comparison.a.norm()):.2g}) is below what finite "
+                f"differences resolve at eps={self.h:g}; verified only to that level"
+            )
+        sweep = _Sweep()
+        if (self.options.sweep or not verdict.passed) and reaches:
+            sweep = self.sweep(verdict.comparison)
+            if not verdict.passed and sweep.better_step is not None:
+                # the mismatch may be the step's, not the gradient's: judge every checked
+                # coordinate (and the direction) again at that step before saying so
+                again = self.verdict_at_step(sweep.better_step)
+                if again.passed:
+                    verdict = again
+                    notes[Note.PASSES_AT_STEP] = (
+                        f"passes at eps={sweep.better_step:g} ({sweep.verdict})"
+                    )
+        comp = verdict.comparison
+        kinks = int(comp.kink.sum())
+        if kinks:
+            notes[Note.KINKS] = (
+                f"{kinks} kink{'s' if kinks > 1 else ''} skipped (not differentiable there)"
+            )
+        if self.m < self.numel:
+            notes[Note.SAMPLED] = (
+                f"sampled {self.m} of {self.numel} coordinates + a random-direction check"
+            )
+        worst: tuple[WorstEntry, ...] = ()
+        direction_note, hint = "", None
+        if not verdict.passed:
+            worst = self.worst_entries(comp)
+            direction_note = self.direction_disagrees(verdict)
+            hint = self.hint(comp)
+        return TensorResult(
+            **self._identity(),
+            rel_error=verdict.rel_error,
+            rating=rating_for(verdict.rel_error, scale=band_scale(self.c.value.dtype)),
+            passed=verdict.passed,
+            note=choose_note(notes, direction_note),
+            worst=worst,
+            kinks=kinks,
+            hint=hint,
+            direction_error=verdict.direction_error,
+            sweep=sweep.points,
+            sweep_verdict=sweep.verdict,
+        )
+
+    # --- the steps ----------------------------------------------------------------------
+
+    def nonfinite_analytic(self) -> TensorResult | None:
+        if torch.isfinite(self.a_flat).all():
+            return None
+        i = int((~torch.isfinite(self.a_flat)).nonzero()[0])
+        where = list(_unravel(i, self.shape))
+        return self._failed(f"NaN/Inf in the analytic gradient (first at index {where})")
+
+    def nonfinite_numeric(self) -> TensorResult | None:
+        num_all = (self.plus - self.minus) / (2 * self.h)
+        if torch.isfinite(num_all).all():
+            return None
+        j = int((~torch.isfinite(num_all)).nonzero()[0])
+        idx = list(_unravel(int(self.coords[j]), self.shape))
+        return self._failed(f"NaN/Inf in the loss when {self.c.name}{idx} is moved by ±{self.h:g}")
+
+    def verdict(
+        self, h: float, fp: torch.Tensor, fm: torch.Tensor, direction: tuple | None
+    ) -> _Verdict:
+        """The coordinates compared at step h (Note [kinks]), and the random direction."""
+        comp = compare(
+            self.a_flat[self.coords],
+            fp,
+            fm,
+            self.f0,
+            h,
+            self.rounding,
+            self.tol,
+            refine=self.refine,
+            verify=self.verify,
+        )
+        dir_rel = self.direction_error(direction, h)
+        rel = max(comp.rel, dir_rel or 0.0)
+        return _Verdict(comp, dir_rel, rel, rel <= self.tol)
+
+    def verdict_at_step(self, step: float) -> _Verdict:
+        """The verdict with every checked coordinate and the direction evaluated at `step`."""
+        d = self.direction[0] if self.direction is not None else None
+        at = self.evaluator.evaluate(self.c, self.coords, step, d)
+        direction = None if d is None else (d, at.direction_plus, at.direction_minus)
+        return self.verdict(step, self._term(at.plus), self._term(at.minus), direction)
+
+    def zero_gradient(self, verdict: _Verdict) -> tuple[_Verdict, str, bool]:
+        """An analytic gradient that is None or zero everywhere: a pass where the loss does
+        not move either, else a gradient that never reaches the tensor (no step size
+        explains that). Returns the verdict, the note, and whether the gradient reaches."""
+        comp = verdict.comparison
+        quiet = float(comp.judged.norm()) <= comp.tiny * self.tol
+        if quiet and not (verdict.direction_error or 0.0) > self.tol:
+            note = (
+                "unused: the loss does not depend on this tensor" if self.unused else "no gradient"
+            )
+            return dataclasses.replace(verdict, rel_error=0.0, passed=True), note, True
+        note = self.evaluator.problem.missing_note.format(got="none" if self.unused else "zero")
+        failed = dataclasses.replace(verdict, rel_error=max(verdict.rel_error, 1.0), passed=False)
+        return failed, note, False
+
+    def below_resolution(self, comp: Comparison) -> bool:
+        return max(float(comp.a.norm()), float(comp.judged.norm())) < comp.tiny
+
+    def sweep(self, comp: Comparison) -> _Sweep:
+        """Relative error at several step sizes, on (up to SWEEP_COORDS of) the coordinates
+        that disagree most and the same random direction. Steps where the gradient is below
+        the finite-difference resolution are recorded as NaN: they can neither pass nor fail
+        anything."""
+        worst_first = torch.argsort((comp.a - comp.judged).abs(), descending=True)[:SWEEP_COORDS]
+        coords, kinks = self.coords[worst_first], comp.kink[worst_first]
+        a = self.a_flat[coords]
+        d = self.direction[0] if self.direction is not None else None
+        points = []
+        for step in SWEEP_STEPS:
+            at = self.evaluator.evaluate(self.c, coords, step, d)
+            fp, fm = self._term(at.plus), self._term(at.minus)
+            comp = compare(a, fp, fm, self.f0, step, self.rounding, self.tol, kinks=kinks)
+            pairs = [(comp.a, comp.judged, comp.tiny)]
+            if d is not None:
+                # a·d in the default dtype, which is the check dtype (float32 rounds it)
+                along = torch.tensor([self._along_direction()])
+                dcomp = self._compare_direction(along, at.direction_plus, at.direction_minus, step)
+                pairs.append((dcomp.a, dcomp.judged, dcomp.tiny))
+            errors = [e for e in (resolved_error(*pair) for pair in pairs) if e is not None]
+            points.append(SweepPoint(step, max(errors) if errors else math.nan))
+        verdict, better_step = classify_sweep(points, self.tol, self.options.eps)
+        return _Sweep(tuple(points), verdict, better_step)
+
+    def worst_entries(self, comp: Comparison) -> tuple[WorstEntry, ...]:
+        err = (comp.a - comp.judged).abs()
+        order = torch.argsort(err, descending=True)[:WORST_SHOWN]
+        return tuple(
+            WorstEntry(
+                _unravel(int(self.coords[j]), self.shape), float(comp.a[j]), float(comp.num[j])
+            )
+            for j in order.tolist()
+            if err[j] > 0
+        )
+
+    def direction_disagrees(self, verdict: _Verdict) -> str:
+        """What to add to the note when the coordinates agree but the direction does not."""
+        dir_rel = verdict.direction_error
+        if dir_rel is not None and dir_rel > self.tol and verdict.comparison.rel <= self.tol:
+            return (
+                f"the sampled coordinates agree but a random-direction check does not "
+                f"(rel. error {dir_rel:.2g}): the error is in coordinates not sampled; "
+                "run with --full"
+            )
+        return ""
+
+    def hint(self, comp: Comparison) -> str | None:
+        smooth = ~comp.kink  # kinks say nothing about the kind of mistake
+        return bug_hint(
+            comp.a[smooth],
+            comp.num[smooth],
+            self.coords[smooth],
+            self.shape,
+            full=self.m == self.numel and not comp.kink.any(),
+            noise=comp.noise,
+            batch_size=self.batch_size,
+            upstream_ignored=self.k == 0 and self.evidence.upstream_ignored(self.c.name),
+        )
+
+    # --- evaluating more, for compare() -------------------------------------------------
+
+    def refine(self, local: torch.Tensor, step: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """The loss at θ ± step·e_i for some of the checked coordinates (by position)."""
+        at = self.evaluator.evaluate(self.c, self.coords[local], step)
+        return self._term(at.plus), self._term(at.minus)
+
+    def verify(self, local: torch.Tensor) -> torch.Tensor:
+        """Whether the backward is right a small step away from these kinks."""
+        coords = self.coords[local]
+        return self.evidence.agrees_off_kink(self.c, coords, self.k, self.h, self.rounding)
+
+    def direction_error(self, direction: tuple | None, h: float) -> float | None:
+        """Relative error of the derivative along a random unit direction d: a·d vs numeric."""
+        if direction is None:
+            return None
+        d, dp, dm = direction
+
+        def refine(_local: torch.Tensor, step: float) -> tuple[torch.Tensor, torch.Tensor]:
+            at = self.evaluator.evaluate(self.c, torch.zeros(0, dtype=torch.long), step, d)
+            return self._one_term(at.direction_plus), self._one_term(at.direction_minus)
+
+        along = torch.tensor([self._along_direction()], dtype=torch.float64)
+        comp = self._compare_direction(along, dp, dm, h, refine=refine)
+        return comp.rel if math.isfinite(float(comp.num[0])) else math.inf
+
+    # --- small helpers ------------------------------------------------------------------
+
+    def _compare_direction(
+        self,
+        along: torch.Tensor,
+        dp: torch.Tensor,
+        dm: torch.Tensor,
+        h: float,
+        refine: Refine | None = None,
+    ) -> Comparison:
+        """a·d (`along`) against the loss at θ ± h·d (`dp`, `dm`: every term)."""
+        dp, dm = self._one_term(dp), self._one_term(dm)
+        return compare(along, dp, dm, self.f0, h, self.rounding, self.tol, refine=refine)
+
+    def _along_direction(self) -> float:
+        """a·d: the analytic derivative along the random direction."""
+        return float(self.a_flat @ self.direction[0].reshape(-1).double().cpu())
+
+    def _term(self, rows: torch.Tensor) -> torch.Tensor:
+        """Loss term k of each row (m, K), as float64 on the CPU."""
+        return rows[:, self.k].double().cpu()
+
+    def _one_term(self, terms: torch.Tensor) -> torch.Tensor:
+        """Loss term k of one point (K,), as a float64 tensor of one value on the CPU."""
+        return terms[self.k : self.k + 1].double().cpu()
+
+    def _identity(self) -> dict:
+        return dict(
+            name=self.label, kind=self.c.kind, shape=self.shape, numel=self.numel, checked=self.m
+        )
+
+    def _failed(self, note: str) -> TensorResult:
+        return TensorResult(
+            **self._identity(), rel_error=math.inf, rating="bug", passed=False, note=note
+        )
+
+
+def _unravel(flat_index: int, shape: tuple[int, ...]) -> tuple[int, ...]:
+    out = []
+    for size in reversed(shape):
+        out.append(flat_index % size)
+        flat_index //= size
+    return tuple(reversed(out))

@@ -1,0 +1,31 @@
+"""What a check is asked to do, and how it stops early."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ...results import CheckReport
+
+DEFAULT_SAMPLES = 16  # coordinates sampled from each larger tensor (plus a direction check)
+
+
+@dataclass
+class CheckOptions:
+    tolerance: float = 1e-5
+    eps: float = 1e-6
+    full: bool = False
+    samples: int = DEFAULT_SAMPLES
+    seed: int = 0
+    batched: bool = True
+    sweep: bool = False  # sweep the step size for every tensor, not only failing ones
+    budget: float | None = None  # seconds: keep adding sampled coordinates until spent
+    progress: Callable[[str, int, int], None] | None = None
+
+
+class Interrupted(Exception):
+    """Raised through the engine when the user presses Ctrl-C; carries the partial report."""
+
+    def __init__(self, report: CheckReport) -> None:
+        super().__init__("interrupted")
+        self.report = report
