@@ -1,0 +1,1 @@
+"""The engines: check (finite differences) and flow (gradient flow)."""
