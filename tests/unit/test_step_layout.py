@@ -51,14 +51,14 @@ def test_floats_and_counts_are_stacked_apart_counts_last() -> None:
         {"loss": scalars(1.0), "activation_counts": scalars(5, dtype=torch.int64)}
     )
     assert [v.dtype for v in vector] == [torch.float32, torch.int64]
-    assert layout.segments[-1] == (ACTIVATION_COUNTS, 1)
+    assert (layout.segments[-1], layout.lengths[-1]) == (ACTIVATION_COUNTS, 1)
     # an integer segment declared before floating ones still goes after them
     counts, a, b = Segment("counts", None, integer=True), Segment("a", None), Segment("b", None)
     layout, vector = pack(
         {"counts": scalars(1, 2, dtype=torch.int64), "a": scalars(0.5), "b": scalars(0.25, 0.75)},
         segments=(counts, a, b),
     )
-    assert [s.name for s, _ in layout.segments] == ["a", "b", "counts"]
+    assert [s.name for s in layout.segments] == ["a", "b", "counts"]
     flat = torch.cat([v.double() for v in vector]).tolist()
     assert layout.unpack(flat) == {"a": [0.5], "b": [0.25, 0.75], "counts": [1.0, 2.0]}
 
@@ -81,14 +81,16 @@ def test_read_back_of_several_steps_gives_each_its_own_segments() -> None:
     first = pack({"loss": scalars(1.0), "grad_sq": scalars(4.0, 16.0)})
     second = pack({"weight_sq": scalars(9.0), "activation_counts": scalars(2, dtype=torch.int64)})
     steps = [pending(*first, step=1), pending(*second, step=2)]
+    with pytest.raises(RuntimeError, match="after read_back"):
+        steps[0].values()
     read_back(steps)  # one transfer for both
-    assert steps[0].values["loss"] == [1.0] and steps[0].values["grad_sq"] == [4.0, 16.0]
-    assert steps[0].values["weight_sq"] == []
-    assert steps[1].values["weight_sq"] == [9.0] and steps[1].values["loss"] == []
-    assert steps[1].values["activation_counts"] == [2.0]
+    assert steps[0].values()["loss"] == [1.0] and steps[0].values()["grad_sq"] == [4.0, 16.0]
+    assert steps[0].values()["weight_sq"] == []
+    assert steps[1].values()["weight_sq"] == [9.0] and steps[1].values()["loss"] == []
+    assert steps[1].values()["activation_counts"] == [2.0]
     assert all(p.parts == [] for p in steps)  # the device tensors are released
     read_back(steps)  # already read: nothing changes
-    assert steps[1].values["weight_sq"] == [9.0]
+    assert steps[1].values()["weight_sq"] == [9.0]
 
 
 def test_every_segment_says_how_processes_would_combine_it() -> None:

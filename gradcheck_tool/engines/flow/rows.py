@@ -18,9 +18,7 @@ NOT_RUN_ORDER = 10**9  # layers that never ran sort after every row that did
 
 def resolve_step(p: PendingStep, mm: ModelMap) -> StepSample:
     """Host numbers of one step -> its rows (in forward order), NaN site and no-grad list."""
-    values = p.values
-    if values is None:
-        raise RuntimeError("a step is resolved only after read_back()")
+    values = p.values()
     loss = values[step.LOSS.name][0] if values[step.LOSS.name] else None
     weights = [math.sqrt(w) for w in values[step.WEIGHT_SQ.name]]  # squared norms on the device
     grad_norm, grad_max = _parameter_gradients(values, p.grads_present, len(mm.params))

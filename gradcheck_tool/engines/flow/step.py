@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 
@@ -71,15 +71,16 @@ STEP_SEGMENTS: tuple[Segment, ...] = (
 )
 
 
-@dataclass(frozen=True)
-class StepLayout:
-    """The segments of one packed step, in the order of its numbers, with their lengths."""
+class StepLayout(NamedTuple):
+    """The segments of one packed step, in the order of its numbers, and how many numbers
+    each has this step. (A tuple: the Monitor keeps one per recorded step, so it is small.)"""
 
-    segments: tuple[tuple[Segment, int], ...]
+    segments: tuple[Segment, ...]
+    lengths: tuple[int, ...]
 
     @property
     def size(self) -> int:
-        return sum(n for _, n in self.segments)
+        return sum(self.lengths)
 
     def unpack(self, values: Sequence[float]) -> dict[str, list[float]]:
         """The step's numbers (as read back) -> each segment's numbers, by name."""
@@ -87,10 +88,19 @@ class StepLayout:
             raise ValueError(f"a step of this layout has {self.size} numbers, not {len(values)}")
         out: dict[str, list[float]] = {}
         start = 0
-        for segment, n in self.segments:
+        for segment, n in zip(self.segments, self.lengths):
             out[segment.name] = list(values[start : start + n])
             start += n
         return out
+
+
+def _packing_order(segments: Sequence[Segment]) -> tuple[Segment, ...]:
+    """Floating segments first, then the integer ones, each in the order given."""
+    return tuple(s for s in segments if not s.integer) + tuple(s for s in segments if s.integer)
+
+
+_STEP_ORDER = _packing_order(STEP_SEGMENTS)
+_STEP_NAMES = frozenset(s.name for s in STEP_SEGMENTS)
 
 
 def pack(
@@ -102,11 +112,12 @@ def pack(
 
     A segment missing from `parts` is empty; a name that is not a segment is an error.
     """
-    unknown = set(parts) - {s.name for s in segments}
-    if unknown:
-        raise KeyError(f"not a step segment: {', '.join(sorted(unknown))}")
-    ordered = [s for s in segments if not s.integer] + [s for s in segments if s.integer]
-    layout = StepLayout(tuple((s, len(parts.get(s.name, ()))) for s in ordered))
+    standard = segments is STEP_SEGMENTS  # every step: what could be, is computed once
+    ordered = _STEP_ORDER if standard else _packing_order(segments)
+    names = _STEP_NAMES if standard else frozenset(s.name for s in segments)
+    if not names.issuperset(parts):
+        raise KeyError(f"not a step segment: {', '.join(sorted(set(parts) - names))}")
+    layout = StepLayout(ordered, tuple(len(parts.get(s.name, ())) for s in ordered))
     floats = [t for s in ordered if not s.integer for t in parts.get(s.name, ())]
     counts = [t for s in ordered if s.integer for t in parts.get(s.name, ())]
     return layout, stack_groups(floats, counts)
@@ -131,8 +142,8 @@ def _host_dtype(device: torch.device) -> torch.dtype:
 
 @dataclass
 class PendingStep:
-    """One step's numbers as one device vector (then, once read back, named host lists), and
-    what the host needs to say what each number is about."""
+    """One step's numbers as one device vector (then, once read back, a host list), and what
+    the host needs to say what each number is about."""
 
     step: int
     layout: StepLayout
@@ -146,12 +157,18 @@ class PendingStep:
     bwd_numel: list[int]
     layer_order: dict[int, int]
     layer_calls: dict[int, int]
-    values: dict[str, list[float]] | None = None  # once read back: each segment's numbers
+    host: list[float] | None = None  # once read back: the numbers, in the layout's order
+
+    def values(self) -> dict[str, list[float]]:
+        """Each segment's numbers, by name (after `read_back`)."""
+        if self.host is None:
+            raise RuntimeError("a step's numbers are named only after read_back()")
+        return self.layout.unpack(self.host)
 
 
 def read_back(pending: Sequence[PendingStep]) -> None:
-    """One device→host transfer for any number of pending steps; fills `values`."""
-    todo = [p for p in pending if p.values is None]
+    """One device→host transfer for any number of pending steps; fills `host`."""
+    todo = [p for p in pending if p.host is None]
     parts = [part for p in todo for part in p.parts]
     flat: list[float] = []
     if parts:
@@ -161,5 +178,5 @@ def read_back(pending: Sequence[PendingStep]) -> None:
     start = 0
     for p in todo:
         n = p.layout.size
-        p.values, p.parts = p.layout.unpack(flat[start : start + n]), []
+        p.host, p.parts = flat[start : start + n], []
         start += n
