@@ -14,8 +14,8 @@ from ._version import __version__
 # public name -> the module that defines it
 _LAZY = {
     "check": "gradcheck_tool.api",
-    "flow": "gradcheck_tool.flow",
-    "Monitor": "gradcheck_tool.flow",
+    "flow": "gradcheck_tool.engines.flow",
+    "Monitor": "gradcheck_tool.engines.flow",
     "CheckReport": "gradcheck_tool.results",
     "FlowReport": "gradcheck_tool.results",
     "TensorResult": "gradcheck_tool.results",

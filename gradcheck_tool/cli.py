@@ -293,7 +293,7 @@ def flow(
 ) -> None:
     """Per-layer gradient flow of TARGET: vanishing/exploding gradients, dead ReLUs,
     saturation, the first NaN, parameters without gradient."""
-    from .flow import run_flow
+    from .engines.flow import run_flow
     from .loading import load_target
     from .prepare import resolve_inputs
     from .render import make_console, write_json

@@ -11,6 +11,7 @@ import dataclasses
 import inspect
 from collections.abc import Mapping, Sequence
 from copy import deepcopy
+from pathlib import Path
 from typing import Any, Callable, Protocol
 
 import torch
@@ -132,13 +133,16 @@ class ProjectionLoss:
 TOTAL = "total"
 
 
-def call_loss(loss_fn: Callable[..., Any], output: Any, args: tuple, kwargs: dict) -> Any:
-    """loss_fn(output, *inputs, **keyword_inputs); its errors are named as loss_fn's."""
+def call_loss(
+    loss_fn: Callable[..., Any], output: Any, args: tuple, kwargs: dict, folder: Path | None = None
+) -> Any:
+    """loss_fn(output, *inputs, **keyword_inputs); its errors are named as loss_fn's (at the
+    innermost line of the user's code, inside `folder` when given)."""
     try:
         return loss_fn(output, *args, **kwargs)
     except (Exception, SystemExit) as exc:
         raise UserCodeError(
-            f"loss_fn raised {describe_exception(exc, None)}",
+            f"loss_fn raised {describe_exception(exc, folder)}",
             hint="gradtool calls loss_fn(output, *inputs, **keyword_inputs).",
         ) from exc
 
@@ -148,7 +152,7 @@ class UserLoss:
 
     def __init__(self, loss_fn: Callable[..., Any], reference: Any) -> None:
         self.loss_fn = loss_fn
-        self.term_keys = tuple(_terms_of(reference).keys())
+        self.term_keys = tuple(loss_terms(reference).keys())
         # With several terms the sum comes first, named TOTAL; each term is checked on its
         # own too (the tutorial: check with and without regularization separately).
         self.names = (TOTAL, *self.term_keys) if len(self.term_keys) > 1 else self.term_keys
@@ -158,7 +162,7 @@ class UserLoss:
 
     def stack(self, value: Any) -> torch.Tensor:
         """loss_fn's value as the terms vector (the sum first when there are several)."""
-        terms = _terms_of(value)
+        terms = loss_terms(value)
         if tuple(terms) != self.term_keys:
             raise UserCodeError("loss_fn returned different terms between evaluations")
         stacked = torch.stack([t.reshape(()) for t in terms.values()])
@@ -167,7 +171,7 @@ class UserLoss:
         return stacked
 
 
-def _terms_of(value: Any) -> dict[str, torch.Tensor]:
+def loss_terms(value: Any) -> dict[str, torch.Tensor]:
     """A scalar tensor -> {"loss": t}; a dict of named scalar tensors is kept as is."""
     if isinstance(value, torch.Tensor) and value.numel() == 1 and value.is_floating_point():
         return {"loss": value}
@@ -411,21 +415,26 @@ def _to_check_dtype(value: Any, dtype: torch.dtype, device: torch.device | None)
     return map_tensors(convert, value)
 
 
+def copy_of_model(module: torch.nn.Module) -> torch.nn.Module:
+    """A deep copy to work on, so that the user's model is never changed."""
+    try:
+        return deepcopy(module)
+    except torch.cuda.OutOfMemoryError:
+        raise  # the caller knows what it was copying for
+    except Exception as exc:
+        raise UserCodeError(
+            f"could not copy the model ({type(exc).__name__}: {exc})",
+            hint="gradtool works on a deep copy so that your model is never changed; make the "
+            "model deep-copyable (keep locks, files and generators out of it), or build it in "
+            "build_model().",
+        ) from None
+
+
 def _private_copy(
     module: torch.nn.Module, dtype: torch.dtype, device: torch.device | None
 ) -> torch.nn.Module:
     try:
-        copy = deepcopy(module)
-    except torch.cuda.OutOfMemoryError:
-        raise _no_room_on_gpu(dtype) from None
-    except Exception as exc:
-        raise UserCodeError(
-            f"could not copy the model to check it ({type(exc).__name__}: {exc})",
-            hint="gradtool checks a deep copy so your model is never changed; make the model "
-            "deep-copyable (keep locks, files and generators out of it), or build it in "
-            "build_model().",
-        ) from None
-    try:
+        copy = copy_of_model(module)
         if device is not None:
             copy = copy.to(device)
         copy = copy.to(dtype)

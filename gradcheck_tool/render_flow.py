@@ -14,19 +14,30 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from .engines.flow import findings as finding_rules
+from .engines.flow.findings import Severity
 from .errors import GradtoolError, InputError
 from .results import FlowReport, LayerStats
 
-KIND_STYLE = {
-    "nan": "bold red",
-    "exploding": "bold red",
-    "vanishing": "yellow",
-    "dead_relu": "yellow",
-    "saturation": "yellow",
-    "no_grad": "magenta",
+# a finding's colour in the table and the panel comes from its rule's severity
+SEVERITY_STYLE = {
+    Severity.ERROR: "bold red",
+    Severity.WARNING: "yellow",
+    Severity.NOTICE: "magenta",
 }
 BARS = " ▁▂▃▄▅▆▇█"
 DEAD_LIMIT = 0.5  # for colouring only; the findings use the engine's thresholds
+
+
+def kind_style(kind: str) -> str:
+    """The style of a kind of finding ("" for a kind no rule has)."""
+    rule = finding_rules.rule_for(kind)
+    return SEVERITY_STYLE[rule.severity] if rule is not None else ""
+
+
+def _is_error(kind: str) -> bool:
+    rule = finding_rules.rule_for(kind)
+    return rule is not None and rule.severity is Severity.ERROR
 
 
 def fmt(value: float | None, spec: str = ".2e") -> str:
@@ -170,8 +181,8 @@ def findings_panel(report: FlowReport) -> Panel:
         text.append(f"{f.layer or '(model)'}: ", style="bold")
         text.append(f.message)
         text.append(f"\nfix: {f.fix}", style="dim")
-        grid.add_row(Text(f.kind, style=KIND_STYLE.get(f.kind, "")), text)
-    severe = any("red" in KIND_STYLE.get(f.kind, "") for f in report.findings)
+        grid.add_row(Text(f.kind, style=kind_style(f.kind)), text)
+    severe = any(_is_error(f.kind) for f in report.findings)
     return Panel(
         grid,
         title=f"findings ({len(report.findings)})",
@@ -253,6 +264,7 @@ def plot_flow(report: FlowReport, path: str | Path) -> Path:
     layers = [r for r in report.layers if r.kind == "layer"]
     acts = [r for r in report.layers if r.kind == "activation"]
     flagged = {f.key: f.kind for f in report.findings if f.key}
+    marked = {rule.kind for rule in finding_rules.RULES if rule.marks_layer_gradient}
     width = max(8.0, 0.45 * max(len(layers), len(acts), 1) + 3)
     fig = Figure(figsize=(width, 8.5), layout="constrained")
     top, bottom = fig.subplots(2, 1, height_ratios=(3, 2))
@@ -260,10 +272,7 @@ def plot_flow(report: FlowReport, path: str | Path) -> Path:
     # gradient norms (bars) and max |grad| (dots); first step as a line when trained
     xs = list(range(len(layers)))
     norms = [_positive(r.grad_norm) for r in layers]
-    colors = [
-        "#d62728" if flagged.get(r.key) in ("vanishing", "exploding", "nan") else "#1f77b4"
-        for r in layers
-    ]
+    colors = ["#d62728" if flagged.get(r.key) in marked else "#1f77b4" for r in layers]
     top.bar(xs, [n or 0 for n in norms], color=colors, alpha=0.8, label="gradient norm")
     top.plot(
         xs,
@@ -412,18 +421,17 @@ def _positive(value: float | None) -> float | None:
 
 def parse_fail_on(text: str | None) -> set[str]:
     """`nan,exploding` -> {"nan", "exploding"}; "all" is every kind; unknown kinds are errors."""
-    from .results import FINDING_KINDS
-
     if not text:
         return set()
+    known = finding_rules.finding_kinds()
     kinds = {k.strip().lower() for k in text.split(",") if k.strip()}
     if "all" in kinds:
-        return set(FINDING_KINDS)
-    unknown = sorted(kinds - set(FINDING_KINDS))
+        return set(known)
+    unknown = sorted(kinds - set(known))
     if unknown:
         raise InputError(
             f"--fail-on: unknown finding kind(s) {', '.join(unknown)}",
-            hint=f"Use any of: {', '.join(FINDING_KINDS)} (comma-separated), or all.",
+            hint=f"Use any of: {', '.join(known)} (comma-separated), or all.",
         )
     return kinds
 

@@ -178,16 +178,6 @@ class CheckReport:
 
 # --- gradtool flow -------------------------------------------------------------------------
 
-# Every kind of finding `gradtool flow` can report, in the order the findings panel shows them.
-FINDING_KINDS: tuple[str, ...] = (
-    "nan",
-    "exploding",
-    "vanishing",
-    "dead_relu",
-    "saturation",
-    "no_grad",
-)
-
 
 def _ratio(numerator: float | None, denominator: float | None) -> float | None:
     if numerator is None or denominator is None:
@@ -274,7 +264,7 @@ class LayerStats:
 class Finding:
     """One diagnosis: what (`kind`), where (`layer`), a one-line message and the fix."""
 
-    kind: str  # one of FINDING_KINDS
+    kind: str  # a finding rule's kind (engines/flow/findings: nan, exploding, ...)
     layer: str  # named_modules() name ("" = the model), or "(loss)" / "(inputs)"
     message: str
     fix: str
@@ -404,9 +394,9 @@ class FlowReport:
 
     @property
     def kinds(self) -> tuple[str, ...]:
-        """The kinds of finding present, each once, in FINDING_KINDS order."""
-        present = {f.kind for f in self.findings}
-        return tuple(k for k in FINDING_KINDS if k in present)
+        """The kinds of finding present, each once, in the order of the findings (which the
+        engine lists in the findings registry's order)."""
+        return tuple(dict.fromkeys(f.kind for f in self.findings))
 
     def findings_of(self, kind: str) -> tuple[Finding, ...]:
         return tuple(f for f in self.findings if f.kind == kind)

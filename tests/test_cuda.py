@@ -26,7 +26,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from gradcheck_tool import Monitor, check, flow
-from gradcheck_tool.flow import run_flow
+from gradcheck_tool.engines.flow import run_flow
 from gradcheck_tool.loading import load_target
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -75,7 +75,7 @@ FRESH = textwrap.dedent(
     import torch
     from torch import nn
     import gradcheck_tool
-    from gradcheck_tool.flow import run_flow
+    from gradcheck_tool.engines.flow import run_flow
 
     mode = sys.argv[1]
     model = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Dropout(0.5), nn.Linear(16, 3)).train()

@@ -22,15 +22,15 @@ from typer.testing import CliRunner
 import gradcheck_tool
 from gradcheck_tool import FlowReport, Monitor, flow
 from gradcheck_tool.cli import app
-from gradcheck_tool.errors import InputError, UserCodeError
-from gradcheck_tool.flow import (
+from gradcheck_tool.engines.flow import (
     ACTIVATIONS,
+    FINDING_KINDS,
     FlowThresholds,
     activation_for_function,
     activation_for_module,
 )
+from gradcheck_tool.errors import InputError, UserCodeError
 from gradcheck_tool.render_flow import flow_table, parse_fail_on, plot_flow, render_flow
-from gradcheck_tool.results import FINDING_KINDS
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_models"
 runner = CliRunner()
@@ -493,7 +493,7 @@ def test_a_failing_loss_fn_is_the_users_error_and_leaves_nothing_behind() -> Non
 
 
 def test_device_option_moves_the_copy_and_inputs() -> None:
-    from gradcheck_tool.flow import run_flow
+    from gradcheck_tool.engines.flow import run_flow
 
     report = run_flow(nn.Linear(4, 2), (batch(3, 4),), {}, device="cpu")
     assert report.device == "cpu" and report.row("").grad_norm > 0

@@ -1,0 +1,92 @@
+'''The findings registry: one rule per kind of finding, one file each, in the order the
+findings panel shows them. `FINDING_KINDS`, the `--fail-on` choices, the table styles and the
+plot's highlights are all read from `RULES`.
+
+A rule (`FindingRule`) is a kind, a `Severity`, its fix text(s) and a detection function over
+the measured steps (`Evidence`: the `StepSample`s, oldest first, and the `FlowThresholds`). The
+function yields a `Detection` per thing it saw; the rule turns each into a `Finding` with its
+kind and fix. Rules are independent: each reads the evidence, none reads another's result.
+
+Adding a kind of finding, e.g. a loss that is already enormous, is one file,
+`findings/huge_loss.py`:
+
+    """huge_loss: the loss itself is enormous: the targets or the loss are mis-scaled."""
+
+    from collections.abc import Iterator
+
+    from ._rule import Detection, Evidence, FindingRule, Severity
+
+    FIX = "Scale the targets, or average the loss over the batch instead of summing it."
+
+
+    def detect(ev: Evidence) -> Iterator[Detection]:
+        last = ev.last
+        if last.loss is not None and last.loss > 1e6:
+            yield Detection("(loss)", f"the loss is {last.loss:.2e}{ev.at(last)}",
+                            value=last.loss, step=last.step)
+
+
+    RULE = FindingRule("huge_loss", Severity.WARNING, {"": FIX}, detect)
+
+and one line here: `huge_loss.RULE` in `RULES`, where the panel should show it. `--fail-on
+huge_loss`, its colour in the table (from its severity) and `FlowReport.kinds` follow. A
+threshold belongs in `FlowThresholds`; a rule with several fixes keys them by case and names
+the case in `Detection.fix_for` (see nan.py).
+'''
+
+from __future__ import annotations
+
+from collections.abc import Sequence, Set
+
+from ....results import Finding
+from ..samples import StepSample
+from ..thresholds import FlowThresholds
+from . import dead_relu, exploding, nan, no_grad, saturation, vanishing
+from ._rule import Detection, Evidence, FindingRule, Severity
+
+RULES: tuple[FindingRule, ...] = (
+    nan.RULE,
+    exploding.RULE,
+    vanishing.RULE,
+    dead_relu.RULE,
+    saturation.RULE,
+    no_grad.RULE,
+)
+
+# Every kind of finding `gradtool flow` can report, in the order the findings panel shows them.
+FINDING_KINDS: tuple[str, ...] = tuple(rule.kind for rule in RULES)
+
+
+def finding_kinds() -> tuple[str, ...]:
+    """The kinds of the registered rules, in panel order (read when called)."""
+    return tuple(rule.kind for rule in RULES)
+
+
+def rule_for(kind: str) -> FindingRule | None:
+    """The rule of a kind of finding; None for a kind no rule has."""
+    return next((rule for rule in RULES if rule.kind == kind), None)
+
+
+def detect_findings(
+    samples: Sequence[StepSample],
+    thresholds: FlowThresholds,
+    batch: int | None,
+    comparable_keys: Set[str],
+) -> list[Finding]:
+    """Findings from the last step (dead units and norms develop while training), plus the
+    first non-finite value at whatever step it appeared; rule by rule, in panel order."""
+    evidence = Evidence(samples, thresholds, batch, comparable_keys)
+    return [finding for rule in RULES for finding in rule.findings(evidence)]
+
+
+__all__ = [
+    "FINDING_KINDS",
+    "RULES",
+    "Detection",
+    "Evidence",
+    "FindingRule",
+    "Severity",
+    "detect_findings",
+    "finding_kinds",
+    "rule_for",
+]

@@ -1,0 +1,29 @@
+"""no_grad: a trainable parameter got no gradient (or exactly zero) at the last step."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from ..samples import ROOT
+from ._rule import Detection, Evidence, FindingRule, Severity
+
+FIX = (
+    "Use the parameter in forward without cutting the graph (.detach(), .data, "
+    "torch.no_grad(), a round trip through .item()/.numpy()); if it is meant to be frozen, "
+    "call requires_grad_(False) on it."
+)
+
+
+def detect(ev: Evidence) -> Iterator[Detection]:
+    last = ev.last
+    for layer, params, why in last.no_grad:
+        yield Detection(
+            layer,
+            f"{', '.join(params)} receive{'s' if len(params) == 1 else ''} no gradient: "
+            f"{why}{ev.at(last)}",
+            key=layer or ROOT,
+            step=last.step,
+        )
+
+
+RULE = FindingRule("no_grad", Severity.NOTICE, {"": FIX}, detect)

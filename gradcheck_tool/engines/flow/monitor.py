@@ -1,0 +1,203 @@
+"""Monitor: gradient flow inside the user's own training loop, on their own model, which is
+left with no hook from the monitor when the `with` block ends."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..._version import __version__
+from ...errors import InputError
+from ...options import at_least
+from ...results import FlowReport
+from .findings import detect_findings
+from .model_map import ModelMap, comparable_keys, model_dtype_device
+from .recorder import Recorder
+from .rows import history, resolve_step
+from .samples import StepSample
+from .step import PendingStep, read_back
+from .thresholds import FlowThresholds
+
+
+class Monitor:
+    """Watch gradient flow while your own loop trains `model`.
+
+        with gradcheck_tool.Monitor(model, every=10) as mon:
+            for x, y in loader:
+                opt.zero_grad()
+                loss_fn(model(x), y).backward()
+                opt.step()
+        print(mon.report()["findings"])
+
+    A step is one call of `model` with grad enabled (calls under torch.no_grad(), e.g.
+    validation, are not counted). On every `every`-th step the monitor attaches its hooks for
+    that forward and backward only; on the other steps a single forward pre-hook on the model
+    counts the call and returns. Measurements stay on the device and are read back at
+    `report()` (at most one transfer per recorded step). Each parameter's gradient is measured
+    as the backward produces it (the gradient of this step, before any accumulation), the
+    weights as the model is called. On exit the model has no hook left from the monitor.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        every: int = 1,
+        *,
+        functional: bool = True,
+        check_finite: bool = True,
+        thresholds: FlowThresholds | None = None,
+        name: str | None = None,
+        flush_every: int = 64,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise InputError(f"Monitor needs an nn.Module; got {type(model).__name__}")
+        self.model = model
+        self.every = at_least("every", every, 1)
+        self.thresholds = thresholds or FlowThresholds()
+        self.name = name or type(model).__name__
+        self.flush_every = flush_every
+        self._functional = functional
+        self._check_finite = check_finite
+        self._mm: ModelMap | None = None
+        self._recorder: Recorder | None = None
+        self._root_handles: list[Any] = []
+        self._steps: list[PendingStep] = []  # every recorded step, read back or not
+        self._samples: list[StepSample] = []  # the first len() of them, resolved
+        self._steps_seen = 0
+        self._recording: int | None = None  # the step whose forward/backward is being recorded
+        self._in_forward = False
+        self._device = torch.device("cpu")
+        self._active = False
+        self._started = 0.0
+        self._errors: list[str] = []
+
+    # context manager
+    def __enter__(self) -> Monitor:
+        if self._active:
+            raise InputError("this Monitor is already active")
+        self._mm = ModelMap(self.model)
+        _, self._device = model_dtype_device(self.model)
+        self._recorder = Recorder(
+            self._mm,
+            functional=self._functional,
+            check_finite=self._check_finite,
+            hook_param_grads=True,
+        )
+        self._recorder.saturation_margin = self.thresholds.saturation_margin
+        self._recorder.on_root_return = self._on_model_return
+        self._root_handles.append(
+            self.model.register_forward_pre_hook(self._on_model_call, with_kwargs=True)
+        )
+        self._active = True
+        self._started = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        try:
+            if self._in_forward:  # left from inside the model's forward
+                self._on_model_return(None)
+            self._finish_step()
+        finally:
+            self._active = False
+            while self._root_handles:
+                self._root_handles.pop().remove()
+            if self._recorder is not None:
+                self._errors.extend(e for e in self._recorder.errors if e not in self._errors)
+                self._recorder.close()
+
+    @property
+    def steps_seen(self) -> int:
+        return self._steps_seen
+
+    @property
+    def steps_recorded(self) -> int:
+        return len(self._steps)
+
+    # hooks on the user's model
+    def _on_model_call(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        if self._in_forward or not torch.is_grad_enabled():
+            return  # a nested call of the model, or an inference/validation call
+        self._finish_step()
+        self._steps_seen += 1
+        if (self._steps_seen - 1) % self.every:
+            return
+        rec = self._recorder
+        self._recording = self._steps_seen
+        self._in_forward = True
+        rec.begin()
+        # this call of the model has begun: the recorder's global hooks see the modules
+        # inside it, and the model itself is entered by hand (with its keyword arguments)
+        rec.attach()
+        rec._guard(rec.on_pre, module, args, kwargs)
+        rec.sync_mode()
+
+    def _on_model_return(self, output: Any) -> None:
+        rec = self._recorder
+        rec.exit_mode()
+        rec.detach_modules()
+        rec.end_forward()
+        self._in_forward = False
+        if output is None:  # the forward raised: nothing to record for this step
+            rec.detach_tensors()
+            rec.begin()
+            self._recording = None
+
+    def _finish_step(self) -> None:
+        if self._recording is None:
+            return
+        step, self._recording = self._recording, None
+        self._steps.append(self._recorder.collect(step, None))
+        unread = len(self._steps) - len(self._samples)
+        if unread >= self.flush_every:  # bound the device memory held by unread steps
+            read_back(self._steps[len(self._samples) :])
+
+    # results
+    def flow_report(self) -> FlowReport:
+        """What was measured so far, as a FlowReport (history: every recorded step)."""
+        if self._mm is None:
+            raise InputError("the Monitor has not been entered: use `with Monitor(model) as mon:`")
+        if self._recording is not None and not self._in_forward and self._recorder.state.grads_seen:
+            self._finish_step()  # the last step's backward has run: include it
+        new = self._steps[len(self._samples) :]
+        read_back(new)  # one transfer for every step not read back yet
+        self._samples.extend(resolve_step(p, self._mm) for p in new)
+        samples = self._samples
+        th = self.thresholds
+        dtype, device = model_dtype_device(self.model)
+        warnings = list(self._errors)
+        if self._recorder is not None:
+            warnings.extend(e for e in self._recorder.errors if e not in warnings)
+        if not samples:
+            warnings.append(
+                "no step recorded yet: call the model (with grad enabled) inside the `with` block"
+            )
+        return FlowReport(
+            target=self.name,
+            version=__version__,
+            layers=tuple(samples[-1].rows) if samples else (),
+            findings=(
+                tuple(detect_findings(samples, th, None, comparable_keys(self._mm)))
+                if samples
+                else ()
+            ),
+            found_by="Monitor",
+            source="monitor",
+            dtype=dtype,
+            device=str(device),
+            mode="train" if self.model.training else "eval",
+            loss="user",
+            steps=len(samples),
+            steps_requested=len(samples),
+            every=self.every,
+            steps_seen=self._steps_seen,
+            history=history(samples),
+            warnings=tuple(warnings),
+            seconds=time.perf_counter() - self._started,
+        )
+
+    def report(self) -> dict[str, Any]:
+        """The same dict as `gradtool flow --json`, plus the per-step history."""
+        return self.flow_report().to_dict()

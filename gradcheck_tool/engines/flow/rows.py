@@ -1,0 +1,219 @@
+"""From one step's numbers, read back, to its rows: one per layer that owns parameters and one
+per activation call, in forward order; and from measured steps to the report's history."""
+
+from __future__ import annotations
+
+import math
+
+from ...results import LayerStats, RowSample, StepRecord
+from . import step
+from .model_map import ModelMap
+from .nan_site import first_nan_site
+from .recorder import ActCall
+from .samples import ROOT, StepSample
+from .step import PendingStep
+
+NOT_RUN_ORDER = 10**9  # layers that never ran sort after every row that did
+
+
+def resolve_step(p: PendingStep, mm: ModelMap) -> StepSample:
+    """Host numbers of one step -> its rows (in forward order), NaN site and no-grad list."""
+    values = p.values()
+    loss = values[step.LOSS.name][0] if values[step.LOSS.name] else None
+    weights = [math.sqrt(w) for w in values[step.WEIGHT_SQ.name]]  # squared norms on the device
+    grad_norm, grad_max = _parameter_gradients(values, p.grads_present, len(mm.params))
+    bwd_norms = [math.sqrt(n) for n in values[step.BACKWARD_SQ.name]]
+    out_sq, out_numel = _output_signal(p, bwd_norms)
+    rows, no_grad = _layer_rows(p, mm, weights, grad_norm, grad_max, out_sq, out_numel)
+    counts = [round(c) for c in values[step.ACTIVATION_COUNTS.name]]
+    rows.extend(_activation_rows(p.acts, counts))
+    rows.sort(key=lambda r: r.order)
+
+    nan = first_nan_site(
+        p,
+        mm,
+        loss,
+        values[step.FORWARD_PROBES.name],
+        values[step.BACKWARD_PROBES.name],
+        grad_max,
+        p.grads_present,
+        rows,
+    )
+    loss_grad = math.sqrt(out_sq[""]) if "" in out_sq else None
+    return StepSample(p.step, loss, rows, nan, no_grad, loss_grad)
+
+
+def _parameter_gradients(
+    values: dict[str, list[float]], present: list[bool] | None, n_params: int
+) -> tuple[list[float | None], list[float | None]]:
+    """Per parameter: its gradient's norm and max |g| (None: no gradient)."""
+    g2 = [math.sqrt(g) for g in values[step.GRAD_SQ.name]]
+    lows, highs = values[step.GRAD_MIN.name], values[step.GRAD_MAX.name]
+    # max |g| from the min and max; NaN anywhere makes it NaN
+    ginf = [
+        math.nan if math.isnan(lo) or math.isnan(hi) else max(-lo, hi)
+        for lo, hi in zip(lows, highs)
+    ]
+    grad_norm: list[float | None] = [None] * n_params
+    grad_max: list[float | None] = [None] * n_params
+    if present:
+        j = 0
+        for i, has in enumerate(present):
+            if has:
+                grad_norm[i], grad_max[i] = g2[j], ginf[j]
+                j += 1
+    return grad_norm, grad_max
+
+
+def _output_signal(
+    p: PendingStep, bwd_norms: list[float]
+) -> tuple[dict[str, float], dict[str, int]]:
+    """The gradient reaching each module's output ("the backward signal"), from the tensor
+    hooks: its squared norm and its number of elements, by module name."""
+    out_sq: dict[str, float] = {}
+    out_numel: dict[str, int] = {}
+    for at_event, norm in zip(p.bwd_norm_at, bwd_norms):
+        index = p.bwd[at_event]
+        for role in p.bwd_roles[index]:
+            if role[0] == "out":
+                out_sq[role[1]] = out_sq.get(role[1], 0.0) + norm * norm
+                out_numel[role[1]] = out_numel.get(role[1], 0) + p.bwd_numel[index]
+    return out_sq, out_numel
+
+
+def _layer_rows(
+    p: PendingStep,
+    mm: ModelMap,
+    weights: list[float],
+    grad_norm: list[float | None],
+    grad_max: list[float | None],
+    out_sq: dict[str, float],
+    out_numel: dict[str, int],
+) -> tuple[list[LayerStats], list[tuple[str, list[str], str]]]:
+    """One row per layer, and the trainable parameters that got no (or a zero) gradient."""
+    present = p.grads_present
+    rows: list[LayerStats] = []
+    no_grad: list[tuple[str, list[str], str]] = []
+    by_layer: dict[int, list[int]] = {}
+    for i, li in enumerate(mm.param_layer):
+        by_layer.setdefault(li, []).append(i)
+    for layer in mm.layers:
+        idx = by_layer[layer.index]
+        trainable = [i for i in idx if mm.params[i].requires_grad]
+        with_grad = [i for i in idx if grad_norm[i] is not None]
+        ran = layer.index in p.layer_order
+        order = p.layer_order.get(layer.index, NOT_RUN_ORDER + layer.index)
+        calls = p.layer_calls.get(layer.index, 0)
+        gn = math.sqrt(sum(grad_norm[i] ** 2 for i in with_grad)) if with_grad else None
+        if gn is not None and any(not math.isfinite(grad_norm[i]) for i in with_grad):
+            bad = [grad_norm[i] for i in with_grad if not math.isfinite(grad_norm[i])]
+            gn = math.nan if any(math.isnan(b) for b in bad) else math.inf
+        gm = max((grad_max[i] for i in with_grad), default=None) if with_grad else None
+        if with_grad and any(math.isnan(grad_max[i]) for i in with_grad):
+            gm = math.nan
+        known_weights = [weights[i] for i in idx if weights[i] is not None]
+        wn = math.sqrt(sum(w * w for w in known_weights)) if known_weights else None
+        notes = []
+        if not ran:
+            notes.append("not called in forward")
+        elif calls > 1:
+            notes.append(f"called {calls}× in forward; gradients summed over the calls")
+        if not trainable:
+            notes.append("frozen")
+        rows.append(
+            LayerStats(
+                name=layer.name,
+                type=type(layer.module).__name__,
+                kind="layer",
+                key=layer.name or ROOT,
+                order=order,
+                calls=calls,
+                params=tuple(mm.param_names[i] for i in idx),
+                numel=sum(mm.params[i].numel() for i in idx),
+                grad_norm=gn,
+                weight_norm=wn,
+                max_abs_grad=gm,
+                output_grad_norm=(math.sqrt(out_sq[layer.name]) if layer.name in out_sq else None),
+                output_numel=out_numel.get(layer.name),
+                frozen=not trainable,
+                note="; ".join(notes),
+            )
+        )
+        if present is not None:
+            missing = [mm.param_names[i] for i in trainable if grad_norm[i] is None]
+            zero = [mm.param_names[i] for i in trainable if grad_norm[i] == 0.0]
+            if missing:
+                why = "its module never ran in forward" if not ran else "not reached by backward"
+                no_grad.append((layer.name, missing, why))
+            if zero:
+                no_grad.append((layer.name, zero, "gradient exactly zero on this batch"))
+    return rows, no_grad
+
+
+def _activation_rows(acts: list[ActCall], counts: list[int]) -> list[LayerStats]:
+    """One row per activation call; a base key seen more than once is one row per call,
+    numbered. `counts` are the calls' device counts, in the order of their `fields`."""
+    totals: dict[str, int] = {}
+    for a in acts:
+        totals[a.base_key] = totals.get(a.base_key, 0) + 1
+    seen_calls: dict[str, int] = {}
+    rows: list[LayerStats] = []
+    k = 0
+    for a in acts:
+        call = seen_calls[a.base_key] = seen_calls.get(a.base_key, 0) + 1
+        n = totals[a.base_key]
+        stats = {"dead": None, "inactive": None, "saturated": None}
+        for f in a.fields:
+            if f == "alive":
+                stats["dead"] = a.units - counts[k]
+            else:
+                stats[f] = counts[k]
+            k += 1
+        frac = {
+            "dead": stats["dead"] / a.units if stats["dead"] is not None else None,
+            "inactive": stats["inactive"] / a.units if stats["inactive"] is not None else None,
+            "saturated": stats["saturated"] / a.numel if stats["saturated"] is not None else None,
+        }
+        rows.append(
+            LayerStats(
+                name=a.name,
+                type=a.type,
+                kind="activation",
+                key=a.base_key if n == 1 else f"{a.base_key}#{call}",
+                order=a.order,
+                calls=n,
+                call=call,
+                via=a.via,
+                units=a.units,
+                unit=a.unit,
+                dead_fraction=frac["dead"],
+                inactive_fraction=frac["inactive"],
+                saturated_fraction=frac["saturated"],
+            )
+        )
+    return rows
+
+
+def history(samples: list[StepSample]) -> tuple[StepRecord, ...]:
+    """Every measured step's loss and rows, for the report's history and trend."""
+    return tuple(
+        StepRecord(
+            s.step,
+            s.loss,
+            tuple(
+                (
+                    r.key,
+                    RowSample(
+                        r.grad_norm,
+                        r.weight_norm,
+                        r.max_abs_grad,
+                        r.dead_fraction,
+                        r.inactive_fraction,
+                        r.saturated_fraction,
+                    ),
+                )
+                for r in s.rows
+            ),
+        )
+        for s in samples
+    )

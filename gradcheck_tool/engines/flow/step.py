@@ -1,0 +1,182 @@
+"""One step's statistics as one device vector: a named layout of its segments, shared by the
+code that packs the vector (`Recorder.collect`) and the code that reads it back (`rows`).
+
+What a step measures stays on the device while the model trains; it is read back in one
+transfer (`read_back`), for any number of steps at once. The vector is the segments of
+`STEP_SEGMENTS`, floating ones first, then the integer counts (stacked apart: stacking mixed
+dtypes is slow); `StepLayout` records how many numbers each segment has this step, so that
+`unpack` gives every segment back by name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from enum import Enum
+from typing import TYPE_CHECKING, NamedTuple
+
+import torch
+
+if TYPE_CHECKING:
+    from .recorder import ActCall, FwdEvent
+
+
+class Reduction(str, Enum):
+    """How the vectors of several processes would combine, segment by segment.
+
+    Note [reducing a step across ranks]: not used yet (each process measures its own step);
+    declared here so that a cross-process reduction is one `all_reduce` per reduction. Squared
+    norms of sharded tensors add (SUM); a gradient's extremes take MIN/MAX; a finite probe
+    adds (SUM), because a sum is non-finite iff one of its terms is, whereas MAX over a NaN is
+    not defined; the loss is each rank's mean (MEAN). The activation counts cannot be combined
+    as counts (a unit dead on one rank may fire on another): they would need per-unit masks
+    combined with MAX, so they declare none.
+    """
+
+    SUM = "sum"
+    MEAN = "mean"
+    MIN = "min"
+    MAX = "max"
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A named run of numbers in a step's vector."""
+
+    name: str
+    reduction: Reduction | None  # None: cannot be combined across processes as measured
+    integer: bool = False  # counts, stacked after the floating segments
+
+
+LOSS = Segment("loss", Reduction.MEAN)  # 0 or 1 number: the Monitor does not see the loss
+WEIGHT_SQ = Segment("weight_sq", Reduction.SUM)  # per parameter: Σ w²
+GRAD_SQ = Segment("grad_sq", Reduction.SUM)  # per parameter with a gradient: Σ g²
+GRAD_MIN = Segment("grad_min", Reduction.MIN)  # ... its smallest entry
+GRAD_MAX = Segment("grad_max", Reduction.MAX)  # ... its largest entry
+FORWARD_PROBES = Segment("forward_probes", Reduction.SUM)  # finite iff the tensor was
+BACKWARD_PROBES = Segment("backward_probes", Reduction.SUM)  # the same, for gradients
+BACKWARD_SQ = Segment("backward_sq", Reduction.SUM)  # Σ g² at each layer's output
+ACTIVATION_COUNTS = Segment("activation_counts", None, integer=True)  # alive/inactive/saturated
+
+STEP_SEGMENTS: tuple[Segment, ...] = (
+    LOSS,
+    WEIGHT_SQ,
+    GRAD_SQ,
+    GRAD_MIN,
+    GRAD_MAX,
+    FORWARD_PROBES,
+    BACKWARD_PROBES,
+    BACKWARD_SQ,
+    ACTIVATION_COUNTS,
+)
+
+
+class StepLayout(NamedTuple):
+    """The segments of one packed step, in the order of its numbers, and how many numbers
+    each has this step. (A tuple: the Monitor keeps one per recorded step, so it is small.)"""
+
+    segments: tuple[Segment, ...]
+    lengths: tuple[int, ...]
+
+    @property
+    def size(self) -> int:
+        return sum(self.lengths)
+
+    def unpack(self, values: Sequence[float]) -> dict[str, list[float]]:
+        """The step's numbers (as read back) -> each segment's numbers, by name."""
+        if len(values) != self.size:
+            raise ValueError(f"a step of this layout has {self.size} numbers, not {len(values)}")
+        out: dict[str, list[float]] = {}
+        start = 0
+        for segment, n in zip(self.segments, self.lengths):
+            out[segment.name] = list(values[start : start + n])
+            start += n
+        return out
+
+
+def _packing_order(segments: Sequence[Segment]) -> tuple[Segment, ...]:
+    """Floating segments first, then the integer ones, each in the order given."""
+    return tuple(s for s in segments if not s.integer) + tuple(s for s in segments if s.integer)
+
+
+_STEP_ORDER = _packing_order(STEP_SEGMENTS)
+_STEP_NAMES = frozenset(s.name for s in STEP_SEGMENTS)
+
+
+def pack(
+    parts: Mapping[str, Sequence[torch.Tensor]],
+    segments: Sequence[Segment] = STEP_SEGMENTS,
+) -> tuple[StepLayout, list[torch.Tensor]]:
+    """Named groups of 0-d tensors -> the layout and the vector, as one 1-D tensor for the
+    floating segments and one for the integer ones (concatenated when read back).
+
+    A segment missing from `parts` is empty; a name that is not a segment is an error.
+    """
+    standard = segments is STEP_SEGMENTS  # every step: what could be, is computed once
+    ordered = _STEP_ORDER if standard else _packing_order(segments)
+    names = _STEP_NAMES if standard else frozenset(s.name for s in segments)
+    if not names.issuperset(parts):
+        raise KeyError(f"not a step segment: {', '.join(sorted(set(parts) - names))}")
+    layout = StepLayout(ordered, tuple(len(parts.get(s.name, ())) for s in ordered))
+    floats = [t for s in ordered if not s.integer for t in parts.get(s.name, ())]
+    counts = [t for s in ordered if s.integer for t in parts.get(s.name, ())]
+    return layout, stack_groups(floats, counts)
+
+
+def stack_groups(*groups: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Groups of 0-d tensors -> one 1-D tensor per group (one op each), in order."""
+    parts = []
+    for scalars in groups:
+        if scalars:
+            try:
+                parts.append(torch.stack(scalars))
+            except RuntimeError:  # a model spread over several devices
+                device = scalars[0].device
+                parts.append(torch.stack([s.to(device) for s in scalars]))
+    return parts
+
+
+def _host_dtype(device: torch.device) -> torch.dtype:
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
+@dataclass
+class PendingStep:
+    """One step's numbers as one device vector (then, once read back, a host list), and what
+    the host needs to say what each number is about."""
+
+    step: int
+    layout: StepLayout
+    parts: list[torch.Tensor]
+    grads_present: list[bool] | None
+    acts: list[ActCall]
+    fwd: list[FwdEvent]
+    bwd_roles: list[list[tuple]]
+    bwd: list[int]
+    bwd_norm_at: list[int]
+    bwd_numel: list[int]
+    layer_order: dict[int, int]
+    layer_calls: dict[int, int]
+    host: list[float] | None = None  # once read back: the numbers, in the layout's order
+
+    def values(self) -> dict[str, list[float]]:
+        """Each segment's numbers, by name (after `read_back`)."""
+        if self.host is None:
+            raise RuntimeError("a step's numbers are named only after read_back()")
+        return self.layout.unpack(self.host)
+
+
+def read_back(pending: Sequence[PendingStep]) -> None:
+    """One device→host transfer for any number of pending steps; fills `host`."""
+    todo = [p for p in pending if p.host is None]
+    parts = [part for p in todo for part in p.parts]
+    flat: list[float] = []
+    if parts:
+        device = parts[0].device
+        dtype = _host_dtype(device)
+        flat = torch.cat([part.to(device=device, dtype=dtype) for part in parts]).tolist()
+    start = 0
+    for p in todo:
+        n = p.layout.size
+        p.host, p.parts = flat[start : start + n], []
+        start += n

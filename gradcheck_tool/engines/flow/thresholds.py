@@ -1,0 +1,28 @@
+"""When a measurement becomes a finding: the thresholds every finding rule reads. No torch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# Within 1% of the output range of an asymptote, sigmoid and tanh pass at most ~4% of their
+# peak derivative: sigmoid' = s(1-s) ≤ 0.0099 at s=0.99 (peak 0.25); tanh' = 1-y² ≤ 0.0396
+# at |y|=0.98 (peak 1).
+SATURATION_MARGIN = 0.01
+
+
+@dataclass(frozen=True)
+class FlowThresholds:
+    """When a measurement becomes a finding. Ratios compare RMS gradients (norm/√numel),
+    so layers of different sizes compare fairly."""
+
+    vanishing_ratio: float = 1e-3  # earliest layers' RMS gradient / latest layers'
+    exploding_ratio: float = 1e3  # the same ratio, the other way: growing toward the input
+    # a layer's gradient norm over the norm of the loss's gradient at the model output: how
+    # much the network amplifies the loss signal (healthy nets: 1 to ~1e3)
+    exploding_gain: float = 1e6
+    exploding_growth: float = 1e3  # a layer's gradient norm grew this much over --steps
+    dead_fraction: float = 0.5  # the tutorial: above 50% dead is "dying ReLUs"
+    saturated_fraction: float = 0.5
+    saturation_margin: float = SATURATION_MARGIN
+    overfit_fraction: float = 0.01  # "near zero": last loss ≤ 1% of the first ...
+    overfit_absolute: float = 1e-3  # ... or ≤ 1e-3

@@ -1,0 +1,284 @@
+"""flow(): one look at the gradient flow, or a few training steps, on a deep copy of the model
+(its own dtype and device); the user's model, train mode and RNG state are left as found."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from ..._guest import RngState, describe_exception, init_cuda, preserved_state
+from ..._tree import first_tensor, floating_leaves, map_tensors
+from ..._version import __version__
+from ...errors import GradtoolError, InputError, UserCodeError
+from ...options import Optimizer, at_least, choice, positive
+from ...prepare import (
+    ProjectionLoss,
+    call_loss,
+    copy_of_model,
+    loss_terms,
+    normalize_inputs,
+    parse_device,
+)
+from ...results import FlowReport
+from .findings import detect_findings
+from .model_map import ModelMap, comparable_keys, home_device, model_dtype_device
+from .overfit import overfit_verdict
+from .recorder import Recorder
+from .rows import history, resolve_step
+from .samples import StepSample, label
+from .step import read_back
+from .thresholds import FlowThresholds
+
+# flow may run where check can't (no float64 on MPS): on the model's own dtype and device
+ALLOWED_DEVICES = ("cpu", "cuda", "mps")
+DEFAULT_LR = {Optimizer.SGD: 1e-2, Optimizer.ADAM: 1e-3}
+
+
+def flow(
+    model: nn.Module,
+    inputs: Any,
+    *,
+    loss_fn: Callable[..., Any] | None = None,
+    steps: int = 1,
+    lr: float | None = None,
+    optimizer: str = "sgd",
+    seed: int = 0,
+    thresholds: FlowThresholds | None = None,
+    functional: bool = True,
+    name: str | None = None,
+    found_by: str = "passed to flow()",
+) -> FlowReport:
+    """Gradient flow of `model` on one batch: per-layer norms, dead/saturated activations,
+    the first NaN, and findings with fixes.
+
+    `inputs` is a tensor, a tuple/list (positional) or a dict (keyword arguments). Without
+    `loss_fn(output, *inputs)` the loss is a seeded random projection of the output. With
+    `steps` > 1 a copy trains that many steps on the batch (`optimizer` "sgd" | "adam").
+    The model, its train mode and the RNG state are left as they were.
+    """
+    args, kwargs = normalize_inputs(inputs)
+    return run_flow(
+        model,
+        args,
+        kwargs,
+        loss_fn=loss_fn,
+        steps=steps,
+        lr=lr,
+        optimizer=optimizer,
+        seed=seed,
+        thresholds=thresholds,
+        functional=functional,
+        target=name or type(model).__name__,
+        found_by=found_by,
+    )
+
+
+def run_flow(
+    model: nn.Module,
+    args: tuple,
+    kwargs: dict,
+    *,
+    loss_fn: Callable[..., Any] | None = None,
+    steps: int = 1,
+    lr: float | None = None,
+    optimizer: str = "sgd",
+    seed: int = 0,
+    thresholds: FlowThresholds | None = None,
+    functional: bool = True,
+    target: str = "model",
+    found_by: str = "",
+    folder: Path | None = None,
+    device: str | torch.device | None = None,
+) -> FlowReport:
+    """flow() on inputs already split into (args, kwargs); the CLI's entry point.
+
+    `device` moves the copy and the inputs (default: where the model already lives)."""
+    optimizer, lr = _checked_options(model, steps, optimizer, lr)
+    th = thresholds or FlowThresholds()
+    started = time.perf_counter()
+    move_model = device is not None
+    # without a device, the inputs go where the model lives (as `check` does), e.g. a model
+    # built on the GPU with example inputs (or --input-shape tensors) made on the CPU
+    device = parse_device(device, ALLOWED_DEVICES) if move_model else home_device(model)
+    # initialized before the RNG state is captured, so that CUDA's is seeded and restored
+    init_cuda(device)
+
+    with preserved_state():
+        RngState.seeded(seed).restore()
+        torch.set_grad_enabled(True)
+        work = copy_of_model(model)
+        work.train()
+        if device is not None:
+            if move_model:
+                work.to(device)
+            args, kwargs = map_tensors(lambda t: t.to(device), (args, kwargs))
+        model_dtype, model_device = model_dtype_device(work)
+        samples, warnings, comparable = _train_and_measure(
+            work,
+            args,
+            kwargs,
+            loss_fn=loss_fn,
+            steps=steps,
+            lr=lr,
+            optimizer=optimizer,
+            seed=seed,
+            th=th,
+            functional=functional,
+            folder=folder,
+        )
+
+    first = first_tensor((args, kwargs))
+    batch = int(first.shape[0]) if first is not None and first.dim() >= 1 else None
+    loss_kind = "loss_fn" if loss_fn is not None else "projection"
+    if len(samples) < steps:
+        warnings.append(f"stopped after step {len(samples)} of {steps}: non-finite values")
+    return FlowReport(
+        target=target,
+        version=__version__,
+        layers=tuple(samples[-1].rows),
+        findings=tuple(detect_findings(samples, th, batch, comparable)),
+        found_by=found_by,
+        source="flow",
+        dtype=model_dtype,
+        device=str(model_device),
+        mode="train",
+        batch_size=batch,
+        loss=loss_kind,
+        steps=len(samples),
+        steps_requested=steps,
+        optimizer=optimizer if steps > 1 else None,
+        lr=lr if steps > 1 else None,
+        history=history(samples) if steps > 1 else (),
+        overfit=overfit_verdict(samples, loss_kind, th, steps),
+        warnings=tuple(warnings),
+        seconds=time.perf_counter() - started,
+    )
+
+
+def _checked_options(
+    model: Any, steps: Any, optimizer: str | Optimizer, lr: float | None
+) -> tuple[str, float]:
+    """The model is a module, `steps` a positive integer; the optimizer's name and the
+    learning rate (its default when None), validated."""
+    if not isinstance(model, nn.Module):
+        what = f"the class {model.__name__}" if isinstance(model, type) else type(model).__name__
+        raise InputError(
+            f"gradtool flow needs an nn.Module (layers to measure); got {what}",
+            hint="For a function or autograd.Function, `gradtool check` verifies its gradients.",
+        )
+    at_least("steps", steps, 1)
+    chosen = choice(Optimizer, "optimizer", optimizer)
+    lr = DEFAULT_LR[chosen] if lr is None else positive("lr", lr)
+    return chosen.value, lr
+
+
+def _train_and_measure(
+    work: nn.Module,
+    args: tuple,
+    kwargs: dict,
+    *,
+    loss_fn: Callable[..., Any] | None,
+    steps: int,
+    lr: float,
+    optimizer: str,
+    seed: int,
+    th: FlowThresholds,
+    functional: bool,
+    folder: Path | None,
+) -> tuple[list[StepSample], list[str], set[str]]:
+    """Measure `steps` steps on the copy, stepping the optimizer between them; stops at the
+    first step with a non-finite value."""
+    mm = ModelMap(work)
+    recorder = Recorder(mm, functional=functional)
+    recorder.saturation_margin = th.saturation_margin
+    trainable = [p for p in mm.params if p.requires_grad]
+    opt = None
+    if steps > 1 and trainable:
+        opt = (
+            torch.optim.SGD(trainable, lr=lr)
+            if optimizer == "sgd"
+            else torch.optim.Adam(trainable, lr=lr)
+        )
+    step_loss = _StepLoss(loss_fn, seed, folder)
+    samples: list[StepSample] = []
+    warnings: list[str] = []
+    try:
+        for step in range(1, steps + 1):
+            for p in mm.params:
+                p.grad = None
+            step_args, step_kwargs = map_tensors(lambda t: t.detach().clone(), (args, kwargs))
+            output = _recorded_forward(recorder, work, step_args, step_kwargs, folder)
+            loss = step_loss(output, step_args, step_kwargs)
+            if loss.requires_grad:
+                try:
+                    loss.backward()
+                except Exception as exc:
+                    raise UserCodeError(
+                        f"backward raised {describe_exception(exc, folder)}"
+                    ) from exc
+            recorder.measure_grads([p.grad for p in mm.params])
+            pending = recorder.collect(step, loss)
+            read_back([pending])  # the one host transfer of this step
+            sample = resolve_step(pending, mm)
+            samples.append(sample)
+            if sample.nan is not None:
+                break  # after a NaN every later step only repeats it
+            if opt is not None and step < steps:
+                opt.step()
+    finally:
+        recorder.close()
+        for p in mm.params:
+            p.grad = None
+    if not any(p.requires_grad for p in mm.params) and mm.params:
+        warnings.append("every parameter is frozen (requires_grad=False)")
+    warnings.extend(recorder.errors)
+    return samples, warnings, comparable_keys(mm)
+
+
+def _recorded_forward(
+    recorder: Recorder, work: nn.Module, args: tuple, kwargs: dict, folder: Path | None
+) -> Any:
+    """One forward of the copy with the recorder's hooks on; they are off again after it."""
+    recorder.begin()
+    recorder.attach()
+    try:
+        recorder._guard(recorder.on_pre, work, args, kwargs)
+        recorder.sync_mode()
+        return work(*args, **kwargs)
+    except GradtoolError:
+        raise
+    except Exception as exc:
+        failed_in = recorder.state.failed_in
+        where = f" in {label(failed_in)}" if failed_in is not None else ""
+        raise UserCodeError(
+            f"the model's forward raised{where}: {describe_exception(exc, folder)}"
+        ) from exc
+    finally:
+        recorder.exit_mode()
+        recorder.detach_modules()
+        recorder.end_forward()
+
+
+class _StepLoss:
+    """The scalar loss of a step: the user's `loss_fn(output, *inputs)` (its terms summed), or
+    a seeded random projection of the output, made at the first step."""
+
+    def __init__(self, loss_fn: Callable[..., Any] | None, seed: int, folder: Path | None):
+        self.loss_fn = loss_fn
+        self.seed = seed
+        self.folder = folder
+        self.projection: ProjectionLoss | None = None
+
+    def __call__(self, output: Any, args: tuple, kwargs: dict) -> torch.Tensor:
+        if self.loss_fn is not None:
+            terms = loss_terms(call_loss(self.loss_fn, output, args, kwargs, self.folder))
+            return torch.stack([t.reshape(()) for t in terms.values()]).sum()
+        if self.projection is None:
+            leaves = [t for _, t in floating_leaves(output)]
+            dtype = leaves[0].dtype if leaves else torch.float32
+            self.projection = ProjectionLoss(output, self.seed, dtype)
+        return self.projection(output, args, kwargs).reshape(())
