@@ -1,4 +1,4 @@
-"""The `gradtool` command line: parse, load → prepare → engine → render, map exit codes.
+"""The `gradtool` command line: parse, load → prepare → engine → format, map exit codes.
 
 Exit codes: 0 every gradient passed, 1 a gradient (or --fail-on finding) failed, 2 the user's
 file, inputs or checkpoint could not be used (a nondeterministic forward included), 3 an
@@ -69,7 +69,7 @@ SeedOpt = typer.Option(
 
 
 def _error_console() -> Any:
-    from .render import make_console
+    from .formats.console import make_console
 
     return make_console(stderr=True)
 
@@ -116,13 +116,13 @@ def user_run(target: str, json_path: str | None, debug: bool) -> Iterator[Any]:
     """The frame of a command that runs the user's code: errors become exit codes, the
     user's folder stays importable until the end, and with `--json -` anything the user's
     code prints goes to stderr so stdout holds only the JSON. Yields the real stdout."""
+    from .formats.json import check_path
     from .loading import scope_for
-    from .render import check_json_path
 
     stdout = sys.stdout
     with user_errors(debug):
-        if json_path:
-            check_json_path(json_path)
+        if json_path and json_path != "-":
+            check_path(json_path)
         quiet = contextlib.redirect_stdout(sys.stderr) if json_path == "-" else None
         with scope_for(target), quiet or contextlib.nullcontext():
             yield stdout
@@ -161,6 +161,19 @@ def progress_bar(enabled: bool) -> Iterator[Callable[[str, int, int], None] | No
             )
 
         yield update
+
+
+def write_reports(report: Any, json_path: str | None, stdout: Any) -> None:
+    """The table on stdout, unless the JSON goes there (`--json -`); the JSON to its file."""
+    from . import formats
+    from .formats.json import write_file
+
+    if json_path == "-":
+        formats.write(report, formats.OutputFormat.JSON, stdout)
+        return
+    formats.write(report, formats.OutputFormat.TABLE, sys.stdout)
+    if json_path:
+        write_file(report, json_path)
 
 
 @app.command()
@@ -216,10 +229,8 @@ def check(
     from .engines.check import Interrupted
     from .loading import load_target
     from .prepare import resolve_inputs
-    from .render import make_console, render_check, write_json
 
     json_to_stdout = json_path == "-"
-    console = make_console(stderr=json_to_stdout)
     with user_run(target, json_path, debug) as stdout:
         loaded = load_target(target, weights=weights)
         args, kwargs = resolve_inputs(loaded, input_shape, input_dtype, seed)
@@ -249,10 +260,7 @@ def check(
                 )
             except Interrupted as stop:
                 report, interrupted = stop.report, True
-        if not json_to_stdout:
-            render_check(report, console)
-        if json_path:
-            write_json(report.to_dict(), json_path, stdout=stdout)
+        write_reports(report, json_path, stdout)
         if interrupted:
             raise typer.Exit(EXIT_INTERRUPTED)
         if report.nondeterministic:  # not a gradient verdict: the model can't be checked
@@ -294,10 +302,11 @@ def flow(
     """Per-layer gradient flow of TARGET: vanishing/exploding gradients, dead ReLUs,
     saturation, the first NaN, parameters without gradient."""
     from .engines.flow import run_flow
+    from .engines.flow.findings import parse_fail_on
+    from .formats.console import make_console
+    from .formats.plot import check_plot_path, plot_flow
     from .loading import load_target
     from .prepare import resolve_inputs
-    from .render import make_console, write_json
-    from .render_flow import check_plot_path, parse_fail_on, plot_flow, render_flow
 
     json_to_stdout = json_path == "-"
     console = make_console(stderr=json_to_stdout)
@@ -314,17 +323,14 @@ def flow(
             loss_fn=loaded.loss_fn,
             steps=steps,
             lr=lr,
-            optimizer=optimizer.value,
+            optimizer=optimizer,
             seed=seed,
             device=device,
             target=loaded.spec,
             found_by=loaded.found_by,
             folder=loaded.path.resolve().parent,
         )
-        if not json_to_stdout:
-            render_flow(report, console)
-        if json_path:
-            write_json(report.to_dict(), json_path, stdout=stdout)
+        write_reports(report, json_path, stdout)
         if plot:
             written = plot_flow(report, plot)
             console.print(f"plot written to {written}")

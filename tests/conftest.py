@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "tests" / "fixtures"
@@ -68,3 +71,43 @@ def failing(report) -> set[str]:
 def message_of(result) -> str:
     """Everything gradtool says about one tensor, lower-cased for matching."""
     return f"{result.note} {result.hint or ''}".lower()
+
+
+# --- golden output: rendered tables pinned in files, refreshed only on request -------------
+
+GOLDEN = REPO / "tests" / "golden"
+
+
+def pytest_addoption(parser) -> None:
+    parser.addoption(
+        "--update-golden",
+        action="store_true",
+        help="rewrite the golden files under tests/golden/ from the current output",
+    )
+
+
+# relative errors at rounding level (below 1e-8) differ from CPU to CPU: not pinned
+ROUNDING_LEVEL = re.compile(r"\b\d\.\d\de-(?:0?[89]|[1-9]\d)\b")
+
+
+@pytest.fixture
+def golden(request):
+    """golden(name, text): `text` must equal tests/golden/NAME; --update-golden rewrites it.
+    Numbers below 1e-8 (rounding noise) are written as <1e-8> on both sides."""
+    update = request.config.getoption("--update-golden")
+
+    def compare(name: str, text: str) -> None:
+        text = ROUNDING_LEVEL.sub("<1e-8>", text)
+        path = GOLDEN / name
+        if update:
+            path.parent.mkdir(exist_ok=True)
+            path.write_text(text, encoding="utf-8")
+            return
+        assert path.exists(), f"no golden file {path.name}: run pytest --update-golden"
+        expected = path.read_text(encoding="utf-8")
+        assert text == expected, (
+            f"the output differs from tests/golden/{name}; if the change is intended, "
+            "run pytest --update-golden and review the diff"
+        )
+
+    return compare

@@ -38,7 +38,7 @@ def test_passing_sample_exits_0_with_a_plain_text_table():
 
 
 def test_no_color_gives_plain_text_even_on_a_terminal(monkeypatch):
-    from gradcheck_tool.render import make_console
+    from gradcheck_tool.formats.console import make_console
 
     class Terminal(io.StringIO):
         def isatty(self) -> bool:

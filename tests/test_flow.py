@@ -29,8 +29,10 @@ from gradcheck_tool.engines.flow import (
     activation_for_function,
     activation_for_module,
 )
+from gradcheck_tool.engines.flow.findings import parse_fail_on
 from gradcheck_tool.errors import InputError, UserCodeError
-from gradcheck_tool.render_flow import flow_table, parse_fail_on, plot_flow, render_flow
+from gradcheck_tool.formats.flow_table import flow_table, render_flow
+from gradcheck_tool.formats.plot import plot_flow
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_models"
 runner = CliRunner()

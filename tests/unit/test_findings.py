@@ -21,13 +21,14 @@ from gradcheck_tool.engines.flow.findings import (
     exploding,
     nan,
     no_grad,
+    parse_fail_on,
     saturation,
     vanishing,
 )
 from gradcheck_tool.engines.flow.samples import NanSite, StepSample
 from gradcheck_tool.engines.flow.thresholds import FlowThresholds
 from gradcheck_tool.errors import InputError
-from gradcheck_tool.render_flow import kind_style, parse_fail_on
+from gradcheck_tool.formats.flow_table import kind_style
 from gradcheck_tool.results import FlowReport, LayerStats
 
 TH = FlowThresholds()

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence, Set
 
+from ....errors import OptionError
 from ....results import Finding
 from ..samples import StepSample
 from ..thresholds import FlowThresholds
@@ -67,6 +68,24 @@ def rule_for(kind: str) -> FindingRule | None:
     return next((rule for rule in RULES if rule.kind == kind), None)
 
 
+def parse_fail_on(text: str | None) -> set[str]:
+    """`nan,exploding` -> {"nan", "exploding"}; "all" is every kind; unknown kinds are errors."""
+    if not text:
+        return set()
+    known = finding_kinds()
+    kinds = {k.strip().lower() for k in text.split(",") if k.strip()}
+    if "all" in kinds:
+        return set(known)
+    unknown = sorted(kinds - set(known))
+    if unknown:
+        raise OptionError(
+            "fail_on",
+            f"names unknown finding kind(s) {', '.join(unknown)}",
+            hint=f"Use any of: {', '.join(known)} (comma-separated), or all.",
+        )
+    return kinds
+
+
 def detect_findings(
     samples: Sequence[StepSample],
     thresholds: FlowThresholds,
@@ -88,5 +107,6 @@ __all__ = [
     "Severity",
     "detect_findings",
     "finding_kinds",
+    "parse_fail_on",
     "rule_for",
 ]

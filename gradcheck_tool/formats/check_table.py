@@ -1,20 +1,16 @@
-"""Reports -> rich tables and JSON. Pure functions of the result dataclasses."""
+"""The check report as a table: one row per tensor, the worst entries of failures, sweeps and
+the verdict line. Pure functions of the result dataclasses; user strings go in as `Text`,
+never as markup."""
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import sys
-from pathlib import Path
-from typing import Any, TextIO
 
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from .errors import InputError
-from .results import CheckReport, TensorResult
+from ..results import CheckReport, TensorResult
 
 RATING_STYLE = {
     "excellent": "green",
@@ -23,53 +19,6 @@ RATING_STYLE = {
     "bug": "bold red",
     "n/a": "dim",
 }
-
-
-def make_console(stderr: bool = False) -> Console:
-    """A console that writes plain text when not a TTY or when NO_COLOR is set."""
-    stream = sys.stderr if stderr else sys.stdout
-    no_color = "NO_COLOR" in os.environ or not stream.isatty()
-    width = None
-    if not stream.isatty():  # a pipe or file: COLUMNS if set, else wide enough for the table
-        width = int(os.environ["COLUMNS"]) if os.environ.get("COLUMNS", "").isdigit() else 120
-    return Console(
-        file=stream,
-        no_color=no_color,
-        highlight=False,
-        soft_wrap=False,
-        width=width,
-        emoji=False,
-        force_terminal=None if not no_color else False,
-    )
-
-
-def check_json_path(path: str) -> None:
-    """Refuse a --json path that can't be written before any work is done."""
-    if path == "-":
-        return
-    target = Path(path)
-    if target.is_dir():
-        raise InputError(f"--json {path}: is a directory")
-    parent = target.parent if str(target.parent) else Path(".")
-    if not parent.is_dir():
-        raise InputError(f"--json {path}: the folder {parent} does not exist")
-    if not os.access(parent, os.W_OK) or (target.exists() and not os.access(target, os.W_OK)):
-        raise InputError(f"--json {path}: not writable")
-
-
-def write_json(data: dict[str, Any], path: str, stdout: TextIO | None = None) -> None:
-    """Write `data` as JSON to `path`, or to stdout when `path` is "-"."""
-    text = json.dumps(data, indent=2, allow_nan=False)
-    if path == "-":
-        out = stdout or sys.stdout
-        out.write(text + "\n")
-        out.flush()
-        return
-    try:
-        with open(path, "w", encoding="utf-8") as fh:
-            fh.write(text + "\n")
-    except OSError as exc:
-        raise InputError(f"could not write --json {path}: {exc.strerror or exc}") from None
 
 
 def format_error(value: float | None) -> str:

@@ -1,0 +1,188 @@
+"""The tutorial's gradient-flow figure (matplotlib, imported only here: an optional extra,
+`pip install gradtool[plot]`)."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from pathlib import Path
+
+from ..engines.flow import findings as finding_rules
+from ..errors import OptionError
+from ..results import FlowReport
+from .flow_table import fmt
+
+PLOT_SUFFIXES = (".png", ".svg")
+
+
+def plot_flow(report: FlowReport, path: str | Path) -> Path:
+    """The tutorial's figure: gradient norm per layer (log scale), and dead/saturated
+    fractions per activation, both in forward order. Writes .png or .svg."""
+    check_plot_path(path)
+    path = Path(path)
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
+
+    layers = [r for r in report.layers if r.kind == "layer"]
+    acts = [r for r in report.layers if r.kind == "activation"]
+    flagged = {f.key: f.kind for f in report.findings if f.key}
+    marked = {rule.kind for rule in finding_rules.RULES if rule.marks_layer_gradient}
+    width = max(8.0, 0.45 * max(len(layers), len(acts), 1) + 3)
+    fig = Figure(figsize=(width, 8.5), layout="constrained")
+    top, bottom = fig.subplots(2, 1, height_ratios=(3, 2))
+
+    # gradient norms (bars) and max |grad| (dots); first step as a line when trained
+    xs = list(range(len(layers)))
+    norms = [_positive(r.grad_norm) for r in layers]
+    colors = ["#d62728" if flagged.get(r.key) in marked else "#1f77b4" for r in layers]
+    top.bar(xs, [n or 0 for n in norms], color=colors, alpha=0.8, label="gradient norm")
+    top.plot(
+        xs,
+        [_positive(r.max_abs_grad) for r in layers],
+        "o",
+        color="#ff7f0e",
+        markersize=4,
+        label="max |grad|",
+    )
+    if len(report.history) > 1:
+        first = report.history[0]
+        before = [_positive(getattr(first.row(r.key), "grad_norm", None)) for r in layers]
+        top.plot(xs, before, "--", color="#7f7f7f", marker=".", label="gradient norm, step 1")
+    for x, (r, n) in enumerate(zip(layers, norms)):
+        if n is None:
+            top.annotate(
+                "no grad" if r.grad_norm is None else fmt(r.grad_norm, ".1g"),
+                (x, 0),
+                xycoords=("data", "axes fraction"),
+                xytext=(0, 4),
+                textcoords="offset points",
+                ha="center",
+                fontsize=7,
+                color="#d62728",
+                rotation=90,
+            )
+    shown = [v for r, n in zip(layers, norms) for v in (n, _positive(r.max_abs_grad)) if v]
+    if len(report.history) > 1:
+        shown += [v for v in before if v]
+    if shown:
+        top.set_yscale("log")
+        # whole decades, at least two, so the log axis always reads as orders of magnitude
+        low = math.floor(math.log10(min(shown)))
+        high = max(math.ceil(math.log10(max(shown))), low + 2)
+        top.set_ylim(10.0**low, 10.0**high)
+    top.set_xticks(xs, [r.name or "(model)" for r in layers], rotation=60, ha="right", fontsize=8)
+    top.set_xlim(-0.6, max(len(layers), 1) - 0.4)
+    top.set_ylabel("gradient norm (log scale)")
+    step = f"step {report.steps}" if report.steps > 1 else "one batch"
+    top.set_title(
+        f"gradient flow — {report.target} ({step}), layers in forward order",
+        loc="left",
+        fontsize=10,
+    )
+    top.grid(axis="y", which="major", alpha=0.3)
+    if layers:
+        # the bars' colours vary (flagged layers are red): say so with proxy patches
+        handles, labels = top.get_legend_handles_labels()
+        keep = [(h, lab) for h, lab in zip(handles, labels) if lab != "gradient norm"]
+        proxies = [Patch(color="#1f77b4", alpha=0.8, label="gradient norm")]
+        if "#d62728" in colors:
+            proxies.append(Patch(color="#d62728", alpha=0.8, label="where a finding points"))
+        top.legend(handles=proxies + [h for h, _ in keep], fontsize=8, loc="best")
+
+    # activations: dead / saturated / inactive fractions
+    xa = list(range(len(acts)))
+    w = 0.38
+    dead = [r.dead_fraction if r.dead_fraction is not None else 0.0 for r in acts]
+    sat = [r.saturated_fraction if r.saturated_fraction is not None else 0.0 for r in acts]
+    inactive = [r.inactive_fraction if r.inactive_fraction is not None else 0.0 for r in acts]
+    bottom.bar(
+        [x - w / 2 for x in xa], dead, w, color="#d62728", label="dead (0 for every example)"
+    )
+    if any(r.inactive_fraction is not None for r in acts):
+        bottom.bar(
+            [x - w / 2 for x in xa],
+            inactive,
+            w,
+            color="#bbbbbb",
+            hatch="//",
+            edgecolor="#888888",
+            label="negative for every example (leaky/smooth)",
+        )
+    bottom.bar([x + w / 2 for x in xa], sat, w, color="#ff7f0e", label="saturated")
+    if acts:
+        bottom.axhline(0.5, color="#555555", linestyle="--", linewidth=1)
+        bottom.text(
+            1.0,
+            0.5,
+            " 50%",
+            transform=bottom.get_yaxis_transform(),
+            va="center",
+            fontsize=7,
+            color="#555555",
+        )
+    for x, r in zip(xa, acts):
+        # the value over each bar, so that 0% reads as measured, not missing
+        dead_value = r.dead_fraction if r.dead_fraction is not None else r.inactive_fraction
+        for dx, value, prefix in (
+            (-w / 2, dead_value, "" if r.dead_fraction is not None else "~"),
+            (w / 2, r.saturated_fraction, ""),
+        ):
+            if value is not None:
+                bottom.text(
+                    x + dx,
+                    value + 0.015,
+                    f"{prefix}{100 * value:.0f}%",
+                    ha="center",
+                    va="bottom",
+                    fontsize=7,
+                    color="#333333",
+                )
+        if dead_value is None and r.saturated_fraction is None:
+            bottom.text(x, 0.02, "n/a", ha="center", fontsize=7, color="#777777")
+    bottom.set_ylim(0, 1.05)
+    bottom.set_xticks(xa, [r.display_name for r in acts], rotation=60, ha="right", fontsize=8)
+    bottom.set_xlim(-0.6, max(len(acts), 1) - 0.4)
+    bottom.set_ylabel("fraction")
+    bottom.set_title("activations: dead units and saturated outputs", loc="left", fontsize=10)
+    bottom.grid(axis="y", alpha=0.3)
+    if acts:
+        bottom.legend(fontsize=8, loc="upper left")
+    else:
+        bottom.text(
+            0.5,
+            0.5,
+            "no activations measured",
+            ha="center",
+            va="center",
+            transform=bottom.transAxes,
+            color="#777777",
+        )
+
+    kinds = ", ".join(f"{f.kind} ({f.layer or '(model)'})" for f in report.findings[:6])
+    fig.suptitle(
+        f"findings: {kinds}" if kinds else "no findings",
+        fontsize=9,
+        color="#d62728" if kinds else "#2ca02c",
+        x=0.01,
+        ha="left",
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format=path.suffix.lower().lstrip("."), dpi=120)
+    return path
+
+
+def _positive(value: float | None) -> float | None:
+    """Values a log axis can show; 0, NaN and Inf are annotated instead."""
+    if value is None or not math.isfinite(value) or value <= 0:
+        return None
+    return value
+
+
+def check_plot_path(path: str | Path) -> None:
+    """Fail before the run, not after it, on a bad path or a missing matplotlib."""
+    if Path(path).suffix.lower() not in PLOT_SUFFIXES:
+        raise OptionError("plot", f"writes .png or .svg files; got {Path(path).name!r}")
+    if importlib.util.find_spec("matplotlib") is None:
+        raise OptionError(
+            "plot", "needs matplotlib, which is not installed", hint="pip install gradtool[plot]"
+        )
