@@ -103,30 +103,24 @@ def user_scope(folder: Path) -> Iterator[None]:
     imported meanwhile are dropped from sys.modules (installed packages and the standard
     library excepted: re-importing a C extension can break it)."""
     entry = str(folder.resolve())
-    if _scopes:  # nested: the outermost scope restores everything
-        if entry not in sys.path:
-            sys.path.insert(0, entry)
-        _scopes.append(entry)
-        try:
-            yield
-        finally:
-            _scopes.pop()
-        return
-    saved_path = list(sys.path)
-    saved_modules = dict(sys.modules)
-    sys.path.insert(0, entry)
+    outermost = not _scopes  # a nested scope leaves the restoring to the outermost one
+    saved_path = list(sys.path) if outermost else None
+    saved_modules = dict(sys.modules) if outermost else None
+    if outermost or entry not in sys.path:
+        sys.path.insert(0, entry)
     _scopes.append(entry)
     try:
         yield
     finally:
         _scopes.pop()
-        sys.path[:] = saved_path
-        for name in list(sys.modules):
-            if name not in saved_modules and not _installed_module(sys.modules[name]):
-                del sys.modules[name]
-        for name, mod in saved_modules.items():
-            if sys.modules.get(name) is not mod:
-                sys.modules[name] = mod
+        if outermost:
+            sys.path[:] = saved_path
+            for name in list(sys.modules):
+                if name not in saved_modules and not _installed_module(sys.modules[name]):
+                    del sys.modules[name]
+            for name, mod in saved_modules.items():
+                if sys.modules.get(name) is not mod:
+                    sys.modules[name] = mod
 
 
 def call_user(

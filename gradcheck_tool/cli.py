@@ -62,6 +62,9 @@ WeightsOpt = typer.Option(
     "(torch.load with weights_only=True; nothing is unpickled).",
 )
 JsonOpt = typer.Option(None, "--json", help="Write a JSON report to PATH ('-' for stdout).")
+DeviceOpt = typer.Option(
+    None, "--device", help="cpu or cuda (default: where the model already lives)."
+)
 DebugOpt = typer.Option(False, "--debug", help="Show Python tracebacks for errors.")
 SeedOpt = typer.Option(
     0, "--seed", min=0, max=2**63 - 1, help="Seed for sampling, projections and random layers."
@@ -215,9 +218,7 @@ def check(
         case_sensitive=False,
         help="float64, or float32 for code that can't run in float64.",
     ),
-    device: Optional[str] = typer.Option(
-        None, "--device", help="cpu or cuda (default: where the model already lives)."
-    ),
+    device: Optional[str] = DeviceOpt,
     serial: bool = typer.Option(
         False, "--serial", help="Evaluate one perturbation at a time (no vmap batching)."
     ),
@@ -293,9 +294,7 @@ def flow(
         help="Exit 1 when a finding of these kinds occurs, e.g. nan,exploding,dead_relu "
         "('all' for every kind).",
     ),
-    device: Optional[str] = typer.Option(
-        None, "--device", help="cpu or cuda (default: where the model already lives)."
-    ),
+    device: Optional[str] = DeviceOpt,
     seed: int = SeedOpt,
     debug: bool = DebugOpt,
 ) -> None:

@@ -6,10 +6,11 @@ from __future__ import annotations
 import importlib.util
 import math
 from pathlib import Path
+from typing import Any
 
 from ..engines.flow import findings as finding_rules
 from ..errors import OptionError
-from ..results import FlowReport
+from ..results import FlowReport, LayerStats
 from .flow_table import fmt
 
 PLOT_SUFFIXES = (".png", ".svg")
@@ -25,13 +26,29 @@ def plot_flow(report: FlowReport, path: str | Path) -> Path:
 
     layers = [r for r in report.layers if r.kind == "layer"]
     acts = [r for r in report.layers if r.kind == "activation"]
-    flagged = {f.key: f.kind for f in report.findings if f.key}
-    marked = {rule.kind for rule in finding_rules.RULES if rule.marks_layer_gradient}
     width = max(8.0, 0.45 * max(len(layers), len(acts), 1) + 3)
     fig = Figure(figsize=(width, 8.5), layout="constrained")
     top, bottom = fig.subplots(2, 1, height_ratios=(3, 2))
+    _gradient_panel(top, report, layers, Patch)
+    _activation_panel(bottom, acts)
+    kinds = ", ".join(f"{f.kind} ({f.layer or '(model)'})" for f in report.findings[:6])
+    fig.suptitle(
+        f"findings: {kinds}" if kinds else "no findings",
+        fontsize=9,
+        color="#d62728" if kinds else "#2ca02c",
+        x=0.01,
+        ha="left",
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format=path.suffix.lower().lstrip("."), dpi=120)
+    return path
 
-    # gradient norms (bars) and max |grad| (dots); first step as a line when trained
+
+def _gradient_panel(top: Any, report: FlowReport, layers: list[LayerStats], Patch: Any) -> None:
+    """Gradient norms (bars, red where a finding points) and max |grad| (dots) per layer;
+    the first step as a dashed line when trained."""
+    flagged = {f.key: f.kind for f in report.findings if f.key}
+    marked = {rule.kind for rule in finding_rules.RULES if rule.marks_layer_gradient}
     xs = list(range(len(layers)))
     norms = [_positive(r.grad_norm) for r in layers]
     colors = ["#d62728" if flagged.get(r.key) in marked else "#1f77b4" for r in layers]
@@ -89,7 +106,9 @@ def plot_flow(report: FlowReport, path: str | Path) -> Path:
             proxies.append(Patch(color="#d62728", alpha=0.8, label="where a finding points"))
         top.legend(handles=proxies + [h for h, _ in keep], fontsize=8, loc="best")
 
-    # activations: dead / saturated / inactive fractions
+
+def _activation_panel(bottom: Any, acts: list[LayerStats]) -> None:
+    """Dead (or inactive) and saturated fractions per activation call, against the 50% line."""
     xa = list(range(len(acts)))
     w = 0.38
     dead = [r.dead_fraction if r.dead_fraction is not None else 0.0 for r in acts]
@@ -157,18 +176,6 @@ def plot_flow(report: FlowReport, path: str | Path) -> Path:
             transform=bottom.transAxes,
             color="#777777",
         )
-
-    kinds = ", ".join(f"{f.kind} ({f.layer or '(model)'})" for f in report.findings[:6])
-    fig.suptitle(
-        f"findings: {kinds}" if kinds else "no findings",
-        fontsize=9,
-        color="#d62728" if kinds else "#2ca02c",
-        x=0.01,
-        ha="left",
-    )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format=path.suffix.lower().lstrip("."), dpi=120)
-    return path
 
 
 def _positive(value: float | None) -> float | None:
