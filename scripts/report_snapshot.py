@@ -23,7 +23,7 @@ import tempfile
 from pathlib import Path
 
 REPO = Path.cwd()  # run from the checkout whose files are the targets
-FOLDERS = ("sample_models", "tests/fixtures", "tests/fixtures_beyond")
+FOLDERS = ("sample_models", "tests/fixtures")
 # flag sets for the files written to exercise them (everything else: the defaults)
 EXTRA = {
     "double_backward": [["--second-order"]],

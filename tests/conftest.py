@@ -18,6 +18,17 @@ BAD = FIXTURES / "bad"
 BUGS = FIXTURES / "bugs"
 MODEL_BUGS = FIXTURES / "model_bugs"
 CORRECT = FIXTURES / "correct"
+CHECKED_TENSORS = FIXTURES / "checked_tensors"  # complex outputs, nested/in-place inputs, none
+KINKS = FIXTURES / "kinks"  # ReLU, abs and clamp exactly at their corners
+SECOND_ORDER = FIXTURES / "second_order"
+FORWARD_MODE = FIXTURES / "forward_mode"
+SWEEP = FIXTURES / "sweep"  # step-size trouble: round-off, truncation, a bug past entry 64
+RANDOMNESS = FIXTURES / "randomness"  # a private generator, a loss_fn using the global RNG
+EVALUATION = FIXTURES / "evaluation"  # models vmap cannot batch; a memory-hungry CNN
+INTERRUPT = FIXTURES / "interrupt"
+CLI_FILES = FIXTURES / "cli"  # small files for the command line's flags and messages
+# one file, one seeded Function per classic backward mistake: f"{HINTS}:SignFlipped"
+HINTS = FIXTURES / "hints" / "hint_patterns.py"
 
 # The message gradtool gives when autograd never reaches a tensor that the loss depends on.
 NEVER_REACHES = "never reach"

@@ -19,7 +19,18 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import BUGS, CORRECT, REPO, SAMPLES, check_file, failing, run_cli
+from conftest import (
+    BUGS,
+    CORRECT,
+    EVALUATION,
+    FORWARD_MODE,
+    REPO,
+    SAMPLES,
+    SECOND_ORDER,
+    check_file,
+    failing,
+    run_cli,
+)
 from test_flow import SeventyPercentDead, sigmoid_mlp
 from test_state import GuestNet, assert_same, snapshot
 from torch import nn
@@ -30,8 +41,6 @@ from gradcheck_tool.engines.flow import run_flow
 from gradcheck_tool.loading import load_target
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-
-BEYOND = REPO / "tests" / "fixtures_beyond"
 
 
 def on_gpu(report) -> bool:
@@ -376,7 +385,7 @@ def test_mlp_on_cuda_is_evaluated_batched():
 
 @pytest.mark.parametrize("name, why", [("NanGuard", ".item()"), ("Branchy", "control flow")])
 def test_model_vmap_cannot_run_falls_back_to_serial_on_cuda(name, why):
-    report = check_file(f"{BEYOND / 'serial_fallback.py'}:{name}", device="cuda")
+    report = check_file(f"{EVALUATION / 'serial_fallback.py'}:{name}", device="cuda")
     assert on_gpu(report)
     assert report.evaluation == "serial"
     assert report.fallback_reason and "vmap" in report.fallback_reason
@@ -385,7 +394,7 @@ def test_model_vmap_cannot_run_falls_back_to_serial_on_cuda(name, why):
 
 
 def test_seeded_bug_in_a_model_vmap_cannot_run_still_fails_on_cuda():
-    report = check_file(f"{BEYOND / 'serial_fallback.py'}:BuggyNanGuard", device="cuda")
+    report = check_file(f"{EVALUATION / 'serial_fallback.py'}:BuggyNanGuard", device="cuda")
     assert on_gpu(report) and report.evaluation == "serial"
     assert failing(report) == {"fc1.weight", "fc1.bias", "input:x"}
     assert report.result("fc2.weight").passed and report.result("fc2.bias").passed
@@ -433,7 +442,9 @@ def test_sampled_check_of_a_larger_model_on_cuda_finds_the_bug_in_the_sampled_te
 
 @pytest.mark.parametrize("name, ok", [("Correct", True), ("Detached", False)])
 def test_second_order_on_cuda(name, ok):
-    report = check_file(f"{BEYOND / 'double_backward.py'}:{name}", device="cuda", second_order=True)
+    report = check_file(
+        f"{SECOND_ORDER / 'double_backward.py'}:{name}", device="cuda", second_order=True
+    )
     assert on_gpu(report)
     assert report.passed is ok
     first = [r for r in report.results if "(2nd order)" not in r.name]
@@ -442,7 +453,9 @@ def test_second_order_on_cuda(name, ok):
 
 @pytest.mark.parametrize("name, ok", [("Correct", True), ("WrongJvp", False)])
 def test_forward_mode_on_cuda(name, ok):
-    report = check_file(f"{BEYOND / 'forward_mode.py'}:{name}", device="cuda", forward_mode=True)
+    report = check_file(
+        f"{FORWARD_MODE / 'forward_mode.py'}:{name}", device="cuda", forward_mode=True
+    )
     assert on_gpu(report) and report.passed is ok
 
 

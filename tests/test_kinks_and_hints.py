@@ -2,7 +2,7 @@
 
 Kinks, second order, bug-pattern hints, the step-size sweep, nondeterminism, float32 mode,
 forward mode, Ctrl-C and the serial (non-vmap) fallback. The user-like files live in
-fixtures_beyond/. Independent references: torch.autograd.gradcheck / gradgradcheck in
+fixtures/, a folder per topic. Independent references: torch.autograd.gradcheck / gradgradcheck in
 float64, and, for kinks, counts derived from where the fixture's pre-activations are 0.
 """
 
@@ -14,7 +14,18 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, check_file, failing
+from conftest import (
+    EVALUATION,
+    FORWARD_MODE,
+    HINTS,
+    INTERRUPT,
+    KINKS,
+    RANDOMNESS,
+    SECOND_ORDER,
+    SWEEP,
+    check_file,
+    failing,
+)
 from torch import nn
 from typer.testing import CliRunner
 
@@ -23,10 +34,6 @@ from gradcheck_tool.cli import app
 from gradcheck_tool.engines.check import Interrupted
 from gradcheck_tool.engines.check.numerics import SWEEP_STEPS
 from gradcheck_tool.loading import load_target
-
-BEYOND = REPO / "tests" / "fixtures_beyond"
-HINTS = BEYOND / "hint_patterns.py"
-
 
 # --- helpers ------------------------------------------------------------------------------
 
@@ -71,8 +78,8 @@ def cli(tmp_path: Path, *args: str) -> Cli:
     return Cli(tmp_path, *[str(a) for a in args])
 
 
-def spec(file: str, name: str | None = None) -> str:
-    return f"{BEYOND / file}:{name}" if name else str(BEYOND / file)
+def spec(path: Path, name: str | None = None) -> str:
+    return f"{path}:{name}" if name else str(path)
 
 
 def module_function(model: nn.Module):
@@ -119,17 +126,17 @@ def relu_net_expected_kinks(model: nn.Module, x: torch.Tensor) -> dict[str, int]
 
 
 def test_relu_fixture_really_sits_on_the_kink():
-    loaded = load_target(spec("relu_at_zero.py", "Net"))
+    loaded = load_target(spec(KINKS / "relu_at_zero.py", "Net"))
     z = loaded.obj.fc1(loaded.example_inputs)
     assert int((z == 0).sum()) >= 4  # several hidden units exactly at 0.0 ...
     assert int((z.double() == 0).sum()) == int((z == 0).sum())  # ... in float64 as well
 
 
 def test_relu_network_at_zero_passes_with_kinks_counted_in_json_and_table(tmp_path):
-    run = cli(tmp_path, spec("relu_at_zero.py", "Net"))
+    run = cli(tmp_path, spec(KINKS / "relu_at_zero.py", "Net"))
     assert run.code == 0, run.output
     assert run.report["passed"] is True
-    loaded = load_target(spec("relu_at_zero.py", "Net"))
+    loaded = load_target(spec(KINKS / "relu_at_zero.py", "Net"))
     expected = relu_net_expected_kinks(loaded.obj, loaded.example_inputs)
     assert {r["name"]: r["kinks"] for r in run.report["results"]} == expected
     assert sum(expected.values()) > 0
@@ -143,12 +150,12 @@ def test_relu_network_at_zero_passes_with_kinks_counted_in_json_and_table(tmp_pa
 
 def test_torch_gradcheck_fails_the_same_correct_relu_network():
     # The reason kinks exist: torch's own checker rejects this correct network in float64.
-    loaded = load_target(spec("relu_at_zero.py", "Net"))
+    loaded = load_target(spec(KINKS / "relu_at_zero.py", "Net"))
     assert not torch_gradcheck_module(loaded.obj, loaded.example_inputs)
 
 
 def test_relu_network_at_zero_with_a_sign_flipped_backward_still_fails(tmp_path):
-    run = cli(tmp_path, spec("relu_at_zero.py", "BuggyNet"))
+    run = cli(tmp_path, spec(KINKS / "relu_at_zero.py", "BuggyNet"))
     assert run.code == 1, run.output
     # the flipped ReLU backward corrupts everything upstream of it, nothing downstream
     assert {r["name"] for r in run.report["results"] if not r["passed"]} == {
@@ -163,11 +170,11 @@ def test_relu_network_at_zero_with_a_sign_flipped_backward_still_fails(tmp_path)
 
 
 def test_abs_and_clamp_at_their_corners_pass_with_kinks(tmp_path):
-    loaded = load_target(spec("abs_clamp_at_zero.py", "AbsClamp"))
+    loaded = load_target(spec(KINKS / "abs_clamp_at_zero.py", "AbsClamp"))
     z = loaded.obj.fc(loaded.example_inputs)
     assert int((z[:, :2] == 0).sum()) == 2 and int((z[:, 2:] == 0).sum()) == 1  # abs, clamp
     assert int((z[:, 2:] == 1).sum()) == 1  # clamp's upper corner
-    run = cli(tmp_path, spec("abs_clamp_at_zero.py", "AbsClamp"))
+    run = cli(tmp_path, spec(KINKS / "abs_clamp_at_zero.py", "AbsClamp"))
     assert run.code == 0, run.output
     kinks = {r["name"]: r["kinks"] for r in run.report["results"]}
     assert kinks["fc.weight"] > 0 and kinks["fc.bias"] > 0 and kinks["input:x"] > 0
@@ -178,7 +185,7 @@ def test_abs_and_clamp_at_their_corners_pass_with_kinks(tmp_path):
 
 
 def test_abs_and_clamp_with_a_wrong_abs_backward_still_fail(tmp_path):
-    run = cli(tmp_path, spec("abs_clamp_at_zero.py", "BuggyAbsClamp"))
+    run = cli(tmp_path, spec(KINKS / "abs_clamp_at_zero.py", "BuggyAbsClamp"))
     assert run.code == 1, run.output
     assert {r["name"] for r in run.report["results"] if not r["passed"]} == {
         "fc.weight",
@@ -200,8 +207,8 @@ def test_max_pool_ties_pass_where_gradcheck_fails():
 
 
 def test_kinks_are_found_the_same_way_without_vmap():
-    batched = check_file(spec("relu_at_zero.py", "Net"))
-    serial = check_file(spec("relu_at_zero.py", "Net"), batched=False)
+    batched = check_file(spec(KINKS / "relu_at_zero.py", "Net"))
+    serial = check_file(spec(KINKS / "relu_at_zero.py", "Net"), batched=False)
     assert batched.evaluation == "batched" and serial.evaluation == "serial"
     assert serial.passed
     assert [r.kinks for r in serial.results] == [r.kinks for r in batched.results]
@@ -235,7 +242,7 @@ def test_relu_network_with_a_zero_initialized_first_layer_passes():
 
 
 def test_second_order_at_an_abs_corner_is_not_called_a_bug(tmp_path):
-    run = cli(tmp_path, spec("abs_clamp_at_zero.py", "AbsClamp"), "--second-order")
+    run = cli(tmp_path, spec(KINKS / "abs_clamp_at_zero.py", "AbsClamp"), "--second-order")
     assert run.code == 0, run.output
 
 
@@ -243,11 +250,11 @@ def test_second_order_at_an_abs_corner_is_not_called_a_bug(tmp_path):
 
 
 def test_detached_double_backward_fails_only_with_second_order(tmp_path):
-    first = cli(tmp_path, spec("double_backward.py", "Detached"))
+    first = cli(tmp_path, spec(SECOND_ORDER / "double_backward.py", "Detached"))
     assert first.code == 0, first.output
     assert [r["name"] for r in first.report["results"]] == ["x", "w"]
 
-    second = cli(tmp_path, spec("double_backward.py", "Detached"), "--second-order")
+    second = cli(tmp_path, spec(SECOND_ORDER / "double_backward.py", "Detached"), "--second-order")
     assert second.code == 1, second.output
     names = [r["name"] for r in second.report["results"]]
     assert names == ["x", "w", "x (2nd order)", "w (2nd order)"]
@@ -261,8 +268,8 @@ def test_detached_double_backward_fails_only_with_second_order(tmp_path):
 
 
 def test_correct_double_backward_passes_with_and_without_second_order(tmp_path):
-    first = cli(tmp_path, spec("double_backward.py", "Correct"))
-    second = cli(tmp_path, spec("double_backward.py", "Correct"), "--second-order")
+    first = cli(tmp_path, spec(SECOND_ORDER / "double_backward.py", "Correct"))
+    second = cli(tmp_path, spec(SECOND_ORDER / "double_backward.py", "Correct"), "--second-order")
     assert first.code == 0 and second.code == 0, second.output
     assert [r["name"] for r in second.report["results"]] == [
         "x",
@@ -275,18 +282,18 @@ def test_correct_double_backward_passes_with_and_without_second_order(tmp_path):
 
 @pytest.mark.parametrize("name, ok", [("Correct", True), ("Detached", False)])
 def test_gradgradcheck_agrees_on_the_functions(name, ok):
-    loaded = load_target(spec("double_backward.py", name))
+    loaded = load_target(spec(SECOND_ORDER / "double_backward.py", name))
     leaves = as_float64_leaves(loaded.example_inputs)
     assert torch.autograd.gradcheck(loaded.obj.apply, leaves, raise_exception=False)
     assert torch.autograd.gradgradcheck(loaded.obj.apply, leaves, raise_exception=False) is ok
-    report = check_file(spec("double_backward.py", name), second_order=True)
+    report = check_file(spec(SECOND_ORDER / "double_backward.py", name), second_order=True)
     assert report.passed is ok
 
 
 @pytest.mark.parametrize("name, ok", [("Net", True), ("DetachedNet", False)])
 def test_second_order_of_a_model_agrees_with_gradgradcheck(name, ok):
-    loaded = load_target(spec("double_backward_model.py", name))
-    report = check_file(spec("double_backward_model.py", name), second_order=True)
+    loaded = load_target(spec(SECOND_ORDER / "double_backward_model.py", name))
+    report = check_file(spec(SECOND_ORDER / "double_backward_model.py", name), second_order=True)
     first = [r for r in report.results if not r.name.endswith("(2nd order)")]
     second = [r for r in report.results if r.name.endswith("(2nd order)")]
     assert all(r.passed for r in first)  # the first-order backward is right either way
@@ -367,10 +374,10 @@ def test_a_vanishing_gradient_is_reported_as_missing():
     "target, second_order",
     [
         (f"{HINTS}:Correct", True),
-        (spec("relu_at_zero.py", "Net"), True),
-        (spec("abs_clamp_at_zero.py", "AbsClamp"), False),  # 2nd order: engine bug #4
-        (spec("private_generator.py", "GlobalDropout"), True),
-        (spec("double_backward_model.py", "Net"), True),
+        (spec(KINKS / "relu_at_zero.py", "Net"), True),
+        (spec(KINKS / "abs_clamp_at_zero.py", "AbsClamp"), False),  # 2nd order: engine bug #4
+        (spec(RANDOMNESS / "private_generator.py", "GlobalDropout"), True),
+        (spec(SECOND_ORDER / "double_backward_model.py", "Net"), True),
     ],
 )
 def test_correct_models_get_no_hint_anywhere(tmp_path, target, second_order):
@@ -399,7 +406,7 @@ def test_a_failing_tensor_gets_a_sweep_that_calls_it_a_real_bug(tmp_path):
 
 
 def test_sweep_flag_sweeps_every_tensor(tmp_path):
-    run = cli(tmp_path, spec("relu_at_zero.py", "Net"), "--sweep")
+    run = cli(tmp_path, spec(KINKS / "relu_at_zero.py", "Net"), "--sweep")
     assert run.code == 0, run.output
     for r in run.report["results"]:
         assert [p["eps"] for p in r["sweep"]] == list(SWEEP_STEPS), r["name"]
@@ -423,7 +430,7 @@ def test_tiny_step_still_fails_a_real_bug(tmp_path):
 
 def test_round_off_is_classified_and_the_correct_function_passes(tmp_path):
     # E[(x+c)²] − E[x+c]² cancels catastrophically: round-off swamps small steps.
-    run = cli(tmp_path, spec("step_size.py", "naive_variance"))
+    run = cli(tmp_path, spec(SWEEP / "step_size.py", "naive_variance"))
     assert run.code == 0, run.output
     x = run.result("x")
     assert x["passed"] and x["hint"] is None
@@ -434,7 +441,7 @@ def test_round_off_is_classified_and_the_correct_function_passes(tmp_path):
 
 
 def test_truncation_is_classified_and_the_correct_function_passes(tmp_path):
-    run = cli(tmp_path, spec("step_size.py", "wave"), "--eps", "1e-2")
+    run = cli(tmp_path, spec(SWEEP / "step_size.py", "wave"), "--eps", "1e-2")
     assert run.code == 0, run.output
     x = run.result("x")
     assert x["passed"] and x["kinks"] == 0 and x["hint"] is None
@@ -445,7 +452,7 @@ def test_truncation_is_classified_and_the_correct_function_passes(tmp_path):
 
 
 def test_truncation_of_a_curved_function_is_not_mistaken_for_kinks():
-    report = check_file(spec("step_size.py", "curved"), eps=1e-2)
+    report = check_file(spec(SWEEP / "step_size.py", "curved"), eps=1e-2)
     x = report.result("x")
     assert x.kinks == 0  # sin(5x)·exp(x) has no non-differentiable point
     assert x.sweep_verdict is not None and x.sweep_verdict.startswith("truncation")
@@ -455,7 +462,7 @@ def test_truncation_of_a_curved_function_is_not_mistaken_for_kinks():
 
 
 def test_private_generator_is_reported_as_nondeterministic_not_as_a_bug(tmp_path):
-    run = cli(tmp_path, spec("private_generator.py", "PrivateDropout"))
+    run = cli(tmp_path, spec(RANDOMNESS / "private_generator.py", "PrivateDropout"))
     assert run.code != 0  # not verified ...
     report = run.report
     assert report["nondeterministic"] is True
@@ -472,7 +479,7 @@ def test_private_generator_is_reported_as_nondeterministic_not_as_a_bug(tmp_path
 
 
 def test_the_same_dropout_from_the_global_rng_passes(tmp_path):
-    run = cli(tmp_path, spec("private_generator.py", "GlobalDropout"))
+    run = cli(tmp_path, spec(RANDOMNESS / "private_generator.py", "GlobalDropout"))
     assert run.code == 0, run.output
     assert run.report["nondeterministic"] is False
     assert not any("nondetermin" in w for w in run.report["warnings"])
@@ -483,7 +490,7 @@ def test_the_same_dropout_from_the_global_rng_passes(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "target", [f"{HINTS}:Correct", spec("private_generator.py", "GlobalDropout")]
+    "target", [f"{HINTS}:Correct", spec(RANDOMNESS / "private_generator.py", "GlobalDropout")]
 )
 def test_float32_check_passes_a_correct_model_with_a_warning(tmp_path, target):
     run = cli(tmp_path, target, "--dtype", "float32")
@@ -507,16 +514,16 @@ def test_float32_check_still_fails_a_clear_bug(tmp_path, pattern):
 
 
 def test_correct_jvp_passes_forward_mode(tmp_path):
-    run = cli(tmp_path, spec("forward_mode.py", "Correct"), "--forward-mode")
+    run = cli(tmp_path, spec(FORWARD_MODE / "forward_mode.py", "Correct"), "--forward-mode")
     assert run.code == 0, run.output
     assert [r["name"] for r in run.report["results"]] == ["x", "y"]
     assert all(r["rating"] == "excellent" for r in run.report["results"])
 
 
 def test_wrong_jvp_fails_forward_mode_only(tmp_path):
-    backward = cli(tmp_path, spec("forward_mode.py", "WrongJvp"))
+    backward = cli(tmp_path, spec(FORWARD_MODE / "forward_mode.py", "WrongJvp"))
     assert backward.code == 0, backward.output  # its backward is right
-    forward = cli(tmp_path, spec("forward_mode.py", "WrongJvp"), "--forward-mode")
+    forward = cli(tmp_path, spec(FORWARD_MODE / "forward_mode.py", "WrongJvp"), "--forward-mode")
     assert forward.code == 1, forward.output
     assert [r["name"] for r in forward.report["results"] if not r["passed"]] == ["y"]
     assert forward.result("y")["rating"] == "bug"
@@ -524,7 +531,7 @@ def test_wrong_jvp_fails_forward_mode_only(tmp_path):
 
 @pytest.mark.parametrize("name, ok", [("Correct", True), ("WrongJvp", False)])
 def test_torch_forward_ad_gradcheck_agrees(name, ok):
-    loaded = load_target(spec("forward_mode.py", name))
+    loaded = load_target(spec(FORWARD_MODE / "forward_mode.py", name))
     leaves = as_float64_leaves(loaded.example_inputs)
     reference = torch.autograd.gradcheck(
         loaded.obj.apply,
@@ -536,14 +543,14 @@ def test_torch_forward_ad_gradcheck_agrees(name, ok):
         raise_exception=False,
     )
     assert reference is ok
-    assert check_file(spec("forward_mode.py", name), forward_mode=True).passed is ok
+    assert check_file(spec(FORWARD_MODE / "forward_mode.py", name), forward_mode=True).passed is ok
 
 
 # --- Ctrl-C -------------------------------------------------------------------------------
 
 
 def test_ctrl_c_in_the_cli_gives_a_partial_report_and_exit_130(tmp_path):
-    run = cli(tmp_path, spec("interrupt_midway.py"))
+    run = cli(tmp_path, spec(INTERRUPT / "interrupt_midway.py"))
     assert run.code == 130, run.output
     assert "INTERRUPTED: partial report, 2 result(s) before Ctrl-C" in run.output
     report = run.report  # the JSON is still written
@@ -555,7 +562,7 @@ def test_ctrl_c_in_the_cli_gives_a_partial_report_and_exit_130(tmp_path):
 
 
 def test_ctrl_c_through_the_api_raises_interrupted_with_the_partial_report():
-    loaded = load_target(spec("interrupt_midway.py"))
+    loaded = load_target(spec(INTERRUPT / "interrupt_midway.py"))
     dtype_before = torch.get_default_dtype()
     rng_before = torch.get_rng_state()
     with pytest.raises(Interrupted) as stop:
@@ -572,25 +579,25 @@ def test_ctrl_c_through_the_api_raises_interrupted_with_the_partial_report():
 
 
 def test_vmap_friendly_model_is_evaluated_batched():
-    report = check_file(spec("serial_fallback.py", "Batchable"))
+    report = check_file(spec(EVALUATION / "serial_fallback.py", "Batchable"))
     assert report.passed
     assert report.evaluation == "batched" and report.fallback_reason is None
 
 
 @pytest.mark.parametrize("name, why", [("NanGuard", ".item()"), ("Branchy", "control flow")])
 def test_model_vmap_cannot_run_falls_back_to_serial_and_passes(name, why):
-    report = check_file(spec("serial_fallback.py", name))
+    report = check_file(spec(EVALUATION / "serial_fallback.py", name))
     assert report.evaluation == "serial"
     assert report.fallback_reason and "vmap" in report.fallback_reason
     assert why in report.fallback_reason
     assert report.passed, report.failures
-    loaded = load_target(spec("serial_fallback.py", name))
+    loaded = load_target(spec(EVALUATION / "serial_fallback.py", name))
     assert torch_gradcheck_module(loaded.obj, loaded.example_inputs)  # the reference agrees
 
 
 def test_batched_and_serial_evaluation_agree_on_a_vmap_friendly_model():
-    batched = check_file(spec("serial_fallback.py", "Batchable"))
-    serial = check_file(spec("serial_fallback.py", "Batchable"), batched=False)
+    batched = check_file(spec(EVALUATION / "serial_fallback.py", "Batchable"))
+    serial = check_file(spec(EVALUATION / "serial_fallback.py", "Batchable"), batched=False)
     assert serial.evaluation == "serial" and "--serial" in serial.fallback_reason
     assert [r.name for r in serial.results] == [r.name for r in batched.results]
     for b, s in zip(batched.results, serial.results):
@@ -599,7 +606,7 @@ def test_batched_and_serial_evaluation_agree_on_a_vmap_friendly_model():
 
 
 def test_seeded_bug_in_a_model_vmap_cannot_run_still_fails():
-    report = check_file(spec("serial_fallback.py", "BuggyNanGuard"))
+    report = check_file(spec(EVALUATION / "serial_fallback.py", "BuggyNanGuard"))
     assert report.evaluation == "serial" and report.fallback_reason
     assert failing(report) == {"fc1.weight", "fc1.bias", "input:x"}  # upstream of the hook
     for name in failing(report):
@@ -607,12 +614,12 @@ def test_seeded_bug_in_a_model_vmap_cannot_run_still_fails():
         assert result.rating == "bug"
         assert result.hint.startswith("constant factor") and "2 ×" in result.hint
     assert report.result("fc2.weight").passed and report.result("fc2.bias").passed
-    loaded = load_target(spec("serial_fallback.py", "BuggyNanGuard"))
+    loaded = load_target(spec(EVALUATION / "serial_fallback.py", "BuggyNanGuard"))
     assert not torch_gradcheck_module(loaded.obj, loaded.example_inputs)
 
 
 def test_serial_fallback_in_the_cli_says_why(tmp_path):
-    run = cli(tmp_path, spec("serial_fallback.py", "NanGuard"))
+    run = cli(tmp_path, spec(EVALUATION / "serial_fallback.py", "NanGuard"))
     assert run.code == 0, run.output
     assert run.report["evaluation"] == "serial"
     assert "vmap" in run.report["fallback_reason"]

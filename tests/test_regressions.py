@@ -16,7 +16,20 @@ import threading
 
 import pytest
 import torch
-from conftest import FIXTURES, REPO, CliResult, check_file, failing, message_of
+from conftest import (
+    CHECKED_TENSORS,
+    CLI_FILES,
+    CORRECT,
+    EVALUATION,
+    RANDOMNESS,
+    REPO,
+    SWEEP,
+    TARGETS,
+    CliResult,
+    check_file,
+    failing,
+    message_of,
+)
 from torch import nn
 from typer.testing import CliRunner
 
@@ -25,8 +38,7 @@ from gradcheck_tool.cli import app
 from gradcheck_tool.errors import GradtoolError, InputError
 from gradcheck_tool.loading import load_target
 
-REG = FIXTURES / "regressions"
-SIBLINGS = REG / "siblings"
+SIBLINGS = TARGETS / "sibling_at_call_time"
 
 
 def cli(*args: str | os.PathLike) -> CliResult:
@@ -54,7 +66,7 @@ def assert_user_error(result: CliResult, *words: str) -> None:
 
 
 def test_sweep_does_not_pass_a_bug_after_coordinate_64():
-    report = check_file(f"{REG / 'sweep_bug_after_64.py'}:SteepExp")
+    report = check_file(f"{SWEEP / 'sweep_bug_after_64.py'}:SteepExp")
     (x,) = report.results
     assert x.checked == 128
     assert not x.passed and not report.passed, x
@@ -63,7 +75,7 @@ def test_sweep_does_not_pass_a_bug_after_coordinate_64():
 
 
 def test_sweep_bug_after_coordinate_64_fails_the_cli():
-    result = cli("check", f"{REG / 'sweep_bug_after_64.py'}:SteepExp")
+    result = cli("check", f"{SWEEP / 'sweep_bug_after_64.py'}:SteepExp")
     assert result.code == 1, result.output
     assert "FAIL" in result.stdout
 
@@ -76,20 +88,20 @@ def test_sweep_bug_after_coordinate_64_fails_the_cli():
     [("M", {"im.weight", "im.bias", "input:x"}), ("ImagDouble", {"x"})],
 )
 def test_sign_flip_on_the_imaginary_path_fails(name, wrong):
-    report = check_file(f"{REG / 'complex_outputs.py'}:{name}")
+    report = check_file(f"{CHECKED_TENSORS / 'complex_outputs.py'}:{name}")
     assert failing(report) == wrong, [(r.name, r.passed, r.note) for r in report.results]
 
 
 @pytest.mark.parametrize("name", ["MOk", "ImagDoubleOk"])
 def test_correct_complex_output_passes(name):
-    report = check_file(f"{REG / 'complex_outputs.py'}:{name}")
+    report = check_file(f"{CHECKED_TENSORS / 'complex_outputs.py'}:{name}")
     assert report.passed, [(r.name, r.rel_error, r.note) for r in report.results]
     for result in report.results:
         assert "no gradient" not in message_of(result), result  # the imaginary part counts
 
 
 def test_complex_model_with_imaginary_bug_fails_the_cli():
-    result = cli("check", f"{REG / 'complex_outputs.py'}:M")
+    result = cli("check", f"{CHECKED_TENSORS / 'complex_outputs.py'}:M")
     assert result.code == 1, result.output
 
 
@@ -146,7 +158,7 @@ def test_sys_exit_in_user_code_is_exit_2(tmp_path, place, call):
 
 
 def test_random_loss_fn_on_a_correct_model_passes():
-    result = cli("check", REG / "random_loss.py")
+    result = cli("check", RANDOMNESS / "random_loss.py")
     assert result.code == 0, result.output
     assert "PASS" in result.stdout
 
@@ -155,7 +167,7 @@ def test_random_loss_fn_on_a_correct_model_passes():
 
 
 def test_json_to_stdout_holds_only_json_when_user_code_prints():
-    result = cli("check", REG / "prints.py", "--json", "-")
+    result = cli("check", CLI_FILES / "prints.py", "--json", "-")
     assert result.code == 0, result.output
     data = json.loads(result.stdout)  # stdout is the JSON and nothing else
     assert data["passed"] is True
@@ -168,7 +180,7 @@ def test_json_to_stdout_holds_only_json_when_user_code_prints():
 
 def test_json_into_a_missing_folder_is_exit_2_before_the_check(tmp_path):
     missing = tmp_path / "no_such_folder"
-    result = cli("check", REG / "prints.py", "--json", missing / "r.json")
+    result = cli("check", CLI_FILES / "prints.py", "--json", missing / "r.json")
     assert_user_error(result, str(missing))
     assert "hello from import" not in result.output  # the user's file was never imported
     assert not missing.exists()
@@ -179,13 +191,13 @@ def test_json_into_a_missing_folder_is_exit_2_before_the_check(tmp_path):
 
 @pytest.mark.parametrize("device", ["gpu", "mps"])
 def test_unsupported_device_is_exit_2(device):
-    result = cli("check", REG / "plain.py", "--input-shape", "2,3", "--device", device)
+    result = cli("check", CLI_FILES / "plain.py", "--input-shape", "2,3", "--device", device)
     assert_user_error(result, "--device")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
 def test_cuda_without_cuda_is_exit_2():
-    result = cli("check", REG / "plain.py", "--input-shape", "2,3", "--device", "cuda")
+    result = cli("check", CLI_FILES / "plain.py", "--input-shape", "2,3", "--device", "cuda")
     assert_user_error(result, "not available")
 
 
@@ -196,29 +208,29 @@ def test_checkpoint_with_list_values_is_exit_2_naming_the_keys(tmp_path):
     weights = tmp_path / "ck_list.pt"
     state = {"l.weight": [[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]], "l.bias": torch.zeros(2)}
     torch.save({"state_dict": state}, weights)
-    result = cli("check", REG / "plain.py", "--input-shape", "2,3", "--weights", weights)
+    result = cli("check", CLI_FILES / "plain.py", "--input-shape", "2,3", "--weights", weights)
     assert_user_error(result, "l.weight")
 
 
 def test_seed_beyond_64_bits_is_exit_2():
-    result = cli("check", REG / "random_loss.py", "--seed", str(2**64))
+    result = cli("check", RANDOMNESS / "random_loss.py", "--seed", str(2**64))
     assert_user_error(result, "--seed")
 
 
 def test_seed_beyond_64_bits_with_input_shape_is_exit_2():
-    result = cli("check", REG / "plain.py", "--input-shape", "2,3", "--seed", str(2**64))
+    result = cli("check", CLI_FILES / "plain.py", "--input-shape", "2,3", "--seed", str(2**64))
     assert_user_error(result, "--seed")
 
 
 @pytest.mark.parametrize("budget", ["-5", "0", "nan"])
 def test_bad_budget_is_exit_2(budget):
-    result = cli("check", REG / "plain.py", "--input-shape", "2,3", "--budget", budget)
+    result = cli("check", CLI_FILES / "plain.py", "--input-shape", "2,3", "--budget", budget)
     assert_user_error(result, "--budget")
 
 
 @pytest.mark.parametrize("shape", ["2,x", "2x3x", "2,,3"])
 def test_malformed_input_shape_is_exit_2(shape):
-    result = cli("check", REG / "plain.py", "--input-shape", shape)
+    result = cli("check", CLI_FILES / "plain.py", "--input-shape", shape)
     assert_user_error(result, "bad --input-shape")
 
 
@@ -226,7 +238,7 @@ def test_malformed_input_shape_is_exit_2(shape):
 
 
 def test_sparse_embedding_passes():
-    report = check_file(REG / "sparse_embedding.py")
+    report = check_file(CORRECT / "sparse_embedding.py")
     assert report.passed, [(r.name, r.rel_error, r.note) for r in report.results]
     assert report.result("e.weight").checked > 0
 
@@ -235,14 +247,14 @@ def test_sparse_embedding_passes():
 
 
 def test_nothing_to_check_is_exit_2():
-    result = cli("check", REG / "frozen.py")
+    result = cli("check", CHECKED_TENSORS / "frozen.py")
     assert_user_error(result, "nothing to check")
     assert "PASS" not in result.output
 
 
 def test_nothing_to_check_raises_in_the_api():
     with pytest.raises(InputError, match="nothing to check"):
-        check_file(REG / "frozen.py")
+        check_file(CHECKED_TENSORS / "frozen.py")
 
 
 # --- 11. sibling imports at call time; sys.path and sys.modules restored -------------------
@@ -276,14 +288,14 @@ def test_load_and_check_leave_sys_path_and_modules_as_before():
 
 
 def test_dict_input_is_converted_and_checked():
-    report = check_file(f"{REG / 'nested_inputs.py'}:M")
+    report = check_file(f"{CHECKED_TENSORS / 'nested_inputs.py'}:M")
     names = [r.name for r in report.results]
     assert "input:batch['x']" in names and "input:batch['w']" in names, names
     assert report.passed, [(r.name, r.rel_error, r.note) for r in report.results]
 
 
 def test_bug_on_a_nested_input_is_caught():
-    report = check_file(f"{REG / 'nested_inputs.py'}:Buggy")
+    report = check_file(f"{CHECKED_TENSORS / 'nested_inputs.py'}:Buggy")
     assert failing(report) == {"input:batch['x']"}
 
 
@@ -291,7 +303,7 @@ def test_bug_on_a_nested_input_is_caught():
 
 
 def test_loss_term_named_total_gives_unique_result_names():
-    report = check_file(REG / "total_term.py")
+    report = check_file(CORRECT / "total_term.py")
     names = [r.name for r in report.results]
     assert len(names) == len(set(names)), names
     assert len(names) == 9, names  # 3 tensors × (the sum, "total", "l2")
@@ -316,7 +328,7 @@ def _reference_gradcheck(model: nn.Module, x: torch.Tensor) -> bool:
 
 @pytest.mark.parametrize(("name", "correct"), [("M", True), ("Buggy", False)])
 def test_inplace_write_to_the_input_is_checked_like_torch_gradcheck(name, correct):
-    loaded = load_target(f"{REG / 'inplace_input.py'}:{name}")
+    loaded = load_target(f"{CHECKED_TENSORS / 'inplace_input.py'}:{name}")
     x = loaded.example_inputs
     x_before = x.clone()
     report = check(loaded.obj, x)
@@ -370,7 +382,9 @@ def test_closure_over_a_module_is_refused_and_leaves_it_untouched():
 
 
 def test_star_args_function_is_checked_with_input_shapes():
-    result = cli("check", f"{REG / 'star_args.py'}:f", "--input-shape", "2,3", "--input-shape", "3")
+    result = cli(
+        "check", f"{TARGETS / 'star_args.py'}:f", "--input-shape", "2,3", "--input-shape", "3"
+    )
     assert result.code == 0, result.output
     assert "xs[0]" in result.stdout and "xs[1]" in result.stdout
 
@@ -379,19 +393,19 @@ def test_star_args_function_is_checked_with_input_shapes():
 
 
 def test_loss_fn_with_the_wrong_arity_blames_loss_fn():
-    result = cli("check", REG / "loss_wrong_arity.py")
+    result = cli("check", CLI_FILES / "loss_wrong_arity.py")
     assert_user_error(result, "loss_fn raised")
     assert "forward raised" not in result.output
 
 
 def test_float32_constant_in_forward_hints_at_float64():
-    result = cli("check", REG / "float32_constant.py")
+    result = cli("check", CLI_FILES / "float32_constant.py")
     assert_user_error(result, "float64", "--dtype float32")
 
 
 @pytest.mark.parametrize("name", ["M.sub", "M.forward", "M "])
 def test_dotted_name_must_be_top_level(name):
-    result = cli("check", f"{REG / 'plain.py'}:{name}", "--input-shape", "2,3")
+    result = cli("check", f"{CLI_FILES / 'plain.py'}:{name}", "--input-shape", "2,3")
     assert_user_error(result, "NAME must be a top-level name")
 
 
@@ -413,7 +427,7 @@ def test_batched_check_of_a_small_cnn_peaks_well_under_2_gb(tmp_path):
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     out = (tmp_path / "out.txt").open("w+")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gradcheck_tool", "check", str(REG / "small_cnn.py")],
+        [sys.executable, "-m", "gradcheck_tool", "check", str(EVALUATION / "small_cnn.py")],
         stdout=out,
         stderr=subprocess.STDOUT,
         env=env,
