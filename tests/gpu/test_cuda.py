@@ -30,9 +30,17 @@ from conftest import (
     check_file,
     failing,
     run_cli,
+    without_timing,
 )
-from test_flow import SeventyPercentDead, sigmoid_mlp
-from test_state import GuestNet, assert_same, snapshot
+from models import (
+    GuestNet,
+    SeventyPercentDead,
+    assert_same,
+    batch,
+    monitor_mlp,
+    sigmoid_mlp,
+    snapshot,
+)
 from torch import nn
 from torch.nn import functional as F
 
@@ -56,12 +64,6 @@ def same(a, b, rel: float = 1e-9) -> bool:
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
         return len(a) == len(b) and all(same(x, y, rel) for x, y in zip(a, b))
     return a == b
-
-
-def without_timing(report) -> dict:
-    data = report.to_dict()
-    data.pop("seconds")
-    return data
 
 
 def rng_states() -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -500,10 +502,6 @@ class LogOfNegatives(nn.Module):
         return self.fc2(torch.log(self.fc1(x)))
 
 
-def batch(*shape: int, seed: int = 0) -> torch.Tensor:
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
-
-
 def assert_same_rows(gpu, cpu, rel: float = 1e-3) -> None:
     assert [r.name for r in gpu.layers] == [r.name for r in cpu.layers]
     for g, c in zip(gpu.layers, cpu.layers):
@@ -576,16 +574,6 @@ def train(model: nn.Module, steps: int, x: torch.Tensor, y: torch.Tensor) -> lis
         grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
         opt.step()
     return grads
-
-
-def monitor_mlp() -> nn.Module:
-    torch.manual_seed(0)
-    model = nn.Sequential(
-        nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 4)
-    )
-    with torch.no_grad():
-        model[0].bias[:8] -= 3.0
-    return model
 
 
 def test_monitor_on_a_cuda_model_records_the_loops_own_gradients_and_matches_the_cpu():
