@@ -4,9 +4,9 @@
 #
 #   bash benchmarks/cuda_check.sh            # everything, ~3-5 minutes, hard cap TOTAL_S
 #   QUICK=1 bash benchmarks/cuda_check.sh    # syntax/paths check: the suite step runs only
-#                                            # tests/test_cuda.py and no CPU timing is run
+#                                            # tests/gpu/test_cuda.py and no CPU timing is run
 #
-# Steps: machine info; tests/test_cuda.py; the whole suite (-n 8 with pytest-xdist);
+# Steps: machine info; tests/gpu/test_cuda.py; the whole suite (-n 8 with pytest-xdist);
 # `gradtool check` timings of the benchmark MLPs and three real models on cuda, and of two
 # MLPs on the cpu. Everything is printed and, when $OUT is set, also written to
 # $OUT/log.txt (the JSON reports stay in a temporary folder; the last step summarizes
@@ -21,7 +21,7 @@ QUICK=${QUICK:-0}
 TOTAL_S=${TOTAL_S:-330}
 STARTED=$(date +%s)
 
-if [ ! -f gradcheck_tool/__init__.py ] || [ ! -f tests/test_cuda.py ]; then
+if [ ! -f gradcheck_tool/__init__.py ] || [ ! -f tests/gpu/test_cuda.py ]; then
     echo "run this from the repository root (gradcheck_tool/ and tests/ not found in $PWD)" >&2
     exit 2
 fi
@@ -96,7 +96,7 @@ for name in ("numpy", "typer", "rich", "pytest", "pytest-xdist", "matplotlib"):
 EOF
 
 # 1. the GPU tests (all of them: GPU time is scarce, one run must show every failure)
-step "test_cuda" 150 "$PY" -m pytest -q -rfEs tests/test_cuda.py -p no:cacheprovider
+step "test_cuda" 150 "$PY" -m pytest -q -rfEs tests/gpu/test_cuda.py -p no:cacheprovider
 
 # 2. the whole suite with CUDA visible (8 workers, 2 torch threads each)
 if "$PY" -c "import xdist" 2> /dev/null; then
@@ -106,7 +106,7 @@ else
     PARALLEL=()
 fi
 if [ "$QUICK" = 1 ]; then
-    SUITE=(tests/test_cuda.py)
+    SUITE=(tests/gpu/test_cuda.py)
 else
     SUITE=(tests)
 fi

@@ -1,4 +1,5 @@
-"""Loading a user's file: every target kind, how it was found, inputs, checkpoints."""
+"""Loading a user's file: every target kind, how it was found, sibling imports, inputs,
+checkpoints; sys.path and sys.modules left as they were."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ import sys
 
 import pytest
 import torch
-from conftest import BAD, CORRECT, FIXTURES, SAMPLES, TARGETS, check_file
+from conftest import BAD, CORRECT, FIXTURES, SAMPLES, TARGETS, PicklePayload, check_file, invoke_cli
 
+from gradcheck_tool import check
 from gradcheck_tool.errors import CheckpointError, InputError, LoadError
 from gradcheck_tool.loading import inputs_from_shapes, load_target
 from gradcheck_tool.prepare import resolve_inputs
@@ -264,26 +266,16 @@ def test_file_that_is_not_a_checkpoint(tmp_path):
         load_target(NET, weights=str(tmp_path / "list.pt"))
 
 
-class _Payload:
-    """Unpickling this runs code: it creates the marker file."""
-
-    def __init__(self, marker: str) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return (exec, (f"open({self.marker!r}, 'w').close()",))
-
-
 @pytest.mark.parametrize("writer", ["torch.save", "pickle.dump"])
 def test_malicious_pickle_is_refused_and_never_executed(tmp_path, writer):
     # The payload is live: a plain unpickle would create its marker.
     control = tmp_path / "control-marker"
-    pickle.loads(pickle.dumps(_Payload(str(control))))
+    pickle.loads(pickle.dumps(PicklePayload(str(control))))
     assert control.exists()
 
     marker = tmp_path / "pwned-marker"
     path = tmp_path / "evil.pt"
-    payload = {"state_dict": _Payload(str(marker))}
+    payload = {"state_dict": PicklePayload(str(marker))}
     if writer == "torch.save":
         torch.save(payload, path)
     else:
@@ -293,3 +285,43 @@ def test_malicious_pickle_is_refused_and_never_executed(tmp_path, writer):
         load_target(NET, weights=str(path))
     assert not marker.exists()
     assert "evil.pt" in str(info.value)
+
+
+# --- a *args function is a target, not a factory ---------------------------------------------
+
+
+def test_star_args_function_is_checked_with_input_shapes():
+    result = invoke_cli(
+        "check", f"{TARGETS / 'star_args.py'}:f", "--input-shape", "2,3", "--input-shape", "3"
+    )
+    assert result.code == 0, result.output
+    assert "xs[0]" in result.stdout and "xs[1]" in result.stdout
+
+
+# --- sibling imports at call time; sys.path and sys.modules restored -------------------------
+
+SIBLINGS = TARGETS / "sibling_at_call_time"
+
+
+@pytest.mark.parametrize("file", ["import_in_build_model.py", "import_in_forward.py"])
+def test_sibling_import_at_call_time_works_from_another_cwd(tmp_path, monkeypatch, file):
+    monkeypatch.chdir(tmp_path)
+    path_before = list(sys.path)
+    assert "_regr_sibling_layers" not in sys.modules
+    result = invoke_cli("check", SIBLINGS / file)
+    assert result.code == 0, result.output
+    assert sys.path == path_before
+    assert "_regr_sibling_layers" not in sys.modules
+
+
+def test_load_and_check_leave_sys_path_and_modules_as_before():
+    path_before = list(sys.path)
+    modules_before = set(sys.modules)
+    loaded = load_target(str(SIBLINGS / "import_in_build_model.py"))
+    assert type(loaded.obj).__name__ == "Block"  # build_model() could import its sibling
+    report = check(loaded.obj, loaded.example_inputs)
+    assert report.passed
+    assert sys.path == path_before
+    new = set(sys.modules) - modules_before
+    assert "_regr_sibling_layers" not in new
+    assert not [m for m in new if m.startswith("_gradtool_user")], new

@@ -11,7 +11,17 @@ import inspect
 
 import pytest
 import torch
-from conftest import BUGS, MODEL_BUGS, NEVER_REACHES, check_file, failing, message_of
+from conftest import (
+    BUGS,
+    MODEL_BUGS,
+    NEVER_REACHES,
+    check_file,
+    failing,
+    message_of,
+)
+from models import (
+    torch_reference_failures,
+)
 
 from gradcheck_tool import check
 from gradcheck_tool.loading import load_target
@@ -31,17 +41,6 @@ SEEDED = {
     "half_dropped": {"w"},
     "leaky_slope": {"x"},
 }
-
-
-def torch_reference_failures(fn: type, inputs: tuple) -> set[str]:
-    """Which inputs torch.autograd.gradcheck (float64, one input at a time) rejects."""
-    names = list(inspect.signature(fn.forward).parameters)[1:]  # skip ctx
-    bad = set()
-    for i, name in enumerate(names):
-        xs = [t.detach().double().clone().requires_grad_(j == i) for j, t in enumerate(inputs)]
-        if not torch.autograd.gradcheck(fn.apply, xs, raise_exception=False):
-            bad.add(name)
-    return bad
 
 
 def as_tuple(value) -> tuple:
@@ -100,43 +99,8 @@ def test_upstream_gradient_bug_is_hidden_by_sum_but_not_by_the_default_projectio
     assert not check(loaded.obj, x).passed
 
 
-def test_bug_in_a_large_sampled_tensor_is_still_caught():
-    # 30k + 300 elements: past the size where every coordinate is checked by default.
-    buggy = load_target(f"{BUGS / 'half_dropped.py'}:Buggy").obj
-    generator = torch.Generator().manual_seed(3)
-    x = torch.randn(100, 300, generator=generator)
-    w = torch.randn(300, generator=generator)
-    report = check(buggy, (x, w))
-    assert failing(report) == {"w"}
-    assert report.result("x").checked < report.result("x").numel  # sampled, not full
-    assert report.result("w").checked >= 1
+# --- model-level bugs ------------------------------------------------------------------------
 
-
-def test_bug_hidden_from_the_sample_is_caught_by_the_direction_check():
-    # One coordinate of a 30k-entry gradient is dropped: the stratified sample (and the
-    # largest analytic entries) very likely miss it; the random-direction check does not.
-    class OneEntryWrong(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, x):
-            ctx.save_for_backward(x)
-            return x * x
-
-        @staticmethod
-        def backward(ctx, grad_output):
-            (x,) = ctx.saved_tensors
-            grad = 2 * x * grad_output
-            grad.view(-1)[12_345] = 0  # BUG in a single entry
-            return grad
-
-    x = torch.randn(200, 150, generator=torch.Generator().manual_seed(4))
-    report = check(OneEntryWrong, x)
-    result = report.result("x")
-    assert result.checked < result.numel
-    assert not result.passed
-    assert result.direction_error is not None and result.direction_error > 1e-5
-
-
-# --- model-level bugs ---------------------------------------------------------------------
 
 NEVER_REACHED = {
     "detached_weight": "scale",

@@ -19,9 +19,28 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import BUGS, CORRECT, REPO, SAMPLES, check_file, failing, run_cli
-from test_flow import SeventyPercentDead, sigmoid_mlp
-from test_state import GuestNet, assert_same, snapshot
+from conftest import (
+    BUGS,
+    CORRECT,
+    EVALUATION,
+    FORWARD_MODE,
+    REPO,
+    SAMPLES,
+    SECOND_ORDER,
+    check_file,
+    failing,
+    run_cli,
+    without_timing,
+)
+from models import (
+    GuestNet,
+    SeventyPercentDead,
+    assert_same,
+    batch,
+    monitor_mlp,
+    sigmoid_mlp,
+    snapshot,
+)
 from torch import nn
 from torch.nn import functional as F
 
@@ -30,8 +49,6 @@ from gradcheck_tool.engines.flow import run_flow
 from gradcheck_tool.loading import load_target
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-
-BEYOND = REPO / "tests" / "fixtures_beyond"
 
 
 def on_gpu(report) -> bool:
@@ -47,12 +64,6 @@ def same(a, b, rel: float = 1e-9) -> bool:
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
         return len(a) == len(b) and all(same(x, y, rel) for x, y in zip(a, b))
     return a == b
-
-
-def without_timing(report) -> dict:
-    data = report.to_dict()
-    data.pop("seconds")
-    return data
 
 
 def rng_states() -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -376,7 +387,7 @@ def test_mlp_on_cuda_is_evaluated_batched():
 
 @pytest.mark.parametrize("name, why", [("NanGuard", ".item()"), ("Branchy", "control flow")])
 def test_model_vmap_cannot_run_falls_back_to_serial_on_cuda(name, why):
-    report = check_file(f"{BEYOND / 'serial_fallback.py'}:{name}", device="cuda")
+    report = check_file(f"{EVALUATION / 'serial_fallback.py'}:{name}", device="cuda")
     assert on_gpu(report)
     assert report.evaluation == "serial"
     assert report.fallback_reason and "vmap" in report.fallback_reason
@@ -385,7 +396,7 @@ def test_model_vmap_cannot_run_falls_back_to_serial_on_cuda(name, why):
 
 
 def test_seeded_bug_in_a_model_vmap_cannot_run_still_fails_on_cuda():
-    report = check_file(f"{BEYOND / 'serial_fallback.py'}:BuggyNanGuard", device="cuda")
+    report = check_file(f"{EVALUATION / 'serial_fallback.py'}:BuggyNanGuard", device="cuda")
     assert on_gpu(report) and report.evaluation == "serial"
     assert failing(report) == {"fc1.weight", "fc1.bias", "input:x"}
     assert report.result("fc2.weight").passed and report.result("fc2.bias").passed
@@ -433,7 +444,9 @@ def test_sampled_check_of_a_larger_model_on_cuda_finds_the_bug_in_the_sampled_te
 
 @pytest.mark.parametrize("name, ok", [("Correct", True), ("Detached", False)])
 def test_second_order_on_cuda(name, ok):
-    report = check_file(f"{BEYOND / 'double_backward.py'}:{name}", device="cuda", second_order=True)
+    report = check_file(
+        f"{SECOND_ORDER / 'double_backward.py'}:{name}", device="cuda", second_order=True
+    )
     assert on_gpu(report)
     assert report.passed is ok
     first = [r for r in report.results if "(2nd order)" not in r.name]
@@ -442,7 +455,9 @@ def test_second_order_on_cuda(name, ok):
 
 @pytest.mark.parametrize("name, ok", [("Correct", True), ("WrongJvp", False)])
 def test_forward_mode_on_cuda(name, ok):
-    report = check_file(f"{BEYOND / 'forward_mode.py'}:{name}", device="cuda", forward_mode=True)
+    report = check_file(
+        f"{FORWARD_MODE / 'forward_mode.py'}:{name}", device="cuda", forward_mode=True
+    )
     assert on_gpu(report) and report.passed is ok
 
 
@@ -485,10 +500,6 @@ class LogOfNegatives(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(torch.log(self.fc1(x)))
-
-
-def batch(*shape: int, seed: int = 0) -> torch.Tensor:
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
 
 
 def assert_same_rows(gpu, cpu, rel: float = 1e-3) -> None:
@@ -563,16 +574,6 @@ def train(model: nn.Module, steps: int, x: torch.Tensor, y: torch.Tensor) -> lis
         grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
         opt.step()
     return grads
-
-
-def monitor_mlp() -> nn.Module:
-    torch.manual_seed(0)
-    model = nn.Sequential(
-        nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 4)
-    )
-    with torch.no_grad():
-        model[0].bias[:8] -= 3.0
-    return model
 
 
 def test_monitor_on_a_cuda_model_records_the_loops_own_gradients_and_matches_the_cpu():

@@ -8,27 +8,12 @@ import random
 import numpy as np
 import pytest
 import torch
-from conftest import BUGS, CORRECT, MODEL_BUGS
+from conftest import BUGS, CORRECT, MODEL_BUGS, without_timing
+from models import GuestNet, assert_same, snapshot
 from torch import nn
 
 from gradcheck_tool import check
 from gradcheck_tool.loading import load_target
-
-
-class GuestNet(nn.Module):
-    """Dropout, train-mode BatchNorm (running stats, num_batches_tracked), a frozen layer."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.frozen = nn.Linear(5, 6)
-        self.frozen.requires_grad_(False)
-        self.layer = nn.Linear(6, 8)
-        self.norm = nn.BatchNorm1d(8)
-        self.drop = nn.Dropout(0.3)
-        self.head = nn.Linear(8, 2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.drop(torch.tanh(self.norm(self.layer(self.frozen(x))))))
 
 
 def make_guest() -> tuple[nn.Module, torch.Tensor]:
@@ -37,33 +22,6 @@ def make_guest() -> tuple[nn.Module, torch.Tensor]:
     model.head.eval()  # mixed modes must survive too
     x = torch.randn(4, 5)
     return model, x
-
-
-def snapshot(model: nn.Module) -> dict:
-    return {
-        "state": {k: v.detach().clone() for k, v in model.state_dict().items()},
-        "devices": {k: v.device for k, v in model.state_dict().items()},
-        "dtypes": {k: v.dtype for k, v in model.state_dict().items()},
-        "training": {n: m.training for n, m in model.named_modules()},
-        "requires_grad": {n: p.requires_grad for n, p in model.named_parameters()},
-        "grads": {
-            n: None if p.grad is None else p.grad.clone() for n, p in model.named_parameters()
-        },
-        "ids": {n: id(p) for n, p in model.named_parameters()},
-    }
-
-
-def assert_same(before: dict, after: dict) -> None:
-    assert before["state"].keys() == after["state"].keys()
-    for key, value in before["state"].items():
-        assert torch.equal(value, after["state"][key]), key
-    for field in ("devices", "dtypes", "training", "requires_grad", "ids"):
-        assert before[field] == after[field], field
-    for name, grad in before["grads"].items():
-        if grad is None:
-            assert after["grads"][name] is None, name
-        else:
-            assert torch.equal(grad, after["grads"][name]), name
 
 
 def test_model_and_inputs_untouched():
@@ -169,12 +127,6 @@ def test_batchnorm_running_stats_do_not_reach_the_users_model():
 # --- determinism --------------------------------------------------------------------------
 
 
-def without_timing(report) -> dict:
-    data = report.to_dict()
-    data.pop("seconds")
-    return data
-
-
 @pytest.mark.parametrize(
     "spec",
     [
@@ -185,7 +137,8 @@ def without_timing(report) -> dict:
 )
 def test_same_target_twice_gives_the_same_report(spec):
     # Loaded once: building a model from the file draws from the global RNG, so two loads in
-    # one process give two different models (test_cli checks two fresh processes agree).
+    # one process give two different models (cli/test_table_and_json.py checks two fresh
+    # processes agree).
     loaded = load_target(spec)
     first = check(loaded.obj, loaded.example_inputs, loss_fn=loaded.loss_fn)
     second = check(loaded.obj, loaded.example_inputs, loss_fn=loaded.loss_fn)

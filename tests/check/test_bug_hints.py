@@ -1,0 +1,83 @@
+"""Bug-pattern hints: each classic backward mistake of fixtures/hints/ gets its own hint, named
+first, in the JSON and in the table; correct models get no hint anywhere. (Each hint on
+hand-made vectors: unit/test_hints.py.)
+
+Independent reference: torch.autograd.gradcheck in float64, one input at a time, says which
+tensor is wrong.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import (
+    HINT_PATTERNS,
+    HINTS,
+    KINKS,
+    RANDOMNESS,
+    SECOND_ORDER,
+    check_cli,
+    failing,
+    spec,
+)
+from models import (
+    torch_reference_failures,
+)
+
+from gradcheck_tool import check
+from gradcheck_tool.loading import load_target
+
+
+@pytest.mark.parametrize("pattern", sorted(HINT_PATTERNS))
+def test_each_bug_pattern_gets_its_hint_in_json_and_table(tmp_path, pattern):
+    tensor, words = HINT_PATTERNS[pattern]
+    loaded = load_target(f"{HINTS}:{pattern}")
+    assert torch_reference_failures(loaded.obj, loaded.example_inputs) == {tensor}
+
+    run = check_cli(tmp_path, f"{HINTS}:{pattern}")
+    assert run.code == 1, run.output
+    failed = [r for r in run.report["results"] if not r["passed"]]
+    assert [r["name"] for r in failed] == [tensor]
+    hint = failed[0]["hint"]
+    assert hint is not None, failed[0]
+    assert hint.startswith(words[0]), hint  # names this pattern, and first
+    for word in words[1:]:
+        assert word in hint, hint
+    assert all(r["hint"] is None for r in run.report["results"] if r["passed"])
+    assert f"hint: {hint}" in run.table_cell(tensor, "note")  # shown in the table
+
+
+def test_a_vanishing_gradient_is_reported_as_missing():
+    class TinyWeightGrad(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, weight, bias):
+            ctx.save_for_backward(x, weight)
+            return x @ weight.T + bias
+
+        @staticmethod
+        def backward(ctx, g):
+            x, weight = ctx.saved_tensors
+            return g @ weight, 1e-6 * (g.T @ x), g.sum(0)  # BUG: ≈ 0, not exactly 0
+
+    inputs = load_target(f"{HINTS}:Correct").example_inputs
+    report = check(TinyWeightGrad, inputs)
+    assert failing(report) == {"weight"}
+    assert report.result("weight").hint.startswith("gradient missing")
+
+
+@pytest.mark.parametrize(
+    "target, second_order",
+    [
+        (f"{HINTS}:Correct", True),
+        (spec(KINKS / "relu_at_zero.py", "Net"), True),
+        (spec(KINKS / "abs_clamp_at_zero.py", "AbsClamp"), False),  # its 2nd order: test_kinks.py
+        (spec(RANDOMNESS / "private_generator.py", "GlobalDropout"), True),
+        (spec(SECOND_ORDER / "double_backward_model.py", "Net"), True),
+    ],
+)
+def test_correct_models_get_no_hint_anywhere(tmp_path, target, second_order):
+    run = check_cli(tmp_path, target, "--sweep", *(["--second-order"] if second_order else []))
+    assert run.code == 0, run.output
+    assert run.report["results"]
+    assert all(r["passed"] and r["hint"] is None for r in run.report["results"])
+    assert "hint:" not in run.output

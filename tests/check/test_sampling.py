@@ -1,0 +1,79 @@
+"""Large tensors: a sample of coordinates plus a random-direction check by default, every
+coordinate with full=True; a bug in a sampled tensor is still caught."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from conftest import (
+    BUGS,
+    CORRECT,
+    assert_all_pass,
+    failing,
+)
+
+from gradcheck_tool import check
+from gradcheck_tool.loading import load_target
+
+
+def test_six_million_parameter_mlp_is_sampled_and_passes():
+    loaded = load_target(str(CORRECT / "big_mlp.py"))
+    assert sum(p.numel() for p in loaded.obj.parameters()) > 6_000_000
+    started = time.perf_counter()
+    report = check(loaded.obj, loaded.example_inputs)
+    seconds = time.perf_counter() - started
+    assert_all_pass(report)
+    assert seconds < 60
+    weight = report.result("2.weight")
+    assert 1 <= weight.checked < weight.numel  # a sample of its 4M coordinates ...
+    assert weight.direction_error is not None  # ... plus a random-direction check
+    assert str(weight.checked) in weight.note or "sampled" in weight.note
+
+
+def test_full_checks_every_coordinate():
+    # 20.5k entries in one weight: sampled by default, every coordinate with full=True.
+    model = torch.nn.Sequential(torch.nn.Linear(205, 100), torch.nn.Tanh(), torch.nn.Linear(100, 1))
+    x = torch.randn(2, 205, generator=torch.Generator().manual_seed(0))
+    sampled = check(model, x)
+    assert sampled.passed
+    assert sampled.result("0.weight").checked < 20_500
+    full = check(model, x, full=True)
+    assert full.passed
+    assert all(r.checked == r.numel for r in full.results)
+
+
+def test_bug_in_a_large_sampled_tensor_is_still_caught():
+    # 30k + 300 elements: past the size where every coordinate is checked by default.
+    buggy = load_target(f"{BUGS / 'half_dropped.py'}:Buggy").obj
+    generator = torch.Generator().manual_seed(3)
+    x = torch.randn(100, 300, generator=generator)
+    w = torch.randn(300, generator=generator)
+    report = check(buggy, (x, w))
+    assert failing(report) == {"w"}
+    assert report.result("x").checked < report.result("x").numel  # sampled, not full
+    assert report.result("w").checked >= 1
+
+
+def test_bug_hidden_from_the_sample_is_caught_by_the_direction_check():
+    # One coordinate of a 30k-entry gradient is dropped: the stratified sample (and the
+    # largest analytic entries) very likely miss it; the random-direction check does not.
+    class OneEntryWrong(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            ctx.save_for_backward(x)
+            return x * x
+
+        @staticmethod
+        def backward(ctx, grad_output):
+            (x,) = ctx.saved_tensors
+            grad = 2 * x * grad_output
+            grad.view(-1)[12_345] = 0  # BUG in a single entry
+            return grad
+
+    x = torch.randn(200, 150, generator=torch.Generator().manual_seed(4))
+    report = check(OneEntryWrong, x)
+    result = report.result("x")
+    assert result.checked < result.numel
+    assert not result.passed
+    assert result.direction_error is not None and result.direction_error > 1e-5

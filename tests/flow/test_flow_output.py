@@ -1,0 +1,147 @@
+"""flow's output: the JSON report, the rendered table, --fail-on, the plot, and `gradtool flow`
+on the sample models.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import SAMPLES
+from models import (
+    ReusedInplace,
+    SeventyPercentDead,
+    batch,
+)
+from typer.testing import CliRunner
+
+from gradcheck_tool import flow
+from gradcheck_tool.cli import app
+from gradcheck_tool.engines.flow import (
+    FINDING_KINDS,
+)
+from gradcheck_tool.engines.flow.findings import parse_fail_on
+from gradcheck_tool.errors import InputError
+from gradcheck_tool.formats.flow_table import flow_table, render_flow
+from gradcheck_tool.formats.plot import plot_flow
+
+runner = CliRunner()
+
+
+# --- JSON, rendering, plot -------------------------------------------------------------------
+
+
+def test_json_has_the_issues_schema() -> None:
+    data = flow(SeventyPercentDead(), batch(32, 16)).to_dict()
+    assert {"tool", "version", "command", "target", "layers", "findings"} <= set(data)
+    assert (data["tool"], data["command"]) == ("gradtool", "flow")
+    for row in data["layers"]:
+        assert {
+            "name",
+            "type",
+            "grad_norm",
+            "weight_norm",
+            "dead_fraction",
+            "saturated_fraction",
+        } <= set(row)
+    assert [r["name"] for r in data["layers"]] == ["fc1", "act", "fc2"]
+    assert {"kind", "layer", "message"} <= set(data["findings"][0])
+    assert "history" not in data  # only with steps > 1
+    json.dumps(data, allow_nan=False)
+
+
+def test_render_shows_every_row_and_the_findings() -> None:
+    from rich.console import Console
+
+    report = flow(ReusedInplace(), batch(16, 8))
+    console = Console(record=True, width=160, color_system=None)
+    render_flow(report, console)
+    text = console.export_text()
+    for needle in ("act [call 1/2]", "act [call 2/2]", "dead_relu", "75.0%", "fix:"):
+        assert needle in text
+    assert flow_table(report).row_count == len(report.layers)
+
+
+def test_fail_on_parsing() -> None:
+    assert parse_fail_on("nan, exploding") == {"nan", "exploding"}
+    assert parse_fail_on("all") == set(FINDING_KINDS)
+    assert parse_fail_on(None) == set()
+    with pytest.raises(InputError, match="nope"):
+        parse_fail_on("nan,nope")
+
+
+def test_plot_is_written_as_png_and_svg(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    import matplotlib.image
+
+    report = flow(SeventyPercentDead(), batch(32, 16), steps=2)
+    png = plot_flow(report, tmp_path / "flow.png")
+    pixels = matplotlib.image.imread(png)
+    assert pixels.shape[0] > 500 and pixels.shape[1] > 500
+    assert pixels[..., :3].std() > 0.05  # not a blank canvas
+    svg = plot_flow(report, tmp_path / "flow.svg").read_text()
+    assert "gradient norm" in svg and "dead" in svg
+    with pytest.raises(InputError):
+        plot_flow(report, tmp_path / "flow.jpg")
+
+
+# --- the command line ------------------------------------------------------------------------
+
+
+def test_healthy_sample_exits_zero_even_with_fail_on_all(tmp_path: Path) -> None:
+    out = tmp_path / "flow.json"
+    result = runner.invoke(
+        app,
+        ["flow", str(SAMPLES / "healthy_resnet_mlp.py"), "--fail-on", "all", "--json", str(out)],
+    )
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text())
+    assert data["findings"] == []
+    assert "No findings" in result.output
+
+
+@pytest.mark.parametrize(
+    "sample,kind,layer",
+    [
+        ("exploding_linear.py", "exploding", "0"),
+        ("saturated_tanh.py", "saturation", "squash1"),
+        ("nan_log.py", "nan", "compress"),
+        ("nan_backward_norm.py", "nan", "magnitude"),
+        ("dead_relu_mlp.py", "dead_relu", ""),
+        ("deep_sigmoid_mlp.py", "vanishing", "0"),
+    ],
+)
+def test_cli_sample_models_exit_codes_and_json(
+    tmp_path: Path, sample: str, kind: str, layer: str
+) -> None:
+    out = tmp_path / "report.json"
+    target = str(SAMPLES / sample)
+    result = runner.invoke(app, ["flow", target, "--json", str(out)])
+    assert result.exit_code == 0, result.output  # findings alone do not fail the run
+    data = json.loads(out.read_text())
+    assert kind in {f["kind"] for f in data["findings"]}
+    assert layer in {f["layer"] for f in data["findings"] if f["kind"] == kind}
+    failing = runner.invoke(app, ["flow", target, "--fail-on", kind])
+    assert failing.exit_code == 1, failing.output
+    others = ",".join(k for k in FINDING_KINDS if k not in {f["kind"] for f in data["findings"]})
+    if others:
+        assert runner.invoke(app, ["flow", target, "--fail-on", others]).exit_code == 0
+
+
+def test_cli_steps_plot_and_errors(tmp_path: Path) -> None:
+    healthy = str(SAMPLES / "healthy_resnet_mlp.py")
+    png = tmp_path / "flow.png"
+    result = runner.invoke(
+        app, ["flow", healthy, "--steps", "5", "--optimizer", "adam", "--plot", str(png)]
+    )
+    assert result.exit_code == 0, result.output
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "trend, step 1 → 5" in result.output and "overfit one batch" in result.output
+    assert runner.invoke(app, ["flow", healthy, "--fail-on", "nonsense"]).exit_code == 2
+    assert runner.invoke(app, ["flow", healthy, "--plot", str(tmp_path / "x.gif")]).exit_code == 2
+    assert runner.invoke(app, ["flow", healthy, "--optimizer", "rmsprop"]).exit_code == 2
+    function = runner.invoke(app, ["flow", str(SAMPLES / "custom_activation.py")])
+    assert function.exit_code == 2 and "needs an nn.Module" in function.output
+    stdout = runner.invoke(app, ["flow", healthy, "--json", "-"])
+    assert stdout.exit_code == 0 and json.loads(stdout.stdout)["command"] == "flow"
