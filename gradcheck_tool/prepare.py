@@ -7,19 +7,27 @@ so that every evaluation starts from the same point.
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
 from collections.abc import Mapping, Sequence
 from copy import deepcopy
-from pathlib import Path
 from typing import Any, Callable, Protocol
 
 import torch
 
-from ._guest import RngState, describe_exception, init_cuda
-from ._tree import floating_leaves, leaves_with_paths, map_tensors, replace_at
+from ._guest import RngState, init_cuda
+from ._tree import map_tensors, replace_at
+from .checkables import (
+    Checkable,
+    input_checkables,
+    module_checkables,
+    register_loose_layers,
+    selected,
+    without_empty,
+)
 from .errors import InputError, OptionError, UserCodeError
 from .loading import LoadedTarget, inputs_from_shapes
+from .losses import ProjectionLoss, UserLoss, call_loss
+from .results import Unchecked
 
 
 def normalize_inputs(raw: Any) -> tuple[tuple, dict]:
@@ -76,128 +84,6 @@ def resolve_inputs(
     )
 
 
-# --- the loss -------------------------------------------------------------------------------
-
-
-class ProjectionLoss:
-    """loss = Σ_k <R_k, out_k> with fixed seeded Gaussian R_k, one per floating output.
-
-    Not `.sum()`: a sum hides a backward that ignores the upstream gradient (the upstream
-    gradient is all ones) and gives zero gradient through softmax.
-    """
-
-    def __init__(self, reference_output: Any, seed: int, dtype: torch.dtype) -> None:
-        leaves = list(floating_leaves(reference_output))
-        if not leaves:
-            raise UserCodeError(
-                f"the output has no floating-point tensor to differentiate "
-                f"(got {_describe(reference_output)})",
-                hint="Return a tensor (or a tuple/dict of tensors), or define "
-                "loss_fn(output, *inputs) returning a scalar tensor.",
-            )
-        gen = torch.Generator().manual_seed(seed + 7919)
-        self.paths = [p for p, _ in leaves]
-        # complex outputs get complex projections: Re⟨R, t⟩ sees both real and imaginary parts
-        self.projections = [
-            torch.randn(
-                t.shape,
-                generator=gen,
-                dtype=torch.complex128 if t.is_complex() else torch.float64,
-            ).to(device=t.device, dtype=t.dtype if t.is_complex() else dtype)
-            for _, t in leaves
-        ]
-        self.names = ("loss",)
-
-    def __call__(self, output: Any, args: tuple, kwargs: dict) -> torch.Tensor:
-        return sum(self._products(output)).reshape(1)
-
-    def magnitude(self, output: Any) -> float:
-        """Σ|R·out|: the size of the numbers summed, which sets the rounding noise of f."""
-        return float(sum(float(p.detach().abs().sum()) for p in self._products(output, sum_=False)))
-
-    def _products(self, output: Any, sum_: bool = True) -> list[torch.Tensor]:
-        """Re(conj(R)·t) per output leaf (summed per leaf unless sum_ is False)."""
-        leaves = [t for _, t in floating_leaves(output)]
-        if len(leaves) != len(self.projections):
-            raise UserCodeError(
-                "the output structure changed between evaluations "
-                f"({len(self.projections)} floating tensors, then {len(leaves)})"
-            )
-        out = []
-        for t, r in zip(leaves, self.projections):
-            prod = (t * r.conj()).real if t.is_complex() else t * r
-            out.append(prod.sum() if sum_ else prod)
-        return out
-
-
-TOTAL = "total"
-
-
-def call_loss(
-    loss_fn: Callable[..., Any], output: Any, args: tuple, kwargs: dict, folder: Path | None = None
-) -> Any:
-    """loss_fn(output, *inputs, **keyword_inputs); its errors are named as loss_fn's (at the
-    innermost line of the user's code, inside `folder` when given)."""
-    try:
-        return loss_fn(output, *args, **kwargs)
-    except (Exception, SystemExit) as exc:
-        raise UserCodeError(
-            f"loss_fn raised {describe_exception(exc, folder)}",
-            hint="gradtool calls loss_fn(output, *inputs, **keyword_inputs).",
-        ) from exc
-
-
-class UserLoss:
-    """The user's loss_fn(output, *inputs), as a vector of its named scalar terms."""
-
-    def __init__(self, loss_fn: Callable[..., Any], reference: Any) -> None:
-        self.loss_fn = loss_fn
-        self.term_keys = tuple(loss_terms(reference).keys())
-        # With several terms the sum comes first, named TOTAL; each term is checked on its
-        # own too (the tutorial: check with and without regularization separately).
-        self.names = (TOTAL, *self.term_keys) if len(self.term_keys) > 1 else self.term_keys
-
-    def __call__(self, output: Any, args: tuple, kwargs: dict) -> torch.Tensor:
-        return self.stack(call_loss(self.loss_fn, output, args, kwargs))
-
-    def stack(self, value: Any) -> torch.Tensor:
-        """loss_fn's value as the terms vector (the sum first when there are several)."""
-        terms = loss_terms(value)
-        if tuple(terms) != self.term_keys:
-            raise UserCodeError("loss_fn returned different terms between evaluations")
-        stacked = torch.stack([t.reshape(()) for t in terms.values()])
-        if len(self.term_keys) > 1:
-            stacked = torch.cat([stacked.sum().reshape(1), stacked])
-        return stacked
-
-
-def loss_terms(value: Any) -> dict[str, torch.Tensor]:
-    """A scalar tensor -> {"loss": t}; a dict of named scalar tensors is kept as is."""
-    if isinstance(value, torch.Tensor) and value.numel() == 1 and value.is_floating_point():
-        return {"loss": value}
-    if isinstance(value, Mapping) and value:
-        bad = [
-            k
-            for k, v in value.items()
-            if not (isinstance(v, torch.Tensor) and v.numel() == 1 and v.is_floating_point())
-        ]
-        if not bad:
-            return {str(k): v for k, v in value.items()}
-        raise UserCodeError(
-            f"loss_fn returned a dict whose terms {bad} are not scalar floating tensors"
-        )
-    raise UserCodeError(
-        f"loss_fn must return a scalar tensor or a dict of named scalar tensors; "
-        f"got {_describe(value)}"
-    )
-
-
-def _describe(value: Any) -> str:
-    if isinstance(value, torch.Tensor):
-        return f"a {value.dtype} tensor of shape {tuple(value.shape)}"
-    return f"a {type(value).__name__}"
-
-
 # --- the problem the engine differentiates -----------------------------------------------
 
 MISSING_NOTE = (
@@ -207,7 +93,10 @@ MISSING_NOTE = (
 
 
 class CheckProblem(Protocol):
-    """What the check engine needs of a problem: `Problem`, or `SecondOrderProblem`."""
+    """What the check engine needs of a problem: `Problem`, or `SecondOrderProblem`.
+
+    `terms(values)` returns K + 1 numbers: the K loss terms (`term_names`), then the scale of
+    what moved in that evaluation (Note [rounding noise of a finite difference])."""
 
     checkables: list[Checkable]
     args: tuple  # the inputs, in the check dtype
@@ -222,16 +111,6 @@ class CheckProblem(Protocol):
     def term_names(self) -> tuple[str, ...]: ...
 
     def terms(self, values: dict[str, torch.Tensor]) -> torch.Tensor: ...
-
-
-@dataclasses.dataclass(frozen=True)
-class Checkable:
-    """One tensor whose gradient is checked: where it lives and its value in check dtype."""
-
-    name: str
-    kind: str  # "parameter" | "input"
-    slot: tuple[str, Any]  # ("param", dotted name) | ("arg", index) | ("kwarg", key)
-    value: torch.Tensor
 
 
 def _argument_names(
@@ -287,6 +166,8 @@ class Problem:
         dtype: torch.dtype,
         seed: int,
         device: torch.device | None = None,
+        skip: Sequence[str] = (),
+        wrt: Sequence[str] = (),
     ) -> None:
         self.dtype = dtype
         self.seed = seed
@@ -295,36 +176,39 @@ class Problem:
         self.kind = _kind_of(target)
         self.target = target
         self.user_loss = loss_fn
+        given_args, given_kwargs = args, kwargs
         self.args = tuple(_to_check_dtype(a, dtype, device) for a in args)
         self.kwargs = {k: _to_check_dtype(v, dtype, device) for k, v in kwargs.items()}
         self.checkables: list[Checkable] = []
+        self.unchecked: list[Unchecked] = []  # tensors left out, each with its reason
+        self.loose_layers: list[str] = []  # layers in plain lists, registered on the copy
         if self.kind == "module":
-            self.module = _private_copy(target, dtype, device)
-            for name, p in self.module.named_parameters():
-                if p.requires_grad:
-                    self.checkables.append(
-                        Checkable(name, "parameter", ("param", name), p.detach())
-                    )
+            self.module, self.loose_layers = _private_copy(target, dtype, device)
+            self.checkables, self.unchecked = module_checkables(self.module)
             self.buffers = dict(self.module.named_buffers())
-            fn_for_names, skip = self.module.forward, False
+            fn_for_names, skip_first = self.module.forward, False
         elif self.kind == "function":
             if self.kwargs:  # Function.apply is positional: bind keywords to their places
+                takes_ctx = _function_forward_takes_ctx(target)
                 self.args, self.kwargs = _bind_positional(
-                    target.forward, self.args, self.kwargs, _function_forward_takes_ctx(target)
+                    target.forward, self.args, self.kwargs, takes_ctx
                 )
-            fn_for_names, skip = target.forward, _function_forward_takes_ctx(target)
+                given_args, given_kwargs = _bind_positional(
+                    target.forward, tuple(given_args), dict(given_kwargs), takes_ctx
+                )
+            fn_for_names, skip_first = target.forward, _function_forward_takes_ctx(target)
         else:
-            fn_for_names, skip = target, False
-        positional, keywords = _argument_names(fn_for_names, self.args, self.kwargs, skip)
-        prefix = "input:" if self.kind == "module" else ""
-        roots = [("arg", i, positional[i], a) for i, a in enumerate(self.args)]
-        roots += [("kwarg", k, keywords[k], v) for k, v in self.kwargs.items()]
-        self._root_names = {(where, key): name for where, key, name, _ in roots}
-        for where, key, root_name, value in roots:
-            for path, leaf in leaves_with_paths(value, root_name):
-                if isinstance(leaf, torch.Tensor) and leaf.is_floating_point():
-                    slot = (where, key, path)
-                    self.checkables.append(Checkable(prefix + path, "input", slot, leaf))
+            fn_for_names, skip_first = target, False
+        positional, keywords = _argument_names(fn_for_names, self.args, self.kwargs, skip_first)
+        roots = [("arg", i, positional[i], a, given_args[i]) for i, a in enumerate(self.args)]
+        roots += [("kwarg", k, keywords[k], v, given_kwargs[k]) for k, v in self.kwargs.items()]
+        self._root_names = {(where, key): name for where, key, name, _, _ in roots}
+        inputs, left_out = input_checkables(roots, "input:" if self.kind == "module" else "")
+        self.checkables += inputs
+        self.unchecked += left_out
+        for pick in (without_empty, lambda cs: selected(cs, skip, wrt)):
+            self.checkables, left_out = pick(self.checkables)
+            self.unchecked += left_out
         self.loss: ProjectionLoss | UserLoss | None = None
         self.magnitude: float | None = None  # size of the loss's summands, set on first call
         self.reference_output: Any = None  # the output of the first evaluation
@@ -339,11 +223,15 @@ class Problem:
         kwargs = dict(self.kwargs)
         params: dict[str, torch.Tensor] = {}
         nested: dict[tuple[str, Any], dict[str, torch.Tensor]] = {}
+        if self.kind == "module":
+            # fresh buffer copies each time: a stateful buffer must not drift between calls
+            params.update((name, b.clone()) for name, b in self.buffers.items())
         for c in self.checkables:
-            if c.slot[0] == "param":
-                params[c.slot[1]] = values[c.name]
+            value = c.substituted(values[c.name])
+            if c.slot[0] in ("param", "buffer"):
+                params[c.slot[1]] = value
             else:
-                nested.setdefault(c.slot[:2], {})[c.slot[2]] = values[c.name]
+                nested.setdefault(c.slot[:2], {})[c.slot[2]] = value
         for (where, key), table in nested.items():
             root = args if where == "arg" else kwargs
             # a clone: a forward that writes into its input must not change θ (or a leaf)
@@ -351,9 +239,6 @@ class Problem:
             root[key] = replace_at(root[key], table, self._root_names[(where, key)])
         self.rng.restore()
         if self.kind == "module":
-            # fresh buffer copies each time: a stateful buffer must not drift between calls
-            for name, b in self.buffers.items():
-                params[name] = b.clone()
             out = torch.func.functional_call(self.module, params, tuple(args), kwargs)
         elif self.kind == "function":
             out = self.target.apply(*args)
@@ -362,7 +247,8 @@ class Problem:
         return out, tuple(args), kwargs
 
     def terms(self, values: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The loss terms (1-D) at `values`; the first call fixes the projection/terms."""
+        """The K loss terms at `values`, then the scale of what moved (K + 1 numbers); the
+        first call fixes the loss (the projection and its reference output, or the terms)."""
         out, args, kwargs = self.forward(values)
         if self.loss is None:
             self.reference_output = out
@@ -371,16 +257,21 @@ class Problem:
                 # randomness must see the same RNG state every time
                 value = call_loss(self.user_loss, out, args, kwargs)
                 self.loss = UserLoss(self.user_loss, value)
-                terms = self.loss.stack(value)
+                terms, scale = self.loss.stack(value)
             else:
                 self.loss = ProjectionLoss(out, self.seed, self.dtype)
-                terms = self.loss(out, args, kwargs)
+                terms, scale = self.loss(out, args, kwargs)
         else:
-            terms = self.loss(out, args, kwargs)
+            terms, scale = self.loss(out, args, kwargs)
         if self.magnitude is None:
             summed = self.loss.magnitude(out) if isinstance(self.loss, ProjectionLoss) else 0.0
             self.magnitude = max(summed, float(terms.detach().abs().max()))
-        return terms
+        return torch.cat([terms, scale.reshape(1).to(terms)])
+
+    @property
+    def left_out_outputs(self) -> tuple[str, ...]:
+        """Outputs autograd marks non-differentiable, left out of the projected loss."""
+        return self.loss.left_out if isinstance(self.loss, ProjectionLoss) else ()
 
     @property
     def term_names(self) -> tuple[str, ...]:
@@ -408,11 +299,17 @@ def _to_check_dtype(value: Any, dtype: torch.dtype, device: torch.device | None)
         out = t.detach()
         if device is not None:
             out = out.to(device)
-        if out.is_floating_point():
-            out = out.to(dtype)
-        return out.clone()
+        return in_check_precision(out, dtype).clone()
 
     return map_tensors(convert, value)
+
+
+def in_check_precision(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Floating tensors in the check dtype, complex ones in its complex counterpart (never
+    cast to real: that drops the imaginary part); anything else as it is."""
+    if t.is_complex():
+        return t.to(torch.complex128 if dtype == torch.float64 else torch.complex64)
+    return t.to(dtype) if t.is_floating_point() else t
 
 
 def copy_of_model(module: torch.nn.Module) -> torch.nn.Module:
@@ -432,12 +329,17 @@ def copy_of_model(module: torch.nn.Module) -> torch.nn.Module:
 
 def _private_copy(
     module: torch.nn.Module, dtype: torch.dtype, device: torch.device | None
-) -> torch.nn.Module:
+) -> tuple[torch.nn.Module, list[str]]:
+    """gradtool's copy of the model, in the check dtype (and on `device`), with the layers it
+    keeps in plain Python containers registered (so they are converted and checked too);
+    returns the copy and those layers' names."""
     try:
         copy = copy_of_model(module)
+        loose = register_loose_layers(copy)
         if device is not None:
             copy = copy.to(device)
-        copy = copy.to(dtype)
+        # Module.to(float64) would cast complex parameters to real, dropping the imaginary part
+        copy = copy._apply(lambda t: in_check_precision(t, dtype))
     except torch.cuda.OutOfMemoryError:
         raise _no_room_on_gpu(dtype) from None
     for m in copy.modules():
@@ -445,7 +347,7 @@ def _private_copy(
         # keeps the copy's running stats fixed so every evaluation sees the same model.
         if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.training:
             m.track_running_stats = False
-    return copy
+    return copy, loose
 
 
 def _no_room_on_gpu(dtype: torch.dtype) -> UserCodeError:
@@ -513,13 +415,15 @@ class SecondOrderProblem:
         with torch.enable_grad():
             loss = self.first.terms(leaves)[0]
             if not loss.requires_grad:
-                return torch.zeros(1, dtype=self.dtype, device=loss.device)
+                return torch.zeros(2, dtype=self.dtype, device=loss.device)
             grads = torch.autograd.grad(
                 loss, list(leaves.values()), create_graph=differentiable, allow_unused=True
             )
             products = [(g * self.vectors[n]).sum() for n, g in zip(leaves, grads) if g is not None]
         if not products:
-            return torch.zeros(1, dtype=self.dtype, device=loss.device)
+            return torch.zeros(2, dtype=self.dtype, device=loss.device)
+        stacked = torch.stack(products)
         if self.magnitude is None:
-            self.magnitude = float(sum(p.detach().abs() for p in products))
-        return torch.stack(products).sum().reshape(1)
+            self.magnitude = float(stacked.detach().abs().sum())
+        # the scale of what moved: every product (the gradient moves as a whole)
+        return torch.stack([stacked.sum(), stacked.detach().abs().sum()])

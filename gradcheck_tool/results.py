@@ -73,11 +73,28 @@ class SweepPoint:
 
 
 @dataclass(frozen=True)
-class TensorResult:
-    """The verdict for one checked tensor (a parameter or an input)."""
+class Unchecked:
+    """A tensor that could carry a gradient but was not checked, and why."""
 
     name: str
-    kind: str  # "parameter" | "input"
+    kind: str  # "parameter" | "buffer" | "input"
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "kind": self.kind, "reason": self.reason}
+
+
+@dataclass(frozen=True)
+class TensorResult:
+    """The verdict for one checked tensor (a parameter, a buffer or an input).
+
+    `status`: "pass" (verified to the tolerance, or a gradient that is zero where the loss
+    does not move either), "fail", "inconclusive" (finite differences could not resolve the
+    gradient at any step tried: neither verified nor refuted), or "not judged" (a
+    nondeterministic forward)."""
+
+    name: str
+    kind: str  # "parameter" | "buffer" | "input"
     shape: tuple[int, ...]
     numel: int
     checked: int
@@ -91,11 +108,23 @@ class TensorResult:
     direction_error: float | None = None
     sweep: tuple[SweepPoint, ...] = ()
     sweep_verdict: str | None = None
+    inconclusive: bool = False
+    complex: bool = False  # a complex tensor, checked as (real, imaginary) pairs: shape (..., 2)
+
+    @property
+    def status(self) -> str:
+        if self.inconclusive:
+            return "inconclusive"
+        if self.passed:
+            return "pass"
+        return "not judged" if self.rating == "n/a" else "fail"
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "name": self.name,
             "kind": self.kind,
+            "status": self.status,
+            "complex": self.complex,
             "shape": list(self.shape),
             "numel": self.numel,
             "checked": self.checked,
@@ -133,9 +162,13 @@ class CheckReport:
     noise: float | None = None
     interrupted: bool = False
     seconds: float = 0.0
+    unchecked: tuple[Unchecked, ...] = ()  # tensors that could carry a gradient, left out
+    left_out_outputs: tuple[str, ...] = ()  # outputs autograd marks non-differentiable
+    lower_precision: tuple[str, ...] = ()  # where the forward computes below the check dtype
 
     @property
     def passed(self) -> bool:
+        """Every tensor verified: none failed, none inconclusive, nothing interrupted."""
         return (
             not self.interrupted
             and not self.nondeterministic
@@ -144,7 +177,11 @@ class CheckReport:
 
     @property
     def failures(self) -> tuple[TensorResult, ...]:
-        return tuple(r for r in self.results if not r.passed)
+        return tuple(r for r in self.results if not r.passed and not r.inconclusive)
+
+    @property
+    def inconclusive(self) -> tuple[TensorResult, ...]:
+        return tuple(r for r in self.results if r.inconclusive)
 
     def result(self, name: str) -> TensorResult:
         """The result named `name`; KeyError lists the names there are."""
@@ -172,7 +209,14 @@ class CheckReport:
             "interrupted": self.interrupted,
             "warnings": list(self.warnings),
             "seconds": round(self.seconds, 3),
+            "counts": {
+                status: sum(r.status == status for r in self.results)
+                for status in ("pass", "fail", "inconclusive", "not judged")
+            },
             "results": [r.to_dict() for r in self.results],
+            "unchecked": [u.to_dict() for u in self.unchecked],
+            "left_out_outputs": list(self.left_out_outputs),
+            "lower_precision": list(self.lower_precision),
         }
 
 

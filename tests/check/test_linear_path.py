@@ -58,9 +58,11 @@ def test_hooked_rows_equal_copied_rows_for_every_coordinate():
         numel = dict(problem.module.named_parameters())[name].numel()
         hooked, copied = _both_ways(ev, name, torch.arange(numel))
         assert ev._linear[name] is not None, f"{name}: the Linear path was not taken"
-        assert hooked is not None and hooked.shape == copied.shape == (2 * numel, 1)
+        # each row: the loss term, then the scale of what moved (losses.py)
+        assert hooked is not None and hooked.shape == copied.shape == (2 * numel, 2)
         # same function evaluated two ways: only rounding may differ
-        assert torch.allclose(hooked, copied, rtol=0, atol=1e-13), name
+        assert torch.allclose(hooked[:, :1], copied[:, :1], rtol=0, atol=1e-13), name
+        assert torch.allclose(hooked[:, 1:], copied[:, 1:], rtol=1e-9, atol=0), name
         # and the difference quotient is the derivative (not f0, not a stale row)
         numeric = (hooked[:numel] - hooked[numel:]).squeeze(1) / 2e-6
         assert numeric.abs().max() > 1e-3
@@ -79,8 +81,8 @@ def test_direction_rows_come_from_copies_and_match():
         plus = problem.terms({**ev.base, c.name: c.value + 1e-6 * d})
         minus = problem.terms({**ev.base, c.name: c.value - 1e-6 * d})
         copied = ev._batched(_Rows(c, torch.tensor([0, 4, 9]), 1e-6, None))
-    assert rows.shape == (8, 1)
-    assert torch.allclose(rows[:6], copied, rtol=0, atol=1e-13)
+    assert rows.shape == (8, 2)  # the loss term, then the scale of what moved
+    assert torch.allclose(rows[:6, :1], copied[:, :1], rtol=0, atol=1e-13)
     assert torch.allclose(rows[6], plus, rtol=0, atol=1e-13)
     assert torch.allclose(rows[7], minus, rtol=0, atol=1e-13)
 
@@ -128,7 +130,7 @@ def _fallback_case(model: nn.Module, name: str, *args: torch.Tensor) -> None:
     numel = dict(problem.module.named_parameters())[name].numel()
     hooked, copied = _both_ways(ev, name, torch.arange(numel))
     assert hooked is None and ev._linear[name] is None
-    assert copied is not None and copied.shape == (2 * numel, 1)
+    assert copied is not None and copied.shape == (2 * numel, 2)
 
 
 def test_tied_weight_uses_copies():
@@ -212,14 +214,14 @@ def test_a_wrong_backward_behind_a_linear_is_caught_on_the_linear_path():
     problem, ev = _evaluator(BuggyMLP(), torch.randn(4, 6))
     hooked, copied = _both_ways(ev, "a.weight", torch.arange(48))
     assert ev._linear["a.weight"] is not None
-    assert torch.allclose(hooked, copied, rtol=0, atol=1e-13)
+    assert torch.allclose(hooked[:, :1], copied[:, :1], rtol=0, atol=1e-13)
 
 
 # --- the reused buffer of perturbed copies ---------------------------------------------
 
 
 def test_reused_rows_equal_fresh_rows_chunk_after_chunk():
-    from gradcheck_tool.prepare import Checkable
+    from gradcheck_tool.checkables import Checkable
 
     torch.manual_seed(4)
     value = torch.randn(3, 5, dtype=torch.float64)

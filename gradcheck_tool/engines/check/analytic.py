@@ -8,8 +8,9 @@ from dataclasses import dataclass
 import torch
 
 from ..._guest import describe_exception
+from ...checkables import Checkable
 from ...errors import UserCodeError
-from ...prepare import Checkable, CheckProblem
+from ...prepare import CheckProblem
 from .evaluate import _Evaluator, forward_error
 from .options import CheckOptions
 
@@ -41,7 +42,7 @@ def _analytic(
             return terms.detach(), result
         inputs = [leaves[n] for n in names]
         try:
-            for k in range(terms.numel()):
+            for k in range(len(problem.term_names)):
                 if not terms[k].requires_grad:
                     result.grads.append(dict.fromkeys(names))
                     continue
@@ -69,7 +70,7 @@ def _forward_mode(problem: CheckProblem) -> tuple[torch.Tensor, _Analytic]:
             raise
         except (Exception, SystemExit) as exc:
             raise forward_error(exc) from exc
-    result = _Analytic([dict.fromkeys(names) for _ in range(terms.numel())])
+    result = _Analytic([dict.fromkeys(names) for _ in problem.term_names])
     if not torch.isfinite(terms).all():
         return terms, result
     try:
@@ -84,7 +85,7 @@ def _forward_mode(problem: CheckProblem) -> tuple[torch.Tensor, _Analytic]:
                     tangent = fwad.unpack_dual(problem.terms(values)).tangent
                 columns.append(torch.zeros_like(terms) if tangent is None else tangent.detach())
             stacked = torch.stack(columns)  # (numel, K)
-            for k in range(terms.numel()):
+            for k in range(len(problem.term_names)):
                 result.grads[k][c.name] = stacked[:, k].reshape(c.value.shape)
     except KeyboardInterrupt:
         raise

@@ -12,7 +12,8 @@ from typing import Any
 import torch
 
 from ..._tree import floating_leaves
-from ...prepare import Checkable, CheckProblem
+from ...checkables import Checkable
+from ...prepare import CheckProblem
 from ...results import CheckReport, TensorResult
 from .analytic import _Analytic, _analytic, _forward_mode, _LazyEvidence
 from .batching import _activation_bytes
@@ -53,7 +54,7 @@ def run_check(
 
     evaluator = _Evaluator(problem, options, needs_grad=problem.needs_grad)
     f0, f0_again, forward_seconds = _loss_at_theta_twice(problem, evaluator)
-    noise_in_f = float((f0 - f0_again).abs().max())
+    noise_in_f = float((f0 - f0_again)[:-1].abs().max())  # the terms, not the scale
     rounding = _rounding(problem, f0)
     if noise_in_f > 0.0:
         warning, judgeable = _nondeterminism(noise_in_f, analytic, rounding, options)
@@ -61,7 +62,6 @@ def run_check(
         if not judgeable:
             not_judged = report.unchecked("not judged: the forward is nondeterministic", False)
             return report.finish(not_judged, nondeterministic=True, noise=noise_in_f)
-        rounding = max(rounding, noise_in_f)
 
     small_model = _small_model(problem, forward_seconds)
     measured, interrupted = _measure_tensors(
@@ -69,7 +69,7 @@ def run_check(
     )
     judge = functools.partial(
         TensorJudge,
-        rounding=rounding,
+        floor=noise_in_f,
         options=options,
         evaluator=evaluator,
         evidence=_LazyEvidence(problem, analytic, options, forward_mode),
@@ -126,7 +126,7 @@ def _loss_at_theta_twice(
 def _rounding(problem: CheckProblem, f0: torch.Tensor) -> float:
     """Rounding noise of f: a few ulps of the size of the numbers the loss sums."""
     return rounding_noise(
-        problem.dtype, max(problem.magnitude or 0.0, float(f0.abs().max()), 1e-300)
+        problem.dtype, max(problem.magnitude or 0.0, float(f0[:-1].abs().max()), 1e-300)
     )
 
 
@@ -197,14 +197,25 @@ def _judge_tensors(
         for c in problem.checkables:
             if c.name not in measured:
                 break
+            got = measured[c.name]
+            rounding = _tensor_rounding(problem, got, f0)
             for k in range(len(per_term)):
                 a = analytic.grads[k][c.name]
-                per_term[k].append(
-                    judge(c, label(c, k), a, measured[c.name], k, f0=float(f0[k])).result()
-                )
+                verdict = judge(c, label(c, k), a, got, k, f0=float(f0[k]), rounding=rounding)
+                per_term[k].append(verdict.result())
     except KeyboardInterrupt:
         interrupted = True
     return [r for results in per_term for r in results], interrupted
+
+
+def _tensor_rounding(problem: CheckProblem, got: _Measured, f0: torch.Tensor) -> float:
+    """Rounding noise of f in one tensor's evaluations: a few ulps of the largest scale its
+    rows moved (Note [rounding noise of a finite difference] in losses.py), or of the loss."""
+    scales = [got.plus[:, -1], got.minus[:, -1]]
+    if got.direction is not None:
+        scales += [got.direction[1][-1:], got.direction[2][-1:]]
+    moved = float(torch.cat([s.reshape(-1) for s in scales]).abs().max())
+    return rounding_noise(problem.dtype, max(moved, float(f0[:-1].abs().max()), 1e-300))
 
 
 # --- the report -----------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ...prepare import Checkable
+from ...checkables import Checkable
 from ...results import SweepPoint, TensorResult, WorstEntry, rating_for
 from .analytic import _LazyEvidence
 from .evaluate import _Evaluator
@@ -86,13 +86,15 @@ class TensorJudge:
         *,
         f0: float,
         rounding: float,
+        floor: float,
         options: CheckOptions,
         evaluator: _Evaluator,
         evidence: _LazyEvidence,
         batch_size: int | None,
     ) -> None:
         self.c, self.label, self.k = c, label, k
-        self.f0, self.rounding, self.options = f0, rounding, options
+        # rounding noise of f, at least the nondeterminism two evaluations at θ showed
+        self.f0, self.rounding, self.options = f0, max(rounding, floor), options
         self.evaluator, self.evidence, self.batch_size = evaluator, evidence, batch_size
         self.h, self.tol = options.eps, options.tolerance
         self.shape = tuple(c.value.shape)

@@ -12,7 +12,8 @@ from typing import Any
 
 import torch
 
-from ...prepare import Checkable, CheckProblem
+from ...checkables import Checkable
+from ...prepare import CheckProblem
 from .batching import _chunk_size, _in_chunks
 from .rows import _direction, _Rows
 
@@ -134,9 +135,11 @@ def _linear_delta(
         raise
     except (Exception, SystemExit):
         return None
-    f0 = f0.to(copies[0])
-    rounding = 1e3 * torch.finfo(flat.dtype).eps * (1.0 + float(f0.abs().max()))
-    for hooked, copied in zip((along_d, at_k), copies):
+    # the loss terms only (a row ends with the scale of what moved, which rounding sets)
+    f0 = f0[:-1].to(copies[0])
+    size = max(float(f0.abs().max()), problem.magnitude or 0.0)
+    rounding = 1e3 * torch.finfo(flat.dtype).eps * (1.0 + size)
+    for hooked, copied in zip((along_d[:-1], at_k[:-1]), (copies[0][:-1], copies[1][:-1])):
         moved_by = float((copied - f0).abs().max())
         apart = float((hooked - copied).abs().max())
         if not math.isfinite(apart + moved_by) or apart > rounding + 1e-7 * moved_by:

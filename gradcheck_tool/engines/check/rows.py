@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ...prepare import Checkable
+from ...checkables import Checkable
 
 
 def _direction(c: Checkable, seed: int) -> torch.Tensor:

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ...prepare import Checkable, CheckProblem
+from ...checkables import Checkable
+from ...prepare import CheckProblem
 from .evaluate import _Evaluator, _synced
 from .options import CheckOptions
 from .rows import _direction

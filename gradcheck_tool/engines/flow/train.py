@@ -14,15 +14,9 @@ from ..._guest import RngState, describe_exception, init_cuda, preserved_state
 from ..._tree import first_tensor, floating_leaves, map_tensors
 from ..._version import __version__
 from ...errors import GradtoolError, InputError, UserCodeError
+from ...losses import ProjectionLoss, call_loss, loss_terms
 from ...options import Optimizer, at_least, choice, positive
-from ...prepare import (
-    ProjectionLoss,
-    call_loss,
-    copy_of_model,
-    loss_terms,
-    normalize_inputs,
-    parse_device,
-)
+from ...prepare import copy_of_model, normalize_inputs, parse_device
 from ...results import FlowReport
 from .findings import detect_findings
 from .model_map import ModelMap, comparable_keys, home_device, model_dtype_device
@@ -280,5 +274,9 @@ class _StepLoss:
         if self.projection is None:
             leaves = [t for _, t in floating_leaves(output)]
             dtype = leaves[0].dtype if leaves else torch.float32
-            self.projection = ProjectionLoss(output, self.seed, dtype)
-        return self.projection(output, args, kwargs).reshape(())
+            # the loss flow reports is the plain projection of the output, every output in it
+            self.projection = ProjectionLoss(
+                output, self.seed, dtype, differenced=False, skip_nondifferentiable=False
+            )
+        loss, _ = self.projection(output, args, kwargs)
+        return loss.reshape(())
