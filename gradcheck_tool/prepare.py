@@ -16,8 +16,8 @@ from typing import Any, Callable, Protocol
 
 import torch
 
-from ._guest import RngState, describe_exception, init_cuda
-from ._tree import floating_leaves, leaves_with_paths, map_tensors, replace_at
+from ._guest import RngState, call_user, init_cuda
+from ._tree import first_tensor, floating_leaves, leaves_with_paths, map_tensors, replace_at
 from .errors import InputError, OptionError, UserCodeError
 from .loading import LoadedTarget, inputs_from_shapes
 
@@ -136,15 +136,16 @@ TOTAL = "total"
 def call_loss(
     loss_fn: Callable[..., Any], output: Any, args: tuple, kwargs: dict, folder: Path | None = None
 ) -> Any:
-    """loss_fn(output, *inputs, **keyword_inputs); its errors are named as loss_fn's (at the
-    innermost line of the user's code, inside `folder` when given)."""
-    try:
-        return loss_fn(output, *args, **kwargs)
-    except (Exception, SystemExit) as exc:
-        raise UserCodeError(
-            f"loss_fn raised {describe_exception(exc, folder)}",
-            hint="gradtool calls loss_fn(output, *inputs, **keyword_inputs).",
-        ) from exc
+    """loss_fn(output, *inputs, **keyword_inputs); its errors are named as loss_fn's."""
+    return call_user(
+        loss_fn,
+        output,
+        *args,
+        what="loss_fn",
+        folder=folder,
+        hint="gradtool calls loss_fn(output, *inputs, **keyword_inputs).",
+        **kwargs,
+    )
 
 
 class UserLoss:
@@ -321,7 +322,7 @@ class Problem:
         roots += [("kwarg", k, keywords[k], v) for k, v in self.kwargs.items()]
         self._root_names = {(where, key): name for where, key, name, _ in roots}
         for where, key, root_name, value in roots:
-            for path, leaf in leaves_with_paths(value, root_name):
+            for path, leaf in leaves_with_paths(value, root_name, writable=True):
                 if isinstance(leaf, torch.Tensor) and leaf.is_floating_point():
                     slot = (where, key, path)
                     self.checkables.append(Checkable(prefix + path, "input", slot, leaf))
@@ -439,7 +440,7 @@ def _private_copy(
             copy = copy.to(device)
         copy = copy.to(dtype)
     except torch.cuda.OutOfMemoryError:
-        raise _no_room_on_gpu(dtype) from None
+        raise no_room_on_gpu(dtype) from None
     for m in copy.modules():
         # Train-mode BatchNorm normalizes with batch statistics either way; not tracking
         # keeps the copy's running stats fixed so every evaluation sees the same model.
@@ -448,12 +449,26 @@ def _private_copy(
     return copy
 
 
-def _no_room_on_gpu(dtype: torch.dtype) -> UserCodeError:
+def no_room_on_gpu(dtype: torch.dtype) -> UserCodeError:
     return UserCodeError(
         f"the GPU has no room for gradtool's {str(dtype).replace('torch.', '')} copy of the model",
-        hint="gradtool checks a private copy (float64 unless --dtype float32); free GPU "
-        "memory, or check on the CPU with --device cpu.",
+        hint="gradtool works on a private copy of the model (check: in float64 unless --dtype "
+        "float32); free GPU memory, or run on the CPU with --device cpu.",
     )
+
+
+def home_device(target: Any, inputs: Any = ()) -> torch.device | None:
+    """Where the work runs when no device is asked for: where the model's first floating
+    parameter or buffer lives (None on the meta device), else its first input tensor."""
+    if isinstance(target, torch.nn.Module):
+        first = next(
+            (t for t in (*target.parameters(), *target.buffers()) if t.is_floating_point()),
+            None,
+        )
+        if first is not None:
+            return first.device if first.device.type != "meta" else None
+    tensor = first_tensor(inputs)
+    return tensor.device if tensor is not None else None
 
 
 def _bind_positional(
