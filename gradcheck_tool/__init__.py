@@ -7,9 +7,15 @@ running `gradtool --version`, does not import torch.
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._version import __version__
+
+if TYPE_CHECKING:  # what type checkers and IDEs see; at run time, loaded on first use
+    from .api import check
+    from .engines.flow import Monitor, flow
+    from .errors import GradtoolError
+    from .results import CheckReport, FlowReport, TensorResult
 
 # public name -> the module that defines it
 _LAZY = {
@@ -22,7 +28,16 @@ _LAZY = {
     "GradtoolError": "gradcheck_tool.errors",
 }
 
-__all__ = ["__version__", *_LAZY]
+__all__ = [
+    "CheckReport",
+    "FlowReport",
+    "GradtoolError",
+    "Monitor",
+    "TensorResult",
+    "__version__",
+    "check",
+    "flow",
+]
 
 
 def __getattr__(name: str) -> Any:
@@ -37,4 +52,4 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+    return sorted(__all__)

@@ -124,14 +124,19 @@ def user_scope(folder: Path) -> Iterator[None]:
 
 
 def call_user(
-    fn: Callable[..., Any], *args: Any, what: str, folder: Path | None = None, **kwargs: Any
+    fn: Callable[..., Any],
+    *args: Any,
+    what: str,
+    folder: Path | None = None,
+    hint: str | None = None,
+    **kwargs: Any,
 ) -> Any:
     """Run user code; any exception (sys.exit included) becomes a UserCodeError repeating
-    its text."""
+    its text, at the innermost line of the user's code (inside `folder` when given)."""
     try:
         return fn(*args, **kwargs)
     except (Exception, SystemExit) as exc:
-        raise UserCodeError(f"{what} raised {describe_exception(exc, folder)}") from exc
+        raise UserCodeError(f"{what} raised {describe_exception(exc, folder)}", hint=hint) from exc
 
 
 # --- state: RNG, default dtype, grad mode, TF32 ---------------------------------------------

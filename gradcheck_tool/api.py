@@ -8,12 +8,11 @@ from typing import Any, Callable
 import torch
 
 from ._guest import exact_float32, init_cuda, preserved_state
-from ._tree import first_tensor
 from ._version import __version__
-from .engines.check import DEFAULT_SAMPLES, CheckOptions, Interrupted, run_check
+from .engines.check import CheckOptions, Interrupted, run_check
 from .errors import InputError, OptionError
-from .options import CheckDtype, at_least, choice, positive, valid_seed
-from .prepare import Problem, SecondOrderProblem, normalize_inputs, parse_device
+from .options import DEFAULT_SAMPLES, CheckDtype, at_least, choice, positive, valid_seed
+from .prepare import Problem, SecondOrderProblem, home_device, normalize_inputs, parse_device
 from .results import CheckReport
 
 # Defaults per check dtype: the tutorial's float64 numbers, and float32's weaker ones
@@ -79,7 +78,7 @@ def check(
     target = _unwrap(target)
     label = name or getattr(target, "__name__", None) or type(target).__name__
     where = parse_device(device, ("cpu", "cuda")) if device is not None else None
-    where = where or _home_device(target, args, keywords)
+    where = where or home_device(target, (args, keywords))
     meta = dict(target=label, found_by=found_by, version=__version__)
     # CUDA is initialized before the RNG state is captured: its generators are then fixed
     # for every evaluation (dropout on the GPU) and the user's are restored at the end
@@ -180,12 +179,3 @@ def _has_contents(cell: Any) -> bool:
     except ValueError:
         return False
     return True
-
-
-def _home_device(target: Any, args: tuple, kwargs: dict) -> torch.device | None:
-    """Where the model or its inputs already live (None: the default, the CPU)."""
-    if isinstance(target, torch.nn.Module):
-        for p in target.parameters():
-            return p.device if p.device.type != "meta" else None
-    first = first_tensor((args, kwargs))  # nested inputs too
-    return first.device if first is not None else None

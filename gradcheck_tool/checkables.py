@@ -135,10 +135,10 @@ def input_checkables(
     for where, key, root_name, value, given in roots:
         marked = {
             path: leaf.requires_grad
-            for path, leaf in leaves_with_paths(given, root_name)
+            for path, leaf in leaves_with_paths(given, root_name, writable=True)
             if isinstance(leaf, torch.Tensor)
         }
-        for path, leaf in leaves_with_paths(value, root_name):
+        for path, leaf in leaves_with_paths(value, root_name, writable=True):
             if not differentiable(leaf):
                 continue
             name = prefix + path

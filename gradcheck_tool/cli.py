@@ -17,7 +17,7 @@ import typer
 
 from ._version import __version__
 from .errors import GradtoolError, OptionError
-from .options import CheckDtype, Optimizer, flag_for
+from .options import DEFAULT_SAMPLES, Optimizer, flag_for
 
 EXIT_OK, EXIT_FAIL, EXIT_USER, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
@@ -196,7 +196,9 @@ def check(
         None, "--eps", help="Finite-difference step h (default 1e-6; 1e-3 with --dtype float32)."
     ),
     full: bool = typer.Option(False, "--full", help="Check every coordinate of every tensor."),
-    samples: int = typer.Option(16, "--samples", help="Coordinates sampled per large tensor."),
+    samples: int = typer.Option(
+        DEFAULT_SAMPLES, "--samples", help="Coordinates sampled per large tensor."
+    ),
     budget: Optional[float] = typer.Option(
         None,
         "--budget",
@@ -212,11 +214,8 @@ def check(
     forward_mode: bool = typer.Option(
         False, "--forward-mode", help="Check forward-mode derivatives (a Function's jvp)."
     ),
-    dtype: CheckDtype = typer.Option(
-        CheckDtype.FLOAT64,
-        "--dtype",
-        case_sensitive=False,
-        help="float64, or float32 for code that can't run in float64.",
+    dtype: str = typer.Option(
+        "float64", "--dtype", help="float64, or float32 for code that can't run in float64."
     ),
     device: Optional[str] = DeviceOpt,
     serial: bool = typer.Option(

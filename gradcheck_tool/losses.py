@@ -27,7 +27,7 @@ from typing import Any, Callable
 
 import torch
 
-from ._guest import describe_exception
+from ._guest import call_user
 from ._tree import floating_leaves
 from .errors import UserCodeError
 
@@ -117,15 +117,16 @@ class ProjectionLoss:
 def call_loss(
     loss_fn: Callable[..., Any], output: Any, args: tuple, kwargs: dict, folder: Path | None = None
 ) -> Any:
-    """loss_fn(output, *inputs, **keyword_inputs); its errors are named as loss_fn's (at the
-    innermost line of the user's code, inside `folder` when given)."""
-    try:
-        return loss_fn(output, *args, **kwargs)
-    except (Exception, SystemExit) as exc:
-        raise UserCodeError(
-            f"loss_fn raised {describe_exception(exc, folder)}",
-            hint="gradtool calls loss_fn(output, *inputs, **keyword_inputs).",
-        ) from exc
+    """loss_fn(output, *inputs, **keyword_inputs); its errors are named as loss_fn's."""
+    return call_user(
+        loss_fn,
+        output,
+        *args,
+        what="loss_fn",
+        folder=folder,
+        hint="gradtool calls loss_fn(output, *inputs, **keyword_inputs).",
+        **kwargs,
+    )
 
 
 class UserLoss:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import enum
 import math
+import numbers
+import operator
 from typing import TypeVar
 
 from .errors import OptionError
@@ -31,19 +33,24 @@ class Optimizer(str, enum.Enum):
     ADAM = "adam"
 
 
-# API option name -> command-line flag, where the flag is not the name with dashes
-FLAGS = {"batched": "--serial"}
+# other names torch and users give a member: torch.double, torch.float
+ALIASES: dict[type[enum.Enum], dict[str, str]] = {
+    CheckDtype: {"double": "float64", "float": "float32"},
+}
+DEFAULT_SAMPLES = 16  # coordinates sampled from each larger tensor (plus a direction check)
 
 
 def flag_for(option: str) -> str:
-    return FLAGS.get(option, "--" + option.replace("_", "-"))
+    """The command-line flag of an API option: its name with dashes."""
+    return "--" + option.replace("_", "-")
 
 
 def choice(kind: type[E], option: str, value: object) -> E:
-    """`value` (an enum member or its name, any case) as a member of `kind`."""
+    """`value` (an enum member, its name in any case, or an alias) as a member of `kind`."""
     if isinstance(value, kind):
         return value
     text = str(getattr(value, "value", value)).lower().removeprefix("torch.")
+    text = ALIASES.get(kind, {}).get(text, text)
     for member in kind:
         if member.value == text:
             return member
@@ -52,8 +59,8 @@ def choice(kind: type[E], option: str, value: object) -> E:
 
 
 def positive(option: str, value: float, what: str = "a positive number") -> float:
-    """A finite number above zero."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    """A finite real number above zero (numpy scalars included)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise OptionError(option, f"must be {what}, not {value!r}")
     if not (value > 0 and math.isfinite(value)):
         raise OptionError(option, f"must be {what}, not {value}")
@@ -61,14 +68,27 @@ def positive(option: str, value: float, what: str = "a positive number") -> floa
 
 
 def at_least(option: str, value: int, minimum: int) -> int:
-    """An integer no smaller than `minimum`."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    """An integer (numpy's included) no smaller than `minimum`."""
+    number = _integer(value)
+    if number is None or number < minimum:
         raise OptionError(option, f"must be an integer of at least {minimum}, not {value!r}")
-    return value
+    return number
 
 
 def valid_seed(value: int) -> int:
     """A seed torch.manual_seed takes."""
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**63:
+    number = _integer(value)
+    if number is None:
+        raise OptionError("seed", f"must be an integer, not {value!r}")
+    if not 0 <= number < 2**63:
         raise OptionError("seed", f"must be between 0 and 2**63 - 1, not {value}")
-    return value
+    return number
+
+
+def _integer(value: object) -> int | None:
+    if isinstance(value, bool):
+        return None
+    try:
+        return operator.index(value)
+    except TypeError:
+        return None

@@ -15,7 +15,7 @@ from typing import Any, Callable, Protocol
 import torch
 
 from ._guest import RngState, init_cuda
-from ._tree import map_tensors, replace_at
+from ._tree import first_tensor, map_tensors, replace_at
 from .checkables import (
     Checkable,
     input_checkables,
@@ -341,7 +341,7 @@ def _private_copy(
         # Module.to(float64) would cast complex parameters to real, dropping the imaginary part
         copy = copy._apply(lambda t: in_check_precision(t, dtype))
     except torch.cuda.OutOfMemoryError:
-        raise _no_room_on_gpu(dtype) from None
+        raise no_room_on_gpu(dtype) from None
     for m in copy.modules():
         # Train-mode BatchNorm normalizes with batch statistics either way; not tracking
         # keeps the copy's running stats fixed so every evaluation sees the same model.
@@ -350,12 +350,26 @@ def _private_copy(
     return copy, loose
 
 
-def _no_room_on_gpu(dtype: torch.dtype) -> UserCodeError:
+def no_room_on_gpu(dtype: torch.dtype) -> UserCodeError:
     return UserCodeError(
         f"the GPU has no room for gradtool's {str(dtype).replace('torch.', '')} copy of the model",
-        hint="gradtool checks a private copy (float64 unless --dtype float32); free GPU "
-        "memory, or check on the CPU with --device cpu.",
+        hint="gradtool works on a private copy of the model (check: in float64 unless --dtype "
+        "float32); free GPU memory, or run on the CPU with --device cpu.",
     )
+
+
+def home_device(target: Any, inputs: Any = ()) -> torch.device | None:
+    """Where the work runs when no device is asked for: where the model's first floating
+    parameter or buffer lives (None on the meta device), else its first input tensor."""
+    if isinstance(target, torch.nn.Module):
+        first = next(
+            (t for t in (*target.parameters(), *target.buffers()) if t.is_floating_point()),
+            None,
+        )
+        if first is not None:
+            return first.device if first.device.type != "meta" else None
+    tensor = first_tensor(inputs)
+    return tensor.device if tensor is not None else None
 
 
 def _bind_positional(

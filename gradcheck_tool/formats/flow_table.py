@@ -13,6 +13,7 @@ from rich.text import Text
 
 from ..engines.flow import findings as finding_rules
 from ..engines.flow.findings import Severity
+from ..engines.flow.thresholds import FlowThresholds
 from ..results import FlowReport, LayerStats
 
 # a finding's colour in the table and the panel comes from its rule's severity
@@ -22,7 +23,8 @@ SEVERITY_STYLE = {
     Severity.NOTICE: "magenta",
 }
 BARS = " ▁▂▃▄▅▆▇█"
-DEAD_LIMIT = 0.5  # for colouring only; the findings use the engine's thresholds
+# a fraction is coloured when it is past (red) or halfway to (yellow) the findings' threshold
+THRESHOLDS = FlowThresholds()
 
 
 def kind_style(kind: str) -> str:
@@ -108,10 +110,10 @@ def flow_table(report: FlowReport) -> Table:
                 Text(""),
             ]
         else:
-            dead = _fraction_text(r.dead_fraction, DEAD_LIMIT)
+            dead = _fraction_text(r.dead_fraction, THRESHOLDS.dead_fraction)
             if r.dead_fraction is None and r.inactive_fraction is not None:
                 dead = Text(f"~{fmt_fraction(r.inactive_fraction)}", style="dim")
-            saturated = _fraction_text(r.saturated_fraction, DEAD_LIMIT)
+            saturated = _fraction_text(r.saturated_fraction, THRESHOLDS.saturated_fraction)
             cells = [Text(""), Text(""), "", "", "", dead, saturated]
         row = [str(i), name, r.type, *cells]
         if notes:

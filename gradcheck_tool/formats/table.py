@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
+import importlib
 from typing import TextIO
 
 from ..results import CheckReport, FlowReport
 from .console import make_console
 
+# report type -> the module and function that render it (imported when used)
+RENDERERS = {
+    CheckReport: ("check_table", "render_check"),
+    FlowReport: ("flow_table", "render_flow"),
+}
+
 
 def write(report: CheckReport | FlowReport, out: TextIO, width: int | None = None) -> None:
-    console = make_console(file=out, width=width)
-    if isinstance(report, CheckReport):
-        from .check_table import render_check
-
-        render_check(report, console)
-    elif isinstance(report, FlowReport):
-        from .flow_table import render_flow
-
-        render_flow(report, console)
-    else:
-        raise TypeError(f"no table for a {type(report).__name__}")
+    module, function = RENDERERS[type(report)]
+    render = getattr(importlib.import_module(f"{__package__}.{module}"), function)
+    render(report, make_console(file=out, width=width))

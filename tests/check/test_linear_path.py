@@ -11,26 +11,26 @@ from torch import nn
 
 from gradcheck_tool import check
 from gradcheck_tool.engines.check import CheckOptions
-from gradcheck_tool.engines.check.evaluate import _Evaluator
-from gradcheck_tool.engines.check.rows import _Rows
+from gradcheck_tool.engines.check.evaluate import Evaluator
+from gradcheck_tool.engines.check.rows import Rows
 from gradcheck_tool.prepare import Problem
 
 
-def _evaluator(model: nn.Module, *args: torch.Tensor) -> tuple[Problem, _Evaluator]:
+def _evaluator(model: nn.Module, *args: torch.Tensor) -> tuple[Problem, Evaluator]:
     problem = Problem(model, args, {}, loss_fn=None, dtype=torch.float64, seed=0)
-    evaluator = _Evaluator(problem, CheckOptions())
+    evaluator = Evaluator(problem, CheckOptions())
     with torch.no_grad():
         evaluator.f0 = problem.terms(problem.values)
     return problem, evaluator
 
 
-def _both_ways(evaluator: _Evaluator, name: str, coords: torch.Tensor, h: float = 1e-6):
+def _both_ways(evaluator: Evaluator, name: str, coords: torch.Tensor, h: float = 1e-6):
     """(hooked rows, copied rows) for the coordinates of one tensor."""
     c = next(c for c in evaluator.problem.checkables if c.name == name)
     with torch.no_grad():
         assert evaluator.can_batch(c)
-        hooked = evaluator._linear_rows(_Rows(c, coords, h, None))
-        copied = evaluator._batched(_Rows(c, coords, h, None))
+        hooked = evaluator._linear_rows(Rows(c, coords, h, None))
+        copied = evaluator._batched(Rows(c, coords, h, None))
     return hooked, copied
 
 
@@ -77,10 +77,10 @@ def test_direction_rows_come_from_copies_and_match():
     d = torch.randn_like(c.value)
     with torch.no_grad():
         assert ev.can_batch(c)
-        rows = ev._linear_rows(_Rows(c, torch.tensor([0, 4, 9]), 1e-6, d))
+        rows = ev._linear_rows(Rows(c, torch.tensor([0, 4, 9]), 1e-6, d))
         plus = problem.terms({**ev.base, c.name: c.value + 1e-6 * d})
         minus = problem.terms({**ev.base, c.name: c.value - 1e-6 * d})
-        copied = ev._batched(_Rows(c, torch.tensor([0, 4, 9]), 1e-6, None))
+        copied = ev._batched(Rows(c, torch.tensor([0, 4, 9]), 1e-6, None))
     assert rows.shape == (8, 2)  # the loss term, then the scale of what moved
     assert torch.allclose(rows[:6, :1], copied[:, :1], rtol=0, atol=1e-13)
     assert torch.allclose(rows[6], plus, rtol=0, atol=1e-13)
@@ -228,7 +228,7 @@ def test_reused_rows_equal_fresh_rows_chunk_after_chunk():
     c = Checkable("w", "parameter", ("param", "w"), value)
     coords = torch.tensor([0, 7, 7, 14, 3])
     d = torch.randn(3, 5, dtype=torch.float64)
-    rows = _Rows(c, coords, 0.5, d)
+    rows = Rows(c, coords, 0.5, d)
     expected = []
     for r in range(rows.count):
         flat = value.reshape(-1).clone()
@@ -274,14 +274,14 @@ def test_a_target_that_writes_into_its_parameter_gets_fresh_copies(monkeypatch, 
     coords = torch.tensor(coords)
     with torch.no_grad():
         assert ev.can_batch(c)
-        rows = _Rows(c, coords, 1e-2, None)
+        rows = Rows(c, coords, 1e-2, None)
         batched = ev._batched(rows)
-        serial = ev._serial(_Rows(c, coords, 1e-2, None))
+        serial = ev._serial(Rows(c, coords, 1e-2, None))
     assert not rows.reuse  # the buffer's version counter showed the writes
     assert torch.allclose(batched, serial, rtol=0, atol=1e-13)
     # and the same rows with the buffer reused regardless would have been wrong
     with torch.no_grad():
-        stale = _Rows(c, coords, 1e-2, None)
+        stale = Rows(c, coords, 1e-2, None)
         parts = []
         for start in range(0, stale.count, 3):
             parts.append(ev._vmapped(c, stale.materialize(start, min(start + 3, stale.count))))
@@ -322,12 +322,12 @@ def test_the_hook_is_not_used_in_float32():
         dtype=torch.float32,
         seed=0,
     )
-    ev = _Evaluator(problem, CheckOptions(eps=1e-3))
+    ev = Evaluator(problem, CheckOptions(eps=1e-3))
     with torch.no_grad():
         ev.f0 = problem.terms(problem.values)
         c = problem.checkables[0]
         assert ev.can_batch(c)
-        assert ev._linear_rows(_Rows(c, torch.arange(12), 1e-3, None)) is None
+        assert ev._linear_rows(Rows(c, torch.arange(12), 1e-3, None)) is None
 
 
 class MaxNormEmbedding(nn.Module):
@@ -353,8 +353,8 @@ def test_embedding_with_max_norm_gets_fresh_copies(monkeypatch):
     c = next(c for c in problem.checkables if c.name == "emb.weight")
     with torch.no_grad():
         assert ev.can_batch(c)
-        batched = ev._batched(_Rows(c, torch.arange(24), 1e-2, None))
-        serial = ev._serial(_Rows(c, torch.arange(24), 1e-2, None))
+        batched = ev._batched(Rows(c, torch.arange(24), 1e-2, None))
+        serial = ev._serial(Rows(c, torch.arange(24), 1e-2, None))
     assert torch.allclose(batched, serial, rtol=0, atol=1e-13)
 
 
@@ -383,10 +383,10 @@ def test_out_of_memory_halves_the_chunk_and_refills_the_copies(monkeypatch):
     monkeypatch.setattr(ev, "_vmapped", lambda c, part: sizes.append(len(part)) or vmapped(c, part))
     with torch.no_grad():
         assert ev.can_batch(c)
-        serial = ev._serial(_Rows(c, coords, 1e-2, None))
+        serial = ev._serial(Rows(c, coords, 1e-2, None))
         sizes.clear()
         NormalizesThenOOM.fail_next = True
-        batched = ev._batched(_Rows(c, coords, 1e-2, None))
+        batched = ev._batched(Rows(c, coords, 1e-2, None))
     assert ev.fallback_reason is None  # the retry worked; batching stays on
     assert sizes[:2] == [4, 2]  # the failed chunk of 4, then halves
     assert torch.allclose(batched, serial, rtol=0, atol=1e-13)
@@ -399,7 +399,7 @@ def test_a_direction_alone_leaves_the_hook_in_use():
     d = torch.randn_like(c.value)
     with torch.no_grad():
         assert ev.can_batch(c)
-        assert ev._linear_rows(_Rows(c, torch.tensor([1, 2]), 1e-6, None)) is not None
+        assert ev._linear_rows(Rows(c, torch.tensor([1, 2]), 1e-6, None)) is not None
         at = ev.evaluate(c, torch.tensor([], dtype=torch.long), 1e-6, d)
         plus = problem.terms({**ev.base, c.name: c.value + 1e-6 * d})
     assert torch.allclose(at.direction_plus, plus, rtol=0, atol=1e-13)
@@ -425,4 +425,4 @@ def test_a_probe_that_steps_into_nan_does_not_vouch_for_the_hook():
     c = next(c for c in problem.checkables if c.name == "fc.weight")
     with torch.no_grad():
         assert ev.can_batch(c)
-        assert ev._linear_rows(_Rows(c, torch.arange(6), 1e-6, None)) is None
+        assert ev._linear_rows(Rows(c, torch.arange(6), 1e-6, None)) is None

@@ -23,19 +23,35 @@ def table(report) -> str:
 
 # (no convolutions: their threaded kernels may round differently from run to run)
 @pytest.mark.parametrize(
-    "spec",
-    ["exercise_net.py", "custom_activation.py", "custom_activation_buggy.py", "gate.py:gate"],
+    "spec, passed",
+    [
+        ("exercise_net.py", True),
+        ("custom_activation.py", True),
+        ("custom_activation_buggy.py", False),
+        ("gate.py:gate", True),
+    ],
 )
-def test_check_table(golden, spec):
-    name = spec.replace(".py", "").replace(":", "_")
-    golden(f"check_{name}.txt", table(check_file(f"{SAMPLES / spec}")))
+def test_check_table(golden, spec, passed):
+    report = check_file(f"{SAMPLES / spec}")
+    assert report.passed is passed  # the table shows the verdict the sample is known for
+    text = table(report)
+    assert ("PASS:" if passed else "FAIL:") in text
+    golden(f"check_{spec.replace('.py', '').replace(':', '_')}.txt", text)
 
 
 @pytest.mark.parametrize(
-    "sample, steps",
-    [("dead_relu_mlp", 1), ("healthy_resnet_mlp", 1), ("nan_log", 1), ("deep_sigmoid_mlp", 3)],
+    "sample, steps, kinds",
+    [
+        ("dead_relu_mlp", 1, ("dead_relu",)),
+        ("healthy_resnet_mlp", 1, ()),
+        ("nan_log", 1, ("nan",)),
+        ("deep_sigmoid_mlp", 3, ("vanishing",)),
+    ],
 )
-def test_flow_table(golden, sample, steps):
+def test_flow_table(golden, sample, steps, kinds):
     loaded = load_target(str(SAMPLES / f"{sample}.py"))
     report = flow(loaded.obj, loaded.example_inputs, loss_fn=loaded.loss_fn, steps=steps)
-    golden(f"flow_{sample}_steps{steps}.txt", table(report))
+    assert report.kinds == kinds
+    text = table(report)
+    assert all(kind in text for kind in kinds) and ("No findings" in text) == (not kinds)
+    golden(f"flow_{sample}_steps{steps}.txt", text)

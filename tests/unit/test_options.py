@@ -52,10 +52,20 @@ def test_a_closed_set_lists_its_members():
         choice(Optimizer, "optimizer", "rmsprop")
 
 
-def test_flags_are_the_option_names_with_dashes_except_where_inverted():
+def test_flags_are_the_option_names_with_dashes():
     assert flag_for("tolerance") == "--tolerance"
     assert flag_for("second_order") == "--second-order"
-    assert flag_for("batched") == "--serial"
+
+
+def test_aliases_and_numpy_scalars_are_accepted():
+    np = pytest.importorskip("numpy")
+    assert choice(CheckDtype, "dtype", "double") is CheckDtype.FLOAT64
+    assert choice(CheckDtype, "dtype", torch.float) is CheckDtype.FLOAT32
+    assert positive("tolerance", np.float32(1e-4)) == pytest.approx(1e-4)
+    assert at_least("samples", np.int64(4), 1) == 4
+    assert valid_seed(np.int64(7)) == 7
+    with pytest.raises(OptionError, match="seed must be an integer, not 1.5"):
+        valid_seed(1.5)
 
 
 def test_the_api_speaks_in_api_terms():

@@ -9,7 +9,6 @@ from gradcheck_tool.engines.flow.step import (
     ACTIVATION_COUNTS,
     STEP_SEGMENTS,
     PendingStep,
-    Reduction,
     Segment,
     StepLayout,
     pack,
@@ -91,14 +90,3 @@ def test_read_back_of_several_steps_gives_each_its_own_segments() -> None:
     assert all(p.parts == [] for p in steps)  # the device tensors are released
     read_back(steps)  # already read: nothing changes
     assert steps[1].values()["weight_sq"] == [9.0]
-
-
-def test_every_segment_says_how_processes_would_combine_it() -> None:
-    names = [s.name for s in STEP_SEGMENTS]
-    assert len(names) == len(set(names))
-    reductions = {s.name: s.reduction for s in STEP_SEGMENTS}
-    assert reductions["weight_sq"] is reductions["grad_sq"] is Reduction.SUM
-    assert reductions["grad_min"] is Reduction.MIN and reductions["grad_max"] is Reduction.MAX
-    # a count of dead units is not additive across processes: no reduction until masks
-    assert reductions["activation_counts"] is None
-    assert [s.integer for s in STEP_SEGMENTS] == [False] * (len(STEP_SEGMENTS) - 1) + [True]

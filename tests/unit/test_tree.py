@@ -1,10 +1,11 @@
-"""_tree: one walker over nested inputs and outputs, for every container user code returns."""
+"""_tree: one walker over nested inputs (writable) and outputs (read-only)."""
 
 from __future__ import annotations
 
 import collections
 import dataclasses
 
+import pytest
 import torch
 
 from gradcheck_tool._tree import (
@@ -18,14 +19,26 @@ from gradcheck_tool._tree import (
 Pair = collections.namedtuple("Pair", "left right")
 
 
+class Seq(list):
+    """A list subclass, as user code sometimes returns or passes."""
+
+
+class Out(tuple):
+    pass
+
+
 @dataclasses.dataclass
 class Output:
     logits: torch.Tensor
     hidden: tuple
+    extra: torch.Tensor = dataclasses.field(init=False)
+
+    def __post_init__(self):
+        self.extra = self.logits * 2
 
 
 class Record(collections.abc.Mapping):
-    """A Mapping pytree does not know (like a tokenizer's BatchEncoding)."""
+    """A Mapping that is not a dict (like a tokenizer's BatchEncoding)."""
 
     def __init__(self, items):
         self._items = dict(items)
@@ -53,24 +66,44 @@ class Legacy:
 def test_paths_read_as_python_indexing_in_insertion_order():
     x, y, z = torch.ones(1), torch.zeros(2), torch.arange(3)
     value = {"b": [x, (y, 3)], "a": Pair(z, None)}
-    assert list(leaves_with_paths(value, "in")) == [
+    assert list(leaves_with_paths(value, "in", writable=True)) == [
         ("in['b'][0]", x),
         ("in['b'][1][0]", y),
         ("in['b'][1][1]", 3),
-        ("in['a'].left", z),
-        ("in['a'].right", None),
+        ("in['a'][0]", z),
+        ("in['a'][1]", None),
     ]
 
 
-def test_containers_pytree_does_not_know_are_walked_too():
+def test_list_and_tuple_subclasses_are_walked_and_rebuilt_with_their_type():
+    x, y = torch.ones(1), torch.zeros(1)
+    assert [p for p, _ in leaves_with_paths(Seq([x, y]), "xs", writable=True)] == [
+        "xs[0]",
+        "xs[1]",
+    ]
+    assert [p for p, _ in floating_leaves(Out((x, y)))] == ["output[0]", "output[1]"]
+    new = replace_at(Seq([x, y]), {"xs[1]": "swapped"}, "xs")
+    assert type(new) is Seq and new == [x, "swapped"]
+
+
+def test_outputs_pytree_does_not_know_are_walked_read_only():
     t = torch.ones(2)
     out = Output(logits=t, hidden=(t * 2,))
+    # every field, the one __post_init__ sets included
     assert [p for p, _ in leaves_with_paths(out, "output")] == [
         "output.logits",
         "output.hidden[0]",
+        "output.extra",
     ]
     assert [p for p, _ in leaves_with_paths(Record({"k": t}), "r")] == ["r['k']"]
     assert [p for p, _ in leaves_with_paths(Legacy(t, t), "o")] == ["o[0]", "o[1]"]
+
+
+def test_inputs_walk_only_what_can_be_rebuilt():
+    t = torch.ones(2)
+    for opaque in (Output(t, (t,)), Record({"k": t}), Legacy(t)):
+        assert [leaf for _, leaf in leaves_with_paths(opaque, "x", writable=True)] == [opaque]
+        assert map_tensors(lambda a: a * 3, opaque) is opaque  # passed on as it is
 
 
 def test_floating_leaves_skip_integers_and_keep_complex():
@@ -81,17 +114,19 @@ def test_floating_leaves_skip_integers_and_keep_complex():
 def test_replace_at_rebuilds_each_container_type_and_leaves_the_rest_alone():
     x, y = torch.ones(1), torch.zeros(1)
     value = {"pair": Pair(x, [x, y]), "keep": (y,)}
-    new = replace_at(value, {"v['pair'].right[1]": "swapped"}, "v")
+    new = replace_at(value, {"v['pair'][1][1]": "swapped"}, "v")
     assert isinstance(new["pair"], Pair) and new["pair"].right == [x, "swapped"]
     assert new["keep"] is value["keep"]  # untouched branches are not copied
     assert value["pair"].right[1] is y  # the original is not modified
 
 
-def test_map_tensors_reaches_dataclasses_and_unknown_mappings():
+@pytest.mark.parametrize(
+    "container", [collections.OrderedDict, lambda pairs: collections.defaultdict(int, pairs)]
+)
+def test_dict_subclasses_are_rebuilt(container):
     t = torch.ones(2)
-    out = map_tensors(lambda a: a * 3, {"o": Output(t, (t,)), "r": Record({"k": t})})
-    assert torch.equal(out["o"].logits, t * 3) and torch.equal(out["o"].hidden[0], t * 3)
-    assert torch.equal(out["r"]["k"], t * 3) and isinstance(out["r"], (Record, dict))
+    out = map_tensors(lambda a: a * 3, container([("k", t)]))
+    assert torch.equal(out["k"], t * 3)
 
 
 def test_first_tensor():

@@ -8,7 +8,7 @@ to see are not reported as bugs (see `numerics`). Kinks (ReLU, abs, max, clamp a
 corners) are recognised from the one-sided differences. Pure: never prints, never exits.
 
     engine      run_check: the steps of a check, in order
-    options     CheckOptions, Interrupted
+    config      CheckOptions, Interrupted
     analytic    autograd's gradients (backward or jvp), evidence computed on demand
     sampling    which coordinates, the random direction, --budget
     evaluate    the loss at perturbed points: vmap over copies, or serially
@@ -20,7 +20,7 @@ corners) are recognised from the one-sided differences. Pure: never prints, neve
     hints       the kind of mistake behind a failing gradient
 """
 
+from .config import CheckOptions, Interrupted
 from .engine import run_check
-from .options import DEFAULT_SAMPLES, CheckOptions, Interrupted
 
-__all__ = ["DEFAULT_SAMPLES", "CheckOptions", "Interrupted", "run_check"]
+__all__ = ["CheckOptions", "Interrupted", "run_check"]

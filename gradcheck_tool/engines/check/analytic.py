@@ -11,21 +11,21 @@ from ..._guest import describe_exception
 from ...checkables import Checkable
 from ...errors import UserCodeError
 from ...prepare import CheckProblem
-from .evaluate import _Evaluator, forward_error
-from .options import CheckOptions
+from .config import CheckOptions
+from .evaluate import Evaluator, forward_error
 
 
 @dataclass
-class _Analytic:
+class Analytic:
     """Autograd's gradients per loss term, or the error the backward raised."""
 
     grads: list[dict[str, torch.Tensor | None]]
     error: str | None = None
 
 
-def _analytic(
+def analytic_gradients(
     problem: CheckProblem, values: dict[str, torch.Tensor] | None = None, scale: float = 1.0
-) -> tuple[torch.Tensor, _Analytic]:
+) -> tuple[torch.Tensor, Analytic]:
     """Autograd's gradient of each loss term (times `scale`) at `values` (default θ)."""
     names = [c.name for c in problem.checkables]
     start = values or {c.name: c.value for c in problem.checkables}
@@ -37,7 +37,7 @@ def _analytic(
             raise
         except (Exception, SystemExit) as exc:
             raise forward_error(exc) from exc
-        result = _Analytic([])
+        result = Analytic([])
         if not torch.isfinite(terms.detach()).all():
             return terms.detach(), result
         inputs = [leaves[n] for n in names]
@@ -58,7 +58,7 @@ def _analytic(
     return terms.detach(), result
 
 
-def _forward_mode(problem: CheckProblem) -> tuple[torch.Tensor, _Analytic]:
+def forward_mode_derivatives(problem: CheckProblem) -> tuple[torch.Tensor, Analytic]:
     """Derivatives of each loss term along every coordinate by forward-mode AD (jvp)."""
     import torch.autograd.forward_ad as fwad
 
@@ -70,7 +70,7 @@ def _forward_mode(problem: CheckProblem) -> tuple[torch.Tensor, _Analytic]:
             raise
         except (Exception, SystemExit) as exc:
             raise forward_error(exc) from exc
-    result = _Analytic([dict.fromkeys(names) for _ in problem.term_names])
+    result = Analytic([dict.fromkeys(names) for _ in problem.term_names])
     if not torch.isfinite(terms).all():
         return terms, result
     try:
@@ -102,14 +102,14 @@ def _dense(g: torch.Tensor | None) -> torch.Tensor | None:
     return g.to_dense() if g.layout != torch.strided else g
 
 
-class _LazyEvidence:
+class LazyEvidence:
     """Evidence computed only when some tensor needs it: whether a backward ignores its
     upstream gradient (for hints), and the backward judged away from a kink."""
 
     def __init__(
         self,
         problem: CheckProblem,
-        analytic: _Analytic,
+        analytic: Analytic,
         options: CheckOptions,
         forward_mode: bool = False,
     ) -> None:
@@ -118,7 +118,7 @@ class _LazyEvidence:
         self.analytic = analytic
         self.options = options
         self._upstream: set[str] | None = None
-        self._off: tuple[dict[str, torch.Tensor], _Analytic, _Evaluator] | None = None
+        self._off: tuple[dict[str, torch.Tensor], Analytic, Evaluator] | None = None
 
     def upstream_ignored(self, name: str) -> bool:
         """A correct backward is linear in the upstream gradient: doubling it doubles every
@@ -127,7 +127,7 @@ class _LazyEvidence:
             self._upstream = set()
             # only a backward has an upstream gradient to ignore (not a jvp, not L₂)
             if not self.problem.needs_grad and not self.forward_mode:
-                _, doubled = _analytic(self.problem, scale=2.0)
+                _, doubled = analytic_gradients(self.problem, scale=2.0)
                 for n, g2 in (doubled.grads[0] if doubled.grads else {}).items():
                     g1 = self.analytic.grads[0][n]
                     if (
@@ -154,8 +154,8 @@ class _LazyEvidence:
                 # far enough that ±h no longer straddles the kink, near enough to stay local
                 size = 1000 * h + 1e-3 * (v.abs() + v.abs().mean())
                 moved[ch.name] = v + noise * size
-            _, grads = _analytic(self.problem, moved)
-            evaluator = _Evaluator(
+            _, grads = analytic_gradients(self.problem, moved)
+            evaluator = Evaluator(
                 self.problem,
                 self.options,
                 base=moved,

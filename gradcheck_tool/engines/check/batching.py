@@ -25,12 +25,12 @@ def _memory_budget(device: torch.device) -> int:
     return int(min(max(free // 4, MEMORY_BUDGET), 8 * MEMORY_BUDGET))
 
 
-def _chunk_size(like: torch.Tensor, per_row: int, cap: int) -> int:
+def chunk_size(like: torch.Tensor, per_row: int, cap: int) -> int:
     """Rows per batched call: as many as the memory budget holds, at most `cap`."""
     return int(max(1, min(cap, _memory_budget(like.device) // max(per_row, 1))))
 
 
-def _in_chunks(count: int, chunk: int, run: Callable[[int, int], torch.Tensor]) -> torch.Tensor:
+def in_chunks(count: int, chunk: int, run: Callable[[int, int], torch.Tensor]) -> torch.Tensor:
     """run(start, stop) over [0, count) in chunks, concatenated; on a GPU that runs out of
     memory the chunk is halved and the same rows tried again (down to one row). The rows
     are written into one tensor as they come: small results kept between the chunks'
@@ -58,7 +58,7 @@ def _in_chunks(count: int, chunk: int, run: Callable[[int, int], torch.Tensor]) 
 
 
 @contextlib.contextmanager
-def _activation_bytes(problem: CheckProblem) -> Iterator[list[int]]:
+def activation_bytes(problem: CheckProblem) -> Iterator[list[int]]:
     """Bytes of the outputs of every submodule during one forward (twice that, for what
     happens inside modules): roughly the activation memory a batched copy needs. Hooks go
     on gradtool's private copy and come off at the end. (A TorchDispatchMode would count

@@ -15,13 +15,13 @@ from ..._tree import floating_leaves
 from ...checkables import Checkable
 from ...prepare import CheckProblem
 from ...results import CheckReport, TensorResult
-from .analytic import _Analytic, _analytic, _forward_mode, _LazyEvidence
-from .batching import _activation_bytes
-from .evaluate import _Evaluator, _synced
+from .analytic import Analytic, LazyEvidence, analytic_gradients, forward_mode_derivatives
+from .batching import activation_bytes
+from .config import CheckOptions, Interrupted
+from .evaluate import Evaluator, synced
 from .judge import TensorJudge
 from .numerics import rounding_noise
-from .options import CheckOptions, Interrupted
-from .sampling import _choose_coordinates, _measure, _Measured, _small_model, _spend_budget
+from .sampling import Measured, choose_coordinates, is_small_model, measure, spend_budget
 
 
 def run_check(
@@ -47,12 +47,13 @@ def run_check(
         report.warnings.append(
             "nothing to check: no parameter requires grad and no input is floating"
         )
-    base_terms, analytic = _forward_mode(problem) if forward_mode else _analytic(problem)
+    gradients = forward_mode_derivatives if forward_mode else analytic_gradients
+    base_terms, analytic = gradients(problem)
     failure = _forward_not_finite(problem, base_terms) or _backward_raised(analytic, forward_mode)
     if failure is not None:
         return report.finish(report.unchecked(failure))
 
-    evaluator = _Evaluator(problem, options, needs_grad=problem.needs_grad)
+    evaluator = Evaluator(problem, options, needs_grad=problem.needs_grad)
     f0, f0_again, forward_seconds = _loss_at_theta_twice(problem, evaluator)
     noise_in_f = float((f0 - f0_again)[:-1].abs().max())  # the terms, not the scale
     rounding = _rounding(problem, f0)
@@ -63,7 +64,7 @@ def run_check(
             not_judged = report.unchecked("not judged: the forward is nondeterministic", False)
             return report.finish(not_judged, nondeterministic=True, noise=noise_in_f)
 
-    small_model = _small_model(problem, forward_seconds)
+    small_model = is_small_model(problem, forward_seconds)
     measured, interrupted = _measure_tensors(
         problem, evaluator, analytic, options, small_model, report.started
     )
@@ -72,7 +73,7 @@ def run_check(
         floor=noise_in_f,
         options=options,
         evaluator=evaluator,
-        evidence=_LazyEvidence(problem, analytic, options, forward_mode),
+        evidence=LazyEvidence(problem, analytic, options, forward_mode),
         batch_size=_batch_size(problem),
     )
     results, stopped = _judge_tensors(problem, analytic, measured, f0, judge, report.label)
@@ -100,24 +101,24 @@ def _forward_not_finite(problem: CheckProblem, base_terms: torch.Tensor) -> str 
     return f"NaN/Inf in the forward pass: seen in {_nonfinite_output(problem) or 'the loss'}"
 
 
-def _backward_raised(analytic: _Analytic, forward_mode: bool) -> str | None:
+def _backward_raised(analytic: Analytic, forward_mode: bool) -> str | None:
     if analytic.error is None:
         return None
     return f"the {'jvp' if forward_mode else 'backward'} raised {analytic.error}"
 
 
 def _loss_at_theta_twice(
-    problem: CheckProblem, evaluator: _Evaluator
+    problem: CheckProblem, evaluator: Evaluator
 ) -> tuple[torch.Tensor, torch.Tensor, float]:
     """f(θ) twice (any difference is nondeterminism), the faster forward's seconds, and on
     the way the activation memory one forward makes, for the evaluator's chunk sizes."""
     with evaluator.grad_mode():
         tick = time.perf_counter()
-        with _activation_bytes(problem) as allocated:
-            f0 = _synced(problem.terms(evaluator.base).detach())
+        with activation_bytes(problem) as allocated:
+            f0 = synced(problem.terms(evaluator.base).detach())
         evaluator.activation_bytes = allocated[0]
         tock = time.perf_counter()
-        f0_again = _synced(problem.terms(evaluator.base).detach())
+        f0_again = synced(problem.terms(evaluator.base).detach())
         forward_seconds = min(tock - tick, time.perf_counter() - tock)
     evaluator.f0 = f0
     return f0, f0_again, forward_seconds
@@ -131,7 +132,7 @@ def _rounding(problem: CheckProblem, f0: torch.Tensor) -> float:
 
 
 def _nondeterminism(
-    noise_in_f: float, analytic: _Analytic, rounding: float, options: CheckOptions
+    noise_in_f: float, analytic: Analytic, rounding: float, options: CheckOptions
 ) -> tuple[str, bool]:
     """What to say when f(θ) moved between two evaluations, and whether finite differences
     can still judge the gradients: only when the noise is far below their signal."""
@@ -157,25 +158,25 @@ def _nondeterminism(
 
 def _measure_tensors(
     problem: CheckProblem,
-    evaluator: _Evaluator,
-    analytic: _Analytic,
+    evaluator: Evaluator,
+    analytic: Analytic,
     options: CheckOptions,
     small_model: bool,
     started: float,
-) -> tuple[dict[str, _Measured], bool]:
+) -> tuple[dict[str, Measured], bool]:
     """Per tensor: the coordinates and the loss measured there; then --budget spent. Ctrl-C
     keeps what was measured and says it was interrupted."""
-    measured: dict[str, _Measured] = {}
+    measured: dict[str, Measured] = {}
     try:
         for position, c in enumerate(problem.checkables):
             if options.progress:
                 options.progress(c.name, position, len(problem.checkables))
             # every coordinate of a small model, unless each point costs a whole forward
             everything = small_model and evaluator.can_batch(c)
-            coords = _choose_coordinates(c, analytic.grads, options, everything)
-            measured[c.name] = _measure(evaluator, c, coords, options.eps, options.seed)
+            coords = choose_coordinates(c, analytic.grads, options, everything)
+            measured[c.name] = measure(evaluator, c, coords, options.eps, options.seed)
         if options.budget is not None:
-            _spend_budget(evaluator, problem, measured, options, started)
+            spend_budget(evaluator, problem, measured, options, started)
     except KeyboardInterrupt:
         return measured, True
     return measured, False
@@ -183,8 +184,8 @@ def _measure_tensors(
 
 def _judge_tensors(
     problem: CheckProblem,
-    analytic: _Analytic,
-    measured: dict[str, _Measured],
+    analytic: Analytic,
+    measured: dict[str, Measured],
     f0: torch.Tensor,
     judge: Callable[..., TensorJudge],
     label: Callable[[Checkable, int], str],
@@ -208,7 +209,7 @@ def _judge_tensors(
     return [r for results in per_term for r in results], interrupted
 
 
-def _tensor_rounding(problem: CheckProblem, got: _Measured, f0: torch.Tensor) -> float:
+def _tensor_rounding(problem: CheckProblem, got: Measured, f0: torch.Tensor) -> float:
     """Rounding noise of f in one tensor's evaluations: a few ulps of the largest scale its
     rows moved (Note [rounding noise of a finite difference] in losses.py), or of the loss."""
     scales = [got.plus[:, -1], got.minus[:, -1]]

@@ -11,15 +11,15 @@ from ..._guest import describe_exception
 from ...checkables import Checkable
 from ...errors import UserCodeError
 from ...prepare import CheckProblem
-from .batching import _chunk_size, _in_chunks
-from .linear_path import _hooked_rows, _linear_delta, _LinearDelta
-from .options import CheckOptions
-from .rows import _Evaluations, _Rows
+from .batching import chunk_size, in_chunks
+from .config import CheckOptions
+from .linear_path import LinearDelta, hooked_rows, linear_delta
+from .rows import Evaluations, Rows
 
 MAX_BATCH = 512  # rows per batched call over copies (the hook path, 4x: it makes no copies)
 
 
-class _Evaluator:
+class Evaluator:
     """Loss terms at θ ± h·e_i: batched with vmap where the model allows, serially otherwise."""
 
     def __init__(
@@ -43,7 +43,7 @@ class _Evaluator:
         self.base = base or {c.name: c.value for c in problem.checkables}
         self.f0: torch.Tensor | None = None  # loss terms at θ, set before evaluate()
         self._probed: set[str] = set()  # tensors vmap was shown to handle
-        self._linear: dict[str, _LinearDelta | None] = {}  # see _linear_rows
+        self._linear: dict[str, LinearDelta | None] = {}  # see _linear_rows
         self.activation_bytes = 0  # bytes one forward allocates, set with f0
 
     @property
@@ -85,9 +85,9 @@ class _Evaluator:
 
     def evaluate(
         self, c: Checkable, coords: torch.Tensor, h: float, direction: torch.Tensor | None = None
-    ) -> _Evaluations:
+    ) -> Evaluations:
         """Loss terms at θ ± h·e_i for each coordinate (and at θ ± h·d for a direction)."""
-        rows = _Rows(c, coords, h, direction)
+        rows = Rows(c, coords, h, direction)
         with self.grad_mode():
             if self.can_batch(c):
                 out = self._linear_rows(rows)
@@ -104,7 +104,7 @@ class _Evaluator:
             lambda v: self.problem.terms({**self.base, c.name: v}), randomness="same"
         )(batch)
 
-    def _linear_rows(self, rows: _Rows) -> torch.Tensor | None:
+    def _linear_rows(self, rows: Rows) -> torch.Tensor | None:
         """The rows through the nn.Linear hook (Note [the nn.Linear hook]) where the probe
         allowed it for this tensor; None where it doesn't apply or failed once, and the
         copies are used instead."""
@@ -112,7 +112,7 @@ class _Evaluator:
         if rows.m == 0:  # a direction alone: two copies
             return None
         if c.name not in self._linear:
-            self._linear[c.name] = _linear_delta(
+            self._linear[c.name] = linear_delta(
                 self.problem,
                 c,
                 self.base,
@@ -123,7 +123,7 @@ class _Evaluator:
         delta = self._linear[c.name]
         if delta is None:
             return None
-        out = _hooked_rows(
+        out = hooked_rows(
             delta,
             rows,
             self.problem.terms,
@@ -136,11 +136,11 @@ class _Evaluator:
             self._linear[c.name] = None  # the copies will do
         return out
 
-    def _batched(self, rows: _Rows) -> torch.Tensor | None:
+    def _batched(self, rows: Rows) -> torch.Tensor | None:
         """vmap over perturbed copies of one tensor, in chunks that fit the memory budget
         (the copies and the activations each copy makes); None (and a reason) if a chunk
         fails, e.g. for lack of memory."""
-        chunk = _chunk_size(rows.flat, rows.row_bytes + self.activation_bytes, MAX_BATCH)
+        chunk = chunk_size(rows.flat, rows.row_bytes + self.activation_bytes, MAX_BATCH)
 
         def run(start: int, stop: int) -> torch.Tensor:
             part = rows.materialize(start, stop)
@@ -157,14 +157,14 @@ class _Evaluator:
             return out
 
         try:
-            return _in_chunks(rows.count, chunk, run)
+            return in_chunks(rows.count, chunk, run)
         except KeyboardInterrupt:
             raise
         except (Exception, SystemExit) as exc:
             self.fallback_reason = _vmap_failure(exc)
             return None
 
-    def _serial(self, rows: _Rows) -> torch.Tensor:
+    def _serial(self, rows: Rows) -> torch.Tensor:
         c = rows.checkable
         rows.reuse = False  # a fresh copy per forward costs nothing next to the forward
         out = []
@@ -204,7 +204,7 @@ def forward_error(exc: BaseException, where: str = "") -> UserCodeError:
     return UserCodeError(f"the forward raised {text}{where}", hint=hint)
 
 
-def _synced(t: torch.Tensor) -> torch.Tensor:
+def synced(t: torch.Tensor) -> torch.Tensor:
     """`t`, once the GPU has computed it: CUDA calls return before the work is done, and
     the engine times its forwards (full check or sample, --budget)."""
     if t.is_cuda:

@@ -18,8 +18,9 @@ import torch
 
 from ...checkables import Checkable
 from ...results import SweepPoint, TensorResult, WorstEntry, rating_for
-from .analytic import _LazyEvidence
-from .evaluate import _Evaluator
+from .analytic import LazyEvidence
+from .config import CheckOptions
+from .evaluate import Evaluator
 from .hints import bug_hint
 from .numerics import (
     SWEEP_STEPS,
@@ -30,8 +31,7 @@ from .numerics import (
     compare,
     resolved_error,
 )
-from .options import CheckOptions
-from .sampling import _Measured
+from .sampling import Measured
 
 WORST_SHOWN = 5
 SWEEP_COORDS = 64  # coordinates re-evaluated at each step of a sweep
@@ -81,15 +81,15 @@ class TensorJudge:
         c: Checkable,
         label: str,
         analytic: torch.Tensor | None,
-        measured: _Measured,
+        measured: Measured,
         k: int,
         *,
         f0: float,
         rounding: float,
         floor: float,
         options: CheckOptions,
-        evaluator: _Evaluator,
-        evidence: _LazyEvidence,
+        evaluator: Evaluator,
+        evidence: LazyEvidence,
         batch_size: int | None,
     ) -> None:
         self.c, self.label, self.k = c, label, k

@@ -1,7 +1,7 @@
 """The nn.Linear shortcut: rows of a stock nn.Linear's weight or bias evaluated through a
 forward hook on the layer instead of perturbed copies of the tensor (Note [the nn.Linear
-hook] in `_hooked_rows`). The evaluator asks `_linear_delta` once per tensor whether the hook
-may be used, then `_hooked_rows` for its rows; where either says no, it uses the copies."""
+hook] in `hooked_rows`). The evaluator asks `linear_delta` once per tensor whether the hook
+may be used, then `hooked_rows` for its rows; where either says no, it uses the copies."""
 
 from __future__ import annotations
 
@@ -14,11 +14,11 @@ import torch
 
 from ...checkables import Checkable
 from ...prepare import CheckProblem
-from .batching import _chunk_size, _in_chunks
-from .rows import _direction, _Rows
+from .batching import chunk_size, in_chunks
+from .rows import Rows, random_direction
 
 
-class _LinearDelta:
+class LinearDelta:
     """Forward hook for one nn.Linear: output + what perturbing its weight or bias changes.
     F.linear(x, W + s·e_ij) = F.linear(x, W) + s·x_j·e_i (and + s·e_i for the bias): the flat
     index `k` and step `s` are batched under vmap; `dense` replaces e_k by a whole direction."""
@@ -70,7 +70,7 @@ class _LinearDelta:
         return torch.addcmul(output, self.step * x_j, e_i)
 
 
-def _linear_delta(
+def linear_delta(
     problem: CheckProblem,
     c: Checkable,
     base: dict[str, torch.Tensor],
@@ -78,7 +78,7 @@ def _linear_delta(
     *,
     seed: int,
     needs_grad: bool,
-) -> _LinearDelta | None:
+) -> LinearDelta | None:
     """The hook for `c` if it is the weight or bias of an nn.Linear (the class itself,
     not a subclass, its forward not replaced), registered once, with no hooks of its own,
     in a float64 check; and if the hook gives the same loss as a perturbed copy, along a
@@ -103,10 +103,10 @@ def _linear_delta(
     uses = sum(p is param for _, p in module.named_parameters(remove_duplicate=False))
     if uses != 1:
         return None
-    delta = _LinearDelta(layer, attr)
+    delta = LinearDelta(layer, attr)
     flat = c.value.reshape(-1)
     step = 0.1 * (1.0 + float(flat.abs().max()))  # exact either way: only rounding differs
-    d = _direction(c, seed + 3)
+    d = random_direction(c, seed + 3)
     k = int(flat.abs().argmax())
     device = c.value.device
     try:
@@ -147,9 +147,9 @@ def _linear_delta(
     return delta
 
 
-def _hooked_rows(
-    delta: _LinearDelta,
-    rows: _Rows,
+def hooked_rows(
+    delta: LinearDelta,
+    rows: Rows,
     terms: Callable[..., torch.Tensor],
     base: dict[str, torch.Tensor],
     *,
@@ -162,15 +162,15 @@ def _hooked_rows(
     changes in its output (x_j·(±h) in output unit i), vmapped over i. Linear in the weight,
     so the same function up to rounding, minus the copies and the batched matmul that
     dominate a wide layer's cost. Used only after the hook gave the same loss as a copy (see
-    `_linear_delta`). The ±h·d rows are dense, so they go through `copies` (vmap over
+    `linear_delta`). The ±h·d rows are dense, so they go through `copies` (vmap over
     perturbed copies). None if the hooked forward fails: the copies will do."""
     coords, steps = rows.coordinate_rows()
     batched = torch.func.vmap(lambda k, step: delta.run(k, step, terms, base), randomness="same")
     try:
         with delta.attached():
-            out = _in_chunks(
+            out = in_chunks(
                 coords.numel(),
-                _chunk_size(coords, activation_bytes, cap),
+                chunk_size(coords, activation_bytes, cap),
                 lambda start, stop: batched(coords[start:stop], steps[start:stop]),
             )
         if rows.count > coords.numel():  # ±h·d: dense, so with copies

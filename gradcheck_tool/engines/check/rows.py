@@ -11,7 +11,7 @@ import torch
 from ...checkables import Checkable
 
 
-def _direction(c: Checkable, seed: int) -> torch.Tensor:
+def random_direction(c: Checkable, seed: int) -> torch.Tensor:
     """A seeded random unit direction in the tensor's space."""
     gen = torch.Generator().manual_seed(seed + zlib.crc32(c.name.encode()) + 1)
     d = torch.randn(c.value.shape, generator=gen, dtype=torch.float64)
@@ -19,14 +19,14 @@ def _direction(c: Checkable, seed: int) -> torch.Tensor:
 
 
 @dataclass
-class _Evaluations:
+class Evaluations:
     plus: torch.Tensor  # (m, K): loss terms at θ + h·e_i
     minus: torch.Tensor  # (m, K)
     direction_plus: torch.Tensor | None  # (K,): at θ + h·d
     direction_minus: torch.Tensor | None
 
 
-class _Rows:
+class Rows:
     """The perturbed points of one tensor as rows: +h·e_i for each coordinate, then −h·e_i,
     then ±h·d."""
 
@@ -92,8 +92,8 @@ class _Rows:
         steps[self.m :] = -self.h
         return self.coords.repeat(2), steps
 
-    def split(self, out: torch.Tensor) -> _Evaluations:
+    def split(self, out: torch.Tensor) -> Evaluations:
         m = self.m
         if self.direction is None:
-            return _Evaluations(out[:m], out[m : 2 * m], None, None)
-        return _Evaluations(out[:m], out[m : 2 * m], out[2 * m], out[2 * m + 1])
+            return Evaluations(out[:m], out[m : 2 * m], None, None)
+        return Evaluations(out[:m], out[m : 2 * m], out[2 * m], out[2 * m + 1])

@@ -11,9 +11,9 @@ import torch
 
 from ...checkables import Checkable
 from ...prepare import CheckProblem
-from .evaluate import _Evaluator, _synced
-from .options import CheckOptions
-from .rows import _direction
+from .config import CheckOptions
+from .evaluate import Evaluator, synced
+from .rows import random_direction
 
 FULL_THRESHOLD = 256  # tensors up to this many elements are checked at every coordinate
 TINY_MODEL = 4096  # ... and every tensor of a target with at most this many in all,
@@ -21,7 +21,7 @@ SMALL_MODEL = 20_000  # ... or at most this many,
 FULL_CHECK_SECONDS = 10.0  # ... when such a full check should take about this long at most
 
 
-def _small_model(problem: CheckProblem, forward_seconds: float) -> bool:
+def is_small_model(problem: CheckProblem, forward_seconds: float) -> bool:
     """Every coordinate of a small model, when that is quick: ~2·numel forwards, which vmap
     runs several times faster than one by one."""
     total = sum(c.value.numel() for c in problem.checkables)
@@ -30,7 +30,7 @@ def _small_model(problem: CheckProblem, forward_seconds: float) -> bool:
     )
 
 
-def _choose_coordinates(
+def choose_coordinates(
     c: Checkable,
     grads: list[dict[str, torch.Tensor | None]],
     options: CheckOptions,
@@ -56,7 +56,7 @@ def _choose_coordinates(
 
 
 @dataclass
-class _Measured:
+class Measured:
     """The loss at θ ± h·e_i for the checked coordinates of one tensor (and ± h·d)."""
 
     coords: torch.Tensor
@@ -66,22 +66,22 @@ class _Measured:
     seconds: float
 
 
-def _measure(
-    evaluator: _Evaluator, c: Checkable, coords: torch.Tensor, h: float, seed: int
-) -> _Measured:
+def measure(
+    evaluator: Evaluator, c: Checkable, coords: torch.Tensor, h: float, seed: int
+) -> Measured:
     """The loss at the coordinates, and along the random direction when they are a sample."""
     started = time.perf_counter()
-    d = _direction(c, seed) if coords.numel() < c.value.numel() else None
+    d = random_direction(c, seed) if coords.numel() < c.value.numel() else None
     at = evaluator.evaluate(c, coords, h, d)
     direction = None if d is None else (d, at.direction_plus, at.direction_minus)
-    _synced(at.plus)
-    return _Measured(coords, at.plus, at.minus, direction, time.perf_counter() - started)
+    synced(at.plus)
+    return Measured(coords, at.plus, at.minus, direction, time.perf_counter() - started)
 
 
-def _spend_budget(
-    evaluator: _Evaluator,
+def spend_budget(
+    evaluator: Evaluator,
     problem: CheckProblem,
-    measured: dict[str, _Measured],
+    measured: dict[str, Measured],
     options: CheckOptions,
     started: float,
 ) -> None:
@@ -104,8 +104,8 @@ def _spend_budget(
             if fresh.numel() == 0:
                 sampled.remove(c)
                 continue
-            more = _measure(evaluator, c, fresh, options.eps, options.seed)
-            measured[c.name] = _Measured(
+            more = measure(evaluator, c, fresh, options.eps, options.seed)
+            measured[c.name] = Measured(
                 torch.cat([got.coords, fresh]),
                 torch.cat([got.plus, more.plus]),
                 torch.cat([got.minus, more.minus]),

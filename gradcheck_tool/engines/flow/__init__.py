@@ -21,34 +21,44 @@ The modules, in the order a step goes through them:
 | `recorder` | the hooks; what one step gathers (`StepState`) |
 | `tensor_stats` | the hooks' arithmetic: squared norms, extremes, finite probes |
 | `step` | the step's numbers as one device vector: named segments (`StepLayout`) |
-| `rows`, `nan_site` | numbers read back -> rows, the first non-finite value, history |
+| `layer_rows`, `nan_site` | numbers read back -> rows, the first non-finite value, history |
 | `findings/` | the registry of finding rules, one file per kind |
 | `train`, `overfit` | `flow()` / `run_flow()`: `--steps` on a copy, the overfit verdict |
 | `monitor` | `Monitor`, for the user's own loop |
 """
 
-from .activations import (
-    ACTIVATIONS,
-    ActivationSpec,
-    activation_for_function,
-    activation_for_module,
-)
-from .findings import FINDING_KINDS, RULES, FindingRule, Severity
-from .monitor import Monitor
-from .thresholds import FlowThresholds
-from .train import flow, run_flow
+from __future__ import annotations
 
-__all__ = [
-    "ACTIVATIONS",
-    "FINDING_KINDS",
-    "RULES",
-    "ActivationSpec",
-    "FindingRule",
-    "FlowThresholds",
-    "Monitor",
-    "Severity",
-    "activation_for_function",
-    "activation_for_module",
-    "flow",
-    "run_flow",
-]
+import importlib
+from typing import Any
+
+# loaded on first use (PEP 562): the findings registry and the thresholds need no torch, and
+# the report formats read them without importing the engine
+_LAZY = {
+    "ACTIVATIONS": "activations",
+    "ActivationSpec": "activations",
+    "activation_for_function": "activations",
+    "activation_for_module": "activations",
+    "FINDING_KINDS": "findings",
+    "RULES": "findings",
+    "FindingRule": "findings",
+    "Severity": "findings",
+    "Monitor": "monitor",
+    "FlowThresholds": "thresholds",
+    "flow": "train",
+    "run_flow": "train",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(__all__) | {"findings"})

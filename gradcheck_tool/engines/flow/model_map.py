@@ -124,12 +124,6 @@ def first_floating(model: nn.Module) -> torch.Tensor | None:
     return next((t for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()), None)
 
 
-def home_device(model: nn.Module) -> torch.device | None:
-    """The model's device (None without a floating tensor, or when the first is on meta)."""
-    t = first_floating(model)
-    return None if t is None or t.device.type == "meta" else t.device
-
-
 def model_dtype_device(model: nn.Module) -> tuple[str, torch.device]:
     t = first_floating(model)
     if t is not None:

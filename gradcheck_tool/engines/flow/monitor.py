@@ -14,9 +14,9 @@ from ...errors import InputError
 from ...options import at_least
 from ...results import FlowReport
 from .findings import detect_findings
+from .layer_rows import history, resolve_step
 from .model_map import ModelMap, comparable_keys, model_dtype_device
 from .recorder import Recorder
-from .rows import history, resolve_step
 from .samples import StepSample
 from .step import PendingStep, read_back
 from .thresholds import FlowThresholds
@@ -69,7 +69,6 @@ class Monitor:
         self._steps_seen = 0
         self._recording: int | None = None  # the step whose forward/backward is being recorded
         self._in_forward = False
-        self._device = torch.device("cpu")
         self._active = False
         self._started = 0.0
         self._errors: list[str] = []
@@ -79,7 +78,6 @@ class Monitor:
         if self._active:
             raise InputError("this Monitor is already active")
         self._mm = ModelMap(self.model)
-        _, self._device = model_dtype_device(self.model)
         self._recorder = Recorder(
             self._mm,
             functional=self._functional,
@@ -131,8 +129,7 @@ class Monitor:
         # this call of the model has begun: the recorder's global hooks see the modules
         # inside it, and the model itself is entered by hand (with its keyword arguments)
         rec.attach()
-        rec._guard(rec.on_pre, module, args, kwargs)
-        rec.sync_mode()
+        rec.enter_root(args, kwargs)
 
     def _on_model_return(self, output: Any) -> None:
         rec = self._recorder

@@ -225,6 +225,12 @@ class Recorder:
         if len(self.errors) < 5:
             self.errors.append(f"gradtool internal error in a hook: {type(exc).__name__}: {exc}")
 
+    def enter_root(self, args: tuple, kwargs: dict) -> None:
+        """The model's own call has begun: entered by hand, so that its keyword arguments
+        are seen too (the global pre-hook skips the root)."""
+        self._guard(self.on_pre, self.mm.root, args, kwargs)
+        self.sync_mode()
+
     def _guard(self, fn: Callable[..., None], *args: Any) -> None:
         try:
             # our own tensor ops skip the activation mode (and subclass dispatch); they run on

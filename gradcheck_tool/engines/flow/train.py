@@ -14,15 +14,21 @@ from ..._guest import RngState, describe_exception, init_cuda, preserved_state
 from ..._tree import first_tensor, floating_leaves, map_tensors
 from ..._version import __version__
 from ...errors import GradtoolError, InputError, UserCodeError
-from ...losses import ProjectionLoss, call_loss, loss_terms
+from ...losses import ProjectionLoss, UserLoss, call_loss
 from ...options import Optimizer, at_least, choice, positive
-from ...prepare import copy_of_model, normalize_inputs, parse_device
+from ...prepare import (
+    copy_of_model,
+    home_device,
+    no_room_on_gpu,
+    normalize_inputs,
+    parse_device,
+)
 from ...results import FlowReport
 from .findings import detect_findings
-from .model_map import ModelMap, comparable_keys, home_device, model_dtype_device
+from .layer_rows import history, resolve_step
+from .model_map import ModelMap, comparable_keys, model_dtype_device
 from .overfit import overfit_verdict
 from .recorder import Recorder
-from .rows import history, resolve_step
 from .samples import StepSample, label
 from .step import read_back
 from .thresholds import FlowThresholds
@@ -39,7 +45,7 @@ def flow(
     loss_fn: Callable[..., Any] | None = None,
     steps: int = 1,
     lr: float | None = None,
-    optimizer: str = "sgd",
+    optimizer: str | Optimizer = "sgd",
     seed: int = 0,
     thresholds: FlowThresholds | None = None,
     functional: bool = True,
@@ -79,7 +85,7 @@ def run_flow(
     loss_fn: Callable[..., Any] | None = None,
     steps: int = 1,
     lr: float | None = None,
-    optimizer: str = "sgd",
+    optimizer: str | Optimizer = "sgd",
     seed: int = 0,
     thresholds: FlowThresholds | None = None,
     functional: bool = True,
@@ -104,12 +110,15 @@ def run_flow(
     with preserved_state():
         RngState.seeded(seed).restore()
         torch.set_grad_enabled(True)
-        work = copy_of_model(model)
-        work.train()
-        if device is not None:
-            if move_model:
-                work.to(device)
-            args, kwargs = map_tensors(lambda t: t.to(device), (args, kwargs))
+        try:
+            work = copy_of_model(model)
+            work.train()
+            if device is not None:
+                if move_model:
+                    work.to(device)
+                args, kwargs = map_tensors(lambda t: t.to(device), (args, kwargs))
+        except torch.cuda.OutOfMemoryError:
+            raise no_room_on_gpu(model_dtype_device(model)[0]) from None
         model_dtype, model_device = model_dtype_device(work)
         samples, warnings, comparable = _train_and_measure(
             work,
@@ -240,8 +249,7 @@ def _recorded_forward(
     recorder.begin()
     recorder.attach()
     try:
-        recorder._guard(recorder.on_pre, work, args, kwargs)
-        recorder.sync_mode()
+        recorder.enter_root(args, kwargs)
         return work(*args, **kwargs)
     except GradtoolError:
         raise
@@ -265,12 +273,16 @@ class _StepLoss:
         self.loss_fn = loss_fn
         self.seed = seed
         self.folder = folder
+        self.user: UserLoss | None = None
         self.projection: ProjectionLoss | None = None
 
     def __call__(self, output: Any, args: tuple, kwargs: dict) -> torch.Tensor:
         if self.loss_fn is not None:
-            terms = loss_terms(call_loss(self.loss_fn, output, args, kwargs, self.folder))
-            return torch.stack([t.reshape(()) for t in terms.values()]).sum()
+            value = call_loss(self.loss_fn, output, args, kwargs, self.folder)
+            if self.user is None:
+                self.user = UserLoss(self.loss_fn, value)
+            terms, _ = self.user.stack(value)
+            return terms[0]  # the sum of the terms (or the only one)
         if self.projection is None:
             leaves = [t for _, t in floating_leaves(output)]
             dtype = leaves[0].dtype if leaves else torch.float32

@@ -5,9 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ...options import DEFAULT_SAMPLES
 from ...results import CheckReport
-
-DEFAULT_SAMPLES = 16  # coordinates sampled from each larger tensor (plus a direction check)
 
 
 @dataclass
