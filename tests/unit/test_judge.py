@@ -7,7 +7,8 @@ import pytest
 from gradcheck_tool.engines.check.judge import Note, choose_note
 
 ZERO = "no gradient"
-BELOW = "gradient (≈1e-12) is below what finite differences resolve at eps=1e-06; ..."
+UNRESOLVED = "inconclusive: finite differences can't resolve this gradient (≈1e-12) ..."
+RESOLVED = "judged at eps=0.0001: at eps=1e-06 rounding noise hides a gradient this small"
 STEP = "passes at eps=1e-07 (truncation error: ...)"
 KINKS = "2 kinks skipped (not differentiable there)"
 SAMPLED = "sampled 16 of 4096 coordinates + a random-direction check"
@@ -17,7 +18,8 @@ DIRECTION = "the sampled coordinates agree but a random-direction check does not
 def test_precedence_order():
     assert sorted(Note) == [
         Note.ZERO_GRADIENT,
-        Note.BELOW_RESOLUTION,
+        Note.INCONCLUSIVE,
+        Note.RESOLVED_AT_STEP,
         Note.PASSES_AT_STEP,
         Note.KINKS,
         Note.SAMPLED,
@@ -35,7 +37,8 @@ def test_no_candidate_no_note():
         ({Note.SAMPLED: SAMPLED}, SAMPLED),
         ({Note.SAMPLED: SAMPLED, Note.KINKS: KINKS}, KINKS),
         ({Note.SAMPLED: SAMPLED, Note.KINKS: KINKS, Note.PASSES_AT_STEP: STEP}, STEP),
-        ({Note.SAMPLED: SAMPLED, Note.KINKS: KINKS, Note.BELOW_RESOLUTION: BELOW}, BELOW),
+        ({Note.SAMPLED: SAMPLED, Note.KINKS: KINKS, Note.RESOLVED_AT_STEP: RESOLVED}, RESOLVED),
+        ({Note.SAMPLED: SAMPLED, Note.INCONCLUSIVE: UNRESOLVED}, UNRESOLVED),
         ({Note.SAMPLED: SAMPLED, Note.KINKS: KINKS, Note.ZERO_GRADIENT: ZERO}, ZERO),
         ({Note.ZERO_GRADIENT: "", Note.SAMPLED: SAMPLED}, SAMPLED),  # empty: not a note
     ],

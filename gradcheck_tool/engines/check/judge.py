@@ -39,13 +39,24 @@ SWEEP_COORDS = 64  # coordinates re-evaluated at each step of a sweep
 
 class Note(enum.IntEnum):
     """What a tensor's note may say, in precedence: the first candidate present is shown.
-    (The first three never arise together: each needs a different verdict.)"""
+    (The first four never arise together: each needs a different verdict.)"""
 
     ZERO_GRADIENT = 1  # unused / no gradient (passed), or the gradient never reaches it
-    BELOW_RESOLUTION = 2  # passed, at a gradient finite differences cannot resolve
-    PASSES_AT_STEP = 3  # failed at eps; passes at the step the sweep found
-    KINKS = 4  # coordinates skipped as kinks
-    SAMPLED = 5  # only a sample of the coordinates was checked
+    INCONCLUSIVE = 2  # no step tried resolved the gradient above rounding noise
+    RESOLVED_AT_STEP = 3  # judged at a larger step, where rounding noise is small enough
+    PASSES_AT_STEP = 4  # failed at eps; passes at the step the sweep found
+    KINKS = 5  # coordinates skipped as kinks
+    SAMPLED = 6  # only a sample of the coordinates was checked
+
+
+# Note [resolution]
+# Finite differences see a gradient only above their rounding noise ≈ ε·S/h (losses.py). A
+# comparison resolves the tolerance when that noise, over the gradient's size, is below it:
+# `floor` = ‖noise‖ / (‖a‖ + ‖n‖) ≤ tol. An unresolved tensor is judged again at a larger
+# step (noise shrinks as 1/h; truncation grows as h², which compare() refines away) — first
+# where the noise would be a tenth of the tolerance, then at LARGEST_STEP — and if no step
+# resolves it, it is *inconclusive*: neither verified nor refuted, never passed.
+LARGEST_STEP = 1e-2
 
 
 def choose_note(candidates: Mapping[Note, str], direction: str = "") -> str:
@@ -64,6 +75,12 @@ class _Verdict:
     direction_error: float | None  # None without a direction (every coordinate checked)
     rel_error: float
     passed: bool
+    step: float
+    floor: float  # the smallest relative error rounding noise lets it see (Note [resolution])
+    within_noise: bool  # analytic and numeric both below the rounding noise
+
+    def resolved(self, tol: float) -> bool:
+        return self.floor <= tol
 
 
 @dataclass(frozen=True)
@@ -117,16 +134,34 @@ class TensorJudge:
             return failed
         notes: dict[Note, str] = {}
         verdict = self.verdict(self.h, self.plus, self.minus, self.direction)
-        reaches = True
+        reaches, inconclusive = True, False
         if self.unused or float(self.a_flat.abs().max()) == 0.0:
             verdict, notes[Note.ZERO_GRADIENT], reaches = self.zero_gradient(verdict)
-        elif verdict.passed and self.below_resolution(verdict.comparison):
-            notes[Note.BELOW_RESOLUTION] = (
-                f"gradient (≈{float(verdict.comparison.a.norm()):.2g}) is below what finite "
-                f"differences resolve at eps={self.h:g}; verified only to that level"
-            )
+        elif not verdict.resolved(self.tol):
+            first = verdict
+            verdict = self.at_resolving_step(verdict)
+            if verdict.resolved(self.tol):
+                notes[Note.RESOLVED_AT_STEP] = (
+                    f"judged at eps={verdict.step:g}: at eps={self.h:g} rounding noise hides "
+                    f"a gradient this small (≈{float(first.comparison.a.norm()):.2g})"
+                )
+            elif verdict.within_noise:
+                # analytic and numeric are both 0 to within what finite differences see
+                # (a bias before train-mode BatchNorm: autograd gives rounding, ~1e-16)
+                verdict = dataclasses.replace(first, rel_error=0.0, passed=True)
+                notes[Note.ZERO_GRADIENT] = (
+                    f"zero gradient: analytic (≈{float(first.comparison.a.norm()):.1g}) and "
+                    f"numeric are both within rounding noise, up to eps={verdict.step:g}"
+                )
+            else:
+                inconclusive = True
+                notes[Note.INCONCLUSIVE] = (
+                    f"inconclusive: finite differences can't resolve this gradient "
+                    f"(≈{float(verdict.comparison.a.norm()):.2g}) above rounding noise at "
+                    f"eps={self.h:g} or {verdict.step:g}: neither verified nor refuted"
+                )
         sweep = _Sweep()
-        if (self.options.sweep or not verdict.passed) and reaches:
+        if (self.options.sweep or not verdict.passed) and reaches and not inconclusive:
             sweep = self.sweep(verdict.comparison)
             if not verdict.passed and sweep.better_step is not None:
                 # the mismatch may be the step's, not the gradient's: judge every checked
@@ -149,7 +184,7 @@ class TensorJudge:
             )
         worst: tuple[WorstEntry, ...] = ()
         direction_note, hint = "", None
-        if not verdict.passed:
+        if not verdict.passed and not inconclusive:
             worst = self.worst_entries(comp)
             direction_note = self.direction_disagrees(verdict)
             hint = self.hint(comp)
@@ -157,7 +192,7 @@ class TensorJudge:
             **self._identity(),
             rel_error=verdict.rel_error,
             rating=rating_for(verdict.rel_error, scale=band_scale(self.c.value.dtype)),
-            passed=verdict.passed,
+            passed=verdict.passed and not inconclusive,
             note=choose_note(notes, direction_note),
             worst=worst,
             kinks=kinks,
@@ -165,6 +200,8 @@ class TensorJudge:
             direction_error=verdict.direction_error,
             sweep=sweep.points,
             sweep_verdict=sweep.verdict,
+            inconclusive=inconclusive,
+            complex=self.c.complex,
         )
 
     # --- the steps ----------------------------------------------------------------------
@@ -199,9 +236,16 @@ class TensorJudge:
             refine=self.refine,
             verify=self.verify,
         )
-        dir_rel = self.direction_error(direction, h)
+        dir_comp = self.direction_comparison(direction, h)
+        dir_rel = None
+        comps = [comp]
+        if dir_comp is not None:
+            dir_rel = dir_comp.rel if math.isfinite(float(dir_comp.num[0])) else math.inf
+            comps.append(dir_comp)
         rel = max(comp.rel, dir_rel or 0.0)
-        return _Verdict(comp, dir_rel, rel, rel <= self.tol)
+        floor = max(_floor(c) for c in comps)
+        quiet = all(_within_noise(c) for c in comps)
+        return _Verdict(comp, dir_rel, rel, rel <= self.tol, h, floor, quiet)
 
     def verdict_at_step(self, step: float) -> _Verdict:
         """The verdict with every checked coordinate and the direction evaluated at `step`."""
@@ -214,19 +258,38 @@ class TensorJudge:
         """An analytic gradient that is None or zero everywhere: a pass where the loss does
         not move either, else a gradient that never reaches the tensor (no step size
         explains that). Returns the verdict, the note, and whether the gradient reaches."""
-        comp = verdict.comparison
-        quiet = float(comp.judged.norm()) <= comp.tiny * self.tol
-        if quiet and not (verdict.direction_error or 0.0) > self.tol:
-            note = (
-                "unused: the loss does not depend on this tensor" if self.unused else "no gradient"
-            )
+        note = "unused: the loss does not depend on this tensor" if self.unused else "no gradient"
+        if self.quiet(verdict):
+            return dataclasses.replace(verdict, rel_error=0.0, passed=True), note, True
+        # what finite differences see may be rounding noise above our estimate of it (e.g.
+        # BatchNorm dividing a zero-variance batch by √eps): noise shrinks as the step grows,
+        # a gradient that autograd misses does not
+        larger = self.verdict_at_step(min(LARGEST_STEP, 100 * self.h))
+        if self.quiet(larger):
+            note += f" (the loss moves only by rounding noise: it shrinks at eps={larger.step:g})"
             return dataclasses.replace(verdict, rel_error=0.0, passed=True), note, True
         note = self.evaluator.problem.missing_note.format(got="none" if self.unused else "zero")
         failed = dataclasses.replace(verdict, rel_error=max(verdict.rel_error, 1.0), passed=False)
         return failed, note, False
 
-    def below_resolution(self, comp: Comparison) -> bool:
-        return max(float(comp.a.norm()), float(comp.judged.norm())) < comp.tiny
+    def quiet(self, verdict: _Verdict) -> bool:
+        """The numeric gradient is within rounding noise, along the direction too."""
+        comp = verdict.comparison
+        loud = float(comp.judged.norm()) > comp.tiny * self.tol
+        return not loud and not (verdict.direction_error or 0.0) > self.tol
+
+    def at_resolving_step(self, verdict: _Verdict) -> _Verdict:
+        """The verdict at a larger step, where rounding noise is small enough to resolve the
+        tolerance (Note [resolution]); the last one tried when none is."""
+        # a power of ten where the noise would be at most a tenth of the tolerance
+        wanted = 10 ** math.ceil(math.log10(self.h * verdict.floor / (0.1 * self.tol)))
+        for step in (min(LARGEST_STEP, max(10 * self.h, wanted)), LARGEST_STEP):
+            if step <= verdict.step:
+                continue
+            verdict = self.verdict_at_step(step)
+            if verdict.resolved(self.tol):
+                break
+        return verdict
 
     def sweep(self, comp: Comparison) -> _Sweep:
         """Relative error at several step sizes, on (up to SWEEP_COORDS of) the coordinates
@@ -300,8 +363,8 @@ class TensorJudge:
         coords = self.coords[local]
         return self.evidence.agrees_off_kink(self.c, coords, self.k, self.h, self.rounding)
 
-    def direction_error(self, direction: tuple | None, h: float) -> float | None:
-        """Relative error of the derivative along a random unit direction d: a·d vs numeric."""
+    def direction_comparison(self, direction: tuple | None, h: float) -> Comparison | None:
+        """The derivative along a random unit direction d: a·d against the numeric one."""
         if direction is None:
             return None
         d, dp, dm = direction
@@ -311,8 +374,7 @@ class TensorJudge:
             return self._one_term(at.direction_plus), self._one_term(at.direction_minus)
 
         along = torch.tensor([self._along_direction()], dtype=torch.float64)
-        comp = self._compare_direction(along, dp, dm, h, refine=refine)
-        return comp.rel if math.isfinite(float(comp.num[0])) else math.inf
+        return self._compare_direction(along, dp, dm, h, refine=refine)
 
     # --- small helpers ------------------------------------------------------------------
 
@@ -349,6 +411,18 @@ class TensorJudge:
         return TensorResult(
             **self._identity(), rel_error=math.inf, rating="bug", passed=False, note=note
         )
+
+
+def _floor(comp: Comparison) -> float:
+    """The smallest relative error rounding noise lets this comparison see: the noise of its
+    m coordinates, √m·noise, over the signal (Note [resolution])."""
+    size = float(comp.a.norm()) + float(comp.judged.norm())
+    return math.sqrt(comp.a.numel()) * comp.noise / size if size else math.inf
+
+
+def _within_noise(comp: Comparison) -> bool:
+    noise = math.sqrt(comp.a.numel()) * comp.noise
+    return float(comp.a.norm()) <= noise and float(comp.judged.norm()) <= noise
 
 
 def _unravel(flat_index: int, shape: tuple[int, ...]) -> tuple[int, ...]:
