@@ -8,6 +8,8 @@ tensor is wrong.
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from conftest import (
@@ -21,6 +23,8 @@ from conftest import (
     spec,
 )
 from models import (
+    as_float64_leaves,
+    module_function,
     torch_reference_failures,
 )
 
@@ -81,3 +85,20 @@ def test_correct_models_get_no_hint_anywhere(tmp_path, target, second_order):
     assert run.report["results"]
     assert all(r["passed"] and r["hint"] is None for r in run.report["results"])
     assert "hint:" not in run.output
+
+
+# --- near-misses: a backward off in no pattern --------------------------------------------
+
+NEAR_MISSES = HINTS.parent / "near_misses.py"
+
+
+@pytest.mark.parametrize("name", ["SigmoidPlusEpsilon", "WobblySigmoid", "SigmoidByAHair"])
+def test_a_backward_off_in_no_pattern_fails_without_a_misleading_hint(name):
+    loaded = load_target(spec(NEAR_MISSES, name))
+    f, _ = module_function(copy.deepcopy(loaded.obj))
+    leaves = as_float64_leaves((loaded.example_inputs, *loaded.obj.parameters()))
+    # torch agrees at gradtool's tolerance (its own rtol=1e-3 passes the 0.02 % one)
+    assert not torch.autograd.gradcheck(f, leaves, rtol=1e-5, atol=0.0, raise_exception=False)
+    report = check(loaded.obj, loaded.example_inputs)
+    assert failing(report) == {"hidden.weight", "hidden.bias", "input:x"}
+    assert all(r.hint is None for r in report.results), [r.hint for r in report.results]
