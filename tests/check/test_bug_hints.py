@@ -25,6 +25,7 @@ from conftest import (
 from models import (
     as_float64_leaves,
     module_function,
+    torch_gradcheck_module,
     torch_reference_failures,
 )
 
@@ -87,9 +88,34 @@ def test_correct_models_get_no_hint_anywhere(tmp_path, target, second_order):
     assert "hint:" not in run.output
 
 
-# --- near-misses: a backward off in no pattern --------------------------------------------
+# --- backwards that are not the gradient on purpose; near-misses ----------------------------
 
+NOT_GRADIENTS = HINTS.parent / "not_gradients.py"
 NEAR_MISSES = HINTS.parent / "near_misses.py"
+BEFORE = {"features.weight", "features.bias", "input:x"}  # upstream of the rounding/scaling
+
+
+@pytest.mark.parametrize(
+    "name, words",
+    [
+        ("QuantizedMLP", "piecewise-constant forward: the loss does not move"),
+        ("ReversedGradient", "constant factor: analytic ≈ -0.3 × numeric"),
+        ("Reversed", "sign flipped: analytic ≈ −numeric"),
+        ("DoubledGradient", "constant factor: analytic ≈ 2 × numeric"),
+    ],
+)
+def test_a_backward_that_is_not_the_gradient_on_purpose_is_named_for_what_it_does(name, words):
+    loaded = load_target(spec(NOT_GRADIENTS, name))
+    reference = copy.deepcopy(loaded.obj)  # torch's gradcheck agrees (on a float64 copy)
+    assert not torch_gradcheck_module(reference, loaded.example_inputs)
+    report = check(loaded.obj, loaded.example_inputs)
+    assert failing(report) == BEFORE
+    for tensor in BEFORE:
+        assert report.result(tensor).hint.startswith(words), report.result(tensor).hint
+    if name == "QuantizedMLP":
+        assert "straight-through estimator" in report.result("input:x").hint
+        assert "--skip" in report.result("input:x").hint
+    assert all(r.hint is None for r in report.results if r.passed)
 
 
 @pytest.mark.parametrize("name", ["SigmoidPlusEpsilon", "WobblySigmoid", "SigmoidByAHair"])

@@ -6,6 +6,7 @@ import torch
 
 from gradcheck_tool.engines.check.hints import (
     HINTS,
+    WHEN_NUMERIC_IS_NOISE,
     Mismatch,
     batch_averaged,
     batch_summed,
@@ -13,6 +14,7 @@ from gradcheck_tool.engines.check.hints import (
     constant_factor,
     gradient_missing,
     partly_wrong,
+    piecewise_constant,
     sign_flipped,
     transposed,
     upstream_ignored,
@@ -108,6 +110,7 @@ def test_the_table_tries_the_hints_in_order():
         transposed,
         partly_wrong,
     )
+    assert WHEN_NUMERIC_IS_NOISE == (piecewise_constant,)
 
 
 def hint(a, n=N, **kwargs):
@@ -228,3 +231,18 @@ def test_a_symmetric_gradient_nearly_right_is_not_transposed():
     n = torch.tensor([2.0, 1.0, 1.0, 3.0], dtype=T)  # [[2, 1], [1, 3]] = its transpose
     a = n + 1e-3 * torch.tensor([1.0, -1.0, 0.5, 0.0], dtype=T)
     assert transposed(mismatch(a, n, shape=(2, 2))) is None
+
+
+def test_a_numeric_gradient_of_zero_under_a_real_analytic_one_is_a_piecewise_constant_forward():
+    zero = torch.zeros(6, dtype=T)
+    text = hint(N, zero, noise=1e-9)
+    assert text == (
+        "piecewise-constant forward: the loss does not move when this tensor does (numeric ≈ 0) "
+        "but the backward gives a gradient; a straight-through estimator (round, sign, "
+        "quantize) is not a gradient: leave it out with --skip or check the layers around it "
+        "(a cast to half precision hides small steps too)"
+    )
+    assert piecewise_constant(mismatch(N, zero, noise=1e-9)) == text
+    assert hint(N, 1e-10 * N.flip(0), noise=1e-9) == text  # numeric within the noise
+    assert hint(1e-9 * N, zero, noise=1e-9) is None  # analytic within the noise too
+    assert hint(N, 0.5 * N, noise=1e-9) != text  # numeric resolved: the other hints

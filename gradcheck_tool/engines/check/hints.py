@@ -16,6 +16,9 @@ where the pattern explains the mismatch ‖a − n‖, not merely the gradient.
 - "Only part is wrong" needs every entry clearly right or clearly wrong (errors an order of
   magnitude apart; entries as small as the noise count as neither), then whole slices of at
   least two entries each, or a clear minority of wrong entries (at most PART).
+- A numeric gradient within the noise where the analytic one is well above it says only
+  that the loss does not move: a piecewise-constant forward, or a backward that invents a
+  gradient. None of the other patterns can be read from it.
 """
 
 from __future__ import annotations
@@ -170,6 +173,18 @@ def partly_wrong(m: Mismatch) -> str | None:
     return None
 
 
+def piecewise_constant(m: Mismatch) -> str | None:
+    """n within the noise where a is well above it: the loss does not move at this step."""
+    if m.a_norm > RESOLVED * max(m.n_norm, m.noise * math.sqrt(max(m.a.numel(), 1))):
+        return (
+            "piecewise-constant forward: the loss does not move when this tensor does "
+            "(numeric ≈ 0) but the backward gives a gradient; a straight-through estimator "
+            "(round, sign, quantize) is not a gradient: leave it out with --skip or check "
+            "the layers around it (a cast to half precision hides small steps too)"
+        )
+    return None
+
+
 # tried in this order; the first that answers wins (a proportional pair stops at the factor)
 HINTS: tuple[Callable[[Mismatch], str | None], ...] = (
     gradient_missing,
@@ -181,6 +196,9 @@ HINTS: tuple[Callable[[Mismatch], str | None], ...] = (
     transposed,
     partly_wrong,
 )
+
+# where the numeric gradient is within the noise, no pattern above can be read from it
+WHEN_NUMERIC_IS_NOISE: tuple[Callable[[Mismatch], str | None], ...] = (piecewise_constant,)
 
 
 def bug_hint(
@@ -212,9 +230,8 @@ def bug_hint(
         upstream_ignored,
         tolerance,
     )
-    if mismatch.numeric_is_noise:
-        return None
-    return next((text for hint in HINTS if (text := hint(mismatch)) is not None), None)
+    table = WHEN_NUMERIC_IS_NOISE if mismatch.numeric_is_noise else HINTS
+    return next((text for hint in table if (text := hint(mismatch)) is not None), None)
 
 
 def _proportional(a: torch.Tensor, n: torch.Tensor) -> float | None:
