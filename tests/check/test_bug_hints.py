@@ -118,6 +118,16 @@ def test_a_backward_that_is_not_the_gradient_on_purpose_is_named_for_what_it_doe
     assert all(r.hint is None for r in report.results if r.passed)
 
 
+def test_a_multiplier_of_two_in_a_batch_of_two_names_both_readings():
+    model = load_target(spec(NOT_GRADIENTS, "DoubledGradient")).obj
+    x = torch.randn(2, 5, generator=torch.Generator().manual_seed(1))
+    report = check(model, x)
+    assert failing(report) == BEFORE
+    hint = report.result("features.weight").hint
+    assert hint.startswith("batch reduction wrong, or a stray factor 2: analytic ≈ numeric × 2")
+    assert "a batch of another size tells the two apart" in hint
+
+
 @pytest.mark.parametrize("name", ["SigmoidPlusEpsilon", "WobblySigmoid", "SigmoidByAHair"])
 def test_a_backward_off_in_no_pattern_fails_without_a_misleading_hint(name):
     loaded = load_target(spec(NEAR_MISSES, name))

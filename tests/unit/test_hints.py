@@ -175,6 +175,22 @@ def test_one_entry_is_proportional_to_anything():
     assert averaged.startswith("batch reduction wrong: analytic ≈ numeric / 4")
 
 
+def test_a_factor_equal_to_a_batch_of_two_has_two_readings():
+    assert hint(N / 2, batch_size=2) == (
+        "batch reduction wrong, or a stray factor ½: analytic ≈ numeric / 2 (averaged over the "
+        "batch of 2 where it should be summed? a batch of another size tells the two apart)"
+    )
+    assert hint(N * 2, batch_size=2) == (
+        "batch reduction wrong, or a stray factor 2: analytic ≈ numeric × 2 (summed over the "
+        "batch of 2 where it should be averaged? a batch of another size tells the two apart)"
+    )
+    assert hint(N / 2, batch_size=3).startswith("constant factor: analytic ≈ 0.5 × numeric")
+    assert hint(N / 6, batch_size=6) == (
+        "batch reduction wrong: analytic ≈ numeric / 6 (averaged over the batch where it "
+        "should be summed?)"
+    )
+
+
 N36 = torch.linspace(1.0, 4.5, 36, dtype=T)  # 36 entries, all well above the noise
 
 

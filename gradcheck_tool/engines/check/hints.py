@@ -116,6 +116,12 @@ def batch_averaged(m: Mismatch) -> str | None:
     """a ≈ n / B: a mean over the batch where the loss sums."""
     b = m.batch_size
     if m.factor is not None and b and b > 1 and abs(m.factor * b - 1) <= FIT:
+        if b == 2:  # ½ is also the commonest stray factor: say both
+            return (
+                "batch reduction wrong, or a stray factor ½: analytic ≈ numeric / 2 "
+                "(averaged over the batch of 2 where it should be summed? a batch of "
+                "another size tells the two apart)"
+            )
         return (
             f"batch reduction wrong: analytic ≈ numeric / {b} (averaged "
             "over the batch where it should be summed?)"
@@ -127,6 +133,12 @@ def batch_summed(m: Mismatch) -> str | None:
     """a ≈ n × B: a sum over the batch where the loss averages."""
     b = m.batch_size
     if m.factor is not None and b and b > 1 and abs(m.factor / b - 1) <= FIT:
+        if b == 2:  # 2 is also the commonest stray factor: say both
+            return (
+                "batch reduction wrong, or a stray factor 2: analytic ≈ numeric × 2 "
+                "(summed over the batch of 2 where it should be averaged? a batch of "
+                "another size tells the two apart)"
+            )
         return (
             f"batch reduction wrong: analytic ≈ numeric × {b} (summed "
             "over the batch where it should be averaged?)"
