@@ -18,8 +18,10 @@ from conftest import (
     KINKS,
     RANDOMNESS,
     SECOND_ORDER,
+    assert_user_error,
     check_cli,
     failing,
+    invoke_cli,
     spec,
 )
 from models import (
@@ -30,6 +32,7 @@ from models import (
 )
 
 from gradcheck_tool import check
+from gradcheck_tool.errors import UserCodeError
 from gradcheck_tool.loading import load_target
 
 
@@ -88,10 +91,11 @@ def test_correct_models_get_no_hint_anywhere(tmp_path, target, second_order):
     assert "hint:" not in run.output
 
 
-# --- backwards that are not the gradient on purpose; near-misses ----------------------------
+# --- backwards that are not the gradient on purpose; near-misses; integer inputs ------------
 
 NOT_GRADIENTS = HINTS.parent / "not_gradients.py"
 NEAR_MISSES = HINTS.parent / "near_misses.py"
+INTEGER_INPUTS = HINTS.parent / "integer_inputs.py"
 BEFORE = {"features.weight", "features.bias", "input:x"}  # upstream of the rounding/scaling
 
 
@@ -138,3 +142,30 @@ def test_a_backward_off_in_no_pattern_fails_without_a_misleading_hint(name):
     report = check(loaded.obj, loaded.example_inputs)
     assert failing(report) == {"hidden.weight", "hidden.bias", "input:x"}
     assert all(r.hint is None for r in report.results), [r.hint for r in report.results]
+
+
+def test_integer_inputs_to_a_model_that_computes_with_them_get_a_true_hint():
+    model = load_target(spec(INTEGER_INPUTS, "Regressor")).obj
+    ids = torch.randint(0, 10, (2, 4), generator=torch.Generator().manual_seed(0))
+    with pytest.raises(UserCodeError) as raised:
+        check(model, ids)
+    assert "the forward raised RuntimeError" in raised.value.message  # the error's own text
+    hint = raised.value.hint
+    assert "integer inputs to the forward as they are (never converted, never perturbed)" in hint
+    assert "constant" not in hint and "--dtype float32" not in hint
+
+    result = invoke_cli(
+        "check", spec(INTEGER_INPUTS, "Regressor"), "--input-shape", "2,4", "--input-dtype", "int64"
+    )
+    assert_user_error(result, "the forward raised", "integer inputs", "never perturbed")
+    assert "create constants" not in result.output
+
+
+def test_floating_ids_for_an_embedding_get_a_hint_about_indices():
+    model = load_target(spec(INTEGER_INPUTS, "TokenClassifier")).obj
+    ids = torch.randint(0, 10, (2, 3), generator=torch.Generator().manual_seed(0))
+    with pytest.raises(UserCodeError) as raised:
+        check(model, ids.double())
+    assert "needs integer indices but got a float64 tensor" in raised.value.hint
+    report = check(model, ids)  # the same ids as integers: checked, and right
+    assert report.passed and all(r.hint is None for r in report.results)
