@@ -215,6 +215,21 @@ def test_part_of_the_tensor_only_for_a_clear_minority_or_whole_slices():
     assert partly_wrong(mismatch(rows, N36, shape=(36, 1))) is None  # rows of one entry
 
 
+def test_slices_of_a_tensor_that_is_not_a_matrix_are_named_by_their_dim():
+    channel = N36.clone().reshape(3, 4, 3)
+    channel[:, 2] *= 3  # the third channel of a (3, 4, 3) weight: a slice along dim 1
+    assert partly_wrong(mismatch(channel.reshape(-1), N36, shape=(3, 4, 3))) == (
+        "only part of the tensor is wrong: slices 2 of 4 along dim 1 (9 of 36 entries wrong); "
+        "the rest match"
+    )
+    first = N36.clone().reshape(2, 18)
+    first[0] *= 3
+    assert partly_wrong(mismatch(first.reshape(-1), N36, shape=(2, 2, 9))) == (
+        "only part of the tensor is wrong: slices 0 of 2 along dim 0 (18 of 36 entries wrong); "
+        "the rest match"
+    )
+
+
 def test_entries_as_small_as_the_noise_are_neither_right_nor_wrong():
     n = N.clone()
     n[:2] = 0.0  # a dead row: a = n = 0 there

@@ -276,10 +276,11 @@ def _ranges(indices: list[int]) -> str:
     return text + (", …" if len(out) > 6 else "")
 
 
-def _slice_name(dim: int, ndim: int) -> str:
-    if dim == 0:
-        return "rows"
-    return "columns" if dim == 1 and ndim == 2 else f"slices along dim {dim}"
+def _slices(dim: int, ndim: int, indices: list[int], size: int) -> str:
+    """'rows 1–2 of 4' for a matrix; 'slices 1–2 of 4 along dim 0' for any other tensor."""
+    if ndim == 2:
+        return f"{'rows' if dim == 0 else 'columns'} {_ranges(indices)} of {size}"
+    return f"slices {_ranges(indices)} of {size} along dim {dim}"
 
 
 def _wrong_slices(wrong: torch.Tensor, right: torch.Tensor, shape: tuple[int, ...]) -> str | None:
@@ -295,9 +296,8 @@ def _wrong_slices(wrong: torch.Tensor, right: torch.Tensor, shape: tuple[int, ..
         if not (any_bad & any_good).any() and 0 < int(any_bad.sum()) < size:
             idx = any_bad.nonzero().reshape(-1).tolist()
             return (
-                f"only part of the tensor is wrong: {_slice_name(dim, len(shape))} "
-                f"{_ranges(idx)} of {size} ({int(bad.sum())} of {numel} entries wrong); "
-                "the rest match"
+                f"only part of the tensor is wrong: {_slices(dim, len(shape), idx, size)} "
+                f"({int(bad.sum())} of {numel} entries wrong); the rest match"
             )
     return None
 
