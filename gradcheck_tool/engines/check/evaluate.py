@@ -3,6 +3,7 @@ model allows, through the nn.Linear hook where that applies, serially otherwise.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import torch
@@ -192,16 +193,43 @@ def _vmap_failure(exc: Exception) -> str:
     return f"vmap could not run the model ({type(exc).__name__}: {first})"
 
 
+_DTYPE_CLASH = re.compile(r"dtype|scalar type|cast", re.IGNORECASE)
+_FLOAT64 = re.compile(r"double|float64", re.IGNORECASE)
+# torch's names (Long, torch.int64, long int); "gotLong" occurs, so no left boundary for those
+_INTEGER = re.compile(
+    r"(?:Long|Int|Short|Byte|Char|Bool)(?![a-z])|\b(?:u?int(?:8|16|32|64)?|long|short|bool)\b"
+)
+
+
 def forward_error(exc: BaseException, where: str = "") -> UserCodeError:
     """The user's forward raised: their words, their line, and a hint for the usual cause."""
     text = describe_exception(exc, None)
-    hint = None
-    if "dtype" in text and ("ouble" in text or "float64" in text):
-        hint = (
-            "gradtool checks in float64: create constants with the input's dtype "
-            "(x.new_tensor, dtype=x.dtype), or run with --dtype float32."
+    return UserCodeError(f"the forward raised {text}{where}", hint=_dtype_hint(str(exc)))
+
+
+def _dtype_hint(message: str) -> str | None:
+    """What is true of a dtype clash with the float64 values gradtool checks in, read from
+    the error's own words (without the file name, which may contain 'int')."""
+    if not (_DTYPE_CLASH.search(message) and _FLOAT64.search(message)):
+        return None
+    if "indices" in message:  # e.g. an embedding given floating "ids"
+        return (
+            "this needs integer indices but got a float64 tensor: gradtool converts floating "
+            "inputs to the check dtype and perturbs them; pass indices as integer tensors "
+            "(torch.long, or --input-dtype int64)."
         )
-    return UserCodeError(f"the forward raised {text}{where}", hint=hint)
+    if _INTEGER.search(message):
+        # the same clash fails in float32 too: float constants are not the cause
+        return (
+            "an integer tensor meets a floating one here, in any dtype: gradtool passes "
+            "integer inputs to the forward as they are (never converted, never perturbed); "
+            "give floating inputs where the model computes with them, or convert in the "
+            "forward (x.to(weight.dtype))."
+        )
+    return (
+        "gradtool checks in float64: create constants with the input's dtype "
+        "(x.new_tensor, dtype=x.dtype), or run with --dtype float32."
+    )
 
 
 def synced(t: torch.Tensor) -> torch.Tensor:
