@@ -349,6 +349,7 @@ class TensorJudge:
             noise=comp.noise,
             batch_size=self.batch_size,
             upstream_ignored=self.k == 0 and self.evidence.upstream_ignored(self.c.name),
+            tolerance=self.tol,
         )
 
     # --- evaluating more, for compare() -------------------------------------------------
