@@ -133,6 +133,20 @@ def _required_params(fn: Callable[..., Any]) -> list[str]:
     ]
 
 
+def _constructor_needs(cls: type) -> list[str]:
+    """Arguments `cls()` lacks: parameters without a default. `*args`/`**kwargs` may stay
+    empty (nn.Module's own __init__, inherited by a subclass without one, is all *args)."""
+    try:
+        sig = inspect.signature(cls)
+    except (TypeError, ValueError):
+        return []
+    return [
+        p.name
+        for p in sig.parameters.values()
+        if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    ]
+
+
 def _classify(obj: Any, name: str, path: Path, how: str) -> tuple[Any, str, str]:
     """Turn whatever NAME denotes into (object, kind, found_by)."""
     folder = path.resolve().parent
@@ -141,10 +155,11 @@ def _classify(obj: Any, name: str, path: Path, how: str) -> tuple[Any, str, str]
     if _is_function_class(obj):
         return obj, "function", how
     if _is_module_class(obj):
-        if _required_params(obj.__init__)[1:]:
+        needs = _constructor_needs(obj)
+        if needs:
             raise LoadError(
                 f"{path.name}:{name} is an nn.Module class whose constructor needs arguments "
-                f"({', '.join(_required_params(obj.__init__)[1:])})",
+                f"({', '.join(needs)})",
                 hint="Define `build_model()` returning an instance, or a module-level `model`.",
             )
         return (
