@@ -150,6 +150,17 @@ def test_cli_checks_a_wrapped_model_and_says_so(name, words):
     assert "_orig_mod.fc" not in result.output and "module.fc" not in result.output
 
 
+def test_weights_saved_from_a_plain_or_a_wrapped_model_load_into_the_module_inside(tmp_path):
+    torch.manual_seed(3)
+    saved = BatchNormNet()
+    plain, wrapped = tmp_path / "plain.pt", tmp_path / "wrapped.pt"
+    torch.save(saved.state_dict(), plain)
+    torch.save(torch.compile(saved).state_dict(), wrapped)  # keys begin with `_orig_mod.`
+    for path in (plain, wrapped):
+        loaded = load_target(str(WRAPPED / "compiled_model.py"), weights=str(path))
+        assert torch.equal(loaded.obj._orig_mod.fc.weight, saved.fc.weight)
+
+
 # --- functools.partial, bound methods --------------------------------------------------------
 
 
