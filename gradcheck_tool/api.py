@@ -14,6 +14,7 @@ from .errors import InputError, OptionError
 from .options import DEFAULT_SAMPLES, CheckDtype, at_least, choice, positive, valid_seed
 from .prepare import Problem, SecondOrderProblem, home_device, normalize_inputs, parse_device
 from .results import CheckReport
+from .targets import resolve_target
 
 # Defaults per check dtype: the tutorial's float64 numbers, and float32's weaker ones
 # (step ≈ cube root of float32's epsilon, tolerance to match its ~7 digits).
@@ -75,7 +76,7 @@ def check(
         sweep=sweep,
         progress=progress,
     )
-    target = _unwrap(target)
+    target, args, keywords, target_notes = resolve_target(target, args, keywords)
     label = name or getattr(target, "__name__", None) or type(target).__name__
     where = parse_device(device, ("cpu", "cuda")) if device is not None else None
     where = where or home_device(target, (args, keywords))
@@ -123,6 +124,8 @@ def check(
                 *report.warnings,
             ),
         )
+    if target_notes:  # what was checked, when it is not literally the object passed
+        report = dataclasses.replace(report, warnings=(*target_notes, *report.warnings))
     return report
 
 
@@ -149,33 +152,3 @@ def _dtype(dtype: torch.dtype | str) -> torch.dtype:
     return {"float64": torch.float64, "float32": torch.float32}[choice(CheckDtype, "dtype", dtype)]
 
 
-def _unwrap(target: Any) -> Any:
-    """`model.forward` is the model; a function that closes over a module would run (and
-    change) the user's own module, and its parameters would go unchecked: refuse it."""
-    owner = getattr(target, "__self__", None)
-    if isinstance(owner, torch.nn.Module) and getattr(target, "__name__", "") == "forward":
-        return owner
-    if not isinstance(target, torch.nn.Module) and callable(target):
-        cells = [
-            c.cell_contents
-            for c in (getattr(target, "__closure__", None) or ())
-            if _has_contents(c)
-        ]
-        used = [type(v).__name__ for v in cells if isinstance(v, torch.nn.Module)]
-        if isinstance(owner, torch.nn.Module):
-            used.append(type(owner).__name__)
-        if used:
-            raise InputError(
-                f"the function uses the module {used[0]} from outside its arguments: its "
-                "parameters would not be checked, and running it would change your model",
-                hint="Pass the module itself (or a small nn.Module wrapping it) as the target.",
-            )
-    return target
-
-
-def _has_contents(cell: Any) -> bool:
-    try:
-        cell.cell_contents  # noqa: B018  (an empty cell raises)
-    except ValueError:
-        return False
-    return True

@@ -25,6 +25,7 @@ from torch import nn
 
 from ._guest import call_user, describe_exception, user_frame, user_scope
 from .errors import CheckpointError, InputError, LoadError
+from .targets import WRAPPERS, unwrap_module
 
 _counter = itertools.count()
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -133,6 +134,20 @@ def _required_params(fn: Callable[..., Any]) -> list[str]:
     ]
 
 
+def _constructor_needs(cls: type) -> list[str]:
+    """Arguments `cls()` lacks: parameters without a default. `*args`/`**kwargs` may stay
+    empty (nn.Module's own __init__, inherited by a subclass without one, is all *args)."""
+    try:
+        sig = inspect.signature(cls)
+    except (TypeError, ValueError):
+        return []
+    return [
+        p.name
+        for p in sig.parameters.values()
+        if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    ]
+
+
 def _classify(obj: Any, name: str, path: Path, how: str) -> tuple[Any, str, str]:
     """Turn whatever NAME denotes into (object, kind, found_by)."""
     folder = path.resolve().parent
@@ -141,10 +156,11 @@ def _classify(obj: Any, name: str, path: Path, how: str) -> tuple[Any, str, str]
     if _is_function_class(obj):
         return obj, "function", how
     if _is_module_class(obj):
-        if _required_params(obj.__init__)[1:]:
+        needs = _constructor_needs(obj)
+        if needs:
             raise LoadError(
                 f"{path.name}:{name} is an nn.Module class whose constructor needs arguments "
-                f"({', '.join(_required_params(obj.__init__)[1:])})",
+                f"({', '.join(needs)})",
                 hint="Define `build_model()` returning an instance, or a module-level `model`.",
             )
         return (
@@ -247,7 +263,8 @@ def _load(spec: str, path: Path, name: str | None, weights: str | None) -> Loade
     if weights is not None:
         if kind != "module":
             raise CheckpointError(f"--weights needs an nn.Module target; {resolved} is a {kind}")
-        load_weights(obj, weights)
+        # into the module that gets checked: the one inside torch.compile or DataParallel
+        load_weights(unwrap_module(obj)[0], weights)
     return LoadedTarget(spec, path, resolved, obj, kind, found_by, raw_inputs, loss_fn)
 
 
@@ -268,6 +285,20 @@ def _state_dict_in(loaded: Any) -> Mapping[str, Any] | None:
         ):
             return loaded
     return None
+
+
+def _without_wrapper_prefixes(
+    state: Mapping[str, Any], expected: Mapping[str, Any]
+) -> Mapping[str, Any]:
+    """A checkpoint saved from a wrapped model (`_orig_mod.` of torch.compile, `module.` of
+    DataParallel) fits the module inside once the wrappers' prefixes are gone."""
+    prefixes = {f"{w.attribute}." for w in WRAPPERS}
+    while state and not any(k in expected for k in state):
+        prefix = next((p for p in prefixes if all(k.startswith(p) for k in state)), None)
+        if prefix is None:
+            break
+        state = {k[len(prefix) :]: v for k, v in state.items()}
+    return state
 
 
 def load_weights(model: nn.Module, weights: str) -> None:
@@ -294,6 +325,7 @@ def load_weights(model: nn.Module, weights: str) -> None:
             "(nor a dict with one under 'state_dict' or 'model')"
         )
     expected = model.state_dict()
+    state = _without_wrapper_prefixes(state, expected)
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
     misshaped = [
