@@ -243,3 +243,21 @@ def preserved_state() -> Iterator[None]:
         rng.restore()
         torch.set_default_dtype(dtype)
         torch.set_grad_enabled(grad)
+
+
+@contextlib.contextmanager
+def no_inference_fast_paths() -> Iterator[None]:
+    """Finite differences must run the same code as the analytic pass. Under torch.no_grad()
+    nn.MultiheadAttention and nn.TransformerEncoder(Layer) take a fused inference path (with
+    a key-padding mask, a nested tensor that zeroes the padded positions) that the pass with
+    grad enabled does not: off while a check runs, and the user's setting restored."""
+    mha = getattr(torch.backends, "mha", None)
+    if mha is None or not hasattr(mha, "set_fastpath_enabled"):  # older torch: no switch
+        yield
+        return
+    kept = mha.get_fastpath_enabled()
+    mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        mha.set_fastpath_enabled(kept)

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from typing import Any, Callable
 
 import torch
 
-from ._guest import exact_float32, init_cuda, preserved_state
+from ._guest import exact_float32, init_cuda, no_inference_fast_paths, preserved_state
 from ._version import __version__
 from .engines.check import CheckOptions, Interrupted, run_check
 from .errors import InputError, OptionError
 from .options import DEFAULT_SAMPLES, CheckDtype, at_least, choice, positive, valid_seed
+from .precision import Downcast, downcasts
 from .prepare import Problem, SecondOrderProblem, home_device, normalize_inputs, parse_device
 from .results import CheckReport
 from .targets import resolve_target
@@ -19,6 +21,7 @@ from .targets import resolve_target
 # Defaults per check dtype: the tutorial's float64 numbers, and float32's weaker ones
 # (step ≈ cube root of float32's epsilon, tolerance to match its ~7 digits).
 DEFAULTS = {torch.float64: (1e-5, 1e-6), torch.float32: (1e-2, 1e-3)}
+PLACES_SHOWN = 3  # lower-precision places named in the warning
 
 
 def check(
@@ -38,6 +41,8 @@ def check(
     dtype: torch.dtype | str = torch.float64,
     device: str | torch.device | None = None,
     batched: bool = True,
+    skip: Sequence[str] = (),
+    wrt: Sequence[str] = (),
     kwargs: dict[str, Any] | None = None,
     name: str | None = None,
     found_by: str = "passed to check()",
@@ -48,36 +53,36 @@ def check(
     `target` is an nn.Module, a torch.autograd.Function subclass or a function of tensors;
     `inputs` a tensor, a tuple/list (positional) or a dict (keyword arguments); `kwargs`
     adds keyword arguments to positional `inputs`. `tolerance` and `eps` default to 1e-5
-    and 1e-6 (1e-2 and 1e-3 with dtype=float32). The user's objects, RNG state, default
-    dtype and grad mode are left as they were.
+    and 1e-6 (1e-2 and 1e-3 with dtype=float32, or when the forward itself computes in
+    float32). `skip`/`wrt` leave tensors out / check only those, by their reported names or
+    shell-style patterns. The user's objects, RNG state, default dtype and grad mode are
+    left as they were.
     """
     check_dtype = _dtype(dtype)
+    args, keywords = normalize_inputs(inputs if inputs is not None else ())
+    keywords.update(kwargs or {})
+    target, args, keywords, notes = resolve_target(target, args, keywords)
     if forward_mode and not _defines_jvp(target):
         raise OptionError(
             "forward_mode",
-            "checks an autograd.Function's jvp, and "
-            f"{getattr(target, '__name__', type(target).__name__)} is not a Function that "
+            f"checks an autograd.Function's jvp, and {_label(target)} is not a Function that "
             "defines one",
             hint="Define `jvp` (with `setup_context`) on the Function, or drop forward mode.",
         )
-    default_tol, default_eps = DEFAULTS[check_dtype]
-    args, keywords = normalize_inputs(inputs if inputs is not None else ())
-    keywords.update(kwargs or {})
     options = CheckOptions(
-        tolerance=default_tol if tolerance is None else positive("tolerance", tolerance),
-        eps=default_eps if eps is None else positive("eps", eps),
+        tolerance=positive("tolerance", tolerance) if tolerance is not None else 0.0,
+        eps=positive("eps", eps) if eps is not None else 0.0,
         full=full,
         samples=at_least("samples", samples, 1),
-        budget=None
-        if budget is None
-        else positive("budget", budget, "a positive number of seconds"),
+        budget=(
+            None if budget is None else positive("budget", budget, "a positive number of seconds")
+        ),
         seed=valid_seed(seed),
         batched=batched,
         sweep=sweep,
         progress=progress,
     )
-    target, args, keywords, target_notes = resolve_target(target, args, keywords)
-    label = name or getattr(target, "__name__", None) or type(target).__name__
+    label = name or _label(target)
     where = parse_device(device, ("cpu", "cuda")) if device is not None else None
     where = where or home_device(target, (args, keywords))
     meta = dict(target=label, found_by=found_by, version=__version__)
@@ -85,19 +90,36 @@ def check(
     # for every evaluation (dropout on the GPU) and the user's are restored at the end
     init_cuda(where)
     on_cuda = where is not None and where.type == "cuda"
-    with preserved_state(), exact_float32(on_cuda and check_dtype == torch.float32):
+    with (
+        preserved_state(),
+        exact_float32(on_cuda and check_dtype == torch.float32),
+        no_inference_fast_paths(),
+    ):
         torch.set_default_dtype(check_dtype)
         problem = Problem(
-            target, args, keywords, loss_fn=loss_fn, dtype=check_dtype, seed=seed, device=where
+            target,
+            args,
+            keywords,
+            loss_fn=loss_fn,
+            dtype=check_dtype,
+            seed=seed,
+            device=where,
+            skip=skip,
+            wrt=wrt,
         )
-        if not problem.checkables:  # certifying nothing would turn a mistake into a pass
-            raise InputError(
-                f"nothing to check in {label}: no parameter requires grad and no input is a "
-                "floating-point tensor",
-                hint="Unfreeze the parameters, or pass floating inputs (token ids are never "
-                "perturbed).",
-            )
-        ran_on = str(problem.checkables[0].value.device)
+        _refuse_nothing_to_check(problem, label)
+        module = getattr(problem, "module", None)
+        lowered = kept = downcasts(problem.probe, module)
+        if kept:  # the casts are precision choices: evaluate with the check's precision
+            problem.keep_precision = True
+            lowered = downcasts(problem.probe, module)
+        problem.precision = _lowest_precision(lowered, check_dtype)
+        options = _with_defaults(options, problem.precision)
+        notes = [*notes, *_notes(problem, kept, lowered, options)]
+
+        def finish(report: CheckReport) -> CheckReport:
+            return _finished(report, problem, kept, notes)
+
         try:
             report = run_check(problem, options, forward_mode=forward_mode, **meta)
             if second_order and not report.interrupted:
@@ -112,21 +134,93 @@ def check(
                     raise Interrupted(_merge(report, stop.report)) from None
                 report = _merge(report, second)
         except Interrupted as stop:
-            raise Interrupted(dataclasses.replace(stop.report, device=ran_on)) from None
-        report = dataclasses.replace(report, device=ran_on)
-    if check_dtype == torch.float32:
-        report = dataclasses.replace(
-            report,
-            warnings=(
-                "float32 check: finite differences in float32 resolve only ~3 digits of a "
-                f"gradient (eps={options.eps:g}, tolerance={options.tolerance:g}); a pass here "
-                "is much weaker evidence than a float64 pass.",
-                *report.warnings,
-            ),
+            raise Interrupted(finish(stop.report)) from None
+        return finish(report)
+
+
+def _label(target: Any) -> str:
+    name = getattr(target, "__name__", None)
+    return name if isinstance(name, str) else type(target).__name__
+
+
+def _refuse_nothing_to_check(problem: Problem, label: str) -> None:
+    """Certifying nothing would turn a mistake into a pass."""
+    if problem.checkables:
+        return
+    left_out = "; ".join(f"{u.name}: {u.reason}" for u in problem.unchecked[:4])
+    raise InputError(
+        f"nothing to check in {label}: no parameter requires grad and no input is a "
+        "floating-point tensor" + (f" (left out: {left_out})" if left_out else ""),
+        hint="Unfreeze the parameters, or pass floating inputs (token ids are never perturbed).",
+    )
+
+
+def _lowest_precision(lowered: list[Downcast], check_dtype: torch.dtype) -> torch.dtype:
+    """The least precise floating dtype the forward computes in (the check's, if none)."""
+    dtypes = [d.to for d in lowered] + [check_dtype]
+    return max(dtypes, key=lambda d: torch.finfo(d).eps)
+
+
+def _with_defaults(options: CheckOptions, precision: torch.dtype) -> CheckOptions:
+    """The step and tolerance the user did not set: the defaults of the precision the
+    forward really computes in (float32's when it drops to float32 or below)."""
+    tol, eps = DEFAULTS[torch.float64 if precision == torch.float64 else torch.float32]
+    return dataclasses.replace(options, tolerance=options.tolerance or tol, eps=options.eps or eps)
+
+
+def _notes(
+    problem: Problem, kept: list[Downcast], lowered: list[Downcast], options: CheckOptions
+) -> list[str]:
+    """What the report should say about how the target was checked."""
+    out = []
+    checked = str(problem.dtype).replace("torch.", "")
+    if kept and not lowered:
+        out.append(
+            f"the forward casts to lower precision ({_places(kept)}): kept in {checked} while "
+            "checking — a cast changes precision, not the gradient's math"
         )
-    if target_notes:  # what was checked, when it is not literally the object passed
-        report = dataclasses.replace(report, warnings=(*target_notes, *report.warnings))
-    return report
+    if problem.loose_layers:
+        out.append(
+            "layers kept in plain Python containers were checked too: "
+            f"{', '.join(problem.loose_layers)} (an nn.ModuleList/ModuleDict would let "
+            ".parameters(), .to() and optimizers see them)"
+        )
+    if lowered:
+        precision = str(problem.precision).replace("torch.", "")
+        out.append(
+            f"the forward computes in {precision} below this {checked} check: "
+            f"{_places(lowered)}; "
+            f"judged at {precision}'s rounding (eps={options.eps:g}, "
+            f"tolerance={options.tolerance:g}), a weaker verdict than a {checked} one"
+        )
+    if problem.dtype == torch.float32:
+        out.append(
+            "float32 check: finite differences in float32 resolve only ~3 digits of a "
+            f"gradient (eps={options.eps:g}, tolerance={options.tolerance:g}); a pass here "
+            "is much weaker evidence than a float64 pass."
+        )
+    return out
+
+
+def _places(found: list[Downcast]) -> str:
+    places = ", ".join(d.describe() for d in found[:PLACES_SHOWN])
+    return places + (f" and {len(found) - PLACES_SHOWN} more" if len(found) > PLACES_SHOWN else "")
+
+
+def _finished(
+    report: CheckReport, problem: Problem, lowered: list[Downcast], notes: list[str]
+) -> CheckReport:
+    """The report with what the engine does not know: where it ran, what was left out, and
+    how the target was checked."""
+    return dataclasses.replace(
+        report,
+        device=str(problem.checkables[0].value.device),
+        warnings=(*notes, *report.warnings),
+        unchecked=tuple(problem.unchecked),
+        left_out_outputs=problem.left_out_outputs,
+        lower_precision=tuple(d.describe() for d in lowered),
+        default_dtype=str(problem.dtype).replace("torch.", ""),
+    )
 
 
 def _defines_jvp(target: Any) -> bool:
@@ -150,5 +244,3 @@ def _merge(first: CheckReport, second: CheckReport) -> CheckReport:
 
 def _dtype(dtype: torch.dtype | str) -> torch.dtype:
     return {"float64": torch.float64, "float32": torch.float32}[choice(CheckDtype, "dtype", dtype)]
-
-

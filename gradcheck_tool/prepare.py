@@ -27,6 +27,7 @@ from .checkables import (
 from .errors import InputError, OptionError, UserCodeError
 from .loading import LoadedTarget, inputs_from_shapes
 from .losses import ProjectionLoss, UserLoss, call_loss
+from .precision import KeepPrecision
 from .results import Unchecked
 
 
@@ -102,6 +103,7 @@ class CheckProblem(Protocol):
     args: tuple  # the inputs, in the check dtype
     kwargs: dict
     dtype: torch.dtype
+    precision: torch.dtype  # the least precise dtype the forward computes in
     magnitude: float | None  # size of the loss's summands, known after the first terms()
     reference_output: Any  # the output of the first evaluation
     needs_grad: bool  # evaluations need autograd (and can't be batched)
@@ -212,6 +214,11 @@ class Problem:
         self.loss: ProjectionLoss | UserLoss | None = None
         self.magnitude: float | None = None  # size of the loss's summands, set on first call
         self.reference_output: Any = None  # the output of the first evaluation
+        # the least precise dtype the forward computes in (see precision.py): what its
+        # rounding noise is judged by; and whether its casts below the check dtype are kept
+        # at the check dtype while evaluating (precision.KeepPrecision)
+        self.precision = dtype
+        self.keep_precision = False
 
     @property
     def values(self) -> dict[str, torch.Tensor]:
@@ -246,9 +253,23 @@ class Problem:
             out = self.target(*args, **kwargs)
         return out, tuple(args), kwargs
 
+    def probe(self) -> None:
+        """One forward and the user's loss at θ, fixing nothing (for precision.py)."""
+        with self._precision():
+            out, args, kwargs = self.forward(self.values)
+            if self.user_loss is not None:
+                call_loss(self.user_loss, out, args, kwargs)
+
+    def _precision(self) -> contextlib.AbstractContextManager:
+        return KeepPrecision(self.dtype) if self.keep_precision else contextlib.nullcontext()
+
     def terms(self, values: dict[str, torch.Tensor]) -> torch.Tensor:
         """The K loss terms at `values`, then the scale of what moved (K + 1 numbers); the
         first call fixes the loss (the projection and its reference output, or the terms)."""
+        with self._precision():
+            return self._terms(values)
+
+    def _terms(self, values: dict[str, torch.Tensor]) -> torch.Tensor:
         out, args, kwargs = self.forward(values)
         if self.loss is None:
             self.reference_output = out
@@ -420,6 +441,10 @@ class SecondOrderProblem:
     @property
     def reference_output(self) -> Any:
         return self.first.reference_output
+
+    @property
+    def precision(self) -> torch.dtype:
+        return self.first.precision
 
     def terms(self, values: dict[str, torch.Tensor]) -> torch.Tensor:
         differentiable = any(v.requires_grad for v in values.values())

@@ -165,6 +165,7 @@ class CheckReport:
     unchecked: tuple[Unchecked, ...] = ()  # tensors that could carry a gradient, left out
     left_out_outputs: tuple[str, ...] = ()  # outputs autograd marks non-differentiable
     lower_precision: tuple[str, ...] = ()  # where the forward computes below the check dtype
+    default_dtype: str | None = None  # torch's default dtype while the user's code ran
 
     @property
     def passed(self) -> bool:
@@ -217,6 +218,7 @@ class CheckReport:
             "unchecked": [u.to_dict() for u in self.unchecked],
             "left_out_outputs": list(self.left_out_outputs),
             "lower_precision": list(self.lower_precision),
+            "default_dtype": self.default_dtype,
         }
 
 

@@ -3,7 +3,7 @@ evidence about a backward computed only when some tensor needs it."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -17,16 +17,30 @@ from .evaluate import Evaluator, forward_error
 
 @dataclass
 class Analytic:
-    """Autograd's gradients per loss term, or the error the backward raised."""
+    """Autograd's gradients per loss term, or the error the backward raised; and the
+    tensors whose gradient changed when the same backward ran again (not reentrant), with
+    the largest relative change."""
 
     grads: list[dict[str, torch.Tensor | None]]
     error: str | None = None
+    not_reentrant: dict[str, float] = field(default_factory=dict)
+
+
+# Differences a second backward may show without being wrong: none on the CPU; on a GPU,
+# kernels that accumulate with atomics round in another order (≈1e-16 relative)
+REENTRANT_SLACK = 1e-9
 
 
 def analytic_gradients(
-    problem: CheckProblem, values: dict[str, torch.Tensor] | None = None, scale: float = 1.0
+    problem: CheckProblem,
+    values: dict[str, torch.Tensor] | None = None,
+    scale: float = 1.0,
+    reentrancy: bool = False,
 ) -> tuple[torch.Tensor, Analytic]:
-    """Autograd's gradient of each loss term (times `scale`) at `values` (default θ)."""
+    """Autograd's gradient of each loss term (times `scale`) at `values` (default θ). With
+    `reentrancy`, the first term's backward runs twice on the same graph, as
+    torch.autograd.gradcheck does: a backward that changes what it saved answers
+    differently the second time."""
     names = [c.name for c in problem.checkables]
     start = values or {c.name: c.value for c in problem.checkables}
     leaves = {n: start[n].detach().clone().requires_grad_(True) for n in names}
@@ -49,8 +63,11 @@ def analytic_gradients(
                 # scale the output rather than pass grad_outputs: autograd then needs no
                 # shape check, whose import (sympy) costs seconds
                 term = terms[k] if scale == 1.0 else terms[k] * scale
-                grads = torch.autograd.grad(term, inputs, retain_graph=True, allow_unused=True)
+                grads = _backward(term, inputs)
                 result.grads.append({n: _dense(g) for n, g in zip(names, grads)})
+                if reentrancy and k == 0:
+                    again = [_dense(g) for g in _backward(term, inputs)]
+                    result.not_reentrant = _changed(names, result.grads[0], again)
         except KeyboardInterrupt:
             raise
         except (Exception, SystemExit) as exc:
@@ -92,6 +109,45 @@ def forward_mode_derivatives(problem: CheckProblem) -> tuple[torch.Tensor, Analy
     except (Exception, SystemExit) as exc:
         result.error = describe_exception(exc, None)
     return terms, result
+
+
+def _backward(term: torch.Tensor, inputs: list[torch.Tensor]) -> tuple[torch.Tensor | None, ...]:
+    """d term / d inputs, the graph kept for the next term. Reentrant activation
+    checkpointing (`checkpoint(..., use_reentrant=True)`) refuses torch.autograd.grad; it
+    takes .backward(), which accumulates into our fresh leaves' .grad, read and cleared here."""
+    try:
+        return torch.autograd.grad(term, inputs, retain_graph=True, allow_unused=True)
+    except RuntimeError as exc:
+        if "use_reentrant=True" not in str(exc):
+            raise
+    for leaf in inputs:
+        leaf.grad = None
+    term.backward(retain_graph=True)
+    grads = tuple(leaf.grad for leaf in inputs)
+    for leaf in inputs:
+        leaf.grad = None
+    return grads
+
+
+def _changed(
+    names: list[str],
+    first: dict[str, torch.Tensor | None],
+    again: list[torch.Tensor | None],
+) -> dict[str, float]:
+    """Tensors whose gradient differs between two backwards of the same graph, with the
+    largest difference relative to the gradient's size."""
+    out = {}
+    for n, g2 in zip(names, again):
+        g1 = first[n]
+        if g1 is None or g2 is None:
+            if (g1 is None) != (g2 is None):
+                out[n] = float("inf")
+            continue
+        size = float(g1.abs().max()) if g1.numel() else 0.0
+        diff = float((g1 - g2).abs().max()) if g1.numel() else 0.0
+        if diff > REENTRANT_SLACK * size or diff != diff:
+            out[n] = diff / size if size else float("inf")
+    return out
 
 
 def _dense(g: torch.Tensor | None) -> torch.Tensor | None:

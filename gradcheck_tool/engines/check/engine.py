@@ -47,8 +47,10 @@ def run_check(
         report.warnings.append(
             "nothing to check: no parameter requires grad and no input is floating"
         )
-    gradients = forward_mode_derivatives if forward_mode else analytic_gradients
-    base_terms, analytic = gradients(problem)
+    if forward_mode:
+        base_terms, analytic = forward_mode_derivatives(problem)
+    else:
+        base_terms, analytic = analytic_gradients(problem, reentrancy=True)
     failure = _forward_not_finite(problem, base_terms) or _backward_raised(analytic, forward_mode)
     if failure is not None:
         return report.finish(report.unchecked(failure))
@@ -127,7 +129,7 @@ def _loss_at_theta_twice(
 def _rounding(problem: CheckProblem, f0: torch.Tensor) -> float:
     """Rounding noise of f: a few ulps of the size of the numbers the loss sums."""
     return rounding_noise(
-        problem.dtype, max(problem.magnitude or 0.0, float(f0[:-1].abs().max()), 1e-300)
+        problem.precision, max(problem.magnitude or 0.0, float(f0[:-1].abs().max()), 1e-300)
     )
 
 
@@ -202,7 +204,16 @@ def _judge_tensors(
             rounding = _tensor_rounding(problem, got, f0)
             for k in range(len(per_term)):
                 a = analytic.grads[k][c.name]
-                verdict = judge(c, label(c, k), a, got, k, f0=float(f0[k]), rounding=rounding)
+                verdict = judge(
+                    c,
+                    label(c, k),
+                    a,
+                    got,
+                    k,
+                    f0=float(f0[k]),
+                    rounding=rounding,
+                    not_reentrant=analytic.not_reentrant.get(c.name),
+                )
                 per_term[k].append(verdict.result())
     except KeyboardInterrupt:
         interrupted = True
@@ -216,7 +227,7 @@ def _tensor_rounding(problem: CheckProblem, got: Measured, f0: torch.Tensor) -> 
     if got.direction is not None:
         scales += [got.direction[1][-1:], got.direction[2][-1:]]
     moved = float(torch.cat([s.reshape(-1) for s in scales]).abs().max())
-    return rounding_noise(problem.dtype, max(moved, float(f0[:-1].abs().max()), 1e-300))
+    return rounding_noise(problem.precision, max(moved, float(f0[:-1].abs().max()), 1e-300))
 
 
 # --- the report -----------------------------------------------------------------------------

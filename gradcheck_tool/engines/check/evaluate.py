@@ -76,7 +76,7 @@ class Evaluator:
         # the loss sums (the projection differences outputs that vmap may round apart)
         f0, probe = self.f0[:-1], probe[:-1]
         size = max(float(f0.abs().max()), self.problem.magnitude or 0.0)
-        tol = 1e3 * torch.finfo(c.value.dtype).eps * (1.0 + size)
+        tol = 1e3 * torch.finfo(self.problem.precision).eps * (1.0 + size)
         if not torch.allclose(probe, f0.to(probe), rtol=0.0, atol=tol):
             # e.g. dropout inside attention draws its mask differently under vmap
             self.fallback_reason = "vmap changes the model's result (random draws or state differ)"

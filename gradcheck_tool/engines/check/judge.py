@@ -108,8 +108,10 @@ class TensorJudge:
         evaluator: Evaluator,
         evidence: LazyEvidence,
         batch_size: int | None,
+        not_reentrant: float | None = None,
     ) -> None:
         self.c, self.label, self.k = c, label, k
+        self.not_reentrant = not_reentrant  # how much a second backward changed its gradient
         # rounding noise of f, at least the nondeterminism two evaluations at θ showed
         self.f0, self.rounding, self.options = f0, max(rounding, floor), options
         self.evaluator, self.evidence, self.batch_size = evaluator, evidence, batch_size
@@ -129,7 +131,7 @@ class TensorJudge:
 
     def result(self) -> TensorResult:
         """The steps in order; each may propose a note, and `choose_note` picks one."""
-        failed = self.nonfinite_analytic() or self.nonfinite_numeric()
+        failed = self.nonfinite_analytic() or self.nonfinite_numeric() or self.reentrancy()
         if failed is not None:
             return failed
         notes: dict[Note, str] = {}
@@ -191,7 +193,9 @@ class TensorJudge:
         return TensorResult(
             **self._identity(),
             rel_error=verdict.rel_error,
-            rating=rating_for(verdict.rel_error, scale=band_scale(self.c.value.dtype)),
+            rating=rating_for(
+                verdict.rel_error, scale=band_scale(self.evaluator.problem.precision)
+            ),
             passed=verdict.passed and not inconclusive,
             note=choose_note(notes, direction_note),
             worst=worst,
@@ -212,6 +216,18 @@ class TensorJudge:
         i = int((~torch.isfinite(self.a_flat)).nonzero()[0])
         where = list(_unravel(i, self.shape))
         return self._failed(f"NaN/Inf in the analytic gradient (first at index {where})")
+
+    def reentrancy(self) -> TensorResult | None:
+        """A backward that answers differently when run again on the same graph (what
+        torch.autograd.gradcheck calls "not reentrant")."""
+        if self.not_reentrant is None or self.k != 0:
+            return None
+        change = "" if math.isinf(self.not_reentrant) else f" by {self.not_reentrant:.2g}"
+        return self._failed(
+            f"not reentrant: a second backward through the same graph changes this gradient"
+            f"{change} (relative): the backward changes what it saved (an in-place op on a "
+            "saved tensor, or state kept between calls)"
+        )
 
     def nonfinite_numeric(self) -> TensorResult | None:
         num_all = (self.plus - self.minus) / (2 * self.h)
@@ -402,6 +418,11 @@ class TensorJudge:
     def _one_term(self, terms: torch.Tensor) -> torch.Tensor:
         """Loss term k of one point (K,), as a float64 tensor of one value on the CPU."""
         return terms[self.k : self.k + 1].double().cpu()
+
+    @property
+    def _band_scale(self) -> float:
+        """The tutorial's bands, stretched for a check at float32's precision."""
+        return band_scale(self.evaluator.problem.precision)
 
     def _identity(self) -> dict:
         return dict(

@@ -88,7 +88,8 @@ def linear_delta(
     module = getattr(problem, "module", None)
     if module is None or c.kind != "parameter" or needs_grad:
         return None
-    if c.value.dtype != torch.float64:  # float32 rounding would hide a missed use
+    # float32 rounding (of the values, or inside the forward) would hide a missed use
+    if c.value.dtype != torch.float64 or problem.precision != torch.float64:
         return None
     owner_name, _, attr = c.slot[1].rpartition(".")
     try:
