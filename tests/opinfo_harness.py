@@ -48,9 +48,11 @@ MAX_ELEMENTS = 400  # elements of the tensors that require grad, per sample
 TIMEOUT = 300.0  # seconds one checker may spend on one sample
 BUG_SCALE = 0.9  # the "scaled" bug: every gradient times this
 BUG_KINDS = ("scaled", "flipped")
+VISIBLE = 1e-12  # a true VJP entry above this: the seeded bug changes the gradient
 
 # the verdicts one checker gives one sample
 PASS, FAIL, CRASH, REFUSED, TIMEOUT_VERDICT = "pass", "fail", "crash", "refused", "timeout"
+HARNESS_ERROR = "harness error"  # the seeded bug itself could not be built
 # how the two verdicts on one sample compare
 BOTH_PASS, BOTH_FAIL = "both pass", "both fail"
 FALSE_ALARM, FALSE_PASS = "gradtool-only fail", "gradcheck-only fail"
@@ -70,6 +72,7 @@ class TensorVerdict:
     passed: bool
     note: str
     hint: str | None
+    kinks: int = 0
 
 
 @dataclasses.dataclass
@@ -109,6 +112,7 @@ class SampleRecord:
     opinfo_marks: list[str]  # OpInfo's own decorators on test_fn_grad (cpu, float64)
     gradcheck: Outcome
     gradtool: Outcome
+    gradtool_serial: Outcome | None = None  # gradtool with batched=False (vmap off)
     bugs: dict[str, dict[str, Outcome]] = dataclasses.field(default_factory=dict)
     bug_visible: dict[str, bool] = dataclasses.field(default_factory=dict)
 
@@ -136,6 +140,26 @@ class SampleRecord:
     @property
     def label(self) -> str:
         return f"{self.op}[{self.index}]"
+
+    @property
+    def batched_vs_serial(self) -> str:
+        """Where gradtool's batched (vmap) and serial evaluations say different things: the
+        verdict, or the kinks a tensor skipped; "" where they agree or serial did not run.
+        vmap computing other values than the plain forward shows up here first."""
+        serial = self.gradtool_serial
+        if serial is None or self.gradtool.verdict in (CRASH, REFUSED, TIMEOUT_VERDICT):
+            return ""
+        if serial.verdict != self.gradtool.verdict:
+            return (
+                f"{self.gradtool.evaluation} says {self.gradtool.verdict}, serial {serial.verdict}"
+            )
+        kinks = {t.name: t.kinks for t in serial.tensors}
+        changed = [
+            f"{t.name}: {t.kinks} kinks batched, {kinks.get(t.name)} serial"
+            for t in self.gradtool.tensors
+            if t.kinks != kinks.get(t.name, t.kinks)
+        ]
+        return "; ".join(changed)
 
 
 @dataclasses.dataclass
@@ -197,6 +221,7 @@ class HarnessRun:
             "gradtool only": sum(b and not a for a, b in pairs),
             "gradtool crashed": sum(per["gradtool"].verdict == CRASH for per in runs),
             "gradtool refused": sum(per["gradtool"].verdict == REFUSED for per in runs),
+            "harness errors": sum(per["gradtool"].verdict == HARNESS_ERROR for per in runs),
         }
 
     def skip_reasons(self) -> dict[str, list[str]]:
@@ -220,12 +245,18 @@ class HarnessRun:
             "skipped": len(self.skipped),
             "too_large": self.too_large,
             **{kind: len(self.by_agreement(kind)) for kind in AGREEMENT},
-            "crashes": len(self.crashes),
+            "crashes": len(self.by_agreement(GRADTOOL_CRASH)),
+            "crashes_with_bugs": len(self.crashes),
             "refusals": len(self.by_agreement(GRADTOOL_REFUSED)),
             "gradtool_timeouts": len(self.by_agreement(GRADTOOL_TIMEOUT)),
             "gradcheck_seconds": sum(r.gradcheck.seconds for r in self.records),
             "gradtool_seconds": sum(r.gradtool.seconds for r in self.records),
             "bugs": {kind: self.bug_counts(kind) for kind in BUG_KINDS if self._ran_bug(kind)},
+            "bug_seconds": {
+                name: sum(per[name].seconds for r in self.records for per in r.bugs.values())
+                for name in ("gradcheck", "gradtool")
+            },
+            "batched_vs_serial": sum(bool(r.batched_vs_serial) for r in self.records),
             "seconds": self.seconds,
         }
 
@@ -382,7 +413,11 @@ def run_gradcheck(
 
 
 def run_gradtool(
-    fn: Callable[..., Any], inputs: tuple[torch.Tensor, ...], name: str, timeout: float
+    fn: Callable[..., Any],
+    inputs: tuple[torch.Tensor, ...],
+    name: str,
+    timeout: float,
+    batched: bool = True,
 ) -> Outcome:
     """gradcheck_tool.check on the function with the tensors as positional inputs."""
     from gradcheck_tool import GradtoolError, check
@@ -390,7 +425,7 @@ def run_gradtool(
     started = time.perf_counter()
     try:
         with time_limit(timeout):
-            report = check(fn, tuple(t.detach() for t in inputs), name=name)
+            report = check(fn, tuple(t.detach() for t in inputs), name=name, batched=batched)
     except GradtoolError as exc:
         return Outcome(REFUSED, time.perf_counter() - started, str(exc))
     except SampleTimeout:
@@ -398,7 +433,10 @@ def run_gradtool(
     except Exception:
         return Outcome(CRASH, time.perf_counter() - started, traceback.format_exc())
     seconds = time.perf_counter() - started
-    tensors = [TensorVerdict(r.name, r.rel_error, r.passed, r.note, r.hint) for r in report.results]
+    tensors = [
+        TensorVerdict(r.name, r.rel_error, r.passed, r.note, r.hint, r.kinks)
+        for r in report.results
+    ]
     evaluation = report.evaluation + (
         f" ({report.fallback_reason})" if report.fallback_reason else ""
     )
@@ -465,7 +503,8 @@ class SeededBug:
 
     def visible(self, inputs: tuple[torch.Tensor, ...]) -> bool:
         """Whether the bug changes anything: the true VJP of a random upstream gradient is
-        nonzero for some input the bug touches (0.9·0 and −0 are still right)."""
+        above VISIBLE for some input the bug touches (0.9·0 and −0 are still right, and a
+        gradient that is only rounding, e.g. of corrcoef of two numbers, too)."""
         with torch.no_grad():
             outputs = self.tensor_outputs(inputs)
         gen = torch.Generator().manual_seed(0)
@@ -477,7 +516,7 @@ class SeededBug:
         ]
         vjp = self.true_vjp(inputs, grads)
         touched = vjp if self.kind == "scaled" else vjp[:1]
-        return any(g is not None and bool(g.abs().max() > 0) for g in touched)
+        return any(g is not None and bool(g.abs().max() > VISIBLE) for g in touched)
 
 
 class _WrongBackward(torch.autograd.Function):
@@ -509,26 +548,32 @@ class _WrongBackward(torch.autograd.Function):
 # --- one run ------------------------------------------------------------------------------
 
 
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """What one run covers and how: `run`'s keyword arguments."""
+
+    ops: tuple[str, ...] | None = None  # OpInfo names (full, or every variant of a name)
+    limit: int | None = None  # at most this many kept samples per op
+    index: int | None = None  # only the sample at this index of each op
+    bugs: bool = False  # also the seeded bugs, on the samples both checkers pass
+    serial: bool = False  # also gradtool with batched=False, to see where vmap differs
+    max_elements: int = MAX_ELEMENTS
+    timeout: float = TIMEOUT
+
+
 def run(
     ops: Sequence[str] | None = None,
     *,
-    limit: int | None = None,
-    index: int | None = None,
-    bugs: bool = False,
-    max_elements: int = MAX_ELEMENTS,
-    timeout: float = TIMEOUT,
     progress: Callable[[str], None] | None = None,
+    **settings: Any,
 ) -> HarnessRun:
     """Both checkers on every sample of `ops` (default: all of op_db that supports
-    autograd), the first `limit` kept samples of each op (or only sample `index`)."""
+    autograd); `settings` as in `Settings` (limit, index, bugs, serial, max_elements,
+    timeout). `progress` gets one line per op."""
+    chosen = Settings(ops=tuple(ops) if ops else None, **settings)
     result = HarnessRun(
         settings=dict(
-            ops=list(ops) if ops else None,
-            limit=limit,
-            index=index,
-            bugs=bugs,
-            max_elements=max_elements,
-            timeout=timeout,
+            dataclasses.asdict(chosen),
             torch=torch.__version__,
             python=platform.python_version(),
             threads=torch.get_num_threads(),
@@ -537,11 +582,11 @@ def run(
     started = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # ops' deprecation and numerics warnings, by the 1000
-        for op in selected_ops(ops):
+        for op in selected_ops(chosen.ops):
             result.ops_seen += 1
             op_started = time.perf_counter()
             before = len(result.records)
-            _run_op(op, result, limit, index, bugs, max_elements, timeout)
+            _run_op(op, result, chosen)
             if progress is not None:
                 got = result.records[before:]
                 odd = [r for r in got if r.agreement not in (BOTH_PASS, BOTH_FAIL)]
@@ -553,15 +598,7 @@ def run(
     return result
 
 
-def _run_op(
-    op: Any,
-    result: HarnessRun,
-    limit: int | None,
-    index: int | None,
-    bugs: bool,
-    max_elements: int,
-    timeout: float,
-) -> None:
+def _run_op(op: Any, result: HarnessRun, settings: Settings) -> None:
     name = full_name(op)
     if torch.float64 not in op.supported_backward_dtypes("cpu"):
         result.skipped.append(Skipped(name, None, "no float64 backward on the CPU"))
@@ -574,21 +611,24 @@ def _run_op(
     marks = opinfo_marks(op)
     kept = 0
     for i, sample in enumerate(samples):
-        if limit is not None and kept >= limit:
+        if settings.limit is not None and kept >= settings.limit:
             break
-        if index is not None and i != index:
+        if settings.index is not None and i != settings.index:
             continue
         inputs = differentiable_tensors(sample)
         if not inputs:
             result.skipped.append(Skipped(name, i, "no tensor requires grad"))
             continue
-        if sum(t.numel() for t in inputs) > max_elements:
+        if sum(t.numel() for t in inputs) > settings.max_elements:
             result.too_large += 1
             continue
         kept += 1
-        record = _run_sample(op, i, sample, inputs, marks, bugs, timeout, result)
-        if record is not None:
-            result.records.append(record)
+        try:
+            record = _run_sample(op, i, sample, inputs, marks, settings)
+        except GradcheckCannotRun as exc:
+            result.skipped.append(Skipped(name, i, str(exc)))
+            continue
+        result.records.append(record)
 
 
 def _run_sample(
@@ -597,10 +637,9 @@ def _run_sample(
     sample: Any,
     inputs: tuple[torch.Tensor, ...],
     marks: list[str],
-    bugs: bool,
-    timeout: float,
-    result: HarnessRun,
-) -> SampleRecord | None:
+    settings: Settings,
+) -> SampleRecord:
+    """Both checkers on one sample (GradcheckCannotRun: skip it), then the extras asked for."""
     name = full_name(op)
     fn = function_of_sample(op, sample)
     try:
@@ -610,13 +649,8 @@ def _run_sample(
                 for t in pytree.tree_leaves(fn(*inputs))
                 if isinstance(t, torch.Tensor)
             ]
-        gradcheck = run_gradcheck(fn, inputs, op.gradcheck_nondet_tol, timeout)
-    except GradcheckCannotRun as exc:
-        result.skipped.append(Skipped(name, i, str(exc)))
-        return None
     except Exception as exc:  # the plain forward raised: gradcheck cannot run it either
-        result.skipped.append(Skipped(name, i, f"the forward raised {_exception_kind(exc)}"))
-        return None
+        raise GradcheckCannotRun(f"the forward raised {_exception_kind(exc)}") from exc
     record = SampleRecord(
         op=name,
         variant=op.variant_test_name,
@@ -625,12 +659,16 @@ def _run_sample(
         description=sample.summary(),
         outputs=outputs,
         opinfo_marks=marks,
-        gradcheck=gradcheck,
-        gradtool=run_gradtool(fn, inputs, f"{name}[{i}]", timeout),
+        gradcheck=run_gradcheck(fn, inputs, op.gradcheck_nondet_tol, settings.timeout),
+        gradtool=run_gradtool(fn, inputs, f"{name}[{i}]", settings.timeout),
     )
-    if bugs and record.agreement == BOTH_PASS:
+    if settings.serial:
+        record.gradtool_serial = run_gradtool(
+            fn, inputs, f"{name}[{i}]", settings.timeout, batched=False
+        )
+    if settings.bugs and record.agreement == BOTH_PASS:
         for kind in BUG_KINDS:
-            _run_bug(record, fn, inputs, kind, op.gradcheck_nondet_tol, timeout)
+            record.bugs[kind] = _run_bug(record, fn, inputs, kind, op, settings.timeout)
     return record
 
 
@@ -639,19 +677,22 @@ def _run_bug(
     fn: Callable[..., Any],
     inputs: tuple[torch.Tensor, ...],
     kind: str,
-    nondet_tol: float,
+    op: Any,
     timeout: float,
-) -> None:
+) -> dict[str, Outcome]:
+    """Both checkers on seeded bug `kind` of the sample's function."""
     try:
         bugged = SeededBug(fn, inputs, kind)
         record.bug_visible[kind] = bugged.visible(inputs)
-        gradcheck = run_gradcheck(bugged, inputs, nondet_tol, timeout)
+    except Exception:  # the harness's own failure, not a checker's
+        broken = Outcome(HARNESS_ERROR, 0.0, traceback.format_exc())
+        return {"gradcheck": broken, "gradtool": broken}
+    try:
+        gradcheck = run_gradcheck(bugged, inputs, op.gradcheck_nondet_tol, timeout)
     except GradcheckCannotRun as exc:
         gradcheck = Outcome(CRASH, 0.0, str(exc))
-    except Exception:
-        gradcheck = Outcome(CRASH, 0.0, traceback.format_exc())
     gradtool = run_gradtool(bugged, inputs, f"{record.label} ({kind} bug)", timeout)
-    record.bugs[kind] = {"gradcheck": gradcheck, "gradtool": gradtool}
+    return {"gradcheck": gradcheck, "gradtool": gradtool}
 
 
 # --- the summary ----------------------------------------------------------------------------
@@ -717,6 +758,7 @@ def summary(result: HarnessRun) -> str:
         f"  gradtool-only fail (false alarm candidates) {n[FALSE_ALARM]:5d}",
         f"  gradcheck-only fail (false PASS candidates) {n[FALSE_PASS]:5d}",
         f"  gradtool crashes                           {n['crashes']:6d}",
+        f"  (samples whose run or seeded bugs crash gradtool: {n['crashes_with_bugs']})",
         f"  gradtool refusals (GradtoolError)          {n['refusals']:6d}",
         f"  gradtool timeouts                          {n['gradtool_timeouts']:6d}",
         "",
@@ -729,7 +771,18 @@ def summary(result: HarnessRun) -> str:
             f"({counts['visible']} where it changes the gradient): gradcheck detects "
             f"{counts['gradcheck']}, gradtool {counts['gradtool']} (gradcheck only "
             f"{counts['gradcheck only']}, gradtool only {counts['gradtool only']}; gradtool "
-            f"crashed {counts['gradtool crashed']}, refused {counts['gradtool refused']})"
+            f"crashed {counts['gradtool crashed']}, refused {counts['gradtool refused']}; "
+            f"harness errors {counts['harness errors']})"
+        )
+    if n["bugs"]:
+        lines.append(
+            f"time on the seeded bugs: gradcheck {n['bug_seconds']['gradcheck']:.1f} s, "
+            f"gradtool {n['bug_seconds']['gradtool']:.1f} s"
+        )
+    if result.settings.get("serial"):
+        lines.append(
+            f"gradtool batched vs serial (vmap off): {n['batched_vs_serial']} samples differ "
+            "(verdict or kinks skipped)"
         )
     skips = result.skip_reasons()
     if skips:
@@ -749,6 +802,11 @@ def summary(result: HarnessRun) -> str:
             lines.append(_block(where[0][1].strip(), " " * 11))
     lines += _grouped(result, "disagreements and gradtool problems, by op:", _is_disagreement)
     lines += _grouped(result, "seeded bugs gradcheck detects and gradtool misses:", _bug_missed)
+    lines += _grouped(
+        result,
+        "gradtool batched and serial differ:",
+        lambda r: [r.batched_vs_serial] if r.batched_vs_serial else [],
+    )
     return "\n".join(lines)
 
 
@@ -825,6 +883,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, help="at most N samples per op")
     parser.add_argument("--index", type=int, help="only the sample at this index of each op")
     parser.add_argument("--bugs", action="store_true", help="also run the seeded-bug variants")
+    parser.add_argument(
+        "--serial", action="store_true", help="also run gradtool with vmap off, and compare"
+    )
     parser.add_argument("--json", metavar="OUT", help="write every record to this JSON file")
     parser.add_argument("--timeout", type=float, default=TIMEOUT, help="seconds per checker")
     parser.add_argument("--max-elements", type=int, default=MAX_ELEMENTS)
@@ -841,6 +902,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         limit=args.limit,
         index=args.index,
         bugs=args.bugs,
+        serial=args.serial,
         max_elements=args.max_elements,
         timeout=args.timeout,
         progress=None if args.quiet else progress,
