@@ -16,7 +16,12 @@ inside an autograd.Function whose backward is the true VJP (`torch.autograd.grad
 in a controlled way (0.9× every gradient; the sign of the first input's gradient flipped), and
 each checker's detections are counted.
 
-    python tests/opinfo_harness.py [--ops NAME,...] [--limit N] [--bugs] [--json OUT]
+With `serial`, gradtool also runs with batched=False: where its vmap rows and its serial
+ones say different things (the verdict, or kinks skipped), a batching rule computed something
+else than the plain forward.
+
+    python tests/opinfo_harness.py [--ops NAME,...] [--limit N] [--index I] [--bugs]
+                                   [--serial] [--json OUT]
 
 `tests/check/test_opinfo.py` runs it under pytest (marked slow). Needs `expecttest`, which
 `torch.testing._internal` imports.
@@ -274,9 +279,7 @@ def full_name(op: Any) -> str:
 def selected_ops(names: Sequence[str] | None = None) -> list[Any]:
     """OpInfos that support autograd, in op_db order; `names` picks by full name
     ("nn.functional.pad.reflect") or by op name (every variant of "nn.functional.pad")."""
-    from torch.testing._internal.common_methods_invocations import op_db
-
-    ops = [op for op in op_db if op.supports_autograd]
+    ops = [op for op in _op_db() if op.supports_autograd]
     if names:
         wanted = set(names)
         ops = [op for op in ops if full_name(op) in wanted or op.name in wanted]
@@ -284,6 +287,46 @@ def selected_ops(names: Sequence[str] | None = None) -> list[Any]:
         if unknown:
             raise SystemExit(f"no differentiable OpInfo named {sorted(unknown)}")
     return ops
+
+
+def _op_db() -> list[Any]:
+    """op_db, without what importing torch.testing._internal.common_utils does to the rest
+    of the process: it freezes torch.backends' flags (`disable_global_flags`: a later test
+    that sets cudnn.allow_tf32 would raise) and wraps ScriptFunction/ScriptMethod.__call__."""
+    # the flag is a global of torch/backends/__init__.py, whose module object sys.modules
+    # replaces with a wrapper: it is reached through a function's globals
+    backends = torch.backends.disable_global_flags.__globals__
+    flag = "__allow_nonbracketed_mutation_flag"
+    allowed = backends.get(flag, True)
+    calls = (torch._C.ScriptFunction.__call__, torch._C.ScriptMethod.__call__)
+    from torch.testing._internal.common_methods_invocations import op_db
+
+    backends[flag] = allowed
+    torch._C.ScriptFunction.__call__, torch._C.ScriptMethod.__call__ = calls
+    return op_db
+
+
+@contextlib.contextmanager
+def preserved_rng() -> Iterator[None]:
+    """torch's, Python's and numpy's global RNG as found: OpInfo seeds all three before each
+    sample it makes."""
+    import random
+
+    import numpy
+
+    states = (torch.get_rng_state(), random.getstate(), numpy.random.get_state())
+    try:
+        yield
+    finally:
+        torch.set_rng_state(states[0])
+        random.setstate(states[1])
+        numpy.random.set_state(states[2])
+
+
+def samples_of(op: Any) -> list[Any]:
+    """The op's float64 CPU samples that require grad, made with the global RNG restored."""
+    with preserved_rng():
+        return list(op.sample_inputs("cpu", torch.float64, requires_grad=True))
 
 
 def differentiable_tensors(sample: Any) -> tuple[torch.Tensor, ...]:
@@ -580,7 +623,7 @@ def run(
         )
     )
     started = time.perf_counter()
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), preserved_rng():
         warnings.simplefilter("ignore")  # ops' deprecation and numerics warnings, by the 1000
         for op in selected_ops(chosen.ops):
             result.ops_seen += 1
@@ -604,7 +647,7 @@ def _run_op(op: Any, result: HarnessRun, settings: Settings) -> None:
         result.skipped.append(Skipped(name, None, "no float64 backward on the CPU"))
         return
     try:
-        samples = list(op.sample_inputs("cpu", torch.float64, requires_grad=True))
+        samples = samples_of(op)
     except Exception as exc:
         result.skipped.append(Skipped(name, None, f"sample_inputs raised {_exception_kind(exc)}"))
         return

@@ -15,6 +15,7 @@ The fast tests check the harness itself on a few ops.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 import opinfo_harness
 import pytest
@@ -26,13 +27,17 @@ SHOWN = 40  # disagreements listed in a failure message
 
 
 @pytest.fixture(scope="module")
-def opinfo_run() -> opinfo_harness.HarnessRun:
+def opinfo_run() -> Iterator[opinfo_harness.HarnessRun]:
     ops = os.environ.get("GRADTOOL_OPINFO_OPS")
     limit = os.environ.get("GRADTOOL_OPINFO_LIMIT")
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny tensors: threads only add overhead
-    return opinfo_harness.run(
-        ops.split(",") if ops else None, limit=int(limit) if limit else None, bugs=True
-    )
+    try:
+        yield opinfo_harness.run(
+            ops.split(",") if ops else None, limit=int(limit) if limit else None, bugs=True
+        )
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _listed(records: list[opinfo_harness.SampleRecord]) -> str:
@@ -109,7 +114,7 @@ def _first_sample(name: str, index: int = 0):
     (op,) = [
         op for op in opinfo_harness.selected_ops([name]) if opinfo_harness.full_name(op) == name
     ]
-    sample = list(op.sample_inputs("cpu", torch.float64, requires_grad=True))[index]
+    sample = opinfo_harness.samples_of(op)[index]
     return op, sample
 
 
@@ -149,3 +154,13 @@ def test_harness_run_compares_both_checkers_and_runs_the_bugs() -> None:
         verdicts = {name: outcome.verdict for name, outcome in record.bugs[kind].items()}
         assert verdicts == {"gradcheck": "fail", "gradtool": "fail"}, kind
     assert "both pass" in opinfo_harness.summary(run)
+
+
+def test_op_db_leaves_the_process_as_found() -> None:
+    """Importing op_db freezes torch.backends' flags and OpInfo seeds the global RNG for
+    each sample: the harness undoes both, for the tests that run after it."""
+    rng = torch.get_rng_state()
+    (op,) = opinfo_harness.selected_ops(["sin"])
+    opinfo_harness.samples_of(op)
+    assert not torch.backends.flags_frozen()
+    assert torch.equal(torch.get_rng_state(), rng)
