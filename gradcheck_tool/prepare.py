@@ -7,6 +7,7 @@ so that every evaluation starts from the same point.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from collections.abc import Mapping, Sequence
 from copy import deepcopy
