@@ -10,8 +10,8 @@ import torch
 
 from ._guest import exact_float32, init_cuda, no_inference_fast_paths, preserved_state
 from ._version import __version__
-from .engines.check import CheckOptions, Interrupted, run_check
-from .errors import InputError, OptionError
+from .engines.check import CheckOptions, Interrupted, forward_error, run_check
+from .errors import GradtoolError, InputError, OptionError
 from .options import DEFAULT_SAMPLES, CheckDtype, at_least, choice, positive, valid_seed
 from .precision import Downcast, downcasts
 from .prepare import Problem, SecondOrderProblem, home_device, normalize_inputs, parse_device
@@ -108,11 +108,10 @@ def check(
             wrt=wrt,
         )
         _refuse_nothing_to_check(problem, label)
-        module = getattr(problem, "module", None)
-        lowered = kept = downcasts(problem.probe, module)
+        lowered = kept = _downcasts(problem)
         if kept:  # the casts are precision choices: evaluate with the check's precision
             problem.keep_precision = True
-            lowered = downcasts(problem.probe, module)
+            lowered = _downcasts(problem)
         problem.precision = _lowest_precision(lowered, check_dtype)
         options = _with_defaults(options, problem.precision)
         notes = [*notes, *_notes(problem, kept, lowered, options)]
@@ -153,6 +152,16 @@ def _refuse_nothing_to_check(problem: Problem, label: str) -> None:
         "floating-point tensor" + (f" (left out: {left_out})" if left_out else ""),
         hint="Unfreeze the parameters, or pass floating inputs (token ids are never perturbed).",
     )
+
+
+def _downcasts(problem: Problem) -> list[Downcast]:
+    """Where the forward lowers precision; an exception in it is the user's forward's."""
+    try:
+        return downcasts(problem.probe, getattr(problem, "module", None))
+    except (GradtoolError, KeyboardInterrupt):
+        raise
+    except (Exception, SystemExit) as exc:
+        raise forward_error(exc) from exc
 
 
 def _lowest_precision(lowered: list[Downcast], check_dtype: torch.dtype) -> torch.dtype:

@@ -22,5 +22,6 @@ corners) are recognised from the one-sided differences. Pure: never prints, neve
 
 from .config import CheckOptions, Interrupted
 from .engine import run_check
+from .evaluate import forward_error
 
-__all__ = ["CheckOptions", "Interrupted", "run_check"]
+__all__ = ["CheckOptions", "Interrupted", "forward_error", "run_check"]

@@ -201,8 +201,39 @@ class LazyEvidence:
         """At a kink any subgradient is right (Note [kinks] in `compare`), so judge the
         backward a small step away, where the function is smooth: θ' = θ + δ with
         |δ| ≈ 1e-3 ≫ h. True where the analytic and numeric derivatives agree there."""
+        moved, grads, evaluator = self._off_kink()
+        if grads.error or not grads.grads or grads.grads[k][c.name] is None:
+            return torch.zeros(coords.numel(), dtype=torch.bool)
+        a = grads.grads[k][c.name].reshape(-1).double().cpu()[coords]
+        shifted = Checkable(c.name, c.kind, c.slot, moved[c.name], c.complex)
+        at = evaluator.evaluate(shifted, coords, h)
+        num = (at.plus[:, k] - at.minus[:, k]).double().cpu() / (2 * h)
+        return self._agree(a, num, rounding / h)
+
+    def direction_agrees_off_kink(
+        self, c: Checkable, d: torch.Tensor, k: int, h: float, rounding: float
+    ) -> bool:
+        """The same for the derivative along a direction d: a random direction moves every
+        coordinate, so it meets every kink of the tensor at once (ReLU inputs sitting exactly
+        at 0 after a zero-initialised layer are common in real models)."""
+        moved, grads, evaluator = self._off_kink()
+        if grads.error or not grads.grads or grads.grads[k][c.name] is None:
+            return False
+        along = grads.grads[k][c.name].reshape(-1).double().cpu() @ d.reshape(-1).double().cpu()
+        shifted = Checkable(c.name, c.kind, c.slot, moved[c.name], c.complex)
+        at = evaluator.evaluate(shifted, torch.zeros(0, dtype=torch.long), h, d)
+        num = (at.direction_plus[k] - at.direction_minus[k]).double().cpu() / (2 * h)
+        return bool(self._agree(along.reshape(1), num.reshape(1), rounding / h).all())
+
+    def _agree(self, a: torch.Tensor, num: torch.Tensor, noise: float) -> torch.Tensor:
+        tol = self.options.tolerance
+        return (a - num).abs() <= 10 * tol * (a.abs() + num.abs()) + 10 * noise
+
+    def _off_kink(self) -> tuple[dict[str, torch.Tensor], Analytic, Evaluator]:
+        """θ' = θ + δ (seeded), autograd's gradients there, and an evaluator around it."""
         if self._off is None:
             gen = torch.Generator().manual_seed(self.options.seed + 65_537)
+            h = self.options.eps
             moved = {}
             for ch in self.problem.checkables:
                 v = ch.value
@@ -220,12 +251,4 @@ class LazyEvidence:
             with evaluator.grad_mode():
                 evaluator.f0 = self.problem.terms(moved).detach()
             self._off = (moved, grads, evaluator)
-        moved, grads, evaluator = self._off
-        if grads.error or not grads.grads or grads.grads[k][c.name] is None:
-            return torch.zeros(coords.numel(), dtype=torch.bool)
-        a = grads.grads[k][c.name].reshape(-1).double().cpu()[coords]
-        shifted = Checkable(c.name, c.kind, c.slot, moved[c.name])
-        at = evaluator.evaluate(shifted, coords, h)
-        num = (at.plus[:, k] - at.minus[:, k]).double().cpu() / (2 * h)
-        noise = rounding / h
-        return (a - num).abs() <= 10 * self.options.tolerance * (a.abs() + num.abs()) + 10 * noise
+        return self._off

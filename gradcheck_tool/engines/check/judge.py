@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -390,8 +390,14 @@ class TensorJudge:
             at = self.evaluator.evaluate(self.c, torch.zeros(0, dtype=torch.long), step, d)
             return self._one_term(at.direction_plus), self._one_term(at.direction_minus)
 
+        def verify(_local: torch.Tensor) -> torch.Tensor:
+            agrees = self.evidence.direction_agrees_off_kink(
+                self.c, d, self.k, self.h, self.rounding
+            )
+            return torch.tensor([agrees])
+
         along = torch.tensor([self._along_direction()], dtype=torch.float64)
-        return self._compare_direction(along, dp, dm, h, refine=refine)
+        return self._compare_direction(along, dp, dm, h, refine=refine, verify=verify)
 
     # --- small helpers ------------------------------------------------------------------
 
@@ -402,10 +408,13 @@ class TensorJudge:
         dm: torch.Tensor,
         h: float,
         refine: Refine | None = None,
+        verify: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> Comparison:
         """a·d (`along`) against the loss at θ ± h·d (`dp`, `dm`: every term)."""
         dp, dm = self._one_term(dp), self._one_term(dm)
-        return compare(along, dp, dm, self.f0, h, self.rounding, self.tol, refine=refine)
+        return compare(
+            along, dp, dm, self.f0, h, self.rounding, self.tol, refine=refine, verify=verify
+        )
 
     def _along_direction(self) -> float:
         """a·d: the analytic derivative along the random direction."""
