@@ -166,6 +166,11 @@ def progress_bar(enabled: bool) -> Iterator[Callable[[str, int, int], None] | No
         yield update
 
 
+def _names(values: list[str] | None) -> list[str]:
+    """`--skip a,b --skip c` -> ["a", "b", "c"]."""
+    return [name.strip() for value in values or () for name in value.split(",") if name.strip()]
+
+
 def write_reports(report: Any, json_path: str | None, stdout: Any) -> None:
     """The table on stdout, unless the JSON goes there (`--json -`); the JSON to its file."""
     from . import formats
@@ -221,6 +226,17 @@ def check(
     serial: bool = typer.Option(
         False, "--serial", help="Evaluate one perturbation at a time (no vmap batching)."
     ),
+    skip: Optional[List[str]] = typer.Option(
+        None,
+        "--skip",
+        help="Leave tensors out, by their names in the report or a pattern such as "
+        "'encoder.*' (repeatable, or comma-separated).",
+    ),
+    wrt: Optional[List[str]] = typer.Option(
+        None,
+        "--wrt",
+        help="Check only these tensors (names or patterns, as --skip).",
+    ),
     seed: int = SeedOpt,
     debug: bool = DebugOpt,
 ) -> None:
@@ -254,6 +270,8 @@ def check(
                     dtype=dtype,
                     device=device,
                     batched=not serial,
+                    skip=_names(skip),
+                    wrt=_names(wrt),
                     name=loaded.spec,
                     found_by=loaded.found_by,
                     progress=progress,

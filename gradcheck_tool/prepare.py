@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from copy import deepcopy
 from typing import Any, Callable, Protocol
 
@@ -114,6 +114,10 @@ class CheckProblem(Protocol):
     def term_names(self) -> tuple[str, ...]: ...
 
     def terms(self, values: dict[str, torch.Tensor]) -> torch.Tensor: ...
+
+    def substituted(
+        self, values: dict[str, torch.Tensor]
+    ) -> contextlib.AbstractContextManager[None]: ...
 
 
 def _argument_names(
@@ -253,6 +257,22 @@ class Problem:
         else:
             out = self.target(*args, **kwargs)
         return out, tuple(args), kwargs
+
+    @contextlib.contextmanager
+    def substituted(self, values: dict[str, torch.Tensor]) -> Iterator[None]:
+        """The module's parameters (and checked buffers) are `values` for the whole block,
+        not only during a forward: a backward that re-runs part of the forward — activation
+        checkpointing recomputes it, reentrant or not — must see the same tensors."""
+        if self.kind != "module":
+            yield
+            return
+        params = {
+            c.slot[1]: c.substituted(values[c.name])
+            for c in self.checkables
+            if c.slot[0] in ("param", "buffer")
+        }
+        with torch.nn.utils.stateless._reparametrize_module(self.module, params, tie_weights=True):
+            yield
 
     def probe(self) -> None:
         """One forward and the user's loss at θ, fixing nothing (for precision.py)."""
@@ -446,6 +466,11 @@ class SecondOrderProblem:
     @property
     def precision(self) -> torch.dtype:
         return self.first.precision
+
+    def substituted(
+        self, values: dict[str, torch.Tensor]
+    ) -> contextlib.AbstractContextManager[None]:
+        return self.first.substituted(values)
 
     def terms(self, values: dict[str, torch.Tensor]) -> torch.Tensor:
         differentiable = any(v.requires_grad for v in values.values())

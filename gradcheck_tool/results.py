@@ -110,6 +110,8 @@ class TensorResult:
     sweep_verdict: str | None = None
     inconclusive: bool = False
     complex: bool = False  # a complex tensor, checked as (real, imaginary) pairs: shape (..., 2)
+    judged_eps: float | None = None  # the step of the verdict, when not the default one
+    zero: bool = False  # passed as a zero gradient (the loss does not move either)
 
     @property
     def status(self) -> str:
@@ -125,6 +127,8 @@ class TensorResult:
             "kind": self.kind,
             "status": self.status,
             "complex": self.complex,
+            "zero_gradient": self.zero,
+            "judged_eps": self.judged_eps,
             "shape": list(self.shape),
             "numel": self.numel,
             "checked": self.checked,

@@ -31,8 +31,18 @@ def format_error(value: float | None) -> str:
     return f"{value:.2e}"
 
 
-def _shape(shape: tuple[int, ...]) -> str:
-    return "×".join(str(s) for s in shape) if shape else "scalar"
+RESULT_STYLE = {
+    "pass": ("pass", "green"),
+    "fail": ("FAIL", "bold red"),
+    "inconclusive": ("inconclusive", "yellow"),
+    "not judged": ("not judged", "yellow"),
+}
+
+
+def _shape(result: TensorResult) -> str:
+    shape = result.shape[:-1] if result.complex else result.shape  # (..., 2): (re, im)
+    text = "×".join(str(s) for s in shape) if shape else "scalar"
+    return f"{text} complex" if result.complex else text
 
 
 def check_table(report: CheckReport) -> Table:
@@ -54,14 +64,14 @@ def check_table(report: CheckReport) -> Table:
         # user-derived strings go in as Text: a name like "w [penalty]" is not rich markup
         row: list = [
             Text(r.name),
-            _shape(r.shape),
+            _shape(r),
             f"{r.checked}/{r.numel}",
             Text(format_error(r.rel_error), style=style),
             Text(r.rating, style=style),
         ]
         if show_kinks:
             row.append(str(r.kinks) if r.kinks else "")
-        row.append(Text("pass", style="green") if r.passed else Text("FAIL", style="bold red"))
+        row.append(Text(*RESULT_STYLE[r.status]))
         if show_note:
             note = Text(r.note)
             if r.hint:
@@ -83,17 +93,40 @@ def verdict_line(report: CheckReport) -> Text:
             "NOT JUDGED: the forward is nondeterministic (see the warning above)",
             style="bold yellow",
         )
-    if not failures:
-        worst = max((r.rel_error for r in report.results), default=0.0)
-        kinks = sum(r.kinks for r in report.results)
-        extra = f", {kinks} kink(s) skipped" if kinks else ""
+    unresolved = report.inconclusive
+    if failures:
+        also = f"; {len(unresolved)} inconclusive" if unresolved else ""
         return Text(
-            f"PASS: all {n} gradient(s) match finite differences (worst relative error "
-            f"{format_error(worst)}, tolerance {report.tolerance:g}{extra})",
-            style="bold green",
+            f"FAIL: {len(failures)} of {n} gradient(s) wrong: {_names(failures)}{also}",
+            style="bold red",
         )
-    names = ", ".join(r.name for r in failures[:6]) + (" …" if len(failures) > 6 else "")
-    return Text(f"FAIL: {len(failures)} of {n} gradient(s) wrong: {names}", style="bold red")
+    if unresolved:
+        rest = "; the rest pass" if len(unresolved) < n else ""
+        return Text(
+            f"INCONCLUSIVE: {len(unresolved)} of {n} gradient(s) could not be resolved by "
+            f"finite differences (neither verified nor refuted): {_names(unresolved)}{rest}",
+            style="bold yellow",
+        )
+    worst = max((r.rel_error for r in report.results), default=0.0)
+    kinks = sum(r.kinks for r in report.results)
+    how = [
+        f"{count} {what}"
+        for count, what in (
+            (sum(r.zero for r in report.results), "zero"),
+            (sum(r.judged_eps is not None for r in report.results), "at a larger step"),
+        )
+        if count
+    ]
+    extra = (f", {kinks} kink(s) skipped" if kinks else "") + (f"; {', '.join(how)}" if how else "")
+    return Text(
+        f"PASS: all {n} gradient(s) verified against finite differences (worst relative "
+        f"error {format_error(worst)}, tolerance {report.tolerance:g}{extra})",
+        style="bold green",
+    )
+
+
+def _names(results: tuple[TensorResult, ...]) -> str:
+    return ", ".join(r.name for r in results[:6]) + (" …" if len(results) > 6 else "")
 
 
 def worst_table(result: TensorResult) -> Table:
@@ -124,6 +157,10 @@ def render_check(report: CheckReport, console: Console) -> None:
         f"checked in {report.dtype}{where}, eps={report.eps:g}, tolerance={report.tolerance:g}, "
         f"{report.evaluation} evaluation, {report.seconds:.2f}s"
     )
+    if report.default_dtype:
+        console.print(
+            Text(f"torch's default dtype was {report.default_dtype} while your code ran", "dim")
+        )
     if report.fallback_reason:
         console.print(Text(f"evaluated one point at a time: {report.fallback_reason}", style="dim"))
     for w in report.warnings:
@@ -135,4 +172,15 @@ def render_check(report: CheckReport, console: Console) -> None:
     for r in report.failures:
         if r.worst:
             console.print(worst_table(r))
+    for u in report.unchecked:
+        console.print(Text(f"not checked: {u.name} ({u.kind}): {u.reason}", style="dim"))
+    if report.left_out_outputs:
+        outputs = ", ".join(report.left_out_outputs)
+        console.print(
+            Text(
+                f"left out of the loss: {outputs} (autograd marks them non-differentiable, "
+                "as torch.autograd.gradcheck leaves them out)",
+                style="dim",
+            )
+        )
     console.print(verdict_line(report))

@@ -44,7 +44,8 @@ def analytic_gradients(
     names = [c.name for c in problem.checkables]
     start = values or {c.name: c.value for c in problem.checkables}
     leaves = {n: start[n].detach().clone().requires_grad_(True) for n in names}
-    with torch.enable_grad():
+    # substituted through the backward too: checkpointing re-runs the forward in it
+    with torch.enable_grad(), problem.substituted(leaves):
         try:
             terms = problem.terms(leaves)
         except (UserCodeError, KeyboardInterrupt):

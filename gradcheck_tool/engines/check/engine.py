@@ -23,6 +23,8 @@ from .judge import TensorJudge
 from .numerics import rounding_noise
 from .sampling import Measured, choose_coordinates, is_small_model, measure, spend_budget
 
+ANALYTIC_ULPS = 1024.0  # see _analytic_floor
+
 
 def run_check(
     problem: CheckProblem,
@@ -76,6 +78,7 @@ def run_check(
         options=options,
         evaluator=evaluator,
         evidence=LazyEvidence(problem, analytic, options, forward_mode),
+        analytic_floor=_analytic_floor(problem, analytic),
         batch_size=_batch_size(problem),
     )
     results, stopped = _judge_tensors(problem, analytic, measured, f0, judge, report.label)
@@ -218,6 +221,16 @@ def _judge_tensors(
     except KeyboardInterrupt:
         interrupted = True
     return [r for results in per_term for r in results], interrupted
+
+
+def _analytic_floor(problem: CheckProblem, analytic: Analytic) -> float:
+    """The rounding autograd's gradients carry: ANALYTIC_ULPS of the largest of them (a
+    backward that cancels, as BatchNorm's does for a bias before it, leaves that much)."""
+    largest = max(
+        (float(g.abs().max()) for per in analytic.grads for g in per.values() if g is not None),
+        default=0.0,
+    )
+    return ANALYTIC_ULPS * torch.finfo(problem.precision).eps * largest
 
 
 def _tensor_rounding(problem: CheckProblem, got: Measured, f0: torch.Tensor) -> float:

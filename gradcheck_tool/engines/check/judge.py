@@ -30,7 +30,9 @@ from .numerics import (
     classify_sweep,
     compare,
     resolved_error,
+    rounding_noise,
 )
+from .rows import Evaluations
 from .sampling import Measured
 
 WORST_SHOWN = 5
@@ -77,7 +79,6 @@ class _Verdict:
     passed: bool
     step: float
     floor: float  # the smallest relative error rounding noise lets it see (Note [resolution])
-    within_noise: bool  # analytic and numeric both below the rounding noise
 
     def resolved(self, tol: float) -> bool:
         return self.floor <= tol
@@ -108,12 +109,15 @@ class TensorJudge:
         evaluator: Evaluator,
         evidence: LazyEvidence,
         batch_size: int | None,
+        analytic_floor: float = 0.0,
         not_reentrant: float | None = None,
     ) -> None:
         self.c, self.label, self.k = c, label, k
         self.not_reentrant = not_reentrant  # how much a second backward changed its gradient
+        self.analytic_floor = analytic_floor  # autograd's rounding: below it, a gradient is 0
         # rounding noise of f, at least the nondeterminism two evaluations at θ showed
         self.f0, self.rounding, self.options = f0, max(rounding, floor), options
+        self.noise_floor = floor
         self.evaluator, self.evidence, self.batch_size = evaluator, evidence, batch_size
         self.h, self.tol = options.eps, options.tolerance
         self.shape = tuple(c.value.shape)
@@ -137,8 +141,17 @@ class TensorJudge:
         notes: dict[Note, str] = {}
         verdict = self.verdict(self.h, self.plus, self.minus, self.direction)
         reaches, inconclusive = True, False
-        if self.unused or float(self.a_flat.abs().max()) == 0.0:
+        largest = float(self.a_flat.abs().max())
+        if self.unused or largest == 0.0:
             verdict, notes[Note.ZERO_GRADIENT], reaches = self.zero_gradient(verdict)
+        elif largest <= self.analytic_floor and self.quiet(verdict):
+            # autograd's own rounding where the true gradient is 0 (a bias before
+            # train-mode BatchNorm), and the loss does not move either
+            verdict = dataclasses.replace(verdict, rel_error=0.0, passed=True)
+            notes[Note.ZERO_GRADIENT] = (
+                f"zero gradient: autograd gives only rounding (≈{largest:.1g}), and the loss "
+                "does not move"
+            )
         elif not verdict.resolved(self.tol):
             first = verdict
             verdict = self.at_resolving_step(verdict)
@@ -146,14 +159,6 @@ class TensorJudge:
                 notes[Note.RESOLVED_AT_STEP] = (
                     f"judged at eps={verdict.step:g}: at eps={self.h:g} rounding noise hides "
                     f"a gradient this small (≈{float(first.comparison.a.norm()):.2g})"
-                )
-            elif verdict.within_noise:
-                # analytic and numeric are both 0 to within what finite differences see
-                # (a bias before train-mode BatchNorm: autograd gives rounding, ~1e-16)
-                verdict = dataclasses.replace(first, rel_error=0.0, passed=True)
-                notes[Note.ZERO_GRADIENT] = (
-                    f"zero gradient: analytic (≈{float(first.comparison.a.norm()):.1g}) and "
-                    f"numeric are both within rounding noise, up to eps={verdict.step:g}"
                 )
             else:
                 inconclusive = True
@@ -206,6 +211,8 @@ class TensorJudge:
             sweep_verdict=sweep.verdict,
             inconclusive=inconclusive,
             complex=self.c.complex,
+            judged_eps=verdict.step if verdict.step != self.h else None,
+            zero=Note.ZERO_GRADIENT in notes and verdict.passed,
         )
 
     # --- the steps ----------------------------------------------------------------------
@@ -238,37 +245,63 @@ class TensorJudge:
         return self._failed(f"NaN/Inf in the loss when {self.c.name}{idx} is moved by ±{self.h:g}")
 
     def verdict(
-        self, h: float, fp: torch.Tensor, fm: torch.Tensor, direction: tuple | None
+        self,
+        h: float,
+        fp: torch.Tensor,
+        fm: torch.Tensor,
+        direction: tuple | None,
+        rounding: float | None = None,
     ) -> _Verdict:
-        """The coordinates compared at step h (Note [kinks]), and the random direction."""
+        """The coordinates compared at step h (Note [kinks]), and the random direction, with
+        the rounding noise of f in these evaluations (default: the measured rows')."""
+        rounding = self.rounding if rounding is None else rounding
         comp = compare(
             self.a_flat[self.coords],
             fp,
             fm,
             self.f0,
             h,
-            self.rounding,
+            rounding,
             self.tol,
             refine=self.refine,
             verify=self.verify,
         )
-        dir_comp = self.direction_comparison(direction, h)
+        floors = [self._floor(comp, fp, fm, h)]
+        dir_comp = self.direction_comparison(direction, h, rounding)
         dir_rel = None
         comps = [comp]
         if dir_comp is not None:
             dir_rel = dir_comp.rel if math.isfinite(float(dir_comp.num[0])) else math.inf
             comps.append(dir_comp)
+            floors.append(self._floor(dir_comp, direction[1][self.k], direction[2][self.k], h))
         rel = max(comp.rel, dir_rel or 0.0)
-        floor = max(_floor(c) for c in comps)
-        quiet = all(_within_noise(c) for c in comps)
-        return _Verdict(comp, dir_rel, rel, rel <= self.tol, h, floor, quiet)
+        return _Verdict(comp, dir_rel, rel, rel <= self.tol, h, max(floors))
+
+    def _floor(self, comp: Comparison, fp: torch.Tensor, fm: torch.Tensor, h: float) -> float:
+        """Note [resolution]. A loss that did not move at all at a small step saw nothing: the
+        step may be below what the outputs can represent (y + h·y' == y), which is not
+        evidence of a zero gradient; at the largest step it is (the function is flat)."""
+        if h < LARGEST_STEP and bool(((fp == self.f0) & (fm == self.f0)).all()):
+            return math.inf if float(comp.a.abs().max()) > 0 else 0.0
+        return _floor(comp)
 
     def verdict_at_step(self, step: float) -> _Verdict:
         """The verdict with every checked coordinate and the direction evaluated at `step`."""
         d = self.direction[0] if self.direction is not None else None
         at = self.evaluator.evaluate(self.c, self.coords, step, d)
         direction = None if d is None else (d, at.direction_plus, at.direction_minus)
-        return self.verdict(step, self._term(at.plus), self._term(at.minus), direction)
+        rounding = self._rounding_of(at)
+        return self.verdict(step, self._term(at.plus), self._term(at.minus), direction, rounding)
+
+    def _rounding_of(self, at: Evaluations) -> float:
+        """The rounding noise of f in these evaluations: a few ulps of the largest scale their
+        rows moved (losses.py), of the loss itself, and at least the nondeterminism seen."""
+        scales = [at.plus[:, -1], at.minus[:, -1]]
+        if at.direction_plus is not None:
+            scales += [at.direction_plus[-1:], at.direction_minus[-1:]]
+        moved = float(torch.cat([t.reshape(-1) for t in scales]).abs().max())
+        size = max(moved, abs(self.f0), 1e-300)
+        return max(rounding_noise(self.evaluator.problem.precision, size), self.noise_floor)
 
     def zero_gradient(self, verdict: _Verdict) -> tuple[_Verdict, str, bool]:
         """An analytic gradient that is None or zero everywhere: a pass where the loss does
@@ -298,7 +331,8 @@ class TensorJudge:
         """The verdict at a larger step, where rounding noise is small enough to resolve the
         tolerance (Note [resolution]); the last one tried when none is."""
         # a power of ten where the noise would be at most a tenth of the tolerance
-        wanted = 10 ** math.ceil(math.log10(self.h * verdict.floor / (0.1 * self.tol)))
+        ratio = self.h * verdict.floor / (0.1 * self.tol)
+        wanted = 10 ** math.ceil(math.log10(ratio)) if math.isfinite(ratio) else LARGEST_STEP
         for step in (min(LARGEST_STEP, max(10 * self.h, wanted)), LARGEST_STEP):
             if step <= verdict.step:
                 continue
@@ -325,7 +359,9 @@ class TensorJudge:
             if d is not None:
                 # a·d in the default dtype, which is the check dtype (float32 rounds it)
                 along = torch.tensor([self._along_direction()])
-                dcomp = self._compare_direction(along, at.direction_plus, at.direction_minus, step)
+                dcomp = self._compare_direction(
+                    along, at.direction_plus, at.direction_minus, step, self.rounding
+                )
                 pairs.append((dcomp.a, dcomp.judged, dcomp.tiny))
             errors = [e for e in (resolved_error(*pair) for pair in pairs) if e is not None]
             points.append(SweepPoint(step, max(errors) if errors else math.nan))
@@ -380,7 +416,9 @@ class TensorJudge:
         coords = self.coords[local]
         return self.evidence.agrees_off_kink(self.c, coords, self.k, self.h, self.rounding)
 
-    def direction_comparison(self, direction: tuple | None, h: float) -> Comparison | None:
+    def direction_comparison(
+        self, direction: tuple | None, h: float, rounding: float
+    ) -> Comparison | None:
         """The derivative along a random unit direction d: a·d against the numeric one."""
         if direction is None:
             return None
@@ -397,7 +435,7 @@ class TensorJudge:
             return torch.tensor([agrees])
 
         along = torch.tensor([self._along_direction()], dtype=torch.float64)
-        return self._compare_direction(along, dp, dm, h, refine=refine, verify=verify)
+        return self._compare_direction(along, dp, dm, h, rounding, refine=refine, verify=verify)
 
     # --- small helpers ------------------------------------------------------------------
 
@@ -407,14 +445,13 @@ class TensorJudge:
         dp: torch.Tensor,
         dm: torch.Tensor,
         h: float,
+        rounding: float,
         refine: Refine | None = None,
         verify: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> Comparison:
         """a·d (`along`) against the loss at θ ± h·d (`dp`, `dm`: every term)."""
         dp, dm = self._one_term(dp), self._one_term(dm)
-        return compare(
-            along, dp, dm, self.f0, h, self.rounding, self.tol, refine=refine, verify=verify
-        )
+        return compare(along, dp, dm, self.f0, h, rounding, self.tol, refine=refine, verify=verify)
 
     def _along_direction(self) -> float:
         """a·d: the analytic derivative along the random direction."""
@@ -449,11 +486,6 @@ def _floor(comp: Comparison) -> float:
     m coordinates, √m·noise, over the signal (Note [resolution])."""
     size = float(comp.a.norm()) + float(comp.judged.norm())
     return math.sqrt(comp.a.numel()) * comp.noise / size if size else math.inf
-
-
-def _within_noise(comp: Comparison) -> bool:
-    noise = math.sqrt(comp.a.numel()) * comp.noise
-    return float(comp.a.norm()) <= noise and float(comp.judged.norm()) <= noise
 
 
 def _unravel(flat_index: int, shape: tuple[int, ...]) -> tuple[int, ...]:
