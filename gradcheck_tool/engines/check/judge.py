@@ -142,16 +142,10 @@ class TensorJudge:
         verdict = self.verdict(self.h, self.plus, self.minus, self.direction)
         reaches, inconclusive = True, False
         largest = float(self.a_flat.abs().max())
-        if self.unused or largest == 0.0:
-            verdict, notes[Note.ZERO_GRADIENT], reaches = self.zero_gradient(verdict)
-        elif largest <= self.analytic_floor and self.quiet(verdict):
-            # autograd's own rounding where the true gradient is 0 (a bias before
-            # train-mode BatchNorm), and the loss does not move either
-            verdict = dataclasses.replace(verdict, rel_error=0.0, passed=True)
-            notes[Note.ZERO_GRADIENT] = (
-                f"zero gradient: autograd gives only rounding (≈{largest:.1g}), and the loss "
-                "does not move"
-            )
+        if self.unused or largest <= self.analytic_floor:
+            # none, zero, or only autograd's own rounding (a bias before train-mode
+            # BatchNorm, whose true gradient is 0)
+            verdict, notes[Note.ZERO_GRADIENT], reaches = self.zero_gradient(verdict, largest)
         elif not verdict.resolved(self.tol):
             first = verdict
             verdict = self.at_resolving_step(verdict)
@@ -172,13 +166,15 @@ class TensorJudge:
             sweep = self.sweep(verdict.comparison)
             if not verdict.passed and sweep.better_step is not None:
                 # the mismatch may be the step's, not the gradient's: judge every checked
-                # coordinate (and the direction) again at that step before saying so
-                again = self.verdict_at_step(sweep.better_step)
-                if again.passed:
-                    verdict = again
-                    notes[Note.PASSES_AT_STEP] = (
-                        f"passes at eps={sweep.better_step:g} ({sweep.verdict})"
-                    )
+                # coordinate (and the direction) again at that step before saying so — the
+                # sweep's best step, then the passing step nearest the default (a best error
+                # far out can be noise that happened to cancel)
+                for step in _passing_steps(sweep, self.tol, self.h)[:MORE_STEPS]:
+                    again = self.verdict_at_step(step)
+                    if again.passed and again.resolved(self.tol):
+                        verdict = again
+                        notes[Note.PASSES_AT_STEP] = f"passes at eps={step:g} ({sweep.verdict})"
+                        break
         comp = verdict.comparison
         kinks = int(comp.kink.sum())
         if kinks:
@@ -303,11 +299,13 @@ class TensorJudge:
         size = max(moved, abs(self.f0), 1e-300)
         return max(rounding_noise(self.evaluator.problem.precision, size), self.noise_floor)
 
-    def zero_gradient(self, verdict: _Verdict) -> tuple[_Verdict, str, bool]:
+    def zero_gradient(self, verdict: _Verdict, largest: float) -> tuple[_Verdict, str, bool]:
         """An analytic gradient that is None or zero everywhere: a pass where the loss does
         not move either, else a gradient that never reaches the tensor (no step size
         explains that). Returns the verdict, the note, and whether the gradient reaches."""
         note = "unused: the loss does not depend on this tensor" if self.unused else "no gradient"
+        if largest > 0:
+            note = f"zero gradient: autograd gives only rounding (≈{largest:.1g})"
         if self.quiet(verdict):
             return dataclasses.replace(verdict, rel_error=0.0, passed=True), note, True
         # what finite differences see may be rounding noise above our estimate of it (e.g.
@@ -317,7 +315,10 @@ class TensorJudge:
         if self.quiet(larger):
             note += f" (the loss moves only by rounding noise: it shrinks at eps={larger.step:g})"
             return dataclasses.replace(verdict, rel_error=0.0, passed=True), note, True
-        note = self.evaluator.problem.missing_note.format(got="none" if self.unused else "zero")
+        got = (
+            "none" if self.unused else "zero" if largest == 0 else f"only rounding, ≈{largest:.1g}"
+        )
+        note = self.evaluator.problem.missing_note.format(got=got)
         failed = dataclasses.replace(verdict, rel_error=max(verdict.rel_error, 1.0), passed=False)
         return failed, note, False
 
@@ -479,6 +480,19 @@ class TensorJudge:
         return TensorResult(
             **self._identity(), rel_error=math.inf, rating="bug", passed=False, note=note
         )
+
+
+MORE_STEPS = 2  # steps of a sweep at which a failing tensor is judged again, at most
+
+
+def _passing_steps(sweep: _Sweep, tol: float, default: float) -> list[float]:
+    """The sweep's better step first, then the other steps it passed at, nearest the
+    default first."""
+    others = sorted(
+        (p.eps for p in sweep.points if p.rel_error <= tol and p.eps != sweep.better_step),
+        key=lambda h: (abs(math.log10(h / default)), -h),
+    )
+    return [sweep.better_step, *others]
 
 
 def _floor(comp: Comparison) -> float:
