@@ -111,6 +111,7 @@ class TensorResult:
     inconclusive: bool = False
     complex: bool = False  # a complex tensor, checked as (real, imaginary) pairs: shape (..., 2)
     judged_eps: float | None = None  # the step of the verdict, when not the default one
+    verified_to: float | None = None  # a pass only to this precision, coarser than tolerance
     zero: bool = False  # passed as a zero gradient (the loss does not move either)
 
     @property
@@ -129,6 +130,7 @@ class TensorResult:
             "complex": self.complex,
             "zero_gradient": self.zero,
             "judged_eps": self.judged_eps,
+            "verified_to": self.verified_to,
             "shape": list(self.shape),
             "numel": self.numel,
             "checked": self.checked,

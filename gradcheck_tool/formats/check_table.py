@@ -113,7 +113,14 @@ def verdict_line(report: CheckReport) -> Text:
         f"{count} {what}"
         for count, what in (
             (sum(r.zero for r in report.results), "zero"),
-            (sum(r.judged_eps is not None for r in report.results), "at a larger step"),
+            (
+                sum(r.judged_eps is not None and r.verified_to is None for r in report.results),
+                "at a larger step",
+            ),
+            (
+                sum(r.verified_to is not None for r in report.results),
+                "only to a coarser precision (see notes)",
+            ),
         )
         if count
     ]
