@@ -77,6 +77,16 @@ def _error_console() -> Any:
     return make_console(stderr=True)
 
 
+def _from_a_closed_pipe(exc: SystemExit) -> bool:
+    """Rich ends the process with SystemExit(1) when the reader of stdout went away."""
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_name == "on_broken_pipe":
+            return True
+        tb = tb.tb_next
+    return False
+
+
 @contextlib.contextmanager
 def user_errors(debug: bool) -> Iterator[None]:
     """GradtoolError -> one-screen message and exit 2; anything else -> exit 3."""
@@ -96,6 +106,8 @@ def user_errors(debug: bool) -> Iterator[None]:
             console.print(_escape(exc.hint))
         raise typer.Exit(EXIT_USER) from None
     except SystemExit as exc:  # the user's code called sys.exit() somewhere unguarded
+        if _from_a_closed_pipe(exc):  # e.g. `gradtool check m.py | head`: rich's own exit
+            raise
         if debug:
             traceback.print_exc()
         _error_console().print(

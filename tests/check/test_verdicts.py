@@ -109,6 +109,14 @@ def gradcheck_passes_quietly(fn, inputs) -> bool:
         return False
 
 
+def test_a_gradient_cut_before_a_steep_saturating_function_never_reaches():
+    # its difference quotient shrinks ≥30× per 100× step like rounding noise does, but keeps
+    # its direction: not noise
+    report = check_file(spec("steep_detached.py", "SteepDetached"))
+    assert "shift" in failing(report), [(r.name, r.status, r.note) for r in report.results]
+    assert "never reaches" in message_of(report.result("shift"))
+
+
 # --- a correct model must pass ---------------------------------------------------------------
 
 
@@ -119,11 +127,19 @@ def gradcheck_passes_quietly(fn, inputs) -> bool:
         "reentrant_checkpoint.py",  # checkpoint(use_reentrant=True) refuses autograd.grad
         "zero_init_residual.py",  # ReLUs exactly at 0 after a zero-initialised BN scale
         "zero_before_batchnorm.py",  # a bias whose gradient is 0 up to BatchNorm's rounding
+        "batchnorm_amplified_rounding.py",  # ... whose rounding is amplified (MobileNetV3)
     ],
 )
 def test_correct_models_users_met_pass(file):
     report = check_file(spec(file))
     assert report.passed, [(r.name, r.status, r.note) for r in report.results if not r.passed]
+
+
+def test_rounding_that_no_step_resolves_is_never_called_a_bug():
+    report = check_file(spec("batchnorm_amplified_rounding.py", "Ill"))
+    found = {r.name: r.status for r in report.results}
+    assert set(found.values()) <= {"pass", "inconclusive"}, found
+    assert found["net.1.bias"] == "inconclusive"  # it was "bug" before
 
 
 def test_a_padded_transformer_in_eval_mode_leaves_the_fast_path_setting_as_found():

@@ -146,3 +146,16 @@ def test_float32_constant_in_forward_hints_at_float64():
 def test_dotted_name_must_be_top_level(name):
     result = invoke_cli("check", f"{CLI_FILES / 'plain.py'}:{name}", "--input-shape", "2,3")
     assert_user_error(result, "NAME must be a top-level name")
+
+
+def test_a_reader_that_closed_the_pipe_is_not_blamed_on_the_users_code():
+    """`gradtool check m.py | head`: rich ends the process with SystemExit(1) from its
+    `on_broken_pipe` when stdout's reader is gone; that is not the user's sys.exit()."""
+    from gradcheck_tool.cli import user_errors
+
+    def on_broken_pipe():  # the name rich's Console gives the method that exits
+        raise SystemExit(1)
+
+    with pytest.raises(SystemExit) as raised, user_errors(debug=False):
+        on_broken_pipe()
+    assert raised.value.code == 1

@@ -24,6 +24,7 @@ from .evaluate import Evaluator
 from .hints import bug_hint
 from .numerics import (
     SWEEP_STEPS,
+    UNRESOLVED_SWEEP,
     Comparison,
     Refine,
     band_scale,
@@ -86,6 +87,19 @@ class _Verdict:
 
     def resolved(self, tol: float) -> bool:
         return self.floor <= tol
+
+
+def _noise_like(seen: list[torch.Tensor]) -> bool:
+    """Numeric gradients at steps 100× apart that shrink ≥30× per step, each pointing
+    elsewhere (|cos| < 0.9): rounding noise, which a real gradient is not."""
+    for small, large in zip(seen, seen[1:]):
+        small_size, large_size = float(small.norm()), float(large.norm())
+        if large_size * 30 > small_size:
+            return False
+        cos = float(small @ large) / (small_size * large_size) if large_size else 0.0
+        if abs(cos) >= 0.9:
+            return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -187,6 +201,16 @@ class TensorJudge:
                         verdict = again
                         notes[Note.PASSES_AT_STEP] = f"passes at eps={step:g} ({sweep.verdict})"
                         break
+        if not verdict.passed and sweep.verdict == UNRESOLVED_SWEEP:
+            # a mismatch that no step of the sweep can see above rounding noise is noise
+            # that our estimate of it missed (e.g. BatchNorm amplifying a large mean's
+            # rounding): neither verified nor refuted
+            inconclusive = True
+            notes[Note.INCONCLUSIVE] = (
+                f"inconclusive: the mismatch at eps={verdict.step:g} is below finite-"
+                "difference resolution at every step of the sweep (rounding noise larger "
+                "than estimated): neither verified nor refuted"
+            )
         comp = verdict.comparison
         kinks = int(comp.kink.sum())
         if kinks:
@@ -323,12 +347,19 @@ class TensorJudge:
         if self.quiet(verdict):
             return dataclasses.replace(verdict, rel_error=0.0, passed=True), note, True
         # what finite differences see may be rounding noise above our estimate of it (e.g.
-        # BatchNorm dividing a zero-variance batch by √eps): noise shrinks as the step grows,
-        # a gradient that autograd misses does not
-        larger = self.verdict_at_step(min(LARGEST_STEP, 100 * self.h))
-        if self.quiet(larger):
-            note += f" (the loss moves only by rounding noise: it shrinks at eps={larger.step:g})"
-            return dataclasses.replace(verdict, rel_error=0.0, passed=True), note, True
+        # BatchNorm dividing a zero-variance batch by √eps): noise shrinks in proportion as
+        # the step grows and points anywhere, a gradient that autograd misses stays (its
+        # difference quotient converges) and keeps its direction. Quiet at a larger step, or
+        # shrinking ≥30× at each of two 100× larger steps in unrelated directions, is noise.
+        seen = [verdict.comparison.num]
+        for step in (100 * self.h, 10_000 * self.h):
+            if step > LARGEST_STEP * (1 + 1e-9):
+                break
+            larger = self.verdict_at_step(step)
+            seen.append(larger.comparison.num)
+            if self.quiet(larger) or (len(seen) == 3 and _noise_like(seen)):
+                note += f" (the loss moves only by rounding noise: it shrinks at eps={step:g})"
+                return dataclasses.replace(verdict, rel_error=0.0, passed=True), note, True
         got = (
             "none" if self.unused else "zero" if largest == 0 else f"only rounding, ≈{largest:.1g}"
         )

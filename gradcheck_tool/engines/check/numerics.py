@@ -138,6 +138,9 @@ def compare(
     return Comparison(a, num, kink, relative_error(a, judged, tiny), tiny, noise)
 
 
+UNRESOLVED_SWEEP = "unresolved: the gradient is below finite-difference resolution at every step"
+
+
 def classify_sweep(
     points: list[SweepPoint], tol: float, default_eps: float
 ) -> tuple[str, float | None]:
@@ -147,7 +150,7 @@ def classify_sweep(
         return "stable mismatch: NaN/Inf at every step", None
     errs = {p.eps: p.rel_error for p in points if math.isfinite(p.rel_error)}
     if not errs:
-        return "unresolved: the gradient is below finite-difference resolution at every step", None
+        return UNRESOLVED_SWEEP, None
     if errs.get(default_eps, math.inf) <= tol:
         return "passes at the default step", None
     best_eps = min(errs, key=errs.get)
