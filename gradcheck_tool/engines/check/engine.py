@@ -19,11 +19,9 @@ from .analytic import Analytic, LazyEvidence, analytic_gradients, forward_mode_d
 from .batching import activation_bytes
 from .config import CheckOptions, Interrupted
 from .evaluate import Evaluator, synced
-from .judge import TensorJudge
+from .judge import ANALYTIC_ULPS, TensorJudge
 from .numerics import rounding_noise
 from .sampling import Measured, choose_coordinates, is_small_model, measure, spend_budget
-
-ANALYTIC_ULPS = 1024.0  # see _analytic_floor
 
 
 def run_check(
@@ -79,6 +77,7 @@ def run_check(
         evaluator=evaluator,
         evidence=LazyEvidence(problem, analytic, options, forward_mode),
         analytic_floor=_analytic_floor(problem, analytic),
+        loss_scale=max(problem.magnitude or 0.0, float(f0[:-1].abs().max())),
         batch_size=_batch_size(problem),
     )
     results, stopped = _judge_tensors(problem, analytic, measured, f0, judge, report.label)
