@@ -248,6 +248,51 @@ class TensorJudge:
             zero=Note.ZERO_GRADIENT in notes and verdict.passed,
         )
 
+    def by_directions(
+        self, directions: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+    ) -> tuple[TensorResult | None, int]:
+        """Note [directions]: a pass when every random direction agrees to the tolerance,
+        resolved above rounding noise; else None (the tensor is measured again at a sample
+        of coordinates). With the index of the direction that disagrees most."""
+        d, dp, dm = directions
+        along = d.reshape(d.shape[0], -1).double().cpu() @ self.a_flat
+        fp, fm = self._term(dp), self._term(dm)
+        num = (fp - fm) / (2 * self.h)
+        errors = (along - num).abs() / (along.abs() + num.abs()).clamp_min(1e-300)
+        worst = int(torch.nan_to_num(errors, nan=math.inf).argmax())
+        largest = float(self.a_flat.abs().max()) if self.numel else 0.0
+        clean = (
+            self.not_reentrant is None
+            and bool(torch.isfinite(self.a_flat).all())
+            and bool(torch.isfinite(num).all())
+        )
+        if not clean:
+            return None, worst
+        comp = compare(along, fp, fm, self.f0, self.h, self.rounding, self.tol)
+        zero = self.unused or largest <= self.analytic_floor
+        if zero:
+            # none, zero or only rounding, and the loss does not move along any direction
+            # either: a zero gradient (Note [directions]); else the coordinates tell more
+            if float(num.norm()) > comp.tiny * self.tol:
+                return None, worst
+            rel, note = 0.0, self._zero_note(largest)
+        elif comp.rel > self.tol or _floor(comp) > self.tol:
+            return None, worst
+        else:
+            rel, note = comp.rel, ""
+        result = TensorResult(
+            **{**self._identity(), "checked": 0},
+            rel_error=rel,
+            rating=rating_for(rel, scale=self._band_scale),
+            passed=True,
+            note=note,
+            direction_error=rel,
+            complex=self.c.complex,
+            zero=zero,
+            directions=int(d.shape[0]),
+        )
+        return result, worst
+
     # --- the steps ----------------------------------------------------------------------
 
     def nonfinite_analytic(self) -> TensorResult | None:
@@ -341,9 +386,7 @@ class TensorJudge:
         """An analytic gradient that is None or zero everywhere: a pass where the loss does
         not move either, else a gradient that never reaches the tensor (no step size
         explains that). Returns the verdict, the note, and whether the gradient reaches."""
-        note = "unused: the loss does not depend on this tensor" if self.unused else "no gradient"
-        if largest > 0:
-            note = f"zero gradient: autograd gives only rounding (≈{largest:.1g})"
+        note = self._zero_note(largest)
         if self.quiet(verdict):
             return dataclasses.replace(verdict, rel_error=0.0, passed=True), note, True
         # what finite differences see may be rounding noise above our estimate of it (e.g.
@@ -366,6 +409,11 @@ class TensorJudge:
         note = self.evaluator.problem.missing_note.format(got=got)
         failed = dataclasses.replace(verdict, rel_error=max(verdict.rel_error, 1.0), passed=False)
         return failed, note, False
+
+    def _zero_note(self, largest: float) -> str:
+        if largest > 0:
+            return f"zero gradient: autograd gives only rounding (≈{largest:.1g})"
+        return "unused: the loss does not depend on this tensor" if self.unused else "no gradient"
 
     def quiet(self, verdict: _Verdict) -> bool:
         """The numeric gradient is within rounding noise, along the direction too."""
