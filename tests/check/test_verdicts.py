@@ -142,6 +142,17 @@ def test_rounding_that_no_step_resolves_is_never_called_a_bug():
     assert found["net.1.bias"] == "inconclusive"  # it was "bug" before
 
 
+@pytest.mark.parametrize("shape", [(2,), (3, 2)])
+def test_a_true_zero_gradient_that_autograd_computes_as_rounding_passes(shape):
+    # corrcoef's entries are ±1 (or constant) wherever defined: autograd's gradient is
+    # rounding (~1e-16), and the loss moves at no step by more than its rounding
+    x = torch.randn(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    report = check(torch.corrcoef, x)
+    assert report.passed, [(r.name, r.status, r.note) for r in report.results]
+    assert report.results[0].zero and "rounding" in report.results[0].note
+    assert gradcheck_passes(torch.corrcoef, (x,))
+
+
 def test_a_padded_transformer_in_eval_mode_leaves_the_fast_path_setting_as_found():
     before = torch.backends.mha.get_fastpath_enabled()
     check_file(spec("transformer_padding_eval.py"), samples=2)

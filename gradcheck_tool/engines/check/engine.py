@@ -20,7 +20,7 @@ from .analytic import Analytic, LazyEvidence, analytic_gradients, forward_mode_d
 from .batching import activation_bytes
 from .config import CheckOptions, Interrupted
 from .evaluate import Evaluator, synced
-from .judge import TensorJudge
+from .judge import ANALYTIC_ULPS, TensorJudge
 from .numerics import rounding_noise
 from .sampling import (
     FULL_THRESHOLD,
@@ -31,8 +31,6 @@ from .sampling import (
     measure_directions,
     spend_budget,
 )
-
-ANALYTIC_ULPS = 1024.0  # see _analytic_floor
 
 
 def run_check(
@@ -88,6 +86,7 @@ def run_check(
         evaluator=evaluator,
         evidence=LazyEvidence(problem, analytic, options, forward_mode),
         analytic_floor=_analytic_floor(problem, analytic),
+        loss_scale=max(problem.magnitude or 0.0, float(f0[:-1].abs().max())),
         batch_size=_batch_size(problem),
     )
 

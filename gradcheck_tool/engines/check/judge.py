@@ -63,6 +63,8 @@ class Note(enum.IntEnum):
 # that precision (a pass, "verified only to ≈…") or show a mismatch beyond its noise (a
 # fail); with none, the tensor is *inconclusive*: neither verified nor refuted, never passed.
 LARGEST_STEP = 1e-2
+ANALYTIC_ULPS = 1024.0  # autograd's own rounding, in ulps of the largest gradient (engine)
+ROUNDING_ULPS = 64.0  # ... in ulps of the loss's summands (TensorJudge.rounding_floor)
 
 
 def choose_note(candidates: Mapping[Note, str], direction: str = "") -> str:
@@ -84,6 +86,7 @@ class _Verdict:
     step: float
     floor: float  # the smallest relative error rounding noise lets it see (Note [resolution])
     raw: float  # ‖a − n‖ / (‖a‖ + ‖n‖), without the resolution in the denominator
+    direction_num: float | None = None  # the numeric derivative along the direction
 
     def resolved(self, tol: float) -> bool:
         return self.floor <= tol
@@ -128,11 +131,21 @@ class TensorJudge:
         evidence: LazyEvidence,
         batch_size: int | None,
         analytic_floor: float = 0.0,
+        loss_scale: float = 0.0,
         not_reentrant: float | None = None,
     ) -> None:
         self.c, self.label, self.k = c, label, k
         self.not_reentrant = not_reentrant  # how much a second backward changed its gradient
         self.analytic_floor = analytic_floor  # autograd's rounding: below it, a gradient is 0
+        # ... and the rounding of the loss itself: moving this tensor by its own size moves a
+        # gradient below this by less than ROUNDING_ULPS ulps of the loss's summands. Only
+        # in float64: at float32's precision a real gradient of a loss on a large offset
+        # is that small (tests/fixtures/verdicts/float32_offset.py)
+        size = float(c.value.abs().max()) if c.value.numel() else 0.0
+        self.rounding_floor = 0.0
+        if evaluator.problem.precision == torch.float64:
+            ulp = torch.finfo(torch.float64).eps
+            self.rounding_floor = ROUNDING_ULPS * ulp * loss_scale / max(size, 1.0)
         # rounding noise of f, at least the nondeterminism two evaluations at θ showed
         self.f0, self.rounding, self.options = f0, max(rounding, floor), options
         self.noise_floor = floor
@@ -168,6 +181,18 @@ class TensorJudge:
         elif not verdict.resolved(self.tol):
             size = float(verdict.comparison.a.norm())
             verdict, how = self.on_the_ladder(verdict)
+            if largest <= self.rounding_floor and (
+                how == "unresolved" or (not verdict.passed and self.flat(verdict))
+            ):
+                # a true zero gradient within resolution, which autograd computes as rounding
+                # (e.g. corrcoef of two numbers, ±1 wherever it is defined): the loss moves
+                # at no step, or never above its rounding
+                how = "zero"
+                notes[Note.ZERO_GRADIENT] = (
+                    f"{self._zero_note(largest)}: the loss moves only by rounding at every "
+                    f"step up to eps={LARGEST_STEP:g}"
+                )
+                verdict = dataclasses.replace(verdict, rel_error=0.0, passed=True)
             if how == "resolved":
                 notes[Note.RESOLVED_AT_STEP] = (
                     f"judged at eps={verdict.step:g}: at eps={self.h:g} rounding noise hides "
@@ -346,15 +371,16 @@ class TensorJudge:
         )
         floors = [self._floor(comp, fp, fm, h)]
         dir_comp = self.direction_comparison(direction, h, rounding)
-        dir_rel = None
+        dir_rel = dir_num = None
         comps = [comp]
         if dir_comp is not None:
+            dir_num = float(dir_comp.num[0])
             dir_rel = dir_comp.rel if math.isfinite(float(dir_comp.num[0])) else math.inf
             comps.append(dir_comp)
             floors.append(self._floor(dir_comp, direction[1][self.k], direction[2][self.k], h))
         rel = max(comp.rel, dir_rel or 0.0)
         raw = max(_raw(c) for c in comps)
-        return _Verdict(comp, dir_rel, rel, rel <= self.tol, h, max(floors), raw)
+        return _Verdict(comp, dir_rel, rel, rel <= self.tol, h, max(floors), raw, dir_num)
 
     def _floor(self, comp: Comparison, fp: torch.Tensor, fm: torch.Tensor, h: float) -> float:
         """Note [resolution]. A loss that did not move at all at a small step saw nothing: the
@@ -381,6 +407,13 @@ class TensorJudge:
         moved = float(torch.cat([t.reshape(-1) for t in scales]).abs().max())
         size = max(moved, abs(self.f0), 1e-300)
         return max(rounding_noise(self.evaluator.problem.precision, size), self.noise_floor)
+
+    def flat(self, verdict: _Verdict) -> bool:
+        """The loss does not move at all (bitwise, every coordinate and the direction) at
+        the verdict's step. With an analytic gradient below the rounding of the loss's
+        summands (`rounding_floor`), a zero gradient autograd computes as rounding, not a
+        piecewise-constant forward with a made-up backward (whose gradient is not tiny)."""
+        return bool((verdict.comparison.num == 0).all()) and verdict.direction_num in (None, 0.0)
 
     def zero_gradient(self, verdict: _Verdict, largest: float) -> tuple[_Verdict, str, bool]:
         """An analytic gradient that is None or zero everywhere: a pass where the loss does
