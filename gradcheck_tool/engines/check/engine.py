@@ -93,7 +93,8 @@ def run_check(
     def localise(c: Checkable, directions: tuple, worst: int) -> Measured:
         """A tensor its directions did not pass: a sample of its coordinates, with the
         direction that disagreed most as a unit one (Note [directions])."""
-        coords = choose_coordinates(c, analytic.grads, options, False)
+        # a sample even of a small tensor: the direction already saw every entry
+        coords = choose_coordinates(c, analytic.grads, options, False, every_below=options.samples)
         d = directions[0][worst]
         return measure(evaluator, c, coords, options.eps, options.seed, direction=d / d.norm())
 
@@ -147,6 +148,7 @@ def _loss_at_theta_twice(
         f0_again = synced(problem.terms(evaluator.base).detach())
         forward_seconds = min(tock - tick, time.perf_counter() - tock)
     evaluator.f0 = f0
+    evaluator.forward_seconds = forward_seconds
     return f0, f0_again, forward_seconds
 
 

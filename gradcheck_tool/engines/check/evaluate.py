@@ -19,6 +19,10 @@ from .rows import Evaluations, Rows
 
 MAX_BATCH = 512  # rows per batched call over copies (the hook path, 4x: it makes no copies)
 MODEL_WIDE = 3  # tensors vmap fails for, none passing, before it is not tried again
+# A few rows of a model whose forward takes this long run one at a time: vmap's batching
+# rules (BatchNorm's above all) and its probe cost more than they save (timm resnet18:
+# a 4-row vmapped call took 7 plain forwards)
+FEW_ROWS, SLOW_FORWARD = 8, 0.005
 
 
 class Evaluator:
@@ -48,6 +52,7 @@ class Evaluator:
         self._probed: set[str] = set()  # tensors vmap was shown to handle
         self._linear: dict[str, LinearDelta | None] = {}  # see _linear_rows
         self.activation_bytes = 0  # bytes one forward allocates, set with f0
+        self.forward_seconds = 0.0  # one plain forward, set with f0
 
     @property
     def mode(self) -> str:
@@ -111,8 +116,9 @@ class Evaluator:
     ) -> Evaluations:
         """Loss terms at θ ± h·e_i for each coordinate (and at θ ± h·d for a direction)."""
         rows = Rows(c, coords, h, direction)
+        few = rows.count <= FEW_ROWS and self.forward_seconds >= SLOW_FORWARD
         with self.grad_mode():
-            if self.can_batch(c):
+            if not few and self.can_batch(c):
                 out = self._linear_rows(rows)
                 if out is None:
                     out = self._batched(rows)

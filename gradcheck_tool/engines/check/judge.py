@@ -293,18 +293,45 @@ class TensorJudge:
         )
         if not clean:
             return None, worst
-        comp = compare(along, fp, fm, self.f0, self.h, self.rounding, self.tol)
         zero = self.unused or largest <= self.analytic_floor
         if zero:
             # none, zero or only rounding, and the loss does not move along any direction
             # either: a zero gradient (Note [directions]); else the coordinates tell more
+            comp = compare(along, fp, fm, self.f0, self.h, self.rounding, self.tol)
             if float(num.norm()) > comp.tiny * self.tol:
                 return None, worst
             rel, note = 0.0, self._zero_note(largest)
-        elif comp.rel > self.tol or _floor(comp) > self.tol:
-            return None, worst
         else:
+            # Note [kinks], for directions: one that crosses a kink (ReLUs sitting exactly at
+            # 0 after a zero-initialised layer) counts where the backward agrees with finite
+            # differences a small step away, along the same direction as a unit one
+            comp = compare(
+                along,
+                fp,
+                fm,
+                self.f0,
+                self.h,
+                self.rounding,
+                self.tol,
+                refine=lambda local, step: self._along(d[local], step),
+                verify=lambda local: torch.tensor(
+                    [
+                        self.evidence.direction_agrees_off_kink(
+                            self.c, d[j] / d[j].norm(), self.k, self.h, self.rounding
+                        )
+                        for j in local.tolist()
+                    ]
+                ),
+            )
+            if comp.rel > self.tol or _floor(comp) > self.tol:
+                return None, worst
+            kinks = int(comp.kink.sum())
             rel, note = comp.rel, ""
+            if kinks:
+                note = (
+                    f"{kinks} of {d.shape[0]} random directions cross a kink (not "
+                    "differentiable there): verified a small step away"
+                )
         result = TensorResult(
             **{**self._identity(), "checked": 0},
             rel_error=rel,
@@ -315,8 +342,14 @@ class TensorJudge:
             complex=self.c.complex,
             zero=zero,
             directions=int(d.shape[0]),
+            kinks=0 if zero else int(comp.kink.sum()),
         )
         return result, worst
+
+    def _along(self, d: torch.Tensor, step: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Loss term k at θ ± step·d_j for each of the directions d (k, *shape)."""
+        at = self.evaluator.evaluate(self.c, torch.zeros(0, dtype=torch.long), step, d)
+        return self._term(at.directions_plus), self._term(at.directions_minus)
 
     # --- the steps ----------------------------------------------------------------------
 

@@ -48,11 +48,13 @@ def choose_coordinates(
     grads: list[dict[str, torch.Tensor | None]],
     options: CheckOptions,
     small_model: bool,
+    every_below: int = FULL_THRESHOLD,
 ) -> torch.Tensor:
-    """All coordinates of small tensors; else a seeded stratified sample plus the largest
-    analytic entries (a wrong gradient is most visible where it is large)."""
+    """All coordinates of small tensors (up to `every_below`); else a seeded stratified
+    sample plus the largest analytic entries (a wrong gradient is most visible where it is
+    large)."""
     n = c.value.numel()
-    if options.full or small_model or n <= max(FULL_THRESHOLD, options.samples):
+    if options.full or small_model or n <= max(every_below, options.samples):
         return torch.arange(n)
     k = max(1, options.samples)
     gen = torch.Generator().manual_seed(options.seed * 1_000_003 + zlib.crc32(c.name.encode()))
