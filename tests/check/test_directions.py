@@ -106,3 +106,37 @@ def test_one_wrong_entry_among_a_hundred_thousand_is_seen():
     result = check(OneEntryWrong, x).result("x")
     assert result.status == "fail" and result.directions == DEFAULT_DIRECTIONS
     assert result.direction_error is not None and result.direction_error > 1e-5
+
+
+class ScaledBlock(nn.Module):
+    """A residual block behind ConvNeXt's layer scale (initialised at 1e-6 there, 1e-9
+    here): the gradients of its layer are too small for the loss's rounding at a step of
+    1e-6."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.fc = nn.Linear(width, width)
+        self.gamma = nn.Parameter(torch.full((width,), 1e-9))
+
+    def forward(self, x):
+        return x + self.gamma * torch.tanh(self.fc(x))
+
+
+def scaled(middle: nn.Module) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(64, 256), middle, ScaledBlock(256), nn.Linear(256, 10))
+
+
+def test_gradients_shrunk_by_a_layer_scale_are_resolved_along_directions_at_a_larger_step():
+    report = check(scaled(nn.Tanh()), inputs())
+    assert report.passed, [(r.name, r.status, r.note) for r in report.results]
+    for name in ("2.fc.weight", "2.fc.bias"):
+        result = report.result(name)
+        assert result.checked == 0  # the directions resolved them, no coordinate needed
+        assert result.judged_eps is not None or result.verified_to is not None
+
+
+def test_a_bug_behind_a_layer_scale_is_still_caught():
+    report = check(scaled(BuggyTanh()), inputs())
+    assert {"0.weight", "0.bias", "input:input"} <= failing(report)
+    assert not {"2.fc.weight", "2.gamma", "3.weight"} & failing(report)
