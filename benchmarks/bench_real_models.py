@@ -135,7 +135,7 @@ def main() -> None:
                 env=env,
             )
             info = json.loads(truth.stdout.strip().splitlines()[-1])
-            affected = set(info["affected"])
+            affected, changed = set(info["affected"]), set(info["changed"])
             gcb = run([PY, str(HERE / "gradcheck_real.py"), str(path)], args.timeout, bug_env)
             with tempfile.TemporaryDirectory() as tmp:
                 report = Path(tmp) / "report.json"
@@ -145,7 +145,7 @@ def main() -> None:
                     bug_env,
                 )
                 bad = gradtool_failing(report)[0] if report.exists() else set()
-            bug_rows.append((model, info["where"], affected, gcb, gtb, bad))
+            bug_rows.append((model, info["where"], affected, changed, gcb, gtb, bad))
             print(_bug_row(*bug_rows[-1]), flush=True)
     print()
     print(_speed_table(rows))
@@ -195,23 +195,26 @@ def _speed_table(rows) -> str:
     return "\n".join([head, *(_speed_row(*r) for r in rows)])
 
 
-def _bug_row(model, where, affected, gcb, gtb, bad) -> str:
+def _bug_row(model, where, affected, changed, gcb, gtb, bad) -> str:
     gc_line = json.loads(gcb[3].strip().splitlines()[-1]) if gcb[3].strip() else {}
     gc_found = gcb[2] == 1 and not gc_line.get("error")
     gc_where = gc_line.get("failing")
-    gc_loc = "localised" if gc_where in affected else ("names " + str(gc_where))
+    gc_loc = f"names {'an upstream' if gc_where in changed else 'another'} tensor"
     gt_found = gtb[2] == 1 and bool(bad)
-    inside, outside = len(bad & affected), len(bad - affected)
+    inside, outside = len(bad & affected), len(bad - changed)
     return (
         f"{model:<20} {str(where)[:34]:<34} {len(affected):>4}  "
         f"gradcheck {'detects' if gc_found else 'misses '} ({gc_loc if gc_found else '-'}; "
         f"{gcb[0]:.0f} s)  gradtool {'detects' if gt_found else 'misses '} "
-        f"({inside}/{len(affected)} affected fail, {outside} others; {gtb[0]:.0f} s)"
+        f"({inside}/{len(affected)} fail, {outside} not upstream; {gtb[0]:.0f} s)"
     )
 
 
 def _bug_table(rows) -> str:
-    head = f"{'model':<20} {'seeded 0.9x backward in':<34} {'aff.':>4}  verdicts"
+    head = (
+        f"{'model':<20} {'seeded 0.9x backward in':<34} {'aff.':>4}  verdicts (aff.: tensors "
+        "whose gradient it changes by > 0.1%)"
+    )
     return "\n".join([head, *(_bug_row(*r) for r in rows)])
 
 
