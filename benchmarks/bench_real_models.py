@@ -70,6 +70,15 @@ def run(cmd: list[str], timeout: float, env: dict[str, str]) -> Run:
         return wall, usage.ru_maxrss / 1024, code, out.read().decode(errors="replace")
 
 
+def gradtool(path: Path, timeout: float, env: dict[str, str]) -> tuple[Run, tuple]:
+    """`gradtool check FILE` as a process, and what its JSON report says (gradtool_failing)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        report = Path(tmp) / "report.json"
+        cmd = [PY, "-m", "gradcheck_tool", "check", str(path), "--json", str(report)]
+        done = run(cmd, timeout, env)
+        return done, gradtool_failing(report) if report.exists() else (set(), 0, 0)
+
+
 def gradtool_failing(path: Path) -> tuple[set[str], int, int]:
     """Failing tensors, tensors checked along directions alone, and all tensors."""
     results = json.loads(path.read_text())["results"]
@@ -114,14 +123,7 @@ def main() -> None:
             print(f"{model}: skipped ({library_of(model)} is not installed)")
             continue
         gc = run([PY, str(HERE / "gradcheck_real.py"), str(path)], args.timeout, env)
-        with tempfile.TemporaryDirectory() as tmp:
-            report = Path(tmp) / "report.json"
-            gt = run(
-                [PY, "-m", "gradcheck_tool", "check", str(path), "--json", str(report)],
-                args.timeout,
-                env,
-            )
-            failing, along, tensors = gradtool_failing(report) if report.exists() else (set(), 0, 0)
+        gt, (failing, along, tensors) = gradtool(path, args.timeout, env)
         rows.append((model, tensors, along, gc, gt, failing))
         print(_speed_row(*rows[-1]), flush=True)
         n_act = _activation_count(path, env)
@@ -137,14 +139,7 @@ def main() -> None:
             info = json.loads(truth.stdout.strip().splitlines()[-1])
             affected, changed = set(info["affected"]), set(info["changed"])
             gcb = run([PY, str(HERE / "gradcheck_real.py"), str(path)], args.timeout, bug_env)
-            with tempfile.TemporaryDirectory() as tmp:
-                report = Path(tmp) / "report.json"
-                gtb = run(
-                    [PY, "-m", "gradcheck_tool", "check", str(path), "--json", str(report)],
-                    args.timeout,
-                    bug_env,
-                )
-                bad = gradtool_failing(report)[0] if report.exists() else set()
+            gtb, (bad, _, _) = gradtool(path, args.timeout, bug_env)
             bug_rows.append((model, info["where"], affected, changed, gcb, gtb, bad))
             print(_bug_row(*bug_rows[-1]), flush=True)
     print()
