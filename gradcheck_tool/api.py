@@ -12,7 +12,15 @@ from ._guest import exact_float32, init_cuda, no_inference_fast_paths, preserved
 from ._version import __version__
 from .engines.check import CheckOptions, Interrupted, forward_error, run_check
 from .errors import GradtoolError, InputError, OptionError
-from .options import DEFAULT_SAMPLES, CheckDtype, at_least, choice, positive, valid_seed
+from .options import (
+    DEFAULT_DIRECTIONS,
+    DEFAULT_SAMPLES,
+    CheckDtype,
+    at_least,
+    choice,
+    positive,
+    valid_seed,
+)
 from .precision import Downcast, downcasts
 from .prepare import Problem, SecondOrderProblem, home_device, normalize_inputs, parse_device
 from .results import CheckReport
@@ -33,7 +41,7 @@ def check(
     eps: float | None = None,
     full: bool = False,
     seed: int = 0,
-    samples: int = DEFAULT_SAMPLES,
+    samples: int | None = None,
     budget: float | None = None,
     second_order: bool = False,
     sweep: bool = False,
@@ -73,7 +81,13 @@ def check(
         tolerance=positive("tolerance", tolerance) if tolerance is not None else 0.0,
         eps=positive("eps", eps) if eps is not None else 0.0,
         full=full,
-        samples=at_least("samples", samples, 1),
+        samples=DEFAULT_SAMPLES if samples is None else at_least("samples", samples, 1),
+        # Note [directions]: the default for larger models; coordinates when asked for
+        directions=(
+            DEFAULT_DIRECTIONS
+            if samples is None and budget is None and not full and not forward_mode
+            else 0
+        ),
         budget=(
             None if budget is None else positive("budget", budget, "a positive number of seconds")
         ),
@@ -125,7 +139,7 @@ def check(
                 try:
                     second = run_check(
                         SecondOrderProblem(problem, seed),
-                        options,
+                        dataclasses.replace(options, directions=0),
                         label_suffix=" (2nd order)",
                         **meta,
                     )

@@ -17,7 +17,7 @@ import typer
 
 from ._version import __version__
 from .errors import GradtoolError, OptionError
-from .options import DEFAULT_SAMPLES, Optimizer, flag_for
+from .options import DEFAULT_DIRECTIONS, DEFAULT_SAMPLES, Optimizer, flag_for
 
 EXIT_OK, EXIT_FAIL, EXIT_USER, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
@@ -213,8 +213,12 @@ def check(
         None, "--eps", help="Finite-difference step h (default 1e-6; 1e-3 with --dtype float32)."
     ),
     full: bool = typer.Option(False, "--full", help="Check every coordinate of every tensor."),
-    samples: int = typer.Option(
-        DEFAULT_SAMPLES, "--samples", help="Coordinates sampled per large tensor."
+    samples: Optional[int] = typer.Option(
+        None,
+        "--samples",
+        help="Coordinates sampled per large tensor, each checked (default: every tensor of "
+        f"a larger model along {DEFAULT_DIRECTIONS} random directions, and {DEFAULT_SAMPLES} "
+        "coordinates of one they don't pass).",
     ),
     budget: Optional[float] = typer.Option(
         None,

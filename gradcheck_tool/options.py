@@ -37,6 +37,7 @@ class Optimizer(str, enum.Enum):
 ALIASES: dict[type[enum.Enum], dict[str, str]] = {
     CheckDtype: {"double": "float64", "float": "float32"},
 }
+DEFAULT_DIRECTIONS = 2  # random directions per tensor of a larger model, compared first
 DEFAULT_SAMPLES = 16  # coordinates sampled from each larger tensor (plus a direction check)
 
 

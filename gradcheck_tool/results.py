@@ -113,6 +113,8 @@ class TensorResult:
     judged_eps: float | None = None  # the step of the verdict, when not the default one
     verified_to: float | None = None  # a pass only to this precision, coarser than tolerance
     zero: bool = False  # passed as a zero gradient (the loss does not move either)
+    directions: int = 0  # random directions compared (each moves every entry at once)
+    serial_reason: str | None = None  # why its points were evaluated one at a time
 
     @property
     def status(self) -> str:
@@ -134,6 +136,8 @@ class TensorResult:
             "shape": list(self.shape),
             "numel": self.numel,
             "checked": self.checked,
+            "directions": self.directions,
+            "serial_reason": self.serial_reason,
             "rel_error": _json_float(self.rel_error),
             "rating": self.rating,
             "passed": self.passed,

@@ -169,7 +169,7 @@ def assert_all_pass(report) -> None:
     assert not report.nondeterministic
     for r in report.results:
         assert r.rating in ("excellent", "acceptable"), r
-        assert r.checked >= 1
+        assert r.checked >= 1 or r.directions >= 1
 
 
 def without_timing(report) -> dict:

@@ -45,6 +45,13 @@ def _shape(result: TensorResult) -> str:
     return f"{text} complex" if result.complex else text
 
 
+def _checked(result: TensorResult) -> str:
+    """Coordinates compared, of how many; or the random directions alone (Note [directions])."""
+    if result.directions and not result.checked:
+        return f"{result.directions} dirs"
+    return f"{result.checked}/{result.numel}"
+
+
 def check_table(report: CheckReport) -> Table:
     show_kinks = any(r.kinks for r in report.results)
     show_note = any(r.note or r.hint for r in report.results)
@@ -65,7 +72,7 @@ def check_table(report: CheckReport) -> Table:
         row: list = [
             Text(r.name),
             _shape(r),
-            f"{r.checked}/{r.numel}",
+            _checked(r),
             Text(format_error(r.rel_error), style=style),
             Text(r.rating, style=style),
         ]
@@ -172,6 +179,15 @@ def render_check(report: CheckReport, console: Console) -> None:
         console.print(Text(f"evaluated one point at a time: {report.fallback_reason}", style="dim"))
     for w in report.warnings:
         console.print(Text(f"warning: {w}", style="yellow"))
+    along = max((r.directions for r in report.results), default=0)
+    if along:
+        console.print(
+            Text(
+                f"larger tensors checked along {along} random directions each (every entry "
+                "at once); coordinates sampled where they disagree",
+                style="dim",
+            )
+        )
     console.print(check_table(report))
     for r in report.results:
         if r.sweep:

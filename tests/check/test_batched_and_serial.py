@@ -37,9 +37,13 @@ def test_vmap_friendly_model_is_evaluated_batched():
 @pytest.mark.parametrize("name, why", [("NanGuard", ".item()"), ("Branchy", "control flow")])
 def test_model_vmap_cannot_run_falls_back_to_serial_and_passes(name, why):
     report = check_file(spec(EVALUATION / "serial_fallback.py", name))
-    assert report.evaluation == "serial"
+    # decided per tensor: vmap fails only where a batched tensor reaches the guard
+    assert report.evaluation == "mixed"
     assert report.fallback_reason and "vmap" in report.fallback_reason
     assert why in report.fallback_reason
+    serial = {r.name for r in report.results if r.serial_reason}
+    assert serial == {"fc1.weight", "fc1.bias", "input:x"}
+    assert all(why in report.result(name).serial_reason for name in serial)
     assert report.passed, report.failures
     loaded = load_target(spec(EVALUATION / "serial_fallback.py", name))
     assert torch_gradcheck_module(loaded.obj, loaded.example_inputs)  # the reference agrees
@@ -57,7 +61,7 @@ def test_batched_and_serial_evaluation_agree_on_a_vmap_friendly_model():
 
 def test_seeded_bug_in_a_model_vmap_cannot_run_still_fails():
     report = check_file(spec(EVALUATION / "serial_fallback.py", "BuggyNanGuard"))
-    assert report.evaluation == "serial" and report.fallback_reason
+    assert report.evaluation == "mixed" and report.fallback_reason
     assert failing(report) == {"fc1.weight", "fc1.bias", "input:x"}  # upstream of the hook
     for name in failing(report):
         result = report.result(name)
@@ -71,8 +75,9 @@ def test_seeded_bug_in_a_model_vmap_cannot_run_still_fails():
 def test_serial_fallback_in_the_cli_says_why(tmp_path):
     run = check_cli(tmp_path, spec(EVALUATION / "serial_fallback.py", "NanGuard"))
     assert run.code == 0, run.output
-    assert run.report["evaluation"] == "serial"
+    assert run.report["evaluation"] == "mixed"
     assert "vmap" in run.report["fallback_reason"]
+    assert "vmap could not run the model" in run.report["results"][0]["serial_reason"]
     assert "evaluated one point at a time: vmap could not run the model" in run.output
 
 

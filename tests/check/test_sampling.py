@@ -1,9 +1,8 @@
-"""Large tensors: a sample of coordinates plus a random-direction check by default, every
-coordinate with full=True; a bug in a sampled tensor is still caught."""
+"""Large tensors: random directions by default (Note [directions]; tests/check/
+test_directions.py), a sample of coordinates plus a random-direction check with samples=,
+every coordinate with full=True; a bug in a sampled tensor is still caught."""
 
 from __future__ import annotations
-
-import time
 
 import torch
 from conftest import (
@@ -15,27 +14,35 @@ from conftest import (
 
 from gradcheck_tool import check
 from gradcheck_tool.loading import load_target
+from gradcheck_tool.options import DEFAULT_DIRECTIONS
 
 
-def test_six_million_parameter_mlp_is_sampled_and_passes():
+def test_six_million_parameter_mlp_is_checked_along_directions_and_passes():
     loaded = load_target(str(CORRECT / "big_mlp.py"))
     assert sum(p.numel() for p in loaded.obj.parameters()) > 6_000_000
-    started = time.perf_counter()
     report = check(loaded.obj, loaded.example_inputs)
-    seconds = time.perf_counter() - started
     assert_all_pass(report)
-    assert seconds < 60
+    weight = report.result("2.weight")
+    # every one of its 4M entries at once, along two random directions; no coordinate
+    assert (weight.checked, weight.directions) == (0, DEFAULT_DIRECTIONS)
+    assert weight.direction_error is not None and weight.direction_error <= 1e-5
+
+
+def test_samples_asks_for_coordinates_as_before():
+    loaded = load_target(str(CORRECT / "big_mlp.py"))
+    report = check(loaded.obj, loaded.example_inputs, samples=16)
+    assert_all_pass(report)
     weight = report.result("2.weight")
     assert 1 <= weight.checked < weight.numel  # a sample of its 4M coordinates ...
     assert weight.direction_error is not None  # ... plus a random-direction check
-    assert str(weight.checked) in weight.note or "sampled" in weight.note
+    assert "sampled" in weight.note and weight.directions == 0
 
 
 def test_full_checks_every_coordinate():
     # 20.5k entries in one weight: sampled by default, every coordinate with full=True.
     model = torch.nn.Sequential(torch.nn.Linear(205, 100), torch.nn.Tanh(), torch.nn.Linear(100, 1))
     x = torch.randn(2, 205, generator=torch.Generator().manual_seed(0))
-    sampled = check(model, x)
+    sampled = check(model, x, samples=16)
     assert sampled.passed
     assert sampled.result("0.weight").checked < 20_500
     full = check(model, x, full=True)

@@ -222,9 +222,14 @@ class LazyEvidence:
             return False
         along = grads.grads[k][c.name].reshape(-1).double().cpu() @ d.reshape(-1).double().cpu()
         shifted = Checkable(c.name, c.kind, c.slot, moved[c.name], c.complex)
-        at = evaluator.evaluate(shifted, torch.zeros(0, dtype=torch.long), h, d)
-        num = (at.direction_plus[k] - at.direction_minus[k]).double().cpu() / (2 * h)
-        return bool(self._agree(along.reshape(1), num.reshape(1), rounding / h).all())
+        # the shifted point may sit near other kinks, which ±h·d crosses: their share of the
+        # difference shrinks with the step, a wrong backward's does not
+        for step in (h, h / 4):
+            at = evaluator.evaluate(shifted, torch.zeros(0, dtype=torch.long), step, d)
+            num = (at.direction_plus[k] - at.direction_minus[k]).double().cpu() / (2 * step)
+            if bool(self._agree(along.reshape(1), num.reshape(1), rounding / step).all()):
+                return True
+        return False
 
     def _agree(self, a: torch.Tensor, num: torch.Tensor, noise: float) -> torch.Tensor:
         tol = self.options.tolerance

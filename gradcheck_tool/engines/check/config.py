@@ -14,7 +14,10 @@ class CheckOptions:
     tolerance: float = 1e-5
     eps: float = 1e-6
     full: bool = False
-    samples: int = DEFAULT_SAMPLES
+    samples: int = DEFAULT_SAMPLES  # coordinates sampled per larger tensor (to localise)
+    # random directions per tensor of a larger model, compared first; coordinates are
+    # sampled only for a tensor they don't pass (Note [directions]); 0: coordinates always
+    directions: int = 0
     seed: int = 0
     batched: bool = True
     sweep: bool = False  # sweep the step size for every tensor, not only failing ones

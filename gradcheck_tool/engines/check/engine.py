@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import time
@@ -21,7 +22,15 @@ from .config import CheckOptions, Interrupted
 from .evaluate import Evaluator, synced
 from .judge import ANALYTIC_ULPS, TensorJudge
 from .numerics import rounding_noise
-from .sampling import Measured, choose_coordinates, is_small_model, measure, spend_budget
+from .sampling import (
+    FULL_THRESHOLD,
+    Measured,
+    choose_coordinates,
+    is_small_model,
+    measure,
+    measure_directions,
+    spend_budget,
+)
 
 
 def run_check(
@@ -80,14 +89,28 @@ def run_check(
         loss_scale=max(problem.magnitude or 0.0, float(f0[:-1].abs().max())),
         batch_size=_batch_size(problem),
     )
-    results, stopped = _judge_tensors(problem, analytic, measured, f0, judge, report.label)
+
+    def localise(c: Checkable, directions: tuple, worst: int) -> Measured:
+        """A tensor its directions did not pass: a sample of its coordinates, with the
+        direction that disagreed most as a unit one (Note [directions])."""
+        # a sample even of a small tensor: the direction already saw every entry
+        coords = choose_coordinates(c, analytic.grads, options, False, every_below=options.samples)
+        d = directions[0][worst]
+        return measure(evaluator, c, coords, options.eps, options.seed, direction=d / d.norm())
+
+    results, stopped = _judge_tensors(
+        problem, analytic, measured, f0, judge, report.label, localise
+    )
+    results = [
+        dataclasses.replace(r, serial_reason=evaluator.serial_reason(name)) for r, name in results
+    ]
     interrupted = interrupted or stopped
     if options.progress:
         options.progress("", len(problem.checkables), len(problem.checkables))
     checked = report.finish(
         results,
         evaluation=evaluator.mode,
-        fallback_reason=evaluator.fallback_reason,
+        fallback_reason=evaluator.serial_summary(),
         interrupted=interrupted,
         noise=noise_in_f or None,
     )
@@ -125,6 +148,7 @@ def _loss_at_theta_twice(
         f0_again = synced(problem.terms(evaluator.base).detach())
         forward_seconds = min(tock - tick, time.perf_counter() - tock)
     evaluator.f0 = f0
+    evaluator.forward_seconds = forward_seconds
     return f0, f0_again, forward_seconds
 
 
@@ -177,6 +201,11 @@ def _measure_tensors(
                 options.progress(c.name, position, len(problem.checkables))
             # every coordinate of a small model, unless each point costs a whole forward
             everything = small_model and evaluator.can_batch(c)
+            if _along_directions(c, options, small_model, everything):
+                measured[c.name] = measure_directions(
+                    evaluator, c, options.eps, options.seed, options.directions
+                )
+                continue
             coords = choose_coordinates(c, analytic.grads, options, everything)
             measured[c.name] = measure(evaluator, c, coords, options.eps, options.seed)
         if options.budget is not None:
@@ -186,6 +215,17 @@ def _measure_tensors(
     return measured, False
 
 
+def _along_directions(
+    c: Checkable, options: CheckOptions, small_model: bool, everything: bool
+) -> bool:
+    """Note [directions]: the default for every tensor of a larger model, and for the larger
+    tensors of a small model that can't check every coordinate at once."""
+    n = c.value.numel()
+    if not options.directions or everything or n <= options.directions:
+        return False
+    return not (small_model and n <= FULL_THRESHOLD)
+
+
 def _judge_tensors(
     problem: CheckProblem,
     analytic: Analytic,
@@ -193,30 +233,48 @@ def _judge_tensors(
     f0: torch.Tensor,
     judge: Callable[..., TensorJudge],
     label: Callable[[Checkable, int], str],
-) -> tuple[list[TensorResult], bool]:
+    localise: Callable[[Checkable, tuple, int], Measured],
+) -> tuple[list[tuple[TensorResult, str]], bool]:
     """Per measured tensor and loss term, the judge's result, grouped by term (the first
-    term's results first). Ctrl-C keeps the results so far and says it was interrupted."""
-    per_term: list[list[TensorResult]] = [[] for _ in problem.term_names]
+    term's results first); a tensor measured along directions alone that they don't pass
+    is measured at coordinates too (`localise`). Ctrl-C keeps the results so far and says
+    it was interrupted."""
+    per_term: list[list[tuple[TensorResult, str]]] = [[] for _ in problem.term_names]
+    terms = range(len(per_term))
+
+    def judged(c: Checkable, got: Measured, k: int) -> TensorJudge:
+        return judge(
+            c,
+            label(c, k),
+            analytic.grads[k][c.name],
+            got,
+            k,
+            f0=float(f0[k]),
+            rounding=_tensor_rounding(problem, got, f0),
+            not_reentrant=analytic.not_reentrant.get(c.name),
+        )
+
     interrupted = False
     try:
         for c in problem.checkables:
             if c.name not in measured:
                 break
             got = measured[c.name]
-            rounding = _tensor_rounding(problem, got, f0)
-            for k in range(len(per_term)):
-                a = analytic.grads[k][c.name]
-                verdict = judge(
-                    c,
-                    label(c, k),
-                    a,
-                    got,
-                    k,
-                    f0=float(f0[k]),
-                    rounding=rounding,
-                    not_reentrant=analytic.not_reentrant.get(c.name),
-                )
-                per_term[k].append(verdict.result())
+            if got.directions is not None:
+                quick = [judged(c, got, k).by_directions(got.directions) for k in terms]
+                if all(result is not None for result, _ in quick):
+                    for k, (result, _) in enumerate(quick):
+                        per_term[k].append((result, c.name))
+                    continue
+                worst = next(w for result, w in quick if result is None)
+                compared = got.directions[0].shape[0]
+                got = localise(c, got.directions, worst)
+                for k in terms:
+                    result = judged(c, got, k).result()
+                    per_term[k].append((dataclasses.replace(result, directions=compared), c.name))
+                continue
+            for k in terms:
+                per_term[k].append((judged(c, got, k).result(), c.name))
     except KeyboardInterrupt:
         interrupted = True
     return [r for results in per_term for r in results], interrupted
@@ -238,6 +296,8 @@ def _tensor_rounding(problem: CheckProblem, got: Measured, f0: torch.Tensor) -> 
     scales = [got.plus[:, -1], got.minus[:, -1]]
     if got.direction is not None:
         scales += [got.direction[1][-1:], got.direction[2][-1:]]
+    if got.directions is not None:
+        scales += [got.directions[1][:, -1], got.directions[2][:, -1]]
     moved = float(torch.cat([s.reshape(-1) for s in scales]).abs().max())
     return rounding_noise(problem.precision, max(moved, float(f0[:-1].abs().max()), 1e-300))
 

@@ -18,6 +18,11 @@ from .linear_path import LinearDelta, hooked_rows, linear_delta
 from .rows import Evaluations, Rows
 
 MAX_BATCH = 512  # rows per batched call over copies (the hook path, 4x: it makes no copies)
+MODEL_WIDE = 3  # tensors vmap fails for, none passing, before it is not tried again
+# A few rows of a model whose forward takes this long run one at a time: vmap's batching
+# rules (BatchNorm's above all) and its probe cost more than they save (timm resnet18:
+# a 4-row vmapped call took 7 plain forwards)
+FEW_ROWS, SLOW_FORWARD = 8, 0.005
 
 
 class Evaluator:
@@ -34,7 +39,8 @@ class Evaluator:
         self.problem = problem
         self.options = options
         self.needs_grad = needs_grad
-        self.fallback_reason: str | None = None
+        self.fallback_reason: str | None = None  # why nothing is batched
+        self.serial_reasons: dict[str, str] = {}  # why one tensor is not (vmap fails for it)
         if not options.batched:
             self.fallback_reason = "batching turned off (--serial)"
         elif needs_grad:
@@ -46,6 +52,7 @@ class Evaluator:
         self._probed: set[str] = set()  # tensors vmap was shown to handle
         self._linear: dict[str, LinearDelta | None] = {}  # see _linear_rows
         self.activation_bytes = 0  # bytes one forward allocates, set with f0
+        self.forward_seconds = 0.0  # one plain forward, set with f0
 
     @property
     def mode(self) -> str:
@@ -59,8 +66,10 @@ class Evaluator:
 
     def can_batch(self, c: Checkable) -> bool:
         """Whether vmap runs the target over copies of `c` and reproduces f(θ) exactly
-        enough; on the first failure, the reason is kept and vmap is not tried again."""
-        if self.fallback_reason is not None:
+        enough. Decided per tensor (e.g. an in-place residual add fails under vmap only when
+        a tensor of the branch it adds is batched); once MODEL_WIDE tensors failed and none
+        passed, vmap is not tried again."""
+        if self.fallback_reason is not None or c.name in self.serial_reasons:
             return False
         if c.name in self._probed:
             return True
@@ -70,7 +79,7 @@ class Evaluator:
             except KeyboardInterrupt:
                 raise
             except (Exception, SystemExit) as exc:
-                self.fallback_reason = _vmap_failure(exc)
+                self._serial_for(c, _vmap_failure(exc))
                 return False
         # the loss terms (not the scale that ends the row), within rounding of the numbers
         # the loss sums (the projection differences outputs that vmap may round apart)
@@ -79,18 +88,37 @@ class Evaluator:
         tol = 1e3 * torch.finfo(self.problem.precision).eps * (1.0 + size)
         if not torch.allclose(probe, f0.to(probe), rtol=0.0, atol=tol):
             # e.g. dropout inside attention draws its mask differently under vmap
-            self.fallback_reason = "vmap changes the model's result (random draws or state differ)"
+            self._serial_for(c, "vmap changes the model's result (random draws or state differ)")
             return False
         self._probed.add(c.name)
         return True
+
+    def _serial_for(self, c: Checkable, reason: str) -> None:
+        self.serial_reasons[c.name] = reason
+        if not self._probed and len(self.serial_reasons) >= MODEL_WIDE:
+            self.fallback_reason = reason  # the model, not a tensor: stop probing
+
+    def serial_reason(self, name: str) -> str | None:
+        """Why the points of tensor `name` were evaluated one at a time (None: batched)."""
+        return self.fallback_reason or self.serial_reasons.get(name)
+
+    def serial_summary(self) -> str | None:
+        """Why evaluations ran one point at a time: for every tensor, or for which."""
+        if self.fallback_reason is not None or not self.serial_reasons:
+            return self.fallback_reason
+        names = list(self.serial_reasons)
+        shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        reason = next(iter(self.serial_reasons.values()))
+        return f"{reason} — for {shown}"
 
     def evaluate(
         self, c: Checkable, coords: torch.Tensor, h: float, direction: torch.Tensor | None = None
     ) -> Evaluations:
         """Loss terms at θ ± h·e_i for each coordinate (and at θ ± h·d for a direction)."""
         rows = Rows(c, coords, h, direction)
+        few = rows.count <= FEW_ROWS and self.forward_seconds >= SLOW_FORWARD
         with self.grad_mode():
-            if self.can_batch(c):
+            if not few and self.can_batch(c):
                 out = self._linear_rows(rows)
                 if out is None:
                     out = self._batched(rows)
@@ -162,7 +190,7 @@ class Evaluator:
         except KeyboardInterrupt:
             raise
         except (Exception, SystemExit) as exc:
-            self.fallback_reason = _vmap_failure(exc)
+            self._serial_for(rows.checkable, _vmap_failure(exc))
             return None
 
     def _serial(self, rows: Rows) -> torch.Tensor:

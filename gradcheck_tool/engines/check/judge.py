@@ -273,6 +273,146 @@ class TensorJudge:
             zero=Note.ZERO_GRADIENT in notes and verdict.passed,
         )
 
+    def by_directions(
+        self, directions: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+    ) -> tuple[TensorResult | None, int]:
+        """Note [directions]: a pass when every random direction agrees to the tolerance,
+        resolved above rounding noise; else None (the tensor is measured again at a sample
+        of coordinates). With the index of the direction that disagrees most."""
+        d, dp, dm = directions
+        along = d.reshape(d.shape[0], -1).double().cpu() @ self.a_flat
+        fp, fm = self._term(dp), self._term(dm)
+        num = (fp - fm) / (2 * self.h)
+        errors = (along - num).abs() / (along.abs() + num.abs()).clamp_min(1e-300)
+        worst = int(torch.nan_to_num(errors, nan=math.inf).argmax())
+        largest = float(self.a_flat.abs().max()) if self.numel else 0.0
+        verified_to = None
+        clean = (
+            self.not_reentrant is None
+            and bool(torch.isfinite(self.a_flat).all())
+            and bool(torch.isfinite(num).all())
+        )
+        if not clean:
+            return None, worst
+        zero = self.unused or largest <= self.analytic_floor
+        if zero:
+            # none, zero or only rounding, and the loss does not move along any direction
+            # either: a zero gradient (Note [directions]); else the coordinates tell more
+            comp = compare(along, fp, fm, self.f0, self.h, self.rounding, self.tol)
+            if float(num.norm()) > comp.tiny * self.tol:
+                return None, worst
+            rel, note = 0.0, self._zero_note(largest)
+        else:
+            comp = self._directions_compared(d, along, fp, fm, self.h, self.rounding)
+            step = self.h
+            tried = [(step, comp)]
+            while comp.rel <= self.tol < _floor(comp) and step < LARGEST_STEP:
+                # unresolved, nothing seen: a larger step, the power of ten at which the
+                # noise (∝ 1/step) should resolve the tolerance (Note [resolution])
+                jump = max(10.0, 10 ** math.ceil(math.log10(2 * _floor(comp) / self.tol)))
+                larger = min(step * jump, LARGEST_STEP)
+                if any(math.isclose(larger, s) for s, _ in tried):
+                    break  # back from a step between: the one above was tried
+                step = larger
+                at = self.evaluator.evaluate(self.c, torch.zeros(0, dtype=torch.long), step, d)
+                fp, fm = self._term(at.directions_plus), self._term(at.directions_minus)
+                comp = self._directions_compared(d, along, fp, fm, step, self._rounding_of(at))
+                tried.append((step, comp))
+                if comp.rel > self.tol and jump > 10:  # truncation, perhaps: a step between
+                    between = step / 10
+                    at = self.evaluator.evaluate(
+                        self.c, torch.zeros(0, dtype=torch.long), between, d
+                    )
+                    fp, fm = self._term(at.directions_plus), self._term(at.directions_minus)
+                    rounding = self._rounding_of(at)
+                    tried.append(
+                        (between, self._directions_compared(d, along, fp, fm, between, rounding))
+                    )
+                    step, comp = min(tried, key=lambda sc: (sc[1].rel > self.tol, _floor(sc[1])))
+            size = float(self.a_flat.norm())
+            if comp.rel <= self.tol and _floor(comp) <= self.tol:
+                rel, note = comp.rel, ""
+                if step != self.h:
+                    note = (
+                        f"judged at eps={step:g}: at eps={self.h:g} rounding noise hides a "
+                        f"gradient this small (≈{size:.2g})"
+                    )
+            else:
+                # as on the coordinates' ladder: agreement to a precision coarser than the
+                # tolerance but fine enough to tell a bug
+                seen = [(s, c) for s, c in tried if _floor(c) <= max(BUG_BAND, self.tol)]
+                agree = [(s, c) for s, c in seen if _raw(c) <= max(self.tol, 2 * _floor(c))]
+                # a mismatch in the bug band at any step is for the coordinates to judge
+                if not agree or any(_raw(c) > BUG_BAND for _, c in seen):
+                    return None, worst
+                step, comp = min(agree, key=lambda sc: _floor(sc[1]))
+                rel, verified_to = _raw(comp), _floor(comp)
+                note = (
+                    f"verified only to ≈{verified_to:.0e} (at eps={step:g}, along "
+                    f"{d.shape[0]} random directions): for a gradient this small "
+                    f"(≈{size:.2g}) rounding noise at smaller steps and truncation at "
+                    "larger ones allow no better"
+                )
+            kinks = int(comp.kink.sum())
+            if kinks:
+                crossed = (
+                    f"{kinks} of {d.shape[0]} random directions cross a kink (not "
+                    "differentiable there): verified a small step away"
+                )
+                note = f"{note}; {crossed}" if note else crossed
+        result = TensorResult(
+            **{**self._identity(), "checked": 0},
+            rel_error=rel,
+            rating=rating_for(rel, scale=self._band_scale),
+            passed=True,
+            note=note,
+            direction_error=rel,
+            complex=self.c.complex,
+            zero=zero,
+            directions=int(d.shape[0]),
+            kinks=0 if zero else int(comp.kink.sum()),
+            judged_eps=None if zero or step == self.h else step,
+            verified_to=verified_to,
+        )
+        return result, worst
+
+    def _directions_compared(
+        self,
+        d: torch.Tensor,
+        along: torch.Tensor,
+        fp: torch.Tensor,
+        fm: torch.Tensor,
+        h: float,
+        rounding: float,
+    ) -> Comparison:
+        """a·d_j against the loss at θ ± h·d_j. Note [kinks], for directions: one that
+        crosses a kink (ReLUs sitting exactly at 0 after a zero-initialised layer) counts
+        where the backward agrees with finite differences a small step away, along the
+        same direction as a unit one."""
+        return compare(
+            along,
+            fp,
+            fm,
+            self.f0,
+            h,
+            rounding,
+            self.tol,
+            refine=lambda local, step: self._along(d[local], step),
+            verify=lambda local: torch.tensor(
+                [
+                    self.evidence.direction_agrees_off_kink(
+                        self.c, d[j] / d[j].norm(), self.k, self.h, self.rounding
+                    )
+                    for j in local.tolist()
+                ]
+            ),
+        )
+
+    def _along(self, d: torch.Tensor, step: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Loss term k at θ ± step·d_j for each of the directions d (k, *shape)."""
+        at = self.evaluator.evaluate(self.c, torch.zeros(0, dtype=torch.long), step, d)
+        return self._term(at.directions_plus), self._term(at.directions_minus)
+
     # --- the steps ----------------------------------------------------------------------
 
     def nonfinite_analytic(self) -> TensorResult | None:
@@ -357,8 +497,8 @@ class TensorJudge:
         """The rounding noise of f in these evaluations: a few ulps of the largest scale their
         rows moved (losses.py), of the loss itself, and at least the nondeterminism seen."""
         scales = [at.plus[:, -1], at.minus[:, -1]]
-        if at.direction_plus is not None:
-            scales += [at.direction_plus[-1:], at.direction_minus[-1:]]
+        if at.directions_plus is not None:
+            scales += [at.directions_plus[:, -1], at.directions_minus[:, -1]]
         moved = float(torch.cat([t.reshape(-1) for t in scales]).abs().max())
         size = max(moved, abs(self.f0), 1e-300)
         return max(rounding_noise(self.evaluator.problem.precision, size), self.noise_floor)

@@ -1,5 +1,6 @@
 """The points one tensor is evaluated at: θ ± h·e_i for each checked coordinate, and θ ± h·d
-along a seeded random unit direction d."""
+along seeded random directions d (a unit one beside sampled coordinates; Gaussian ones,
+which move every entry by about h, when the directions are the check)."""
 
 from __future__ import annotations
 
@@ -18,17 +19,35 @@ def random_direction(c: Checkable, seed: int) -> torch.Tensor:
     return (d / d.norm()).to(device=c.value.device, dtype=c.value.dtype)
 
 
+def random_directions(c: Checkable, seed: int, k: int) -> torch.Tensor:
+    """k seeded directions with standard normal entries, shape (k, *c.shape): θ ± h·d moves
+    every entry by about h, and a·d is about as large as ‖a‖ (Note [directions])."""
+    gen = torch.Generator().manual_seed(seed + zlib.crc32(c.name.encode()) + 7)
+    d = torch.randn((k, *c.value.shape), generator=gen, dtype=torch.float64)
+    return d.to(device=c.value.device, dtype=c.value.dtype)
+
+
 @dataclass
 class Evaluations:
-    plus: torch.Tensor  # (m, K): loss terms at θ + h·e_i
-    minus: torch.Tensor  # (m, K)
-    direction_plus: torch.Tensor | None  # (K,): at θ + h·d
-    direction_minus: torch.Tensor | None
+    plus: torch.Tensor  # (m, T): loss terms at θ + h·e_i
+    minus: torch.Tensor  # (m, T)
+    directions_plus: torch.Tensor | None  # (K, T): at θ + h·d_j for each direction
+    directions_minus: torch.Tensor | None
+
+    @property
+    def direction_plus(self) -> torch.Tensor | None:
+        """(T,): at θ + h·d for the first (or only) direction."""
+        return None if self.directions_plus is None else self.directions_plus[0]
+
+    @property
+    def direction_minus(self) -> torch.Tensor | None:
+        return None if self.directions_minus is None else self.directions_minus[0]
 
 
 class Rows:
     """The perturbed points of one tensor as rows: +h·e_i for each coordinate, then −h·e_i,
-    then ±h·d."""
+    then +h·d_j for each direction, then −h·d_j. `direction` is one direction (the tensor's
+    shape) or several (k, *shape)."""
 
     def __init__(
         self,
@@ -41,9 +60,14 @@ class Rows:
         self.flat = c.value.reshape(-1)
         self.coords = coords.to(self.flat.device)
         self.h = h
-        self.direction = None if direction is None else direction.reshape(-1).to(self.flat)
+        self.directions = None
+        if direction is not None:
+            several = direction.dim() == c.value.dim() + 1
+            self.directions = direction.reshape(-1 if several else 1, self.flat.numel())
+            self.directions = self.directions.to(self.flat)
+        self.k = 0 if self.directions is None else self.directions.shape[0]
         self.m = coords.numel()
-        self.count = 2 * self.m + (2 if direction is not None else 0)
+        self.count = 2 * self.m + 2 * self.k
         self.row_bytes = self.flat.numel() * self.flat.element_size()
         self.reuse = True  # False once the target is seen writing into the values it is given
         self._buffer: torch.Tensor | None = None
@@ -76,8 +100,9 @@ class Rows:
             batch[rows - start, idx] = self.flat[idx] + steps
         full = []
         for r in range(max(start, 2 * self.m), stop):
-            step = self.h if r == 2 * self.m else -self.h
-            batch[r - start] = self.flat + step * self.direction
+            j = r - 2 * self.m
+            step = self.h if j < self.k else -self.h
+            batch[r - start] = self.flat + step * self.directions[j % self.k]
             full.append(r - start)
         self._dirty = (rows - start, idx, full)
         return batch.view(n, *self.checkable.value.shape)
@@ -93,7 +118,7 @@ class Rows:
         return self.coords.repeat(2), steps
 
     def split(self, out: torch.Tensor) -> Evaluations:
-        m = self.m
-        if self.direction is None:
+        m, k = self.m, self.k
+        if not k:
             return Evaluations(out[:m], out[m : 2 * m], None, None)
-        return Evaluations(out[:m], out[m : 2 * m], out[2 * m], out[2 * m + 1])
+        return Evaluations(out[:m], out[m : 2 * m], out[2 * m : 2 * m + k], out[2 * m + k :])

@@ -13,12 +13,25 @@ from ...checkables import Checkable
 from ...prepare import CheckProblem
 from .config import CheckOptions
 from .evaluate import Evaluator, synced
-from .rows import random_direction
+from .rows import random_direction, random_directions
 
 FULL_THRESHOLD = 256  # tensors up to this many elements are checked at every coordinate
 TINY_MODEL = 4096  # ... and every tensor of a target with at most this many in all,
 SMALL_MODEL = 20_000  # ... or at most this many,
 FULL_CHECK_SECONDS = 10.0  # ... when such a full check should take about this long at most
+
+# Note [directions]
+# A larger model's default check costs a fixed number of forwards per tensor, whatever its
+# size: the loss at θ ± h·d_j along DEFAULT_DIRECTIONS (options.py) seeded Gaussian
+# directions, each moving every entry by about h, against autograd's a·d_j. A wrong
+# gradient a + e shows in every entry it touches at once: e·d_j is as large as ‖e‖ up to a
+# random factor, so a mismatch that a sample of coordinates misses (a few wrong entries of
+# a million) is seen, and two independent directions make missing it by chance unlikely
+# (both |e·d_j| small). A tensor whose directions all agree to the tolerance, resolved
+# above rounding noise, passes; any other (a mismatch, a kink crossed, a gradient too small
+# to resolve, zero, NaN) is measured again at a sample of coordinates and judged as before,
+# with the direction that disagreed most: coordinates localise and name the mistake, the
+# direction keeps what it saw.
 
 
 def is_small_model(problem: CheckProblem, forward_seconds: float) -> bool:
@@ -35,11 +48,13 @@ def choose_coordinates(
     grads: list[dict[str, torch.Tensor | None]],
     options: CheckOptions,
     small_model: bool,
+    every_below: int = FULL_THRESHOLD,
 ) -> torch.Tensor:
-    """All coordinates of small tensors; else a seeded stratified sample plus the largest
-    analytic entries (a wrong gradient is most visible where it is large)."""
+    """All coordinates of small tensors (up to `every_below`); else a seeded stratified
+    sample plus the largest analytic entries (a wrong gradient is most visible where it is
+    large)."""
     n = c.value.numel()
-    if options.full or small_model or n <= max(FULL_THRESHOLD, options.samples):
+    if options.full or small_model or n <= max(every_below, options.samples):
         return torch.arange(n)
     k = max(1, options.samples)
     gen = torch.Generator().manual_seed(options.seed * 1_000_003 + zlib.crc32(c.name.encode()))
@@ -64,18 +79,40 @@ class Measured:
     minus: torch.Tensor
     direction: tuple | None
     seconds: float
+    # (D (k, *shape), loss at θ + h·D_j (k, T), at θ − h·D_j): directions alone, no coordinates
+    directions: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
 
 def measure(
-    evaluator: Evaluator, c: Checkable, coords: torch.Tensor, h: float, seed: int
+    evaluator: Evaluator,
+    c: Checkable,
+    coords: torch.Tensor,
+    h: float,
+    seed: int,
+    direction: torch.Tensor | None = None,
 ) -> Measured:
-    """The loss at the coordinates, and along the random direction when they are a sample."""
+    """The loss at the coordinates, and along a random unit direction (`direction`, or a
+    seeded one) when they are a sample."""
     started = time.perf_counter()
-    d = random_direction(c, seed) if coords.numel() < c.value.numel() else None
+    d = None
+    if coords.numel() < c.value.numel():
+        d = random_direction(c, seed) if direction is None else direction
     at = evaluator.evaluate(c, coords, h, d)
     direction = None if d is None else (d, at.direction_plus, at.direction_minus)
     synced(at.plus)
     return Measured(coords, at.plus, at.minus, direction, time.perf_counter() - started)
+
+
+def measure_directions(evaluator: Evaluator, c: Checkable, h: float, seed: int, k: int) -> Measured:
+    """The loss along k seeded Gaussian directions (Note [directions]), and no coordinate."""
+    started = time.perf_counter()
+    d = random_directions(c, seed, k)
+    none = torch.zeros(0, dtype=torch.long)
+    at = evaluator.evaluate(c, none, h, d)
+    synced(at.directions_plus)
+    directions = (d, at.directions_plus, at.directions_minus)
+    seconds = time.perf_counter() - started
+    return Measured(none, at.plus, at.minus, None, seconds, directions)
 
 
 def spend_budget(
