@@ -140,3 +140,38 @@ def test_a_bug_behind_a_layer_scale_is_still_caught():
     report = check(scaled(BuggyTanh()), inputs())
     assert {"0.weight", "0.bias", "input:input"} <= failing(report)
     assert not {"2.fc.weight", "2.gamma", "3.weight"} & failing(report)
+
+
+def test_a_direction_that_crosses_a_kink_does_not_excuse_a_wrong_gradient():
+    """Review finding: a direction crosses every kink of the tensor at once, so an analytic
+    value between its one-sided derivatives proves nothing; each such direction is verified
+    off the kink, and a 1% wrong backward behind a ReLU unit sitting at 0 fails."""
+
+    class OnePercent(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, w):
+            return w.clone()
+
+        @staticmethod
+        def backward(ctx, g):
+            return g * 1.01  # BUG: 1% too large
+
+    class AtTheKink(nn.Module):
+        def __init__(self, bug: bool) -> None:
+            super().__init__()
+            gen = torch.Generator().manual_seed(0)
+            self.bug = bug
+            self.w1 = nn.Parameter(torch.randn(150, 150, generator=gen) * 0.1)
+            self.b1 = nn.Parameter(torch.zeros(150))
+            self.w2 = nn.Parameter(torch.randn(150, generator=gen) * 0.1)
+            with torch.no_grad():
+                self.w1[0] = 0  # unit 0 sits exactly at the ReLU's kink ...
+                self.w2[0] = 50.0  # ... and matters
+
+        def forward(self, x):
+            w1 = OnePercent.apply(self.w1) if self.bug else self.w1
+            return (torch.relu(x @ w1.T + self.b1) * self.w2).sum()
+
+    x = torch.randn(4, 150, generator=torch.Generator().manual_seed(1))
+    assert failing(check(AtTheKink(bug=True), x)) == {"w1"}
+    assert check(AtTheKink(bug=False), x).passed
