@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -303,7 +304,14 @@ class TensorJudge:
                 return None, worst
             rel, note = 0.0, self._zero_note(largest)
         else:
-            comp = self._directions_compared(d, along, fp, fm, self.h, self.rounding)
+            # each direction's check off its kink, at most once (compare() asks for the
+            # kinks it can't excuse, the check below for all)
+            off_kink = functools.cache(
+                lambda j: self.evidence.direction_agrees_off_kink(
+                    self.c, d[j] / d[j].norm(), self.k, self.h, self.rounding
+                )
+            )
+            comp = self._directions_compared(d, along, fp, fm, self.h, self.rounding, off_kink)
             step = self.h
             tried = [(step, comp)]
             while comp.rel <= self.tol < _floor(comp) and step < LARGEST_STEP:
@@ -314,34 +322,28 @@ class TensorJudge:
                 if any(math.isclose(larger, s) for s, _ in tried):
                     break  # back from a step between: the one above was tried
                 step = larger
-                at = self.evaluator.evaluate(self.c, torch.zeros(0, dtype=torch.long), step, d)
-                fp, fm = self._term(at.directions_plus), self._term(at.directions_minus)
-                comp = self._directions_compared(d, along, fp, fm, step, self._rounding_of(at))
+                comp = self._directions_at(d, along, step, off_kink)
                 tried.append((step, comp))
                 if comp.rel > self.tol and jump > 10:  # truncation, perhaps: a step between
                     between = step / 10
-                    at = self.evaluator.evaluate(
-                        self.c, torch.zeros(0, dtype=torch.long), between, d
-                    )
-                    fp, fm = self._term(at.directions_plus), self._term(at.directions_minus)
-                    rounding = self._rounding_of(at)
-                    tried.append(
-                        (between, self._directions_compared(d, along, fp, fm, between, rounding))
-                    )
+                    tried.append((between, self._directions_at(d, along, between, off_kink)))
                     step, comp = min(tried, key=lambda sc: (sc[1].rel > self.tol, _floor(sc[1])))
             size = float(self.a_flat.norm())
             first = tried[0][1]
             if (
-                not self._kinks_verified(d, comp)
+                not all(off_kink(j) for j in comp.kink.nonzero().reshape(-1).tolist())
                 or first.rel > self.tol >= _floor(first)
                 or any(
                     _floor(c) <= self.tol and _raw(c) > max(BUG_BAND, 10 * self.tol)
                     for _, c in tried
                 )
             ):
-                # a kink excused without the backward checked off it, a mismatch resolved at
-                # the default step, or one in the bug band at any step: for the coordinates
-                # (a small resolved mismatch at a larger step may be truncation, as on the
+                # a direction excused as crossing a kink without the backward checked off it
+                # (for one coordinate, an analytic value between the one-sided derivatives
+                # is a subgradient; a direction crosses every kink of the tensor at once,
+                # and that gap can hide a wrong gradient), a mismatch resolved at the
+                # default step, or one in the bug band at any step: for the coordinates (a
+                # small resolved mismatch at a larger step may be truncation, as on the
                 # coordinates' ladder)
                 return None, worst
             if comp.rel <= self.tol and _floor(comp) <= self.tol:
@@ -388,23 +390,11 @@ class TensorJudge:
             complex=self.c.complex,
             zero=zero,
             directions=int(d.shape[0]),
-            kinks=0 if zero else int(comp.kink.sum()),
+            kinks=0 if zero else int(comp.kink.sum()),  # directions that cross one
             judged_eps=None if zero or step == self.h else step,
             verified_to=verified_to,
         )
         return result, worst
-
-    def _kinks_verified(self, d: torch.Tensor, comp: Comparison) -> bool:
-        """Every direction `compare` excused as crossing a kink agrees with finite
-        differences a small step away. For one coordinate, an analytic value between the
-        one-sided derivatives is a subgradient; for a direction, which crosses every kink of
-        the tensor at once, that gap can hide a wrong gradient: so each is verified."""
-        return all(
-            self.evidence.direction_agrees_off_kink(
-                self.c, d[j] / d[j].norm(), self.k, self.h, self.rounding
-            )
-            for j in comp.kink.nonzero().reshape(-1).tolist()
-        )
 
     def _directions_compared(
         self,
@@ -414,11 +404,12 @@ class TensorJudge:
         fm: torch.Tensor,
         h: float,
         rounding: float,
+        off_kink: Callable[[int], bool],
     ) -> Comparison:
         """a·d_j against the loss at θ ± h·d_j. Note [kinks], for directions: one that
         crosses a kink (ReLUs sitting exactly at 0 after a zero-initialised layer) counts
-        where the backward agrees with finite differences a small step away, along the
-        same direction as a unit one."""
+        where the backward agrees with finite differences a small step away
+        (`off_kink(j)`, along the same direction as a unit one)."""
         return compare(
             along,
             fp,
@@ -427,20 +418,24 @@ class TensorJudge:
             h,
             rounding,
             self.tol,
-            refine=lambda local, step: self._along(d[local], step),
-            verify=lambda local: torch.tensor(
-                [
-                    self.evidence.direction_agrees_off_kink(
-                        self.c, d[j] / d[j].norm(), self.k, self.h, self.rounding
-                    )
-                    for j in local.tolist()
-                ]
-            ),
+            refine=lambda local, step: self._terms_along(self._along(d[local], step)),
+            verify=lambda local: torch.tensor([off_kink(j) for j in local.tolist()]),
         )
 
-    def _along(self, d: torch.Tensor, step: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """Loss term k at θ ± step·d_j for each of the directions d (k, *shape)."""
-        at = self.evaluator.evaluate(self.c, torch.zeros(0, dtype=torch.long), step, d)
+    def _directions_at(
+        self, d: torch.Tensor, along: torch.Tensor, step: float, off_kink: Callable[[int], bool]
+    ) -> Comparison:
+        """The directions compared at another step, with that step's rounding noise."""
+        at = self._along(d, step)
+        fp, fm = self._terms_along(at)
+        return self._directions_compared(d, along, fp, fm, step, self._rounding_of(at), off_kink)
+
+    def _along(self, d: torch.Tensor, step: float) -> Evaluations:
+        """The loss at θ ± step·d_j for each of the directions d (k, *shape)."""
+        return self.evaluator.evaluate(self.c, torch.zeros(0, dtype=torch.long), step, d)
+
+    def _terms_along(self, at: Evaluations) -> tuple[torch.Tensor, torch.Tensor]:
+        """Loss term k at θ + step·d_j and at θ − step·d_j."""
         return self._term(at.directions_plus), self._term(at.directions_minus)
 
     # --- the steps ----------------------------------------------------------------------
