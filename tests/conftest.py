@@ -243,3 +243,24 @@ def golden(request):
         )
 
     return compare
+
+
+def one_entry_wrong(index: int) -> type:
+    """x ↦ x², whose backward drops the gradient of one entry (flat `index`): a bug that a
+    sample of coordinates likely misses and a random direction does not."""
+    import torch
+
+    class OneEntryWrong(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            ctx.save_for_backward(x)
+            return x * x
+
+        @staticmethod
+        def backward(ctx, grad_output):
+            (x,) = ctx.saved_tensors
+            grad = 2 * x * grad_output
+            grad.view(-1)[index] = 0  # BUG in a single entry
+            return grad
+
+    return OneEntryWrong

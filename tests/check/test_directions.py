@@ -7,7 +7,7 @@ residual blocks)."""
 from __future__ import annotations
 
 import torch
-from conftest import assert_all_pass, failing, message_of
+from conftest import assert_all_pass, failing, message_of, one_entry_wrong
 from torch import nn
 
 from gradcheck_tool import check
@@ -88,22 +88,9 @@ def test_a_seeded_bug_fails_the_tensors_upstream_of_it_and_only_those():
 
 
 def test_one_wrong_entry_among_a_hundred_thousand_is_seen():
-    class OneEntryWrong(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, x):
-            ctx.save_for_backward(x)
-            return x * x
-
-        @staticmethod
-        def backward(ctx, grad_output):
-            (x,) = ctx.saved_tensors
-            grad = 2 * x * grad_output
-            grad.view(-1)[54_321] = 0  # BUG in a single entry
-            return grad
-
     x = torch.randn(300, 400, generator=torch.Generator().manual_seed(4))
     x.view(-1)[54_321] = 3.0  # an entry whose gradient matters
-    result = check(OneEntryWrong, x).result("x")
+    result = check(one_entry_wrong(54_321), x).result("x")
     assert result.status == "fail" and result.directions == DEFAULT_DIRECTIONS
     assert result.direction_error is not None and result.direction_error > 1e-5
 

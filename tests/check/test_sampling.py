@@ -10,6 +10,7 @@ from conftest import (
     CORRECT,
     assert_all_pass,
     failing,
+    one_entry_wrong,
 )
 
 from gradcheck_tool import check
@@ -65,21 +66,8 @@ def test_bug_in_a_large_sampled_tensor_is_still_caught():
 def test_bug_hidden_from_the_sample_is_caught_by_the_direction_check():
     # One coordinate of a 30k-entry gradient is dropped: the stratified sample (and the
     # largest analytic entries) very likely miss it; the random-direction check does not.
-    class OneEntryWrong(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, x):
-            ctx.save_for_backward(x)
-            return x * x
-
-        @staticmethod
-        def backward(ctx, grad_output):
-            (x,) = ctx.saved_tensors
-            grad = 2 * x * grad_output
-            grad.view(-1)[12_345] = 0  # BUG in a single entry
-            return grad
-
     x = torch.randn(200, 150, generator=torch.Generator().manual_seed(4))
-    report = check(OneEntryWrong, x)
+    report = check(one_entry_wrong(12_345), x, samples=16)
     result = report.result("x")
     assert result.checked < result.numel
     assert not result.passed
