@@ -328,6 +328,12 @@ class Finding:
     value: float | None = None  # the measured quantity (fraction, ratio, norm)
     step: int | None = None  # the training step it was seen at (1-based)
     where: str | None = None  # nan only: "forward" | "backward" | "loss" | "inputs"
+    # the numbers that triggered it, by name, and the threshold they crossed
+    evidence: tuple[tuple[str, float], ...] = ()
+    threshold: float | None = None
+    # findings this one explains (e.g. NaN and saturation after the loss diverged): shown
+    # under it, not as causes of their own
+    consequences: tuple[Finding, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -339,6 +345,9 @@ class Finding:
             "value": _json_float(self.value),
             "step": self.step,
             "where": self.where,
+            "evidence": {name: _json_float(v) for name, v in self.evidence},
+            "threshold": _json_float(self.threshold),
+            "consequences": [c.to_dict() for c in self.consequences],
         }
 
 

@@ -91,10 +91,13 @@ def detect_findings(
     thresholds: FlowThresholds,
     batch: int | None,
     comparable_keys: Set[str],
+    *,
+    optimizer: str | None = None,
+    lr: float | None = None,
 ) -> list[Finding]:
     """Findings from the last step (dead units and norms develop while training), plus the
     first non-finite value at whatever step it appeared; rule by rule, in panel order."""
-    evidence = Evidence(samples, thresholds, batch, comparable_keys)
+    evidence = Evidence(samples, thresholds, batch, comparable_keys, optimizer, lr)
     return [finding for rule in RULES for finding in rule.findings(evidence)]
 
 

@@ -30,6 +30,10 @@ class Evidence:
     batch: int | None = None  # examples in the batch, when known (flow(), not the Monitor)
     # rows whose RMS gradients compare across depth (weight matrices; see comparable_keys)
     comparable_keys: Set[str] = frozenset()
+    # the optimizer the steps were (or would be) taken with: flow's --optimizer/--lr, the
+    # Monitor's real optimizer once it has seen one step; None where unknown
+    optimizer: str | None = None
+    lr: float | None = None
 
     @property
     def first(self) -> StepSample:
@@ -75,6 +79,9 @@ class Detection:
     step: int | None = None
     where: str | None = None
     fix_for: str = ""  # which of the rule's fixes applies; "" is its default
+    # the numbers that triggered it, by name ("grad/weight": 1.2e5), and the threshold
+    evidence: tuple[tuple[str, float], ...] = ()
+    threshold: float | None = None
 
 
 @dataclass(frozen=True)
@@ -103,6 +110,8 @@ class FindingRule:
                 value=d.value,
                 step=d.step,
                 where=d.where,
+                evidence=d.evidence,
+                threshold=d.threshold,
             )
             for d in self.detect(evidence)
         ]
