@@ -4,6 +4,7 @@ its rule's severity in the findings registry."""
 
 from __future__ import annotations
 
+import io
 import math
 
 from rich.console import Console
@@ -14,7 +15,7 @@ from rich.text import Text
 from ..engines.flow import findings as finding_rules
 from ..engines.flow.findings import Severity
 from ..engines.flow.thresholds import FlowThresholds
-from ..results import FlowReport, LayerStats
+from ..results import Finding, FlowReport, LayerStats
 
 # a finding's colour in the table and the panel comes from its rule's severity
 SEVERITY_STYLE = {
@@ -73,8 +74,50 @@ def _fraction_text(value: float | None, limit: float) -> Text:
     return Text(fmt_fraction(value), style=style)
 
 
-def flow_table(report: FlowReport) -> Table:
-    """One row per parameterized layer and per activation call, in forward order."""
+# The per-layer table's columns, and the order they are left out in when the terminal is too
+# narrow for them all: numbers are never cut, columns go instead (the JSON has them all).
+COLUMNS = (
+    "#",
+    "layer",
+    "type",
+    "grad norm",
+    "bar",
+    "weight norm",
+    "grad/weight",
+    "update/weight",
+    "max |grad|",
+    "dead",
+    "saturated",
+    "note",
+)
+DROP_ORDER = ("note", "max |grad|", "type", "bar", "weight norm", "#", "update/weight")
+HEADERS = {  # two short lines each, so that a header never needs cutting either
+    "grad norm": "grad\nnorm",
+    "weight norm": "weight\nnorm",
+    "grad/weight": "grad/\nweight",
+    "update/weight": "update/\nweight",
+    "max |grad|": "max\n|grad|",
+    "saturated": "satur-\nated",
+}
+
+
+def _update_ratio(row: LayerStats) -> float | None:
+    return getattr(row, "update_ratio", None)
+
+
+def _present(report: FlowReport) -> list[str]:
+    """The columns this report has something for."""
+    columns = list(COLUMNS)
+    if not any(r.note for r in report.layers):
+        columns.remove("note")
+    if not any(_update_ratio(r) is not None for r in report.layers):
+        columns.remove("update/weight")
+    return columns
+
+
+def flow_table(report: FlowReport, drop: tuple[str, ...] = ()) -> Table:
+    """One row per parameterized layer and per activation call, in forward order; the
+    columns in `drop` left out."""
     flagged = {f.key for f in report.findings if f.key}
     table = Table(
         title=f"gradtool flow {report.target}"
@@ -83,61 +126,97 @@ def flow_table(report: FlowReport) -> Table:
         pad_edge=False,
         show_lines=False,
     )
-    table.add_column("#", justify="right", style="dim")
-    table.add_column("layer", overflow="fold", max_width=36)
-    table.add_column("type", style="dim", overflow="fold", max_width=14)
-    table.add_column("grad norm", justify="right")
-    table.add_column("", justify="left")  # the log-scale bar
-    table.add_column("weight norm", justify="right")
-    table.add_column("grad/weight", justify="right")
-    table.add_column("max |grad|", justify="right")
-    table.add_column("dead", justify="right")
-    table.add_column("saturated", justify="right")
-    notes = any(r.note for r in report.layers)
-    if notes:
-        table.add_column("note", overflow="fold", max_width=34, style="dim")
+    columns = [c for c in _present(report) if c not in drop]
+    # names fold onto more lines, but not into slivers: then a column goes instead
+    longest = max((len(r.display_name) for r in report.layers), default=5)
+    longest_type = max((len(r.type) for r in report.layers), default=4)
+    for c in columns:
+        header = HEADERS.get(c, "" if c == "bar" else c)
+        if c == "layer":
+            table.add_column(header, overflow="fold", max_width=36, min_width=min(longest, 16))
+        elif c == "type":
+            table.add_column(
+                header, style="dim", overflow="fold", max_width=14, min_width=min(longest_type, 10)
+            )
+        elif c == "note":
+            table.add_column(header, style="dim", overflow="fold", max_width=34, min_width=12)
+        elif c == "bar":
+            table.add_column(header, justify="left", no_wrap=True)
+        else:
+            table.add_column(header, justify="right", no_wrap=True, style="dim" if c == "#" else "")
     bars = _log_bars([r for r in report.layers if r.kind == "layer"])
     for i, r in enumerate(report.layers, 1):
-        name = Text(r.display_name, style="bold red" if r.key in flagged else "")
-        if r.kind == "layer":
-            cells = [
-                Text(fmt(r.grad_norm) or "none", style="bold red" if _bad(r.grad_norm) else ""),
-                Text(bars.get(r.key, ""), style="cyan"),
-                fmt(r.weight_norm),
-                fmt(r.grad_weight_ratio),
-                fmt(r.max_abs_grad),
-                Text(""),
-                Text(""),
-            ]
-        else:
-            dead = _fraction_text(r.dead_fraction, THRESHOLDS.dead_fraction)
-            if r.dead_fraction is None and r.inactive_fraction is not None:
-                dead = Text(f"~{fmt_fraction(r.inactive_fraction)}", style="dim")
-            saturated = _fraction_text(r.saturated_fraction, THRESHOLDS.saturated_fraction)
-            cells = [Text(""), Text(""), "", "", "", dead, saturated]
-        row = [str(i), name, r.type, *cells]
-        if notes:
-            row.append(r.note)
-        table.add_row(*row)
+        cells = _cells(r, i, bars, r.key in flagged)
+        table.add_row(*(cells.get(c, "") for c in columns))
     return table
+
+
+def _cells(r: LayerStats, i: int, bars: dict[str, str], flagged: bool) -> dict[str, Text | str]:
+    cells: dict[str, Text | str] = {
+        "#": str(i),
+        "layer": Text(r.display_name, style="bold red" if flagged else ""),
+        "type": Text(r.type),  # Text, not str: brackets in names are not rich markup
+        "note": Text(r.note),
+    }
+    if r.kind == "layer":
+        cells["grad norm"] = Text(
+            fmt(r.grad_norm) or "none", style="bold red" if _bad(r.grad_norm) else ""
+        )
+        cells["bar"] = Text(bars.get(r.key, ""), style="cyan")
+        cells["weight norm"] = fmt(r.weight_norm)
+        cells["grad/weight"] = fmt(r.grad_weight_ratio)
+        cells["update/weight"] = fmt(_update_ratio(r))
+        cells["max |grad|"] = fmt(r.max_abs_grad)
+    else:
+        dead = _fraction_text(r.dead_fraction, THRESHOLDS.dead_fraction)
+        if r.dead_fraction is None and r.inactive_fraction is not None:
+            dead = Text(f"~{fmt_fraction(r.inactive_fraction)}", style="dim")
+        cells["dead"] = dead
+        cells["saturated"] = _fraction_text(r.saturated_fraction, THRESHOLDS.saturated_fraction)
+    return cells
+
+
+def fitted_flow_table(report: FlowReport, width: int) -> tuple[Table, tuple[str, ...]]:
+    """The per-layer table for a terminal `width` columns wide, and the columns it left out
+    (in DROP_ORDER) so that no number or header is cut."""
+    present = _present(report)
+    droppable = [c for c in DROP_ORDER if c in present]
+    drop: tuple[str, ...] = ()
+    for n in range(len(droppable) + 1):
+        drop = tuple(droppable[:n])
+        table = flow_table(report, drop)
+        if not _cut(table, width):
+            return table, drop
+    return table, drop
+
+
+def _cut(table: Table, width: int) -> bool:
+    """Whether `table` needs more than `width` columns, or rendering it there cuts a cell
+    (rich marks that with …)."""
+    wide = Console(width=10_000, file=io.StringIO(), color_system=None, legacy_windows=False)
+    if wide.measure(table).minimum > width:  # measured at `width`, rich would clip to it
+        return True
+    probe = Console(width=width, file=io.StringIO(), color_system=None, legacy_windows=False)
+    with probe.capture() as captured:
+        probe.print(table)
+    return any(len(line) > width or "…" in line for line in captured.get().splitlines())
 
 
 def _bad(value: float | None) -> bool:
     return value is not None and not math.isfinite(value)
 
 
-def trend_table(report: FlowReport) -> Table | None:
-    """How each row moved from the first measured step to the last (multi-step runs)."""
+TREND_DROP_ORDER = ("change", "saturated", "dead")
+
+
+def trend_table(report: FlowReport, drop: tuple[str, ...] = ()) -> Table | None:
+    """How each row moved from the first measured step to the last (multi-step runs); the
+    columns in `drop`, and those with nothing in them, left out. A "first → last" pair may
+    wrap at its arrow; a number is never cut."""
     trend = report.trend
     if not trend:
         return None
-    first, last = report.history[0].step, report.history[-1].step
-    table = Table(title=f"trend, step {first} → {last}", title_justify="left", pad_edge=False)
-    table.add_column("layer", overflow="fold", max_width=36)
-    table.add_column("grad norm", justify="right")
-    table.add_column("change", justify="right")
-    table.add_column("dead", justify="right")
-    table.add_column("saturated", justify="right")
+    rows = []
     for r in report.layers:
         pairs = trend.get(r.key)
         if not pairs:
@@ -146,14 +225,45 @@ def trend_table(report: FlowReport) -> Table | None:
         change = ""
         if a and b is not None and math.isfinite(a) and math.isfinite(b):
             change = f"×{b / a:.3g}"
-        table.add_row(
-            r.display_name,
-            f"{fmt(a, '.2e')} → {fmt(b, '.2e')}" if r.kind == "layer" else "",
-            change,
-            _pair(pairs.get("dead_fraction")) or _pair(pairs.get("inactive_fraction"), "~"),
-            _pair(pairs.get("saturated_fraction")),
+        rows.append(
+            {
+                "layer": Text(r.display_name),  # a Text: "[call 1/2]" is not rich markup
+                "grad norm": f"{fmt(a, '.2e')} → {fmt(b, '.2e')}" if r.kind == "layer" else "",
+                "change": change,
+                "dead": _pair(pairs.get("dead_fraction"))
+                or _pair(pairs.get("inactive_fraction"), "~"),
+                "saturated": _pair(pairs.get("saturated_fraction")),
+            }
         )
+    first, last = report.history[0].step, report.history[-1].step
+    table = Table(title=f"trend, step {first} → {last}", title_justify="left", pad_edge=False)
+    longest = max((len(row["layer"]) for row in rows), default=5)
+    columns = [
+        c
+        for c in ("layer", "grad norm", "change", "dead", "saturated")
+        if c not in drop and (c == "layer" or any(row[c] for row in rows))
+    ]
+    for c in columns:
+        if c == "layer":
+            table.add_column(c, overflow="fold", max_width=36, min_width=min(longest, 16))
+        elif c == "change":
+            table.add_column(c, justify="right", no_wrap=True)
+        else:
+            table.add_column(HEADERS.get(c, c), justify="right", min_width=9)
+    for row in rows:
+        table.add_row(*(row[c] for c in columns))
     return table
+
+
+def fitted_trend_table(report: FlowReport, width: int) -> tuple[Table | None, tuple[str, ...]]:
+    """The trend table for a terminal `width` columns wide, and the columns it left out."""
+    drop: tuple[str, ...] = ()
+    for n in range(len(TREND_DROP_ORDER) + 1):
+        drop = TREND_DROP_ORDER[:n]
+        table = trend_table(report, drop)
+        if table is None or not _cut(table, width):
+            return table, drop
+    return table, drop
 
 
 def _pair(pair: tuple[float | None, float | None] | None, mark: str = "") -> str:
@@ -178,6 +288,12 @@ def findings_panel(report: FlowReport) -> Panel:
         text = Text()
         text.append(f"{f.layer or '(model)'}: ", style="bold")
         text.append(f.message)
+        evidence = evidence_text(f)
+        if evidence:
+            text.append(f"\nevidence: {evidence}")
+        for c in f.consequences:
+            text.append(f"\nthen {c.kind} ", style=kind_style(c.kind))
+            text.append(f"{c.layer or '(model)'}: {c.message}", style="dim")
         text.append(f"\nfix: {f.fix}", style="dim")
         grid.add_row(Text(f.kind, style=kind_style(f.kind)), text)
     severe = any(_is_error(f.kind) for f in report.findings)
@@ -187,6 +303,21 @@ def findings_panel(report: FlowReport) -> Panel:
         title_align="left",
         border_style="red" if severe else "yellow",
     )
+
+
+def evidence_text(f: Finding) -> str:
+    """`grad/weight 1.20e+05, lr 0.01 (threshold 1000)`: the numbers a finding rests on."""
+    text = ", ".join(f"{name} {_number(value)}" for name, value in f.evidence)
+    if f.threshold is not None:
+        text += f" (threshold {_number(f.threshold)})"
+    return text
+
+
+def _number(value: float) -> str:
+    """Plain for the magnitudes people read at a glance, scientific beyond them."""
+    if math.isfinite(value) and (value == 0 or 1e-3 <= abs(value) < 1e4):
+        return format(value, ".3g")
+    return fmt(value)
 
 
 def header_lines(report: FlowReport) -> list[str]:
@@ -220,10 +351,23 @@ def render_flow(report: FlowReport, console: Console) -> None:
         console.print(Text(line))
     for w in report.warnings:
         console.print(Text(f"warning: {w}", style="yellow"))
-    console.print(flow_table(report))
-    trend = trend_table(report)
+    table, dropped = fitted_flow_table(report, console.width)
+    console.print(table)
+    if dropped:
+        shown = ", ".join(c for c in dropped if c != "bar") or "the bars"
+        console.print(
+            Text(
+                f"(left out at {console.width} columns: {shown}; --json has every column)",
+                style="dim",
+            )
+        )
+    trend, dropped = fitted_trend_table(report, console.width)
     if trend is not None:
         console.print(trend)
+        if dropped:
+            console.print(
+                Text(f"(left out at {console.width} columns: {', '.join(dropped)})", style="dim")
+            )
     console.print(
         Text(
             "dead: units that output 0 for every example of the batch (per channel for conv "

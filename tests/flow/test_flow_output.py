@@ -145,3 +145,58 @@ def test_cli_steps_plot_and_errors(tmp_path: Path) -> None:
     assert function.exit_code == 2 and "needs an nn.Module" in function.output
     stdout = runner.invoke(app, ["flow", healthy, "--json", "-"])
     assert stdout.exit_code == 0 and json.loads(stdout.stdout)["command"] == "flow"
+
+
+# --- 80 columns: columns go, numbers are never cut -------------------------------------------
+
+
+def _rendered(report, width: int) -> str:
+    from rich.console import Console
+
+    console = Console(record=True, width=width, color_system=None)
+    render_flow(report, console)
+    return console.export_text()
+
+
+@pytest.mark.parametrize("width", [60, 80, 120])
+def test_no_number_or_header_is_cut_at_any_width(width: int) -> None:
+    report = flow(ReusedInplace(), batch(16, 8), steps=3)
+    text = _rendered(report, width)
+    assert "…" not in text
+    assert max(len(line) for line in text.splitlines()) <= width
+    # every grad norm of the last step is printed whole
+    for row in report.layers:
+        if row.grad_norm is not None:
+            assert f"{row.grad_norm:.2e}" in text
+    if width < 120:
+        assert f"left out at {width} columns" in text
+
+
+def test_the_trend_table_names_repeated_calls() -> None:
+    text = _rendered(flow(ReusedInplace(), batch(16, 8), steps=3), 120)
+    trend = text[text.index("trend, step") :]
+    assert "act [call 1/2]" in trend and "act [call 2/2]" in trend
+
+
+def test_a_finding_shows_its_evidence_and_its_consequences() -> None:
+    from dataclasses import replace
+
+    from gradcheck_tool.results import Finding
+
+    report = flow(ReusedInplace(), batch(16, 8))
+    after = Finding("nan", "b", "b produced NaN in its forward", "fix it", step=4)
+    cause = Finding(
+        "dead_relu",
+        "act",
+        "most units are dead",
+        "a fix",
+        evidence=(("dead", 0.75), ("units", 8.0)),
+        threshold=0.5,
+        consequences=(after,),
+    )
+    text = _rendered(replace(report, findings=(cause,)), 100)
+    assert "evidence: dead 0.75, units 8 (threshold 0.5)" in text
+    assert "then nan b: b produced NaN in its forward" in text
+    data = replace(report, findings=(cause,)).to_dict()["findings"][0]
+    assert data["evidence"] == {"dead": 0.75, "units": 8.0} and data["threshold"] == 0.5
+    assert data["consequences"][0]["kind"] == "nan"
