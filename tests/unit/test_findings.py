@@ -306,3 +306,15 @@ def test_the_worked_example_in_the_registry_docstring_runs() -> None:
     (f,) = rule.findings(evidence(sample([], loss=5e6, step=2)))
     assert (f.kind, f.layer, f.step, f.value) == ("huge_loss", "(loss)", 2, 5e6)
     assert rule.findings(evidence(sample([], loss=1.0))) == []
+
+
+def test_dead_and_saturated_findings_carry_their_numbers_and_threshold() -> None:
+    from gradcheck_tool.engines.flow.findings import dead_relu, saturation
+
+    (found,) = dead_relu.RULE.findings(evidence(sample([act("act", units=8, dead_fraction=0.75)])))
+    assert dict(found.evidence) == {"dead": 0.75, "units": 8.0}
+    assert found.threshold == TH.dead_fraction
+    squashed = act("sq", type="Tanh", saturated_fraction=0.9)
+    (found,) = saturation.RULE.findings(evidence(sample([squashed])))
+    assert dict(found.evidence)["saturated"] == 0.9
+    assert found.threshold == TH.saturated_fraction
