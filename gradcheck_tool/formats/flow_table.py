@@ -179,6 +179,10 @@ def findings_panel(report: FlowReport) -> Panel:
         text.append(f"{f.layer or '(model)'}: ", style="bold")
         text.append(f.message)
         text.append(f"\nfix: {f.fix}", style="dim")
+        # consequences (what this finding explains) under it; the lead's layout will replace
+        # this minimal list
+        for c in f.consequences:
+            text.append(f"\nthen {c.kind} in {c.layer or '(model)'}: {c.message}", style="dim")
         grid.add_row(Text(f.kind, style=kind_style(f.kind)), text)
     severe = any(_is_error(f.kind) for f in report.findings)
     return Panel(
