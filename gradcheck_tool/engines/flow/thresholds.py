@@ -41,3 +41,6 @@ class FlowThresholds:
     # not_learning: updates this small per step (10× below ~1e-3) cannot fit a batch in a
     # few dozen steps
     update_too_small: float = 1e-4
+    # ... and a loss that still halves over the last quarter of the steps is learning, only
+    # not done yet: no not_learning finding
+    still_falling: float = 0.5

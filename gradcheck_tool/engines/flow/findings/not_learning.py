@@ -6,7 +6,8 @@ A reason is named only with evidence past its threshold, and ranked by how far p
 (its `strength`: the measured value over the threshold, or the threshold over the measured
 value for "too small"; 1 + the fraction of parameters for frozen or unreached layers). Without
 any reason there is no finding: a healthy model that needs more steps only gets the overfit
-line's advice.
+line's advice; nor is there one while the loss still falls fast (it halved over the last
+quarter of the steps): that model is learning and needs more steps.
 """
 
 from __future__ import annotations
@@ -81,7 +82,9 @@ def _updates_too_small(ev: Evidence) -> Reason | None:
     )
 
 
-def _fraction_reason(field: str, limit: float, what: str) -> Callable[[Evidence], Reason | None]:
+def _fraction_reason(
+    field: str, limit: float, what: str, noun: str
+) -> Callable[[Evidence], Reason | None]:
     def reason(ev: Evidence) -> Reason | None:
         rows = [
             r for r in ev.last.rows if r.kind == "activation" and (getattr(r, field) or 0.0) > limit
@@ -92,7 +95,7 @@ def _fraction_reason(field: str, limit: float, what: str) -> Callable[[Evidence]
         fraction = getattr(worst, field)
         return Reason(
             fraction / limit,
-            f"{what}: {percent(fraction)} of {worst.display_name}'s outputs"
+            f"{what}: {percent(fraction)} of the {noun} of {worst.display_name}"
             + (f" (and {len(rows) - 1} more activation(s))" if len(rows) > 1 else ""),
             ((f"{field} {worst.key}", fraction),),
             worst.name,
@@ -103,12 +106,12 @@ def _fraction_reason(field: str, limit: float, what: str) -> Callable[[Evidence]
 
 
 def _dead(ev: Evidence) -> Reason | None:
-    return _fraction_reason("dead_fraction", ev.thresholds.dead_fraction, "dead units")(ev)
+    return _fraction_reason("dead_fraction", ev.thresholds.dead_fraction, "dead units", "units")(ev)
 
 
 def _saturated(ev: Evidence) -> Reason | None:
     limit = ev.thresholds.saturated_fraction
-    return _fraction_reason("saturated_fraction", limit, "saturated units")(ev)
+    return _fraction_reason("saturated_fraction", limit, "saturated units", "outputs")(ev)
 
 
 def _frozen(ev: Evidence) -> Reason | None:
@@ -120,8 +123,8 @@ def _frozen(ev: Evidence) -> Reason | None:
     share = sum(r.numel for r in frozen) / total
     return Reason(
         1.0 + share,
-        f"frozen layers (requires_grad=False): {_names([label(r.name) for r in frozen])}, "
-        f"{percent(share)} of the parameters",
+        f"frozen layers (requires_grad=False) hold {percent(share)} of the parameters: "
+        f"{_names([label(r.name) for r in frozen])}",
         (("frozen share", share),),
         frozen[0].name,
         frozen[0].key,
@@ -189,11 +192,21 @@ def _finite_and_calm(ev: Evidence) -> bool:
     return True
 
 
+def _still_falling(ev: Evidence) -> bool:
+    """The loss fell to `still_falling` (half) or less over the last quarter of the steps:
+    it is learning and needs more steps, whatever else the run shows."""
+    losses = [s.loss for s in ev.samples if s.loss is not None]
+    k = max(2, len(losses) // 4)
+    if len(losses) < k or not losses[-k] > 0:
+        return False
+    return losses[-1] <= ev.thresholds.still_falling * losses[-k]
+
+
 def detect(ev: Evidence) -> Iterator[Detection]:
     verdict = ev.overfit
     if verdict is None or not verdict.applicable or verdict.reached is not False:
         return
-    if not _finite_and_calm(ev):
+    if not _finite_and_calm(ev) or _still_falling(ev):
         return
     reasons = sorted(
         (r for check in REASONS if (r := check(ev)) is not None),
