@@ -196,10 +196,10 @@ def _still_falling(ev: Evidence) -> bool:
     """The loss fell to `still_falling` (half) or less over the last quarter of the steps:
     it is learning and needs more steps, whatever else the run shows."""
     losses = [s.loss for s in ev.samples if s.loss is not None]
-    k = max(2, len(losses) // 4)
-    if len(losses) < k or not losses[-k] > 0:
+    k = max(1, len(losses) // 4)  # steps in the last quarter
+    if len(losses) <= k or not losses[-1 - k] > 0:
         return False
-    return losses[-1] <= ev.thresholds.still_falling * losses[-k]
+    return losses[-1] <= ev.thresholds.still_falling * losses[-1 - k]
 
 
 def detect(ev: Evidence) -> Iterator[Detection]:
