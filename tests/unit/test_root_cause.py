@@ -80,7 +80,10 @@ def test_the_layer_whose_update_blew_up_first_is_named() -> None:
         return [fc("fc0", grad=0.01 * 10**step, order=0), fc("fc1", grad=5.0, order=1)]
 
     (f,) = diverging.RULE.findings(ev(run([1.0, 50.0, 5e3, 5e4], rows)))
-    assert f.layer == "fc1" and "fc1's, ‖Δw‖/‖w‖ = 0.5 after step 1" in f.message
+    assert (
+        f.layer == "fc1"
+        and "first layer to take a huge step: fc1, ‖Δw‖/‖w‖ = 0.5 after step 1" in f.message
+    )
 
 
 def test_measured_updates_are_used_when_the_samples_have_them() -> None:
@@ -88,7 +91,7 @@ def test_measured_updates_are_used_when_the_samples_have_them() -> None:
     for s in samples:
         s.updates = {"fc0": 3.0, "fc1": 1e-3}  # what StepSample.updates will carry
     (f,) = diverging.RULE.findings(ev(samples))
-    assert f.layer == "fc0" and "‖Δw‖/‖w‖ = 3 after step 1" in f.message
+    assert f.layer == "fc0" and "fc0, ‖Δw‖/‖w‖ = 3 after step 1" in f.message
     assert [how for _, how, _ in update_ratios(ev(samples), 0)] == ["measured"] * 2
 
 

@@ -185,6 +185,7 @@ class LayerUpdate:
     row: LayerStats
     how: str
     ratio: float
+    huge: bool  # past `update_blowup`; else the largest update as the loss began to rise
 
 
 def first_large_update(ev: Evidence, blow: BlowUp) -> LayerUpdate | None:
@@ -198,9 +199,9 @@ def first_large_update(ev: Evidence, blow: BlowUp) -> LayerUpdate | None:
         big = [x for x in ratios if x[2] >= ev.thresholds.update_blowup]
         if big:
             row, how, ratio = max(big, key=lambda x: x[2])
-            return LayerUpdate(ev.samples[i], row, how, ratio)
+            return LayerUpdate(ev.samples[i], row, how, ratio, True)
     ratios = update_ratios(ev, index[id(blow.low)])
     if not ratios:
         return None
     row, how, ratio = max(ratios, key=lambda x: x[2])
-    return LayerUpdate(blow.low, row, how, ratio)
+    return LayerUpdate(blow.low, row, how, ratio, False)

@@ -29,9 +29,9 @@ def _num(x: float) -> str:
 
 def _how_much(b: BlowUp) -> str:
     if b.by_update:
-        return f"the loss was {_num(b.low_loss)} at step {b.low.step}"
+        return f"the weights blew up: the loss was {_num(b.low_loss)} at step {b.low.step}"
     return (
-        f"the loss rose from {_num(b.low_loss)} at step {b.low.step} to "
+        f"the loss diverged: it rose from {_num(b.low_loss)} at step {b.low.step} to "
         f"{_num(b.peak_loss)} at step {b.peak.step} ({b.growth:.1e}×)"
     )
 
@@ -59,10 +59,10 @@ def detect(ev: Evidence) -> Iterator[Detection]:
     layer, key = "(loss)", None
     if first is not None:
         layer, key = first.row.name, first.row.key
+        which = "first layer to take a huge step" if first.huge else "largest step then"
         text += (
-            f". First update to outgrow its weights: {label(first.row.name)}'s, "
-            f"‖Δw‖/‖w‖ {APPROX[first.how]} {_num(first.ratio)} after step "
-            f"{first.sample.step} (healthy ≈ 1e-3)"
+            f". The {which}: {label(first.row.name)}, ‖Δw‖/‖w‖ {APPROX[first.how]} "
+            f"{_num(first.ratio)} after step {first.sample.step} (healthy ≈ 1e-3)"
         )
         evidence.append(("update/weight", first.ratio))
     if b.by_update:
