@@ -218,3 +218,16 @@ def test_not_learning_needs_a_reason_with_evidence() -> None:
     # overfit line's "train longer" is all there is to say
     samples = run([2.3, 2.2, 2.1, 2.0], lambda s: [fc("fc", weight=10.0, grad=1.0)])
     assert not_learning.RULE.findings(ev(samples, lr=1e-2, overfit=failed(2.3, 2.0))) == []
+
+
+def test_a_cause_the_blow_up_hides_is_reported_as_it_was_seen_before() -> None:
+    # exploding gradients at the first step (early/late RMS ratio 1e4); one step later the
+    # weights are inf and the exploding rule, reading a NaN step, is silent
+    def rows(step):
+        w = math.inf if step == 2 else 1.0
+        return [fc("fc0", weight=w, grad=1e4), fc("fc1", weight=w, grad=1.0, order=1)]
+
+    samples = run([-4e12, math.nan], rows, nan_at=2)
+    found = detect_findings(samples, TH, None, {"fc0", "fc1"}, optimizer="sgd", lr=0.01)
+    assert kinds(found) == ["diverging", "exploding"]
+    assert kinds(found[0].consequences) == ["nan"] and found[1].step == 1
