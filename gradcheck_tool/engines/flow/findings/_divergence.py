@@ -49,6 +49,11 @@ class BlowUp:
     by_update: bool = False  # non-finite right after a huge update, without loss growth
 
 
+def number(x: float) -> str:
+    """A loss or ratio as messages write it: 3 significant digits, 1.5e+05 when large."""
+    return f"{x:.3g}" if 1e-3 <= abs(x) < 1e4 else f"{x:.1e}"
+
+
 def growth(loss: float, low: float) -> float:
     """How many times `loss` is above `low` (Note [divergence]); 1.0 when it is not above."""
     if loss <= low:

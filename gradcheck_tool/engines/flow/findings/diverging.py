@@ -8,7 +8,7 @@ import math
 from collections.abc import Iterator
 
 from ..samples import label
-from ._divergence import BlowUp, find_blow_up, first_large_update
+from ._divergence import BlowUp, find_blow_up, first_large_update, number
 from ._rule import Detection, Evidence, FindingRule, Severity
 
 FIX = (
@@ -22,17 +22,12 @@ FIX = (
 APPROX = {"measured": "=", "sgd": "=", "adam": "≈", "weights": "≥"}
 
 
-def _num(x: float) -> str:
-    """A loss or ratio as the messages write it: 3 significant digits, 1.5e+05 when large."""
-    return f"{x:.3g}" if 1e-3 <= abs(x) < 1e4 else f"{x:.1e}"
-
-
 def _how_much(b: BlowUp) -> str:
     if b.by_update:
-        return f"the weights blew up: the loss was {_num(b.low_loss)} at step {b.low.step}"
+        return f"the weights blew up: the loss was {number(b.low_loss)} at step {b.low.step}"
     return (
-        f"the loss diverged: it rose from {_num(b.low_loss)} at step {b.low.step} to "
-        f"{_num(b.peak_loss)} at step {b.peak.step} ({b.growth:.1e}×)"
+        f"the loss diverged: it rose from {number(b.low_loss)} at step {b.low.step} to "
+        f"{number(b.peak_loss)} at step {b.peak.step} ({b.growth:.1e}×)"
     )
 
 
@@ -62,7 +57,7 @@ def detect(ev: Evidence) -> Iterator[Detection]:
         which = "first layer to take a huge step" if first.huge else "largest step then"
         text += (
             f". The {which}: {label(first.row.name)}, ‖Δw‖/‖w‖ {APPROX[first.how]} "
-            f"{_num(first.ratio)} after step {first.sample.step} (healthy ≈ 1e-3)"
+            f"{number(first.ratio)} after step {first.sample.step} (healthy ≈ 1e-3)"
         )
         evidence.append(("update/weight", first.ratio))
     if b.by_update:

@@ -24,6 +24,7 @@ from ._divergence import (
     find_blow_up,
     first_nonfinite,
     growth,
+    number,
     update_ratios,
 )
 from ._rule import Detection, Evidence, FindingRule, Severity, percent
@@ -42,10 +43,6 @@ class Reason(NamedTuple):
     evidence: tuple[tuple[str, float], ...]
     layer: str | None = None
     key: str | None = None
-
-
-def _num(x: float) -> str:
-    return f"{x:.3g}" if 1e-3 <= abs(x) < 1e4 else f"{x:.1e}"
 
 
 def _names(names: list[str], most: int = 3) -> str:
@@ -74,8 +71,9 @@ def _updates_too_small(ev: Evidence) -> Reason | None:
     suggest = f"; try lr ≈ {ev.lr * HEALTHY_UPDATE / largest:.0e}" if ev.lr and largest else ""
     return Reason(
         limit / largest if largest else math.inf,
-        f"learning rate too small: the largest update is {_num(largest)} of its layer's "
-        f"weights per step ({label(names[key])}; healthy ≈ 1e-3){lr}{suggest}",
+        f"learning rate too small: per step no layer's weights move by more than "
+        f"{number(largest)} of their norm ({label(names[key])} most; healthy ≈ 1e-3)"
+        f"{lr}{suggest}",
         (("update/weight", largest), *((("lr", ev.lr),) if ev.lr else ())),
         names[key],
         key,
@@ -158,7 +156,7 @@ def _loss_rose(ev: Evidence) -> Reason | None:
         return None
     return Reason(
         growth(losses[-1], losses[0]),
-        f"the loss rose ({_num(losses[0])} → {_num(losses[-1])}): the learning rate may be "
+        f"the loss rose ({number(losses[0])} → {number(losses[-1])}): the learning rate may be "
         "too large",
         (("first loss", losses[0]), ("last loss", losses[-1])),
     )
@@ -220,7 +218,7 @@ def detect(ev: Evidence) -> Iterator[Detection]:
     top = reasons[0]
     yield Detection(
         top.layer if top.layer is not None else "(loss)",
-        f"the loss went from {_num(first)} to {_num(last)} in {len(ev.samples)} steps, not "
+        f"the loss went from {number(first)} to {number(last)} in {len(ev.samples)} steps, not "
         f"near zero, with finite gradients. Likely reasons, strongest first: {ranked}",
         key=top.key,
         value=last,
