@@ -231,3 +231,15 @@ def test_a_cause_the_blow_up_hides_is_reported_as_it_was_seen_before() -> None:
     found = detect_findings(samples, TH, None, {"fc0", "fc1"}, optimizer="sgd", lr=0.01)
     assert kinds(found) == ["diverging", "exploding"]
     assert kinds(found[0].consequences) == ["nan"] and found[1].step == 1
+
+
+def test_dead_and_saturated_findings_carry_their_fraction_and_threshold() -> None:
+    from gradcheck_tool.engines.flow.findings import dead_relu, saturation
+
+    relu = LayerStats(
+        "relu", "ReLU", "activation", "relu", 0, units=10, unit="feature", dead_fraction=0.8
+    )
+    (d,) = dead_relu.RULE.findings(ev(run([1.0], lambda s: [relu])))
+    assert d.evidence == (("dead fraction", 0.8),) and d.threshold == TH.dead_fraction
+    (s,) = saturation.RULE.findings(ev(run([1.0], lambda s: [tanh(0.9)])))
+    assert s.evidence == (("saturated fraction", 0.9),) and s.threshold == TH.saturated_fraction

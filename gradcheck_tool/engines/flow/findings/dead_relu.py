@@ -25,6 +25,8 @@ def detect(ev: Evidence) -> Iterator[Detection]:
                 key=r.key,
                 value=r.dead_fraction,
                 step=last.step,
+                evidence=(("dead fraction", r.dead_fraction),),
+                threshold=limit,
             )
 
 

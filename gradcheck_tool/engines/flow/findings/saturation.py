@@ -27,6 +27,8 @@ def detect(ev: Evidence) -> Iterator[Detection]:
                 key=r.key,
                 value=fraction,
                 step=last.step,
+                evidence=(("saturated fraction", fraction),),
+                threshold=th.saturated_fraction,
             )
 
 
