@@ -291,9 +291,12 @@ def findings_panel(report: FlowReport) -> Panel:
         evidence = evidence_text(f)
         if evidence:
             text.append(f"\nevidence: {evidence}")
-        for c in f.consequences:
-            text.append(f"\nthen {c.kind} ", style=kind_style(c.kind))
-            text.append(f"{c.layer or '(model)'}: {c.message}", style="dim")
+        for kind, first, others in _grouped(f.consequences):
+            text.append(f"\nthen {kind} ", style=kind_style(kind))
+            text.append(f"in {first.layer or '(model)'}: {first.message}", style="dim")
+            if others:
+                layers = ", ".join(o.layer or "(model)" for o in others)
+                text.append(f"; the same in {layers}", style="dim")
         text.append(f"\nfix: {f.fix}", style="dim")
         grid.add_row(Text(f.kind, style=kind_style(f.kind)), text)
     severe = any(_is_error(f.kind) for f in report.findings)
@@ -303,6 +306,15 @@ def findings_panel(report: FlowReport) -> Panel:
         title_align="left",
         border_style="red" if severe else "yellow",
     )
+
+
+def _grouped(findings: tuple[Finding, ...]) -> list[tuple[str, Finding, list[Finding]]]:
+    """Consequences by kind, in order: the first one's message, the others' layers only (a
+    blow-up can leave a dozen layers without gradient)."""
+    groups: dict[str, list[Finding]] = {}
+    for c in findings:
+        groups.setdefault(c.kind, []).append(c)
+    return [(kind, items[0], items[1:]) for kind, items in groups.items()]
 
 
 def evidence_text(f: Finding) -> str:

@@ -237,7 +237,18 @@ def test_nan_reports_the_first_step_with_a_non_finite_value(where: str) -> None:
 
 
 def test_registry_order_is_the_panel_order() -> None:
-    assert FINDING_KINDS == ("nan", "exploding", "vanishing", "dead_relu", "saturation", "no_grad")
+    # root cause first: diverging before what it explains; not_learning after the causes
+    # it may name, before the notices
+    assert FINDING_KINDS == (
+        "diverging",
+        "nan",
+        "exploding",
+        "vanishing",
+        "dead_relu",
+        "saturation",
+        "not_learning",
+        "no_grad",
+    )
     assert findings.finding_kinds() == FINDING_KINDS == tuple(r.kind for r in RULES)
     rows = [act("relu", dead_fraction=0.9), act("tanh", saturated_fraction=0.9)]
     last = sample(rows, nan=NanSite("forward", "fc", "m"), no_grad=[("fc", ["fc.w"], "why")])
@@ -254,6 +265,8 @@ def test_registry_order_is_the_panel_order() -> None:
 def test_styles_fail_on_and_plot_marks_come_from_the_rules() -> None:
     # the styles the table and panel had before the registry, now from each rule's severity
     assert {k: kind_style(k) for k in FINDING_KINDS} == {
+        "diverging": "bold red",
+        "not_learning": "yellow",
         "nan": "bold red",
         "exploding": "bold red",
         "vanishing": "yellow",

@@ -26,3 +26,21 @@ class FlowThresholds:
     saturation_margin: float = SATURATION_MARGIN
     overfit_fraction: float = 0.01  # "near zero": last loss ≤ 1% of the first ...
     overfit_absolute: float = 1e-3  # ... or ≤ 1e-3
+    # Root cause first (diverging, not_learning; Note [divergence] in findings/_divergence.py).
+    # A loss that grew 100× above its lowest value (two orders of magnitude; healthy runs that
+    # rise briefly stay within a few ×) and still sits 10× above it at the last step ...
+    diverging_growth: float = 1e2
+    diverging_recovered: float = 10.0
+    # ... or that became non-finite after growing 10× (or after an update as large as the
+    # weights it changed: ‖Δw‖/‖w‖ ≥ 1, i.e. ~1000× the healthy ~1e-3)
+    diverging_nonfinite_growth: float = 10.0
+    diverging_update: float = 1.0
+    # the layer "whose update blew up first": the first whose ‖Δw‖/‖w‖ passed 0.1 (100× the
+    # ~1e-3 rule of thumb)
+    update_blowup: float = 0.1
+    # not_learning: updates this small per step (10× below ~1e-3) cannot fit a batch in a
+    # few dozen steps
+    update_too_small: float = 1e-4
+    # ... and a loss that still halves over the last quarter of the steps is learning, only
+    # not done yet: no not_learning finding
+    still_falling: float = 0.5

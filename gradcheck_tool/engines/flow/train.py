@@ -137,13 +137,18 @@ def run_flow(
     first = first_tensor((args, kwargs))
     batch = int(first.shape[0]) if first is not None and first.dim() >= 1 else None
     loss_kind = "loss_fn" if loss_fn is not None else "projection"
+    overfit = overfit_verdict(samples, loss_kind, th, steps)
     if len(samples) < steps:
         warnings.append(f"stopped after step {len(samples)} of {steps}: non-finite values")
     return FlowReport(
         target=target,
         version=__version__,
         layers=tuple(samples[-1].rows),
-        findings=tuple(detect_findings(samples, th, batch, comparable, optimizer=optimizer, lr=lr)),
+        findings=tuple(
+            detect_findings(
+                samples, th, batch, comparable, optimizer=optimizer, lr=lr, overfit=overfit
+            )
+        ),
         found_by=found_by,
         source="flow",
         dtype=model_dtype,
@@ -156,7 +161,7 @@ def run_flow(
         optimizer=optimizer if steps > 1 else None,
         lr=lr if steps > 1 else None,
         history=history(samples) if steps > 1 else (),
-        overfit=overfit_verdict(samples, loss_kind, th, steps),
+        overfit=overfit,
         warnings=tuple(warnings),
         seconds=time.perf_counter() - started,
     )

@@ -5,7 +5,9 @@ plot's highlights are all read from `RULES`.
 A rule (`FindingRule`) is a kind, a `Severity`, its fix text(s) and a detection function over
 the measured steps (`Evidence`: the `StepSample`s, oldest first, and the `FlowThresholds`). The
 function yields a `Detection` per thing it saw; the rule turns each into a `Finding` with its
-kind and fix. Rules are independent: each reads the evidence, none reads another's result.
+kind and fix. Rules are independent: each reads the evidence, none reads another's result;
+after them one pass (consequences.py) attaches to a `diverging` finding the findings it
+explains (root cause first).
 
 Adding a kind of finding, e.g. a loss that is already enormous, is one file,
 `findings/huge_loss.py`:
@@ -39,18 +41,21 @@ from __future__ import annotations
 from collections.abc import Sequence, Set
 
 from ....errors import OptionError
-from ....results import Finding
+from ....results import Finding, OverfitVerdict
 from ..samples import StepSample
 from ..thresholds import FlowThresholds
-from . import dead_relu, exploding, nan, no_grad, saturation, vanishing
+from . import dead_relu, diverging, exploding, nan, no_grad, not_learning, saturation, vanishing
 from ._rule import Detection, Evidence, FindingRule, Severity
+from .consequences import attach_consequences
 
 RULES: tuple[FindingRule, ...] = (
+    diverging.RULE,  # first: the root cause the others below may be consequences of
     nan.RULE,
     exploding.RULE,
     vanishing.RULE,
     dead_relu.RULE,
     saturation.RULE,
+    not_learning.RULE,  # after the causes it may name, before the notices
     no_grad.RULE,
 )
 
@@ -94,11 +99,14 @@ def detect_findings(
     *,
     optimizer: str | None = None,
     lr: float | None = None,
+    overfit: OverfitVerdict | None = None,
 ) -> list[Finding]:
     """Findings from the last step (dead units and norms develop while training), plus the
-    first non-finite value at whatever step it appeared; rule by rule, in panel order."""
-    evidence = Evidence(samples, thresholds, batch, comparable_keys, optimizer, lr)
-    return [finding for rule in RULES for finding in rule.findings(evidence)]
+    first non-finite value at whatever step it appeared; rule by rule, in panel order; then
+    what a divergence explains is attached to it (consequences.py)."""
+    evidence = Evidence(samples, thresholds, batch, comparable_keys, optimizer, lr, overfit)
+    found = [finding for rule in RULES for finding in rule.findings(evidence)]
+    return attach_consequences(found, evidence, RULES)
 
 
 __all__ = [

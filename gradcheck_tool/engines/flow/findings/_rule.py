@@ -8,7 +8,7 @@ from enum import Enum
 from functools import cached_property
 from typing import Callable
 
-from ....results import Finding, LayerStats
+from ....results import Finding, LayerStats, OverfitVerdict
 from ..samples import StepSample
 from ..thresholds import FlowThresholds
 
@@ -34,6 +34,8 @@ class Evidence:
     # Monitor's real optimizer once it has seen one step; None where unknown
     optimizer: str | None = None
     lr: float | None = None
+    # the overfit-one-batch verdict of a --steps run with loss_fn (None elsewhere)
+    overfit: OverfitVerdict | None = None
 
     @property
     def first(self) -> StepSample:

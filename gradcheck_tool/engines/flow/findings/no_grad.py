@@ -1,10 +1,13 @@
-"""no_grad: a trainable parameter got no gradient (or exactly zero) at the last step."""
+"""no_grad: a trainable parameter got no gradient (or exactly zero) at the last step before
+any NaN/Inf (a non-finite step's gradients say nothing). After a divergence, parameters whose
+gradient only became zero after the blow-up are its consequences (consequences.py)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
 from ..samples import ROOT
+from ._divergence import first_nonfinite
 from ._rule import Detection, Evidence, FindingRule, Severity
 
 FIX = (
@@ -15,7 +18,8 @@ FIX = (
 
 
 def detect(ev: Evidence) -> Iterator[Detection]:
-    last = ev.last
+    bad = first_nonfinite(ev)
+    last = ev.samples[bad - 1] if bad else ev.last
     for layer, params, why in last.no_grad:
         yield Detection(
             layer,
