@@ -143,7 +143,11 @@ def run_flow(
         target=target,
         version=__version__,
         layers=tuple(samples[-1].rows),
-        findings=tuple(detect_findings(samples, th, batch, comparable, optimizer=optimizer, lr=lr)),
+        findings=tuple(
+            detect_findings(
+                samples, th, batch, comparable, optimizer=optimizer, lr=lr, loss=loss_kind
+            )
+        ),
         found_by=found_by,
         source="flow",
         dtype=model_dtype,

@@ -94,10 +94,11 @@ def detect_findings(
     *,
     optimizer: str | None = None,
     lr: float | None = None,
+    loss: str | None = None,
 ) -> list[Finding]:
     """Findings from the last step (dead units and norms develop while training), plus the
     first non-finite value at whatever step it appeared; rule by rule, in panel order."""
-    evidence = Evidence(samples, thresholds, batch, comparable_keys, optimizer, lr)
+    evidence = Evidence(samples, thresholds, batch, comparable_keys, optimizer, lr, loss)
     return [finding for rule in RULES for finding in rule.findings(evidence)]
 
 

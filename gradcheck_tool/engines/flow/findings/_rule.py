@@ -34,6 +34,9 @@ class Evidence:
     # Monitor's real optimizer once it has seen one step; None where unknown
     optimizer: str | None = None
     lr: float | None = None
+    # "loss_fn" (the user's loss), "projection" (flow's random projection of the output: its
+    # scale says nothing about a real step's size), None where unknown (the Monitor: real)
+    loss: str | None = None
 
     @property
     def first(self) -> StepSample:

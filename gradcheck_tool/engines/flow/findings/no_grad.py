@@ -1,10 +1,15 @@
-"""no_grad: a trainable parameter got no gradient (or exactly zero) at the last step."""
+"""no_grad: a trainable parameter got no gradient (or exactly zero) at the last step.
+
+Not a finding: a gradient exactly zero because a later layer's weights are all zero and
+that layer itself gets a gradient (zero-initialised residual branches, timm's and
+torchvision's `zero_init_last`): by design, the first step moves that layer and the
+gradient flows from then on."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
-from ..samples import ROOT
+from ..samples import ROOT, ZERO_GRADIENT
 from ._rule import Detection, Evidence, FindingRule, Severity
 
 FIX = (
@@ -14,9 +19,20 @@ FIX = (
 )
 
 
+def _zero_init_after(ev: Evidence, layer: str) -> bool:
+    """A layer after `layer` (forward order) whose weights are all zero gets a gradient."""
+    rows = [r for r in ev.last.rows if r.kind == "layer"]
+    order = next((r.order for r in rows if r.name == layer), None)
+    return order is not None and any(
+        r.order > order and r.weight_norm == 0 and r.grad_norm and not r.frozen for r in rows
+    )
+
+
 def detect(ev: Evidence) -> Iterator[Detection]:
     last = ev.last
     for layer, params, why in last.no_grad:
+        if why == ZERO_GRADIENT and _zero_init_after(ev, layer):
+            continue
         yield Detection(
             layer,
             f"{', '.join(params)} receive{'s' if len(params) == 1 else ''} no gradient: "
