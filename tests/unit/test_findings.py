@@ -45,7 +45,7 @@ def stack(*grad_norms: float, **kw) -> list[LayerStats]:
 
 
 def act(name: str, order: int = 0, **kw) -> LayerStats:
-    kw.setdefault("units", 10)
+    kw.setdefault("units", 100)
     kw.setdefault("unit", "feature")
     return LayerStats(name, kw.pop("type", "ReLU"), "activation", name, order, **kw)
 
@@ -284,13 +284,13 @@ def test_vanishing_and_exploding_are_independent_rules() -> None:
 def test_dead_relu_fires_above_its_fraction_with_the_batch_and_the_trend() -> None:
     (f,) = found(dead_relu.RULE, evidence(sample([act("relu", dead_fraction=0.7)]), batch=8))
     assert (f.kind, f.layer, f.key, f.value) == ("dead_relu", "relu", "relu", 0.7)
-    assert f.message == "70.0% of the 10 features of relu are dead: zero for all 8 examples"
+    assert f.message == "70.0% of the 100 features of relu are dead: zero for all 8 examples"
     assert f.fix == dead_relu.FIX
     before = sample([act("relu", dead_fraction=0.1)], step=1)
     after = sample([act("relu", dead_fraction=0.7)], step=3)
     (f,) = found(dead_relu.RULE, evidence(before, after))
     assert f.message == (
-        "70.0% of the 10 features of relu are dead: zero for every example at step 3 "
+        "70.0% of the 100 features of relu are dead: zero for every example at step 3 "
         "(was 10.0% at step 1)"
     )
     assert f.step == 3
@@ -301,12 +301,17 @@ def test_dead_relu_is_silent_at_or_below_its_fraction() -> None:
     assert found(dead_relu.RULE, evidence(sample(rows))) == []
 
 
-def test_dead_relu_in_a_few_units_must_pass_the_threshold_by_a_coin_flips_noise() -> None:
-    # 5 of 8 dead (a squeeze-excitation ReLU at init) is within one binomial sd of 50%
-    assert found(dead_relu.RULE, evidence(sample([act("se", units=8, dead_fraction=5 / 8)]))) == []
-    (f,) = found(dead_relu.RULE, evidence(sample([act("se", units=8, dead_fraction=6 / 8)])))
-    assert f.threshold == pytest.approx(0.5 + (0.25 / 8) ** 0.5)
-    assert dict(f.evidence) == {"dead fraction": 0.75, "units": 8.0}
+def test_dead_relu_in_a_few_units_must_be_beyond_coin_flips() -> None:
+    # 6 of 8 dead (MobileNetV3's first squeeze-excitation ReLU at init): 14% likely by chance
+    assert found(dead_relu.RULE, evidence(sample([act("se", units=8, dead_fraction=6 / 8)]))) == []
+    (f,) = found(dead_relu.RULE, evidence(sample([act("se", units=8, dead_fraction=1.0)])))
+    assert f.threshold == pytest.approx(0.5 + (2.33 * 8**0.5 / 2 + 0.5) / 8)
+    assert dict(f.evidence) == {"dead fraction": 1.0, "units": 8.0}
+    # 24 of 32 passes (the chance is 0.35%), 23 of 32 does not
+    assert len(found(dead_relu.RULE, evidence(sample([act("r", units=32, dead_fraction=0.75)]))))
+    assert (
+        found(dead_relu.RULE, evidence(sample([act("r", units=32, dead_fraction=23 / 32)]))) == []
+    )
 
 
 def test_saturation_fires_above_its_fraction() -> None:

@@ -21,12 +21,12 @@ class FlowThresholds:
     # much the network amplifies the loss signal (healthy nets: 1 to ~1e3)
     exploding_gain: float = 1e6
     exploding_growth: float = 1e3  # a layer's gradient norm grew this much over --steps
-    # calibrated vanishing/exploding (#12): benchmarks/flow_calibration.py on 16 healthy and
-    # 8 broken models, its table in benchmarks/results/flow_calibration.txt; in brackets the
+    # calibrated vanishing/exploding (#12): benchmarks/flow_calibration.py on 17 healthy and
+    # 9 broken models, its table in benchmarks/results/flow_calibration.txt; in brackets the
     # healthy worst / the broken least of that criterion there
-    exploding_update: float = 10.0  # SGD on a real loss: lr·‖g‖/‖w‖ of one step [1.1 / 42]
+    exploding_update: float = 10.0  # SGD on a real loss: lr·‖g‖/‖w‖ of one step [1.3 / 42]
     # Adam, an unknown optimizer or the projection loss: ‖g‖/(‖w‖·‖∂loss/∂output‖) [3.4e2 /
-    # 6.9e3] ... or ‖g‖/‖w‖ on a real loss where the loss's gradient is unknown [1.1e2 / 4.2e3]
+    # 6.9e3] ... or ‖g‖/‖w‖ on a real loss where the loss's gradient is unknown [1.3e2 / 4.2e3]
     exploding_relative: float = 2e3
     exploding_grad_weight: float = 1e3
     exploding_weight_rms: float = 1e-4  # weights below this RMS are near zero by design

@@ -1,12 +1,13 @@
 """dead_relu: most units of a ReLU-like activation output 0 for every example of the batch
 (so their gradient is 0 too), at the last step measured.
 
-In a layer of a few units "most" must be more than a coin flip per unit gives: at init a
-ReLU after pooled, mostly positive features (a squeeze-excitation block: timm's MobileNetV3
-has 8 such units) is dead for every example in about half its units, by the sign of each
-unit's weights. So the dead fraction must pass the threshold by one binomial standard
-deviation, √(p(1-p)/n): 5 of 8 dead (62.5%) is not a finding, 6 of 8 is; for 100 units
-the margin is 5 points."""
+In a layer of a few units "most" must be more than coin flips give: at init a ReLU after
+pooled, mostly positive features (a squeeze-excitation block) is dead for every example in
+about half its units, by the sign of each unit's weights: timm's MobileNetV3-Small has one
+of 8 units with 6 dead at any image size. So the count of dead units must be one a coin
+per unit (dead with the threshold's probability) would reach less than 1% of the time:
+above n·p + 2.33·√(n·p(1-p)) + ½ (the normal approximation of the binomial tail, with its
+continuity correction). With p = 50%: 8 of 8 units, 24 of 32, 63 of 100, 53.7% of 4096."""
 
 from __future__ import annotations
 
@@ -21,9 +22,15 @@ FIX = (
 )
 
 
-def _margin(limit: float, units: int | None) -> float:
-    """One binomial standard deviation of a fraction of `units` around `limit`."""
-    return math.sqrt(limit * (1 - limit) / units) if units else 0.0
+Z_ONE_PERCENT = 2.33  # the one-sided 1% point of the normal distribution
+
+
+def _fraction_beyond_chance(limit: float, units: int | None) -> float:
+    """The dead fraction of `units` that coin flips (dead with probability `limit`) pass less
+    than 1% of the time; just `limit` where the units are unknown."""
+    if not units:
+        return limit
+    return limit + (Z_ONE_PERCENT * math.sqrt(units * limit * (1 - limit)) + 0.5) / units
 
 
 def detect(ev: Evidence) -> Iterator[Detection]:
@@ -32,7 +39,7 @@ def detect(ev: Evidence) -> Iterator[Detection]:
     for r in last.rows:
         if r.kind != "activation" or r.dead_fraction is None:
             continue
-        above = limit + _margin(limit, r.units)
+        above = _fraction_beyond_chance(limit, r.units)
         if r.dead_fraction > above:
             yield Detection(
                 r.name,
