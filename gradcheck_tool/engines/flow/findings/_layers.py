@@ -130,6 +130,24 @@ def weighted_layers(ev: Evidence) -> list[LayerStats]:
     ]
 
 
+def is_norm(row: LayerStats) -> bool:
+    """A normalisation layer (BatchNorm2d, LayerNorm, timm's BatchNormAct2d, LlamaRMSNorm)."""
+    return "Norm" in row.type
+
+
+def normalised_next(ev: Evidence) -> set[str]:
+    """Keys of the layers whose next layer (forward order) is a normalisation layer.
+
+    Note [scale-free layers]: a layer whose output is normalised next (a conv before its
+    BatchNorm) computes the same function at any scale of its weight; its gradient is
+    orthogonal to the weight and shrinks as the weight grows, so even a step larger than
+    the weight only turns it, and the next steps are smaller. At init with small batches
+    such layers get steps of ~1× their size in healthy models (timm's MobileNetV3 and
+    EfficientNet stems, benchmarks/flow_calibration.py); they say nothing of explosion."""
+    layers = [r for r in ev.last.rows if r.kind == "layer"]
+    return {a.key for a, b in zip(layers, layers[1:]) if is_norm(b) and not is_norm(a)}
+
+
 def at_last_step(
     ev: Evidence,
     row: LayerStats,

@@ -10,7 +10,16 @@ from collections.abc import Callable, Iterator
 
 from ....results import LayerStats
 from ..samples import label
-from ._layers import at_last_step, grad_weight, rms, signal_rms, steady, trends, weighted_layers
+from ._layers import (
+    at_last_step,
+    compared_layers,
+    grad_weight,
+    normalised_next,
+    rms,
+    signal_rms,
+    steady,
+    trends,
+)
 from ._rule import Detection, Evidence, FindingRule, Severity
 
 FIX = (
@@ -20,15 +29,20 @@ FIX = (
 
 
 def _sized(ev: Evidence) -> list[tuple[LayerStats, float]]:
-    """(layer, ‖g‖/‖w‖) of the layers whose weights are not near zero by design (a
-    zero-initialised head, LayerScale's 1e-6 gammas: any gradient is large next to them)."""
+    """(layer, ‖g‖/‖w‖) of the weight matrices whose size matters: not the per-feature
+    scales of norm layers (EfficientNet's BatchNorm gammas take steps of ~1× their size at
+    batch 4 and train fine), nor embeddings, nor weights near zero by design (a
+    zero-initialised head: any gradient is large next to it), nor layers normalised next
+    (Note [scale-free layers] in _layers.py)."""
     floor = ev.thresholds.exploding_weight_rms
+    scale_free = normalised_next(ev)
     return [
         (r, ratio)
-        for r in weighted_layers(ev)
+        for r in compared_layers(ev)
         if (ratio := grad_weight(r)) is not None
         and math.isfinite(ratio)
         and r.weight_norm / math.sqrt(r.numel) >= floor
+        and r.key not in scale_free
     ]
 
 
