@@ -201,7 +201,15 @@ def hf_gpt2() -> nn.Module:
     import transformers as tr
 
     torch.manual_seed(0)
-    cfg = tr.GPT2Config(vocab_size=100, n_embd=64, n_layer=2, n_head=2, n_positions=64)
+    cfg = tr.GPT2Config(
+        vocab_size=100,
+        n_embd=64,
+        n_layer=2,
+        n_head=2,
+        n_positions=64,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
     cfg.use_cache = False
     return tr.GPT2LMHeadModel(cfg)
 

@@ -29,7 +29,7 @@ class FlowThresholds:
     # the script's 12-step runs every first step ≥ 1.0 blew up and none ≤ 0.42 did (healthy
     # models at lr 0.1: ≤ 0.16): 0.65 is the geometric middle of 0.42 and 1.0
     exploding_update: float = 0.65
-    # Adam, an unknown optimizer or the projection loss: ‖g‖/(‖w‖·‖∂loss/∂output‖) [22 /
+    # Adam, an unknown optimizer or the projection loss: ‖g‖/(‖w‖·‖∂loss/∂output‖) [16 /
     # 6.9e3] ... or ‖g‖/‖w‖ on a real loss where the loss's gradient is unknown [7.8 / 4.2e3]
     exploding_relative: float = 4e2
     exploding_grad_weight: float = 2e2
