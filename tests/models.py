@@ -109,14 +109,14 @@ class ReusedInplace(nn.Module):
         super().__init__()
         torch.manual_seed(0)
         self.a = nn.Linear(8, 10)
-        self.b = nn.Linear(10, 8)
+        self.b = nn.Linear(10, 32)
         self.act = nn.ReLU(inplace=True)
-        self.out = nn.Linear(8, 2)
+        self.out = nn.Linear(32, 2)
         with torch.no_grad():
             self.a.weight.mul_(0.01)
             self.b.weight.mul_(0.01)
             self.a.bias.copy_(torch.tensor([-9.0] * 2 + [9.0] * 8))  # 2 of 10 dead
-            self.b.bias.copy_(torch.tensor([-9.0] * 6 + [9.0] * 2))  # 6 of 8 dead
+            self.b.bias.copy_(torch.tensor([-9.0] * 24 + [9.0] * 8))  # 24 of 32 dead
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.out(self.act(self.b(self.act(self.a(x)))))

@@ -164,3 +164,72 @@ def test_unused_and_detached_parameters_receive_no_gradient() -> None:
     assert "never ran in forward" in by_layer["unused"].message
     assert report.row("frozen").frozen and "frozen" in report.row("frozen").note
     assert report.row("unused").order > report.row("used").order
+
+
+# --- calibrated vanishing/exploding (#12; benchmarks/flow_calibration.py) --------------------
+
+
+def mlp_initialised_with(std: float, depth: int = 6, width: int = 128) -> nn.Module:
+    torch.manual_seed(0)
+    layers: list[nn.Module] = [nn.Linear(32, width), nn.ReLU()]
+    for _ in range(depth - 2):
+        layers += [nn.Linear(width, width), nn.ReLU()]
+    model = nn.Sequential(*layers, nn.Linear(width, 10))
+    for m in model.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, 0.0, std)
+    return model
+
+
+def cross_entropy(out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(out, torch.arange(out.shape[0]) % 10)
+
+
+def test_mlp_initialised_far_too_large_is_exploding_for_sgd_adam_and_the_projection() -> None:
+    # the issue's MLP: grad/weight ~1e3-1e4, no trend with depth (every layer scales alike)
+    x = batch(16, 32)
+    sgd = flow(mlp_initialised_with(1.0), x, loss_fn=cross_entropy)
+    (f,) = sgd.findings_of("exploding")
+    assert f.layer == "0" and f.value > f.threshold
+    assert "one SGD step at lr 1.0e-02 would change 0 by" in f.message
+    assert dict(f.evidence)["lr"] == 1e-2
+    adam = flow(mlp_initialised_with(1.0), x, loss_fn=cross_entropy, optimizer="adam")
+    (f,) = adam.findings_of("exploding")
+    assert f.value > f.threshold and "the loss's gradient at the model output" in f.message
+    (f,) = flow(mlp_initialised_with(1.0), x).findings_of("exploding")  # projection loss
+    assert f.value > f.threshold
+    # He init (std √(2/128) = 0.125), the same network: nothing
+    for optimizer in ("sgd", "adam"):
+        report = flow(mlp_initialised_with(0.125), x, loss_fn=cross_entropy, optimizer=optimizer)
+        assert report.findings == ()
+
+
+class ZeroInitResidual(nn.Module):
+    """Residual blocks whose last BatchNorm scale starts at 0 (timm's zero_init_last)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv = nn.Conv2d(8, 8, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(8)
+        nn.init.zeros_(self.bn.weight)
+        self.head = nn.Linear(8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.relu(self.stem(x))
+        h = F.relu(h + self.bn(self.conv(h)))
+        return self.head(h.mean((2, 3)))
+
+
+def test_zero_initialised_residual_branch_is_not_a_missing_gradient() -> None:
+    report = flow(ZeroInitResidual(), batch(8, 3, 8, 8))
+    assert report.row("conv").grad_norm == 0.0  # exactly zero at init, by design
+    assert report.findings == ()
+    # after a step the scale has moved and the branch gets its gradient
+    assert flow(ZeroInitResidual(), batch(8, 3, 8, 8), steps=2).findings == ()
+
+
+def test_healthy_residual_mlp_has_no_findings_with_adam() -> None:
+    report = flow(Residual(), batch(64, 16), loss_fn=cross_entropy, optimizer="adam")
+    assert report.findings == ()

@@ -25,7 +25,7 @@ from gradcheck_tool.engines.flow.findings import (
     saturation,
     vanishing,
 )
-from gradcheck_tool.engines.flow.samples import NanSite, StepSample
+from gradcheck_tool.engines.flow.samples import ZERO_GRADIENT, NanSite, StepSample
 from gradcheck_tool.engines.flow.thresholds import FlowThresholds
 from gradcheck_tool.errors import InputError
 from gradcheck_tool.formats.flow_table import kind_style
@@ -45,7 +45,7 @@ def stack(*grad_norms: float, **kw) -> list[LayerStats]:
 
 
 def act(name: str, order: int = 0, **kw) -> LayerStats:
-    kw.setdefault("units", 10)
+    kw.setdefault("units", 100)
     kw.setdefault("unit", "feature")
     return LayerStats(name, kw.pop("type", "ReLU"), "activation", name, order, **kw)
 
@@ -70,10 +70,17 @@ def test_vanishing_fires_below_its_ratio_and_points_at_the_first_layer() -> None
     (f,) = found(vanishing.RULE, evidence(sample(stack(1e-5, 1e-3, 1e-1, 1.0))))
     assert f.kind == "vanishing" and f.layer == "fc0" and f.key == "fc0"
     assert f.message == (
-        "gradients vanish toward the input: the RMS gradient of fc0 is 1.0e-05× that of fc3"
+        "gradients vanish toward the input: the RMS gradient of fc0 is 1.0e-05× that of fc3 "
+        "(a steady decline over 4 Linear layers)"
     )
     assert f.value == pytest.approx(1e-5)
     assert f.fix == vanishing.FIX
+    assert f.threshold == TH.vanishing_ratio
+    assert dict(f.evidence) == {
+        "first/last RMS gradient": pytest.approx(1e-5),
+        "steadiness": pytest.approx(1.0),
+        "layers": 4.0,
+    }
 
 
 def test_vanishing_is_silent_above_its_ratio_after_a_nan_and_on_one_layer() -> None:
@@ -95,16 +102,121 @@ def test_vanishing_names_the_first_quarter_when_there_are_many_layers() -> None:
     )
 
 
+def bert_like(query0: float, query1: float) -> list[LayerStats]:
+    """Two transformer blocks: query, value, ffn each; then a classifier."""
+    names = [f"layer.{i}.{part}" for i in (0, 1) for part in ("query", "value", "ffn")]
+    grads = [query0, 1.0, 1.0, query1, 1.0, 1.0]
+    rows = [layer(n, g, order=i) for i, (n, g) in enumerate(zip(names, grads))]
+    return [*rows, layer("classifier", 1.0, order=9)]
+
+
+def test_vanishing_compares_one_role_across_blocks_not_different_layers() -> None:
+    # BERT at init: layer 0's query gradient is tiny, and so is layer 1's: no trend
+    assert found(vanishing.RULE, evidence(sample(bert_like(1e-5, 1e-5)))) == []
+    # the query gradient does fall by 1e5 from block 1 to block 0: that is a trend
+    (f,) = found(vanishing.RULE, evidence(sample(bert_like(1e-5, 1.0))))
+    assert (f.layer, f.value) == ("layer.0.query", pytest.approx(1e-5))
+    assert "over 2 Linear layers" in f.message
+
+
+def test_vanishing_needs_a_steady_decline_not_a_zigzag() -> None:
+    zigzag = stack(1e-5, 1.0, 1e-5, 1.0)  # first/last 1e-5, but steadiness 1/3
+    assert found(vanishing.RULE, evidence(sample(zigzag))) == []
+    lenient = FlowThresholds(trend_steadiness=0.3)
+    assert len(found(vanishing.RULE, evidence(sample(zigzag), th=lenient))) == 1
+
+
 # --- exploding: the first of its checks that fires -----------------------------------------
+
+
+def sized(name: str, grad: float, weight: float, order: int = 0, **kw) -> LayerStats:
+    """A layer with a gradient and a weight norm (100 entries: weight RMS = norm / 10)."""
+    return layer(name, grad, order=order, weight_norm=weight, **kw)
+
+
+def optimized(*samples: StepSample, optimizer="sgd", lr=1e-2, loss="loss_fn", th=TH):
+    keys = {r.key for s in samples for r in s.rows}
+    return Evidence(samples, th, None, keys, optimizer, lr, loss=loss)
+
+
+def test_exploding_fires_when_an_sgd_step_would_outgrow_the_layer() -> None:
+    rows = [sized("fc0", 1e2, 5.0), sized("fc1", 1e5, 5.0, 1), sized("fc2", 1e5, 5.0, 2)]
+    (f,) = found(exploding.RULE, optimized(sample(rows)))
+    # the layer nearest the input above the limit, not the largest
+    assert (f.layer, f.value) == ("fc1", pytest.approx(200.0))
+    assert f.message == (
+        "gradients too large for a step: one SGD step at lr 1.0e-02 would change fc1 by "
+        "2.0e+02× its own size (‖g‖ 1.00e+05, ‖w‖ 5.00e+00; a healthy step is ~1e-03×); "
+        "2 layers are above the limit"
+    )
+    assert f.threshold == TH.exploding_update == 0.65
+    assert dict(f.evidence) == {
+        "lr·‖g‖/‖w‖": pytest.approx(200.0),
+        "‖g‖": 1e5,
+        "‖w‖": 5.0,
+        "lr": 1e-2,
+        "layers above": 2.0,
+    }
+    # below the limit; and at a learning rate that makes the same gradients a small step
+    calm = [sized("fc0", 1e2, 5.0), sized("fc1", 3e2, 5.0, 1)]  # steps of 0.2 and 0.6
+    assert found(exploding.RULE, optimized(sample(calm))) == []
+    assert found(exploding.RULE, optimized(sample(rows), lr=1e-5)) == []
+
+
+def test_exploding_skips_layers_whose_weights_are_near_zero_by_design_or_scale_free() -> None:
+    # a zero-initialised head (‖w‖ 0) or LayerScale's 1e-6 gammas: any gradient dwarfs them
+    rows = [sized("fc0", 1.0, 5.0), sized("head", 1.0, 0.0, 1), sized("gamma", 1.0, 1e-5, 2)]
+    assert found(exploding.RULE, optimized(sample(rows))) == []
+    # a conv normalised next (timm's MobileNetV3 stem at init): its scale does not matter
+    stem = sized("stem", 1e3, 2.0)
+    bn = LayerStats("bn", "BatchNorm2d", "layer", "bn", 1, numel=32, grad_norm=1.0, weight_norm=4.0)
+    assert found(exploding.RULE, optimized(sample([stem, bn]))) == []
+    (f,) = found(exploding.RULE, optimized(sample([stem, sized("fc", 1.0, 4.0, 1)])))
+    assert f.layer == "stem"
+
+
+def test_exploding_with_adam_or_the_projection_judges_the_gradient_per_loss_gradient() -> None:
+    rows = [sized("fc0", 1e5, 5.0), sized("fc1", 1e3, 5.0, 1)]
+    big = sample(rows, loss_grad=2.0)  # ‖g‖/‖w‖ 2e4 at fc0: 1e4 per unit of loss gradient
+    for ev in (optimized(big, optimizer="adam", lr=1e-3), optimized(big, loss="projection")):
+        (f,) = found(exploding.RULE, ev)
+        assert (f.layer, f.value) == ("fc0", pytest.approx(1e4))
+        assert f.message == (
+            "huge gradients: fc0's gradient over its weight, ‖g‖/‖w‖ = 1.00e+05/5.00e+00, "
+            "is 1.0e+04× the loss's gradient at the model output (2.00e+00)"
+        )
+        assert f.threshold == TH.exploding_relative
+        assert dict(f.evidence)["‖∂loss/∂output‖"] == 2.0
+    # the same gradients with a 50× larger loss gradient: not exploding (2e2 < 4e2)
+    calm = sample(rows, loss_grad=100.0)
+    assert found(exploding.RULE, optimized(calm, optimizer="adam", lr=1e-3)) == []
+    # SGD on the projection: lr·‖g‖/‖w‖ = 200 says nothing, the projection's scale is arbitrary
+    assert found(exploding.RULE, optimized(calm, loss="projection")) == []
+
+
+def test_exploding_without_the_loss_gradient_compares_gradient_and_weight() -> None:
+    rows = [sized("fc0", 1e4, 5.0), sized("fc1", 1e3, 5.0, 1)]  # ‖g‖/‖w‖ 2e3 at fc0
+    (f,) = found(exploding.RULE, optimized(sample(rows), optimizer=None, lr=None, loss=None))
+    assert (
+        f.message
+        == "huge gradients: fc0's gradient norm 1.00e+04 is 2.0e+03× its weight norm 5.00e+00"
+    )
+    assert f.threshold == TH.exploding_grad_weight
+    # ...but not on the projection loss, whose scale is arbitrary
+    assert found(exploding.RULE, optimized(sample(rows), optimizer=None, loss="projection")) == []
+    calm = [sized("fc0", 5e2, 5.0), sized("fc1", 5e1, 5.0, 1)]  # ‖g‖/‖w‖ 1e2 at fc0
+    assert found(exploding.RULE, optimized(sample(calm), optimizer=None, lr=None)) == []
 
 
 def test_exploding_fires_on_the_weight_gradient_ratio() -> None:
     (f,) = found(exploding.RULE, evidence(sample(stack(1e4, 1.0, 1.0, 1.0))))
     assert (f.kind, f.layer, f.value) == ("exploding", "fc0", pytest.approx(1e4))
     assert f.message == (
-        "gradients grow toward the input: the RMS gradient of fc0 is 1.0e+04× that of fc3"
+        "gradients grow toward the input: the RMS gradient of fc0 is 1.0e+04× that of fc3 "
+        "(a steady rise over 4 Linear layers)"
     )
     assert f.fix == exploding.FIX
+    assert f.threshold == TH.exploding_ratio
     assert found(exploding.RULE, evidence(sample(stack(1e2, 1.0)))) == []
 
 
@@ -178,13 +290,13 @@ def test_vanishing_and_exploding_are_independent_rules() -> None:
 def test_dead_relu_fires_above_its_fraction_with_the_batch_and_the_trend() -> None:
     (f,) = found(dead_relu.RULE, evidence(sample([act("relu", dead_fraction=0.7)]), batch=8))
     assert (f.kind, f.layer, f.key, f.value) == ("dead_relu", "relu", "relu", 0.7)
-    assert f.message == "70.0% of the 10 features of relu are dead: zero for all 8 examples"
+    assert f.message == "70.0% of the 100 features of relu are dead: zero for all 8 examples"
     assert f.fix == dead_relu.FIX
     before = sample([act("relu", dead_fraction=0.1)], step=1)
     after = sample([act("relu", dead_fraction=0.7)], step=3)
     (f,) = found(dead_relu.RULE, evidence(before, after))
     assert f.message == (
-        "70.0% of the 10 features of relu are dead: zero for every example at step 3 "
+        "70.0% of the 100 features of relu are dead: zero for every example at step 3 "
         "(was 10.0% at step 1)"
     )
     assert f.step == 3
@@ -193,6 +305,19 @@ def test_dead_relu_fires_above_its_fraction_with_the_batch_and_the_trend() -> No
 def test_dead_relu_is_silent_at_or_below_its_fraction() -> None:
     rows = [act("a", dead_fraction=0.5), act("b", inactive_fraction=0.9), layer("fc", 1.0)]
     assert found(dead_relu.RULE, evidence(sample(rows))) == []
+
+
+def test_dead_relu_in_a_few_units_must_be_beyond_coin_flips() -> None:
+    # 6 of 8 dead (MobileNetV3's first squeeze-excitation ReLU at init): 14% likely by chance
+    assert found(dead_relu.RULE, evidence(sample([act("se", units=8, dead_fraction=6 / 8)]))) == []
+    (f,) = found(dead_relu.RULE, evidence(sample([act("se", units=8, dead_fraction=1.0)])))
+    assert f.threshold == pytest.approx(0.5 + (2.33 * 8**0.5 / 2 + 0.5) / 8)
+    assert dict(f.evidence) == {"dead fraction": 1.0, "units": 8.0}
+    # 24 of 32 passes (the chance is 0.35%), 23 of 32 does not
+    assert len(found(dead_relu.RULE, evidence(sample([act("r", units=32, dead_fraction=0.75)]))))
+    assert (
+        found(dead_relu.RULE, evidence(sample([act("r", units=32, dead_fraction=23 / 32)]))) == []
+    )
 
 
 def test_saturation_fires_above_its_fraction() -> None:
@@ -220,6 +345,22 @@ def test_no_grad_names_the_parameters_and_why() -> None:
     assert (one.key, two.key) == ("fc", "(model)")
     assert two.message == "scale, shift receive no gradient: gradient exactly zero on this batch"
     assert found(no_grad.RULE, evidence(sample([]))) == []
+
+
+def test_no_grad_is_silent_on_zeros_from_a_zero_initialised_layer_after_it() -> None:
+    # timm's zero_init_last: a residual branch's last BatchNorm starts at 0, so everything
+    # before it in the branch gets exactly zero gradient until the first step moves it
+    rows = [
+        layer("conv1", 0.0, order=0, weight_norm=3.0),
+        layer("bn2", 0.5, order=1, weight_norm=0.0),
+    ]
+    gated = [("conv1", ["conv1.weight"], ZERO_GRADIENT)]
+    assert found(no_grad.RULE, evidence(sample(rows, no_grad=gated))) == []
+    # a zero-initialised layer *before* it does not explain its zeros; nor missing gradients
+    before = [layer("bn2", 0.5, order=0, weight_norm=0.0), layer("conv1", 0.0, order=1)]
+    assert len(found(no_grad.RULE, evidence(sample(before, no_grad=gated)))) == 1
+    detached = [("conv1", ["conv1.weight"], "not reached by backward")]
+    assert len(found(no_grad.RULE, evidence(sample(rows, no_grad=detached)))) == 1
 
 
 @pytest.mark.parametrize("where", ["forward", "backward", "loss", "inputs"])
@@ -324,10 +465,13 @@ def test_the_worked_example_in_the_registry_docstring_runs() -> None:
 def test_dead_and_saturated_findings_carry_their_numbers_and_threshold() -> None:
     from gradcheck_tool.engines.flow.findings import dead_relu, saturation
 
-    (found,) = dead_relu.RULE.findings(evidence(sample([act("act", units=8, dead_fraction=0.75)])))
-    assert dict(found.evidence) == {"dead": 0.75, "units": 8.0}
-    assert found.threshold == TH.dead_fraction
+    (found,) = dead_relu.RULE.findings(
+        evidence(sample([act("act", units=100, dead_fraction=0.75)]))
+    )
+    assert dict(found.evidence) == {"dead fraction": 0.75, "units": 100.0}
+    # beyond what coin flips give 100 units 1% of the time: 50% + (2.33·5 + 0.5)/100
+    assert found.threshold == pytest.approx(0.6215)
     squashed = act("sq", type="Tanh", saturated_fraction=0.9)
     (found,) = saturation.RULE.findings(evidence(sample([squashed])))
-    assert dict(found.evidence)["saturated"] == 0.9
+    assert dict(found.evidence)["saturated fraction"] == 0.9
     assert found.threshold == TH.saturated_fraction

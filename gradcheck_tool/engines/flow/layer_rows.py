@@ -10,7 +10,7 @@ from . import step
 from .model_map import ModelMap
 from .nan_site import first_nan_site
 from .recorder import ActCall
-from .samples import ROOT, StepSample
+from .samples import ROOT, ZERO_GRADIENT, StepSample
 from .step import PendingStep
 
 NOT_RUN_ORDER = 10**9  # layers that never ran sort after every row that did
@@ -146,7 +146,7 @@ def _layer_rows(
                 why = "its module never ran in forward" if not ran else "not reached by backward"
                 no_grad.append((layer.name, missing, why))
             if zero:
-                no_grad.append((layer.name, zero, "gradient exactly zero on this batch"))
+                no_grad.append((layer.name, zero, ZERO_GRADIENT))
     return rows, no_grad
 
 

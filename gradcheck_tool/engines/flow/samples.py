@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from ...results import LayerStats
 
 ROOT = "(model)"  # how the model itself is named where named_modules() says ""
+# why a parameter is in StepSample.no_grad when backward reached it with zeros
+ZERO_GRADIENT = "gradient exactly zero on this batch"
 
 
 def label(name: str) -> str:

@@ -21,6 +21,23 @@ class FlowThresholds:
     # much the network amplifies the loss signal (healthy nets: 1 to ~1e3)
     exploding_gain: float = 1e6
     exploding_growth: float = 1e3  # a layer's gradient norm grew this much over --steps
+    # calibrated vanishing/exploding (#12): benchmarks/flow_calibration.py on 17 healthy and
+    # 9 broken models, its output in benchmarks/results/flow_calibration.txt; in brackets the
+    # healthy worst / the broken least of that criterion there. Layers normalised next and
+    # near-zero weights are left out (Note [scale-free layers] in findings/_layers.py).
+    # SGD on a real loss: lr·‖g‖/‖w‖, one step's size against the layer's [7.8e-2 / 42]; in
+    # the script's 12-step runs every first step ≥ 1.0 blew up and none ≤ 0.42 did (healthy
+    # models at lr 0.1: ≤ 0.16): 0.65 is the geometric middle of 0.42 and 1.0
+    exploding_update: float = 0.65
+    # Adam, an unknown optimizer or the projection loss: ‖g‖/(‖w‖·‖∂loss/∂output‖) [16 /
+    # 6.9e3] ... or ‖g‖/‖w‖ on a real loss where the loss's gradient is unknown [7.8 / 4.2e3]
+    exploding_relative: float = 4e2
+    exploding_grad_weight: float = 2e2
+    exploding_weight_rms: float = 1e-4  # weights below this RMS are near zero by design
+    trend_steadiness: float = 0.5  # |net change| / total change of log RMS along a role
+    # vanishing_ratio (1e-3) and exploding_ratio (1e3) above judge steady trends along a role:
+    # first/last RMS weight gradient [1.0e-2 / 2.1e-6]; growth, also of the backward signal
+    # [1.0e2 / 8.6e3]
     dead_fraction: float = 0.5  # the tutorial: above 50% dead is "dying ReLUs"
     saturated_fraction: float = 0.5
     saturation_margin: float = SATURATION_MARGIN

@@ -146,7 +146,14 @@ def run_flow(
         layers=tuple(samples[-1].rows),
         findings=tuple(
             detect_findings(
-                samples, th, batch, comparable, optimizer=optimizer, lr=lr, overfit=overfit
+                samples,
+                th,
+                batch,
+                comparable,
+                optimizer=optimizer,
+                lr=lr,
+                overfit=overfit,
+                loss=loss_kind,
             )
         ),
         found_by=found_by,

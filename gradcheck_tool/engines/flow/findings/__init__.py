@@ -100,11 +100,14 @@ def detect_findings(
     optimizer: str | None = None,
     lr: float | None = None,
     overfit: OverfitVerdict | None = None,
+    loss: str | None = None,
 ) -> list[Finding]:
     """Findings from the last step (dead units and norms develop while training), plus the
     first non-finite value at whatever step it appeared; rule by rule, in panel order; then
     what a divergence explains is attached to it (consequences.py)."""
-    evidence = Evidence(samples, thresholds, batch, comparable_keys, optimizer, lr, overfit)
+    evidence = Evidence(
+        samples, thresholds, batch, comparable_keys, optimizer, lr, overfit=overfit, loss=loss
+    )
     found = [finding for rule in RULES for finding in rule.findings(evidence)]
     return attach_consequences(found, evidence, RULES)
 

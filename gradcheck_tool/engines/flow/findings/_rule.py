@@ -36,6 +36,9 @@ class Evidence:
     lr: float | None = None
     # the overfit-one-batch verdict of a --steps run with loss_fn (None elsewhere)
     overfit: OverfitVerdict | None = None
+    # "loss_fn" (the user's loss), "projection" (flow's random projection of the output: its
+    # scale says nothing about a real step's size), None where unknown (the Monitor: real)
+    loss: str | None = None
 
     @property
     def first(self) -> StepSample:

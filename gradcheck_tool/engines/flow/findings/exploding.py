@@ -1,15 +1,25 @@
-"""exploding: gradients that grow toward the input, overflow, dwarf the loss's own gradient,
-or grow by orders of magnitude while training. The first of these checks that fires is the
-finding (at most one per run)."""
+"""exploding: gradients so large that a step of the chosen optimizer would change a layer by
+more than its own size, gradients that grow steadily toward the input, or (backstops) norms
+that overflow, dwarf the loss's own gradient, or grow by orders of magnitude while training.
+The first of these checks that fires is the finding (at most one per run)."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from ....results import LayerStats
 from ..samples import label
-from ._layers import at_last_step, compared_layers, early_late, weight_rms
+from ._layers import (
+    at_last_step,
+    compared_layers,
+    grad_weight,
+    normalised_next,
+    rms,
+    signal_rms,
+    steady,
+    trends,
+)
 from ._rule import Detection, Evidence, FindingRule, Severity
 
 FIX = (
@@ -18,38 +28,168 @@ FIX = (
 )
 
 
-def _grows_toward_input(
-    ev: Evidence, values: list[tuple[LayerStats, float]], message: str
-) -> Detection | None:
-    """The earliest layers' values over the latest layers' above the exploding ratio;
-    `message` is formatted with the ratio and the layers' names (head, tail)."""
-    compared = early_late(values)
-    if compared is None or not compared.ratio > ev.thresholds.exploding_ratio:
+def _sized(ev: Evidence) -> list[tuple[LayerStats, float]]:
+    """(layer, ‖g‖/‖w‖) of the weight matrices whose size matters: not the per-feature
+    scales of norm layers (EfficientNet's BatchNorm gammas take steps of ~1× their size at
+    batch 4 and train fine), nor embeddings, nor weights near zero by design (a
+    zero-initialised head: any gradient is large next to it), nor layers normalised next
+    (Note [scale-free layers] in _layers.py)."""
+    floor = ev.thresholds.exploding_weight_rms
+    scale_free = normalised_next(ev)
+    return [
+        (r, ratio)
+        for r in compared_layers(ev)
+        if (ratio := grad_weight(r)) is not None
+        and math.isfinite(ratio)
+        and r.weight_norm / math.sqrt(r.numel) >= floor
+        and r.key not in scale_free
+    ]
+
+
+def _largest(pairs: list[tuple[LayerStats, float]]) -> tuple[LayerStats | None, float]:
+    """The row with the largest value (the first of equals); (None, nan) when there is none."""
+    return max(pairs, key=lambda x: x[1]) if pairs else (None, math.nan)
+
+
+def _first_above(
+    pairs: list[tuple[LayerStats, float]], limit: float
+) -> tuple[LayerStats | None, float, int]:
+    """The layer nearest the input whose value is above `limit`, its value, and how many
+    layers are above it; (None, nan, 0) when none is."""
+    above = [(r, v) for r, v in pairs if v > limit]
+    return (*above[0], len(above)) if above else (None, math.nan, 0)
+
+
+def _layers_above(count: int) -> str:
+    return "" if count < 2 else f"; {count} layers are above the limit"
+
+
+def _sgd_step_too_large(ev: Evidence) -> Detection | None:
+    """SGD on a real loss: one step changes a layer by lr·‖g‖/‖w‖ of its size."""
+    if ev.optimizer != "sgd" or not ev.lr or ev.loss == "projection":
         return None
-    text = message.format(head=compared.head, tail=compared.tail, ratio=compared.ratio)
-    return at_last_step(ev, compared.row, text, compared.ratio)
+    th = ev.thresholds
+    updates = [(r, ev.lr * ratio) for r, ratio in _sized(ev)]
+    row, update, count = _first_above(updates, th.exploding_update)
+    if row is None:
+        return None
+    return at_last_step(
+        ev,
+        row,
+        f"gradients too large for a step: one SGD step at lr {ev.lr:.1e} would change "
+        f"{label(row.name)} by {update:.1e}× its own size (‖g‖ {row.grad_norm:.2e}, "
+        f"‖w‖ {row.weight_norm:.2e}; a healthy step is ~1e-03×){_layers_above(count)}",
+        update,
+        evidence=(
+            ("lr·‖g‖/‖w‖", update),
+            ("‖g‖", row.grad_norm),
+            ("‖w‖", row.weight_norm),
+            ("lr", ev.lr),
+            ("layers above", float(count)),
+        ),
+        threshold=th.exploding_update,
+    )
+
+
+def _gradient_dwarfs_weight(ev: Evidence) -> Detection | None:
+    """Adam (its step is ~lr per entry whatever the gradient), an unknown optimizer, or
+    flow's projection loss (its scale is arbitrary): ‖g‖/‖w‖ per unit of the loss's
+    gradient at the model output, which no choice of loss scale or lr changes."""
+    if ev.optimizer == "sgd" and ev.lr and ev.loss != "projection":
+        return None
+    th = ev.thresholds
+    loss_grad = ev.last.loss_grad
+    sized = _sized(ev)
+    if not loss_grad or not math.isfinite(loss_grad):
+        # without the loss's gradient (an output that is not a tensor): ‖g‖/‖w‖ on a real
+        # loss; the projection's scale is arbitrary, the trends below still judge it
+        if ev.loss == "projection":
+            return None
+        row, ratio, count = _first_above(sized, th.exploding_grad_weight)
+        if row is None:
+            return None
+        return at_last_step(
+            ev,
+            row,
+            f"huge gradients: {label(row.name)}'s gradient norm {row.grad_norm:.2e} is "
+            f"{ratio:.1e}× its weight norm {row.weight_norm:.2e}{_layers_above(count)}",
+            ratio,
+            evidence=(
+                ("‖g‖/‖w‖", ratio),
+                ("‖g‖", row.grad_norm),
+                ("‖w‖", row.weight_norm),
+                ("layers above", float(count)),
+            ),
+            threshold=th.exploding_grad_weight,
+        )
+    relative = [(r, ratio / loss_grad) for r, ratio in sized]
+    row, value, count = _first_above(relative, th.exploding_relative)
+    if row is None:
+        return None
+    return at_last_step(
+        ev,
+        row,
+        f"huge gradients: {label(row.name)}'s gradient over its weight, "
+        f"‖g‖/‖w‖ = {row.grad_norm:.2e}/{row.weight_norm:.2e}, is {value:.1e}× "
+        f"the loss's gradient at the model output ({loss_grad:.2e}){_layers_above(count)}",
+        value,
+        evidence=(
+            ("‖g‖/(‖w‖·‖∂loss/∂output‖)", value),
+            ("‖g‖", row.grad_norm),
+            ("‖w‖", row.weight_norm),
+            ("‖∂loss/∂output‖", loss_grad),
+            ("layers above", float(count)),
+        ),
+        threshold=th.exploding_relative,
+    )
+
+
+def _grows_toward_input(
+    ev: Evidence, measure: Callable[[LayerStats], float | None], message: str
+) -> Detection | None:
+    """The steadiest large growth of `measure` along a role, first layers over last;
+    `message` is formatted with the ratio and the layers' names (head, tail)."""
+    th = ev.thresholds
+    found = steady(trends(ev, measure), th.trend_steadiness)
+    worst = max(found, key=lambda t: t.ratio, default=None)
+    if worst is None or not worst.ratio > th.exploding_ratio:
+        return None
+    text = message.format(
+        head=worst.head,
+        tail=worst.tail,
+        ratio=worst.ratio,
+        layers=worst.layers,
+        type=worst.row.type,
+    )
+    return at_last_step(
+        ev,
+        worst.row,
+        text,
+        worst.ratio,
+        evidence=(
+            ("first/last RMS", worst.ratio),
+            ("steadiness", worst.steadiness),
+            ("layers", float(worst.layers)),
+        ),
+        threshold=th.exploding_ratio,
+    )
 
 
 def _weight_gradients_grow(ev: Evidence) -> Detection | None:
-    """The weight gradients, first layers against last (the tutorial's plot)."""
+    """The weight gradients of one role, first layers against last (the tutorial's plot)."""
     return _grows_toward_input(
         ev,
-        weight_rms(ev),
+        rms,
         "gradients grow toward the input: the RMS gradient of {head} is "
-        "{ratio:.1e}× that of {tail}",
+        "{ratio:.1e}× that of {tail} (a steady rise over {layers} {type} layers)",
     )
 
 
 def _backward_signal_grows(ev: Evidence) -> Detection | None:
     """The gradient at each layer's output: each layer amplifies it."""
-    signal = [
-        (r, r.output_grad_norm / math.sqrt(r.output_numel))
-        for r in compared_layers(ev)
-        if r.output_grad_norm and r.output_numel and math.isfinite(r.output_grad_norm)
-    ]
     return _grows_toward_input(
         ev,
-        signal,
+        signal_rms,
         "the gradient flowing backward grows toward the input: at the output "
         "of {head} it is {ratio:.1e}× (RMS) what it is at the output of {tail}",
     )
@@ -57,11 +197,6 @@ def _backward_signal_grows(ev: Evidence) -> Detection | None:
 
 def _layers(ev: Evidence) -> list[LayerStats]:
     return [r for r in ev.last.rows if r.kind == "layer"]
-
-
-def _largest(pairs: list[tuple[LayerStats, float]]) -> tuple[LayerStats | None, float]:
-    """The row with the largest value (the first of equals); (None, nan) when there is none."""
-    return max(pairs, key=lambda x: x[1]) if pairs else (None, math.nan)
 
 
 def _norm_overflows(ev: Evidence) -> Detection | None:
@@ -75,6 +210,8 @@ def _norm_overflows(ev: Evidence) -> Detection | None:
         f"the gradient norm of {label(overflow[0].name)} overflows to "
         "inf (its entries are finite but enormous)",
         math.inf,
+        evidence=(("‖g‖", math.inf),),
+        threshold=math.inf,
     )
 
 
@@ -97,6 +234,8 @@ def _huge_gain(ev: Evidence) -> Detection | None:
         f"model output ({len(huge)} layer(s) above "
         f"{th.exploding_gain:.0e}×)",
         gain,
+        evidence=(("‖g‖/‖∂loss/∂output‖", gain), ("‖g‖", row.grad_norm), ("layers", len(huge))),
+        threshold=th.exploding_gain,
     )
 
 
@@ -109,7 +248,8 @@ def _grew_over_steps(ev: Evidence) -> Detection | None:
         a = ev.first_rows.get(r.key)
         if a is not None and a.grad_norm and r.grad_norm and math.isfinite(r.grad_norm):
             grown.append((r, r.grad_norm / a.grad_norm))
-    row, g = _largest([(r, g) for r, g in grown if g > ev.thresholds.exploding_growth])
+    th = ev.thresholds
+    row, g = _largest([(r, g) for r, g in grown if g > th.exploding_growth])
     if row is None:
         return None
     return at_last_step(
@@ -119,10 +259,14 @@ def _grew_over_steps(ev: Evidence) -> Detection | None:
         f"gradient norm grew {g:.1e}× from step {ev.first.step} to step "
         f"{ev.last.step}",
         g,
+        evidence=(("growth", g), ("‖g‖", row.grad_norm)),
+        threshold=th.exploding_growth,
     )
 
 
 CHECKS = (
+    _sgd_step_too_large,
+    _gradient_dwarfs_weight,
     _weight_gradients_grow,
     _backward_signal_grows,
     _norm_overflows,

@@ -27,7 +27,7 @@ def detect(ev: Evidence) -> Iterator[Detection]:
                 key=r.key,
                 value=fraction,
                 step=last.step,
-                evidence=(("saturated", fraction), ("margin", th.saturation_margin)),
+                evidence=(("saturated fraction", fraction), ("margin", th.saturation_margin)),
                 threshold=th.saturated_fraction,
             )
 

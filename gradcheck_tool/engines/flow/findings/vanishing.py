@@ -1,11 +1,11 @@
-"""vanishing: the earliest layers' RMS weight gradient is a tiny fraction of the latest
-layers' (the tutorial's plot of gradient norm against depth)."""
+"""vanishing: the weight gradients of one role (the same layer in repeated blocks) shrink
+steadily toward the input, by orders of magnitude (Note [like with like] in _layers.py)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
-from ._layers import at_last_step, early_late, weight_rms
+from ._layers import at_last_step, rms, steady, trends
 from ._rule import Detection, Evidence, FindingRule, Severity
 
 FIX = (
@@ -17,14 +17,23 @@ FIX = (
 def detect(ev: Evidence) -> Iterator[Detection]:
     if ev.last.nan is not None:
         return  # after a NaN the norms say nothing
-    compared = early_late(weight_rms(ev))
-    if compared is not None and compared.ratio < ev.thresholds.vanishing_ratio:
+    th = ev.thresholds
+    found = steady(trends(ev, rms), th.trend_steadiness)
+    worst = min(found, key=lambda t: t.ratio, default=None)
+    if worst is not None and worst.ratio < th.vanishing_ratio:
         yield at_last_step(
             ev,
-            compared.row,
-            f"gradients vanish toward the input: the RMS gradient of {compared.head} "
-            f"is {compared.ratio:.1e}× that of {compared.tail}",
-            compared.ratio,
+            worst.row,
+            f"gradients vanish toward the input: the RMS gradient of {worst.head} "
+            f"is {worst.ratio:.1e}× that of {worst.tail} (a steady decline over "
+            f"{worst.layers} {worst.row.type} layers)",
+            worst.ratio,
+            evidence=(
+                ("first/last RMS gradient", worst.ratio),
+                ("steadiness", worst.steadiness),
+                ("layers", float(worst.layers)),
+            ),
+            threshold=th.vanishing_ratio,
         )
 
 
