@@ -273,6 +273,9 @@ class LayerStats:
     dead_fraction: float | None = None  # zero for every example (ReLU-like)
     inactive_fraction: float | None = None  # negative for every example (leaky/smooth)
     saturated_fraction: float | None = None  # outputs within the margin of an asymptote
+    # ‖Δw‖/‖w‖ of the optimizer step after this step (None: no step observed, or none of the
+    # layer's parameters was updated by one)
+    update_ratio: float | None = None
     note: str = ""
 
     @property
@@ -312,6 +315,7 @@ class LayerStats:
             "dead_fraction": _json_float(self.dead_fraction),
             "inactive_fraction": _json_float(self.inactive_fraction),
             "saturated_fraction": _json_float(self.saturated_fraction),
+            "update_ratio": _json_float(self.update_ratio),
             "note": self.note,
         }
 
@@ -361,6 +365,7 @@ class RowSample:
     dead_fraction: float | None = None
     inactive_fraction: float | None = None
     saturated_fraction: float | None = None
+    update_ratio: float | None = None  # ‖Δw‖/‖w‖ of the optimizer step after this step
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -372,6 +377,7 @@ class RowSample:
                 ("dead_fraction", self.dead_fraction),
                 ("inactive_fraction", self.inactive_fraction),
                 ("saturated_fraction", self.saturated_fraction),
+                ("update_ratio", self.update_ratio),
             )
             if value is not None
         }

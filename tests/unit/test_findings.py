@@ -237,7 +237,18 @@ def test_nan_reports_the_first_step_with_a_non_finite_value(where: str) -> None:
 
 
 def test_registry_order_is_the_panel_order() -> None:
-    assert FINDING_KINDS == ("nan", "exploding", "vanishing", "dead_relu", "saturation", "no_grad")
+    assert FINDING_KINDS == (
+        "nan",
+        "grad_not_zeroed",
+        "not_updated",
+        "exploding",
+        "vanishing",
+        "update_too_large",
+        "update_too_small",
+        "dead_relu",
+        "saturation",
+        "no_grad",
+    )
     assert findings.finding_kinds() == FINDING_KINDS == tuple(r.kind for r in RULES)
     rows = [act("relu", dead_fraction=0.9), act("tanh", saturated_fraction=0.9)]
     last = sample(rows, nan=NanSite("forward", "fc", "m"), no_grad=[("fc", ["fc.w"], "why")])
@@ -255,8 +266,12 @@ def test_styles_fail_on_and_plot_marks_come_from_the_rules() -> None:
     # the styles the table and panel had before the registry, now from each rule's severity
     assert {k: kind_style(k) for k in FINDING_KINDS} == {
         "nan": "bold red",
+        "grad_not_zeroed": "bold red",
+        "not_updated": "bold red",
         "exploding": "bold red",
         "vanishing": "yellow",
+        "update_too_large": "yellow",
+        "update_too_small": "yellow",
         "dead_relu": "yellow",
         "saturation": "yellow",
         "no_grad": "magenta",

@@ -26,3 +26,16 @@ class FlowThresholds:
     saturation_margin: float = SATURATION_MARGIN
     overfit_fraction: float = 0.01  # "near zero": last loss ≤ 1% of the first ...
     overfit_absolute: float = 1e-3  # ... or ≤ 1e-3
+    # Training-loop bugs seen through the optimizer's steps (optim_watch.py):
+    # grad_not_zeroed: at least this fraction of the checked steps added to the previous
+    # step's gradient (a loop that never zeroes: all of them; one that zeroes every k: (k-1)/k)
+    grad_not_zeroed_fraction: float = 0.5
+    # not_updated: a zero lr or an unchanged parameter at this many observed steps (a
+    # parameter in no param group: at the first); one step could be a warm-up's lr 0
+    not_updated_steps: int = 2
+    # update_too_large / _small: ‖Δw‖/‖w‖ of a weight matrix beyond these at least
+    # update_min_steps times and at update_steps_fraction of the observed steps
+    update_too_large: float = 0.1
+    update_too_small: float = 1e-5
+    update_min_steps: int = 3
+    update_steps_fraction: float = 0.5

@@ -42,13 +42,28 @@ from ....errors import OptionError
 from ....results import Finding
 from ..samples import StepSample
 from ..thresholds import FlowThresholds
-from . import dead_relu, exploding, nan, no_grad, saturation, vanishing
+from . import (
+    dead_relu,
+    exploding,
+    grad_not_zeroed,
+    nan,
+    no_grad,
+    not_updated,
+    saturation,
+    update_too_large,
+    update_too_small,
+    vanishing,
+)
 from ._rule import Detection, Evidence, FindingRule, Severity
 
 RULES: tuple[FindingRule, ...] = (
     nan.RULE,
+    grad_not_zeroed.RULE,
+    not_updated.RULE,
     exploding.RULE,
     vanishing.RULE,
+    update_too_large.RULE,
+    update_too_small.RULE,
     dead_relu.RULE,
     saturation.RULE,
     no_grad.RULE,
