@@ -34,8 +34,13 @@ class FlowThresholds:
     # parameter in no param group: at the first); one step could be a warm-up's lr 0
     not_updated_steps: int = 2
     # update_too_large / _small: ‖Δw‖/‖w‖ of a weight matrix beyond these at least
-    # update_min_steps times and at update_steps_fraction of the observed steps
-    update_too_large: float = 0.1
-    update_too_small: float = 1e-5
+    # update_min_steps times and at update_steps_fraction of the observed steps. From
+    # benchmarks/update_ratios.py (6 models × SGD 0.01/0.1/momentum, Adam 1e-4/1e-3, AdamW):
+    # healthy per-layer medians 3.5e-5 to 5.7e-2 (single steps up to 0.11; Adam's first step
+    # is lr/RMS(w), ~0.1 for a 4096-wide layer at 1e-3); SGD lr 10: the largest layer median
+    # 0.33 to 45; SGD 1e-6 and Adam 1e-7: the smallest 1.3e-9 to 4.6e-7. Both limits sit
+    # ≥ 3× outside the healthy medians.
+    update_too_large: float = 0.2
+    update_too_small: float = 1e-6
     update_min_steps: int = 3
     update_steps_fraction: float = 0.5
