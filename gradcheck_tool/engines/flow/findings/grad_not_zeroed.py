@@ -30,14 +30,14 @@ def detect(ev: Evidence) -> Iterator[Detection]:
     params = {p for s in stale for p in s.stale_grads}
     layers = _layers_of(ev, params)
     everywhere = len(layers) == sum(1 for r in ev.last.rows if r.kind == "layer" and not r.frozen)
-    where = "every layer's" if everywhere else f"{', '.join(n or ROOT for n in layers)}'s"
+    where = "every layer" if everywhere else ", ".join(n or ROOT for n in layers)
     first = stale[0]
     yield Detection(
         "" if everywhere or not layers else layers[0],
         f"gradients are never zeroed: at {len(stale)} of {len(checked)} checked steps "
-        f"(first at step {first.step}) the backward added to {where} gradient of the "
-        f"previous optimizer step ({len(params)} parameters), so each step applies the "
-        "sum of all past gradients",
+        f"(first at step {first.step}) the backward added to the gradients the previous "
+        f"optimizer step had used, in {where} ({len(params)} parameters): each step applies "
+        "the sum of all past gradients",
         key=None if everywhere or not layers else layers[0] or ROOT,
         value=len(stale) / len(checked),
         step=first.step,

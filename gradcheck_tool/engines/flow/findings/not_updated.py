@@ -46,7 +46,7 @@ def detect(ev: Evidence) -> Iterator[Detection]:
         needed = 1 if structural else ev.thresholds.not_updated_steps
         if len(seen) >= needed:
             stuck.setdefault(seen[-1], []).append(name)
-    last = ev.last
+    last, th_steps = ev.last, ev.thresholds.not_updated_steps
     for row in (r for r in last.rows if r.kind == "layer"):
         for (status, group), names in stuck.items():
             params = [p for p in row.params if p in names]
@@ -70,7 +70,7 @@ def detect(ev: Evidence) -> Iterator[Detection]:
                 step=last.step,
                 fix_for=status.value if status.value in FIXES else "",
                 evidence=evidence,
-                threshold=float(ev.thresholds.not_updated_steps),
+                threshold=1.0 if status is UpdateStatus.NOT_IN_OPTIMIZER else float(th_steps),
             )
 
 
