@@ -53,6 +53,7 @@ def detect(ev: Evidence) -> Iterator[Detection]:
             if not params:
                 continue
             steps = min(len(history[p]) for p in params)
+            verb_s = "s" if len(params) == 1 else ""
             evidence: tuple[tuple[str, float], ...] = (("optimizer steps seen", float(steps)),)
             if row.grad_norm is not None:
                 evidence += (("gradient norm", row.grad_norm),)
@@ -62,8 +63,8 @@ def detect(ev: Evidence) -> Iterator[Detection]:
                 evidence += (("lr", 0.0),)
             yield Detection(
                 row.name,
-                f"{', '.join(params)} receive{'s' if len(params) == 1 else ''} gradients but "
-                f"never change: {WHY[status].format(group=group)} ({steps} optimizer "
+                f"{', '.join(params)} receive{verb_s} gradients but never change{verb_s}: "
+                f"{WHY[status].format(group=group)} ({steps} optimizer "
                 f"step{'s' if steps != 1 else ''} seen)",
                 key=row.key or ROOT,
                 value=0.0,
