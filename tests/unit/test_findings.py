@@ -271,7 +271,7 @@ def test_styles_fail_on_and_plot_marks_come_from_the_rules() -> None:
     assert {k: kind_style(k) for k in FINDING_KINDS} == {
         "nan": "bold red",
         "grad_not_zeroed": "bold red",
-        "not_updated": "bold red",
+        "not_updated": "yellow",
         "exploding": "bold red",
         "vanishing": "yellow",
         "update_too_large": "yellow",

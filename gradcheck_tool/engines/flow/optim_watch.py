@@ -5,10 +5,11 @@ next backward added to the previous step's gradient (a loop without zero_grad())
 Note [observing optimizer steps]: the hooks are registered while a Monitor is active (or while
 flow trains its copy) and removed in `close()`; an optimizer whose param groups hold none of
 the model's parameters is ignored. Only the first step of each optimizer after a recorded
-step is measured (`arm`): at its pre-hook the parameters it will update are cloned (one copy,
-held until its post-hook), at its post-hook Σ(w_before − w_after)² per parameter is taken on
-the device and the copy is dropped. The numbers stay on the device until the report reads
-them back with the steps (`OptimizerRecord` is read by `step.read_back`).
+step is measured (`arm`): at its pre-hook the parameters it will update are copied (one copy,
+into memory reused from one measured step to the next and freed on exit), at its post-hook
+Σ(w_before − w_after)² per parameter is taken on the device. The numbers stay on the device
+until the report reads them back with the steps (`OptimizerRecord` is read by
+`step.read_back`).
 
 Gradients never zeroed, exactly and cheaply: at an optimizer post-step hook before a recorded
 step, each parameter's `.grad` object and its `_version` are remembered (a weak reference:
@@ -110,6 +111,7 @@ class OptimizerWatch:
         # zeroing check: param -> (weak ref to its .grad, version), for the step `_zero_for`
         self._last_grads: dict[int, tuple[Any, int]] = {}
         self._zero_for: int | None = None
+        self._buffers: dict[tuple[int, ...], list[torch.Tensor]] = {}  # the copies' memory
 
     # hooks on / off
     def attach(self) -> None:
@@ -121,6 +123,7 @@ class OptimizerWatch:
             self._handles.pop().remove()
         self._open.clear()
         self._last_grads.clear()
+        self._buffers.clear()
         self._armed = None
 
     def arm(self, step: int) -> None:
@@ -189,10 +192,24 @@ class OptimizerWatch:
                     moving.append(i)
             if moving:
                 # one copy of what the step will update (foreach: one call for every tensor)
-                before = torch._foreach_mul([self.params[i].detach() for i in moving], 1.0)
+                now = [self.params[i].detach() for i in moving]
+                before = self._copy_buffer(tuple(moving), now)
+                torch._foreach_copy_(before, now)
                 self._open[id(opt)] = (rec, moving, before)
         except Exception as exc:  # pragma: no cover - defensive
             self._internal(exc)
+
+    def _copy_buffer(self, moving: tuple[int, ...], like: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The copy's memory, kept while the watch is open and reused at every measured step
+        (allocating it each time cost CPU steps as much as filling it; on a GPU the caching
+        allocator would keep it reserved anyway)."""
+        buf = self._buffers.get(moving)
+        if buf is None or any(
+            b.shape != t.shape or b.dtype != t.dtype or b.device != t.device
+            for b, t in zip(buf, like)
+        ):
+            buf = self._buffers[moving] = [torch.empty_like(t) for t in like]
+        return buf
 
     def _post_step(self, opt: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
         try:
