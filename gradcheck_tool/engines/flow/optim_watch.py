@@ -7,7 +7,7 @@ flow trains its copy) and removed in `close()`; an optimizer whose param groups 
 the model's parameters is ignored. Only the first step of each optimizer after a recorded
 step is measured (`arm`): at its pre-hook the parameters it will update are copied (one copy,
 into memory reused from one measured step to the next and freed on exit), at its post-hook
-Σ(w_before − w_after)² per parameter is taken on the device. The numbers stay on the device
+‖w_before − w_after‖ per parameter is taken on the device. The numbers stay on the device
 until the report reads them back with the steps (`OptimizerRecord` is read by
 `step.read_back`).
 
@@ -37,7 +37,7 @@ from torch.optim.optimizer import (
 
 from .model_map import ModelMap
 from .samples import ROOT, StepSample, UpdateStatus
-from .step import OPTIMIZER_SEGMENTS, STALE_SQ, UPDATE_SQ, StepLayout, pack
+from .step import OPTIMIZER_SEGMENTS, STALE_SQ, UPDATE_NORM, StepLayout, pack
 from .tensor_stats import sq_norm
 
 
@@ -50,8 +50,8 @@ class OptimizerRecord:
     # param index -> (its param group, that group's lr) in the optimizers that stepped
     in_optimizer: dict[int, tuple[int, float | None]] = field(default_factory=dict)
     grad_gone: set[int] = field(default_factory=set)  # in an optimizer, .grad None at its step
-    measured: list[int] = field(default_factory=list)  # params of the UPDATE_SQ numbers
-    update_sq: list[torch.Tensor] = field(default_factory=list)
+    measured: list[int] = field(default_factory=list)  # params of the UPDATE_NORM numbers
+    update_norm: list[torch.Tensor] = field(default_factory=list)
     zeroing_checked: int = 0
     suspects: list[int] = field(default_factory=list)  # params of the STALE_SQ numbers
     stale_sq: list[torch.Tensor] = field(default_factory=list)
@@ -64,10 +64,10 @@ class OptimizerRecord:
         """Pack the device numbers for read_back (once; nothing is added afterwards)."""
         if self.host is None and not self.parts:
             self.layout, self.parts = pack(
-                {UPDATE_SQ.name: self.update_sq, STALE_SQ.name: self.stale_sq},
+                {UPDATE_NORM.name: self.update_norm, STALE_SQ.name: self.stale_sq},
                 OPTIMIZER_SEGMENTS,
             )
-            self.update_sq, self.stale_sq = [], []
+            self.update_norm, self.stale_sq = [], []
             if not self.parts:
                 self.host = []
 
@@ -218,9 +218,8 @@ class OptimizerWatch:
                 rec, moving, before = opened
                 # before − after, in place in the copy; Σ of its squares per parameter
                 torch._foreach_sub_(before, [self.params[i].detach() for i in moving])
-                norms = torch._foreach_norm(before)
                 rec.measured.extend(moving)
-                rec.update_sq.extend(n.square() for n in norms)
+                rec.update_norm.extend(torch._foreach_norm(before))
             if self.check_zeroing:
                 nxt = self.next_recorded_step()
                 if nxt is not None:
@@ -268,7 +267,7 @@ def apply_record(sample: StepSample, rec: OptimizerRecord | None, mm: ModelMap) 
     sample.stale_grads = [names[i] for i, sq in zip(rec.suspects, stale) if sq > 0]
     if rec.optimizers == 0:
         return sample
-    moved = dict(zip(rec.measured, values.get(UPDATE_SQ.name, [])))
+    moved = {i: n * n for i, n in zip(rec.measured, values.get(UPDATE_NORM.name, []))}  # ‖Δw‖²
     without_grad = {p for _, params, _ in sample.no_grad for p in params}
     rows = {row.key: (n, row) for n, row in enumerate(sample.rows) if row.kind == "layer"}
     layer_key = [layer.name or ROOT for layer in mm.layers]

@@ -72,11 +72,12 @@ STEP_SEGMENTS: tuple[Segment, ...] = (
 
 
 # What the optimizer watch (optim_watch.py) measures around an optimizer step, read back in
-# the same transfer as the steps: per measured parameter Σ Δw², and per parameter whose
-# .grad looked unzeroed at the next backward, Σ g² of that stale gradient.
-UPDATE_SQ = Segment("update_sq", Reduction.SUM)
+# the same transfer as the steps: per measured parameter ‖Δw‖ (a norm, as torch's foreach
+# norm gives it: across ranks it would combine as squares), and per parameter whose .grad
+# looked unzeroed at the next backward, Σ g² of that stale gradient.
+UPDATE_NORM = Segment("update_norm", None)
 STALE_SQ = Segment("stale_sq", Reduction.SUM)
-OPTIMIZER_SEGMENTS: tuple[Segment, ...] = (UPDATE_SQ, STALE_SQ)
+OPTIMIZER_SEGMENTS: tuple[Segment, ...] = (UPDATE_NORM, STALE_SQ)
 
 
 class StepLayout(NamedTuple):
