@@ -181,7 +181,9 @@ class OptimizerWatch:
             groups = opt.param_groups
             lrs = [_lr(g) for g in groups]
             if len(pairs) * 2 >= len(self.params) or self.kind is None:
-                self.kind, self.lr = optimizer_kind(opt), lrs[0]
+                # the largest lr of the groups holding the model's parameters
+                held = [lrs[k] for k in {k for _, k in pairs} if lrs[k] is not None]
+                self.kind, self.lr = optimizer_kind(opt), max(held, default=None)
             moving = []
             for i, k in pairs:
                 rec.in_optimizer.setdefault(i, (k, lrs[k]))
