@@ -9,6 +9,8 @@ learning rates and must get no update finding; broken ones use far too high or f
 learning rates.
 
     python benchmarks/update_ratios.py
+
+Last output: benchmarks/results/update_ratios_cpu_2026-11-30.txt.
 """
 
 from __future__ import annotations
