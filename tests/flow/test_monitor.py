@@ -325,3 +325,29 @@ def test_a_learning_rate_too_high_names_the_optimizer_and_lr() -> None:
     (finding,) = mon.flow_report().findings_of("update_too_large")
     assert "(sgd, lr 5)" in finding.message
     assert finding.threshold == 0.2 and dict(finding.evidence)["steps seen"] == 6
+
+
+@pytest.mark.parametrize(
+    ("set_to_none", "why"),
+    [(True, "no .grad left when the optimizer stepped"), (False, "unchanged by the optimizer")],
+)
+def test_zeroing_between_backward_and_step_is_not_updated(set_to_none: bool, why: str) -> None:
+    model = monitor_mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = batch(8, 16), torch.arange(8) % 4
+    with Monitor(model) as mon:
+        for _ in range(3):
+            F.cross_entropy(model(x), y).backward()
+            opt.zero_grad(set_to_none=set_to_none)  # one line too early
+            opt.step()
+    found = mon.flow_report().findings_of("not_updated")
+    assert {f.layer for f in found} == {"0", "2", "4"} and why in found[0].message
+
+
+def test_updates_survive_the_periodic_read_back() -> None:
+    model = monitor_mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with Monitor(model, flush_every=2) as mon:
+        small_loop(model, opt, 7)
+    history = mon.flow_report().history
+    assert len(history) == 7 and all(h.row("2").update_ratio for h in history)
