@@ -39,7 +39,11 @@ class Monitor:
     counts the call and returns. Measurements stay on the device and are read back at
     `report()` (at most one transfer per recorded step). Each parameter's gradient is measured
     as the backward produces it (the gradient of this step, before any accumulation), the
-    weights as the model is called. On exit the model has no hook left from the monitor.
+    weights as the model is called. The optimizer step after a recorded step is seen through
+    torch's global optimizer hooks (nothing to pass; optimizers without the model's parameters
+    are ignored): how far it moved each layer, which parameters it left alone, and whether the
+    next backward adds to its gradient (optim_watch.py). On exit the model has no hook left
+    from the monitor, and no optimizer hook either.
     """
 
     def __init__(
