@@ -273,6 +273,9 @@ class LayerStats:
     dead_fraction: float | None = None  # zero for every example (ReLU-like)
     inactive_fraction: float | None = None  # negative for every example (leaky/smooth)
     saturated_fraction: float | None = None  # outputs within the margin of an asymptote
+    # ‖Δw‖/‖w‖ of the optimizer step after this step (None: no step observed, or none of the
+    # layer's parameters was updated by one)
+    update_ratio: float | None = None
     note: str = ""
 
     @property
@@ -312,6 +315,7 @@ class LayerStats:
             "dead_fraction": _json_float(self.dead_fraction),
             "inactive_fraction": _json_float(self.inactive_fraction),
             "saturated_fraction": _json_float(self.saturated_fraction),
+            "update_ratio": _json_float(self.update_ratio),
             "note": self.note,
         }
 
@@ -327,7 +331,9 @@ class Finding:
     key: str | None = None  # the row of `layers` it is about, when it is about one row
     value: float | None = None  # the measured quantity (fraction, ratio, norm)
     step: int | None = None  # the training step it was seen at (1-based)
-    where: str | None = None  # nan only: "forward" | "backward" | "loss" | "inputs"
+    # nan: "forward" | "backward" | "loss" | "inputs"; update_too_large: "early steps" (a run
+    # of large first steps, reported for the damage it did)
+    where: str | None = None
     # the numbers that triggered it, by name, and the threshold they crossed
     evidence: tuple[tuple[str, float], ...] = ()
     threshold: float | None = None
@@ -361,6 +367,7 @@ class RowSample:
     dead_fraction: float | None = None
     inactive_fraction: float | None = None
     saturated_fraction: float | None = None
+    update_ratio: float | None = None  # ‖Δw‖/‖w‖ of the optimizer step after this step
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -372,6 +379,7 @@ class RowSample:
                 ("dead_fraction", self.dead_fraction),
                 ("inactive_fraction", self.inactive_fraction),
                 ("saturated_fraction", self.saturated_fraction),
+                ("update_ratio", self.update_ratio),
             )
             if value is not None
         }

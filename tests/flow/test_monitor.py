@@ -163,3 +163,191 @@ def test_monitor_sees_functional_activations_and_the_first_nan() -> None:
         model(batch(16, 6)).sum().backward()
     rows = [r for r in mon.flow_report().layers if r.kind == "activation"]
     assert [r.via for r in rows] == ["F.relu", "torch.sigmoid", "F.gelu", "Tensor.relu"]
+
+
+# --- the optimizer steps (optim_watch.py): hooks, zero_grad, updates ----------------------
+
+
+def optimizer_hooks() -> int:
+    from torch.optim import optimizer as optim_hooks
+
+    return len(optim_hooks._global_optimizer_pre_hooks) + len(
+        optim_hooks._global_optimizer_post_hooks
+    )
+
+
+def small_loop(
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    steps: int,
+    *,
+    zero: str = "set_to_none",
+    micro: int = 1,
+) -> None:
+    """`steps` optimizer steps of `micro` backward calls each, zeroing as `zero` says."""
+    x, y = batch(8 * micro, 16), torch.arange(8 * micro) % 4
+    for _ in range(steps):
+        for j in range(micro):
+            out = model(x[j * 8 : (j + 1) * 8])
+            if zero == "after_forward":
+                opt.zero_grad()
+            F.cross_entropy(out, y[j * 8 : (j + 1) * 8]).backward()
+        opt.step()
+        if zero == "set_to_none":
+            opt.zero_grad()
+        elif zero == "in_place":
+            opt.zero_grad(set_to_none=False)
+        elif zero == "model":
+            model.zero_grad()
+        elif zero == "data":  # the old idiom: zeroes without bumping the version counter
+            for p in model.parameters():
+                p.grad.data.zero_()
+
+
+def test_optimizer_hooks_are_on_only_inside_the_block_even_when_the_loop_raises() -> None:
+    model = monitor_mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    before = optimizer_hooks()
+    params_dict = [dict(vars(p)) for p in model.parameters()]
+    with Monitor(model):
+        assert optimizer_hooks() == before + 2
+        small_loop(model, opt, 2)
+    assert optimizer_hooks() == before and hook_free(model)
+    with pytest.raises(RuntimeError, match="user stops"):
+        with Monitor(model):
+            small_loop(model, opt, 1)
+            model(batch(8, 16)).sum().backward()
+            raise RuntimeError("user stops")
+    assert optimizer_hooks() == before and hook_free(model)
+    assert [dict(vars(p)) for p in model.parameters()] == params_dict
+
+
+@pytest.mark.parametrize(
+    ("zero", "micro", "every", "found"),
+    [
+        ("never", 1, 1, True),
+        ("never", 1, 3, True),
+        ("never", 4, 3, True),
+        ("set_to_none", 1, 1, False),
+        ("in_place", 1, 1, False),
+        ("model", 1, 1, False),
+        ("data", 1, 1, False),
+        ("after_forward", 1, 1, False),
+        ("set_to_none", 4, 1, False),  # accumulation over 4 micro-batches
+        ("set_to_none", 4, 3, False),
+    ],
+)
+def test_grad_not_zeroed_only_when_gradients_pile_up_across_steps(
+    zero: str, micro: int, every: int, found: bool
+) -> None:
+    model = monitor_mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    with Monitor(model, every=every) as mon:
+        small_loop(model, opt, 6, zero=zero, micro=micro)
+    kinds = mon.flow_report().kinds
+    assert ("grad_not_zeroed" in kinds) is found, kinds
+    assert "not_updated" not in kinds
+
+
+def test_update_ratios_are_the_steps_own_and_only_after_recorded_steps() -> None:
+    model = monitor_mlp()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    x, y = batch(8, 16), torch.arange(8) % 4
+    expected = []
+    with Monitor(model, every=2) as mon:
+        for _ in range(5):
+            before = [p.detach().clone() for p in model[2].parameters()]
+            opt.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+            delta = sum((p - b).pow(2).sum() for p, b in zip(model[2].parameters(), before))
+            norm = sum(b.pow(2).sum() for b in before)
+            expected.append((delta / norm).sqrt().item())
+    report = mon.flow_report()
+    assert [h.step for h in report.history] == [1, 3, 5]
+    for h in report.history:
+        assert h.row("2").update_ratio == pytest.approx(expected[h.step - 1], rel=1e-4)
+    assert report.layers[0].update_ratio is not None  # the last step's rows carry it too
+    assert mon.report()["layers"][0]["update_ratio"] == report.layers[0].update_ratio
+
+
+def test_two_optimizers_on_one_model_and_one_on_another_model() -> None:
+    model, other = monitor_mlp(), nn.Linear(16, 4)
+    head = torch.optim.SGD(model[4].parameters(), lr=0.1)
+    body = torch.optim.Adam([*model[0].parameters(), *model[2].parameters()], lr=1e-3)
+    unrelated = torch.optim.SGD(other.parameters(), lr=0.1)
+    x, y = batch(8, 16), torch.arange(8) % 4
+    with Monitor(model) as mon:
+        for _ in range(4):
+            head.zero_grad()
+            body.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            other(x).sum().backward()  # never zeroed, but not the watched model's
+            head.step()
+            body.step()
+            unrelated.step()
+    report = mon.flow_report()
+    assert report.findings == ()
+    assert {k for k, v in report.history[0].rows if v.update_ratio} == {"0", "2", "4"}
+
+    # only the head's optimizer zeroes: the body's gradients pile up
+    with Monitor(model) as mon:
+        for _ in range(4):
+            head.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            head.step()
+            body.step()
+    (finding,) = mon.flow_report().findings_of("grad_not_zeroed")
+    assert finding.layer == "0" and "in 0, 2 (4 parameters)" in finding.message
+
+
+def test_parameters_the_steps_never_move_are_named_with_the_reason() -> None:
+    model = monitor_mlp()
+    opt = torch.optim.SGD(
+        [{"params": model[0].parameters()}, {"params": model[2].parameters(), "lr": 0.0}],
+        lr=0.1,
+    )
+    model[0].weight.requires_grad_(False)  # frozen on purpose: not a finding
+    with Monitor(model) as mon:
+        small_loop(model, opt, 3)
+    found = {f.layer: f for f in mon.flow_report().findings_of("not_updated")}
+    assert set(found) == {"2", "4"}
+    assert "in param group 1, whose learning rate is 0" in found["2"].message
+    assert "in no optimizer's param groups" in found["4"].message
+    assert dict(found["2"].evidence)["lr"] == 0.0
+
+
+def test_a_learning_rate_too_high_names_the_optimizer_and_lr() -> None:
+    model = monitor_mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=5.0)
+    with Monitor(model) as mon:
+        small_loop(model, opt, 6)
+    (finding,) = mon.flow_report().findings_of("update_too_large")
+    assert "(sgd, lr 5)" in finding.message
+    assert finding.threshold == 0.2 and dict(finding.evidence)["steps seen"] == 6
+
+
+@pytest.mark.parametrize(
+    ("set_to_none", "why"),
+    [(True, "no .grad left when the optimizer stepped"), (False, "unchanged by the optimizer")],
+)
+def test_zeroing_between_backward_and_step_is_not_updated(set_to_none: bool, why: str) -> None:
+    model = monitor_mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = batch(8, 16), torch.arange(8) % 4
+    with Monitor(model) as mon:
+        for _ in range(3):
+            F.cross_entropy(model(x), y).backward()
+            opt.zero_grad(set_to_none=set_to_none)  # one line too early
+            opt.step()
+    found = mon.flow_report().findings_of("not_updated")
+    assert {f.layer for f in found} == {"0", "2", "4"} and why in found[0].message
+
+
+def test_updates_survive_the_periodic_read_back() -> None:
+    model = monitor_mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with Monitor(model, flush_every=2) as mon:
+        small_loop(model, opt, 7)
+    history = mon.flow_report().history
+    assert len(history) == 7 and all(h.row("2").update_ratio for h in history)

@@ -4,6 +4,7 @@ during training.
 
 from __future__ import annotations
 
+import pytest
 import torch
 from models import (
     batch,
@@ -69,3 +70,23 @@ def test_dead_relus_that_develop_during_training_are_found_at_the_last_step() ->
     assert first < 0.5 < last
     (finding,) = report.findings_of("dead_relu")
     assert finding.step == report.steps and "at step 1" in finding.message
+
+
+def test_steps_measure_each_update_through_the_optimizer_hooks() -> None:
+    from torch.optim import optimizer as optim_hooks
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4))
+    y = torch.arange(16) % 4
+    hooks = len(optim_hooks._global_optimizer_pre_hooks)
+    report = flow(
+        model, batch(16, 16), loss_fn=lambda out, x: F.cross_entropy(out, y), steps=4, lr=0.1
+    )
+    assert len(optim_hooks._global_optimizer_pre_hooks) == hooks
+    # plain SGD: Δw = lr·g, so each layer's ratio is lr·‖g‖/‖w‖ at the step it follows
+    for h in report.history[:-1]:
+        for key in ("0", "2"):
+            row = h.row(key)
+            assert row.update_ratio == pytest.approx(0.1 * row.grad_norm / row.weight_norm)
+    assert report.history[-1].row("0").update_ratio is None  # no step after the last one
+    assert not report.findings_of("update_too_large") and not report.findings_of("not_updated")

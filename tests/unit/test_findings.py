@@ -19,13 +19,17 @@ from gradcheck_tool.engines.flow.findings import (
     dead_relu,
     detect_findings,
     exploding,
+    grad_not_zeroed,
     nan,
     no_grad,
+    not_updated,
     parse_fail_on,
     saturation,
+    update_too_large,
+    update_too_small,
     vanishing,
 )
-from gradcheck_tool.engines.flow.samples import ZERO_GRADIENT, NanSite, StepSample
+from gradcheck_tool.engines.flow.samples import ZERO_GRADIENT, NanSite, StepSample, UpdateStatus
 from gradcheck_tool.engines.flow.thresholds import FlowThresholds
 from gradcheck_tool.errors import InputError
 from gradcheck_tool.formats.flow_table import kind_style
@@ -378,13 +382,17 @@ def test_nan_reports_the_first_step_with_a_non_finite_value(where: str) -> None:
 
 
 def test_registry_order_is_the_panel_order() -> None:
-    # root cause first: diverging before what it explains; not_learning after the causes
-    # it may name, before the notices
+    # root cause first: the training-loop bugs, then a divergence before what it explains;
+    # not_learning after the causes it may name, before the notices
     assert FINDING_KINDS == (
+        "grad_not_zeroed",
+        "not_updated",
         "diverging",
         "nan",
         "exploding",
         "vanishing",
+        "update_too_large",
+        "update_too_small",
         "dead_relu",
         "saturation",
         "not_learning",
@@ -409,8 +417,12 @@ def test_styles_fail_on_and_plot_marks_come_from_the_rules() -> None:
         "diverging": "bold red",
         "not_learning": "yellow",
         "nan": "bold red",
+        "grad_not_zeroed": "bold red",
+        "not_updated": "yellow",
         "exploding": "bold red",
         "vanishing": "yellow",
+        "update_too_large": "yellow",
+        "update_too_small": "yellow",
         "dead_relu": "yellow",
         "saturation": "yellow",
         "no_grad": "magenta",
@@ -475,3 +487,111 @@ def test_dead_and_saturated_findings_carry_their_numbers_and_threshold() -> None
     (found,) = saturation.RULE.findings(evidence(sample([squashed])))
     assert dict(found.evidence)["saturated fraction"] == 0.9
     assert found.threshold == TH.saturated_fraction
+
+
+# --- training-loop bugs seen through the optimizer steps ----------------------------------
+
+
+def two_layers() -> list[LayerStats]:
+    return [
+        layer("fc0", 1.0, order=0, params=("fc0.weight", "fc0.bias")),
+        layer("fc1", 1.0, order=1, params=("fc1.weight", "fc1.bias")),
+    ]
+
+
+def test_grad_not_zeroed_fires_when_most_checked_steps_added_to_the_last_gradient() -> None:
+    stale = ["fc0.weight", "fc0.bias", "fc1.weight", "fc1.bias"]
+    steps = [sample(two_layers(), step=1)]  # the first step follows no optimizer step
+    steps += [sample(two_layers(), step=s, zeroing_checked=4, stale_grads=stale) for s in (2, 3)]
+    (f,) = found(grad_not_zeroed.RULE, evidence(*steps))
+    assert (f.kind, f.layer, f.step, f.value) == ("grad_not_zeroed", "", 2, 1.0)
+    assert f.message.startswith("gradients are never zeroed: at 2 of 2 checked steps")
+    assert "in every layer (4 parameters)" in f.message
+    assert dict(f.evidence) == {
+        "steps with stale gradients": 2.0,
+        "steps checked": 2.0,
+        "parameters": 4.0,
+    }
+    assert f.threshold == TH.grad_not_zeroed_fraction and f.fix == grad_not_zeroed.FIX
+    # one layer's optimizer never zeroes: that layer is named
+    steps = [
+        sample(two_layers(), step=s, zeroing_checked=4, stale_grads=["fc1.weight"]) for s in (2, 3)
+    ]
+    (f,) = found(grad_not_zeroed.RULE, evidence(*steps))
+    assert (f.layer, f.key) == ("fc1", "fc1") and "in fc1 (1 parameters)" in f.message
+
+
+def test_grad_not_zeroed_is_silent_on_zeroed_steps_and_rare_stale_ones() -> None:
+    clean = [sample(two_layers(), step=s, zeroing_checked=4) for s in (2, 3, 4)]
+    assert found(grad_not_zeroed.RULE, evidence(*clean)) == []
+    once = [*clean, sample(two_layers(), step=5, zeroing_checked=4, stale_grads=["fc0.bias"])]
+    assert found(grad_not_zeroed.RULE, evidence(*once)) == []  # 1 of 4 < half
+    assert found(grad_not_zeroed.RULE, evidence(sample(two_layers()))) == []  # nothing checked
+
+
+def moved(**status: tuple) -> dict:
+    return {name.replace("_", "."): s for name, s in status.items()}
+
+
+def test_not_updated_names_the_layer_and_why() -> None:
+    missing = (UpdateStatus.NOT_IN_OPTIMIZER, None)
+    ok = (UpdateStatus.UPDATED, 0)
+    one = sample(
+        two_layers(), param_updates=moved(fc0_weight=ok, fc1_weight=missing, fc1_bias=missing)
+    )
+    (f,) = found(not_updated.RULE, evidence(one))  # one step shows it is in no param group
+    assert (f.kind, f.layer, f.key) == ("not_updated", "fc1", "fc1")
+    assert f.message == (
+        "fc1.weight, fc1.bias receive gradients but never change: in no optimizer's param "
+        "groups (1 optimizer step seen)"
+    )
+    assert f.fix == not_updated.FIXES["not_in_optimizer"] and f.threshold == 1.0
+    lr0 = (UpdateStatus.LR_ZERO, 1)
+    steps = [sample(two_layers(), step=s, param_updates=moved(fc0_weight=lr0)) for s in (1, 2)]
+    (f,) = found(not_updated.RULE, evidence(*steps))
+    assert "fc0.weight receives gradients but never changes: in param group 1, whose " in f.message
+    assert dict(f.evidence)["lr"] == 0.0 and dict(f.evidence)["param group"] == 1.0
+    assert f.fix == not_updated.FIXES["lr_zero"]
+
+
+def test_not_updated_is_silent_for_a_warm_up_step_and_for_parameters_that_moved_once() -> None:
+    lr0, ok = (UpdateStatus.LR_ZERO, 0), (UpdateStatus.UPDATED, 0)
+    assert (
+        found(not_updated.RULE, evidence(sample(two_layers(), param_updates=moved(fc0_weight=lr0))))
+        == []
+    )
+    unchanged = (UpdateStatus.UNCHANGED, 0)
+    steps = [
+        sample(two_layers(), step=1, param_updates=moved(fc0_weight=unchanged)),
+        sample(two_layers(), step=2, param_updates=moved(fc0_weight=ok)),
+        sample(two_layers(), step=3, param_updates=moved(fc0_weight=unchanged)),
+    ]
+    assert found(not_updated.RULE, evidence(*steps)) == []
+
+
+def with_updates(ratios: list[float], key: str = "fc0") -> list[StepSample]:
+    return [sample(two_layers(), step=s + 1, updates={key: r}) for s, r in enumerate(ratios)]
+
+
+def test_update_too_large_and_too_small_need_most_steps_beyond_their_limit() -> None:
+    ev = Evidence(with_updates([0.5, 0.6, 0.4, 1e-3]), TH, None, {"fc0", "fc1"}, "sgd", 5.0)
+    (f,) = found(update_too_large.RULE, ev)
+    assert (f.kind, f.layer, f.value) == ("update_too_large", "fc0", pytest.approx(0.45))
+    assert f.message.startswith("the optimizer's updates are too large (sgd, lr 5): each step")
+    assert dict(f.evidence)["steps beyond"] == 3.0 and f.threshold == TH.update_too_large
+    assert found(update_too_small.RULE, ev) == []
+    (f,) = found(update_too_small.RULE, evidence(*with_updates([1e-8, 2e-8, 3e-8])))
+    assert f.kind == "update_too_small" and f.value == pytest.approx(2e-8)
+    # too few steps, too few of them beyond, or a row the rules do not compare
+    assert found(update_too_large.RULE, evidence(*with_updates([0.5, 0.5]))) == []
+    # three large first steps, then healthy ones: only a candidate, marked as such ...
+    early = evidence(*with_updates([0.5] * 3 + [1e-3] * 4))
+    (f,) = found(update_too_large.RULE, early)
+    assert f.where == "early steps" and dict(f.evidence)["steps in a row"] == 3.0
+    # ... which is no finding when it did no damage (consequences.py)
+    assert detect_findings(early.samples, TH, None, early.comparable_keys) == []
+    assert found(update_too_large.RULE, evidence(*with_updates([0.5, 1e-3, 1e-3] * 3))) == []
+    assert found(update_too_large.RULE, evidence(*with_updates([0.5] * 4), keys={"fc1"})) == []
+    healthy = [1e-3, 3e-3, 2e-2, 5e-2]
+    assert found(update_too_large.RULE, evidence(*with_updates(healthy))) == []
+    assert found(update_too_small.RULE, evidence(*with_updates(healthy))) == []

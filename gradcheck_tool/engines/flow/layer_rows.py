@@ -210,6 +210,7 @@ def history(samples: list[StepSample]) -> tuple[StepRecord, ...]:
                         r.dead_fraction,
                         r.inactive_fraction,
                         r.saturated_fraction,
+                        r.update_ratio,
                     ),
                 )
                 for r in s.rows

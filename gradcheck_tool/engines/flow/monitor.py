@@ -16,6 +16,7 @@ from ...results import FlowReport
 from .findings import detect_findings
 from .layer_rows import history, resolve_step
 from .model_map import ModelMap, comparable_keys, model_dtype_device
+from .optim_watch import OptimizerWatch, apply_record
 from .recorder import Recorder
 from .samples import StepSample
 from .step import PendingStep, read_back
@@ -38,7 +39,11 @@ class Monitor:
     counts the call and returns. Measurements stay on the device and are read back at
     `report()` (at most one transfer per recorded step). Each parameter's gradient is measured
     as the backward produces it (the gradient of this step, before any accumulation), the
-    weights as the model is called. On exit the model has no hook left from the monitor.
+    weights as the model is called. The optimizer step after a recorded step is seen through
+    torch's global optimizer hooks (nothing to pass; optimizers without the model's parameters
+    are ignored): how far it moved each layer, which parameters it left alone, and whether the
+    next backward adds to its gradient (optim_watch.py). On exit the model has no hook left
+    from the monitor, and no optimizer hook either.
     """
 
     def __init__(
@@ -63,6 +68,7 @@ class Monitor:
         self._check_finite = check_finite
         self._mm: ModelMap | None = None
         self._recorder: Recorder | None = None
+        self._watch: OptimizerWatch | None = None
         self._root_handles: list[Any] = []
         self._steps: list[PendingStep] = []  # every recorded step, read back or not
         self._samples: list[StepSample] = []  # the first len() of them, resolved
@@ -86,9 +92,14 @@ class Monitor:
         )
         self._recorder.saturation_margin = self.thresholds.saturation_margin
         self._recorder.on_root_return = self._on_model_return
+        self._watch = OptimizerWatch(
+            self._mm, check_zeroing=True, next_recorded_step=self._next_recorded_step
+        )
+        self._recorder.on_param_grad = self._watch.on_param_grad
         self._root_handles.append(
             self.model.register_forward_pre_hook(self._on_model_call, with_kwargs=True)
         )
+        self._watch.attach()
         self._active = True
         self._started = time.perf_counter()
         return self
@@ -102,6 +113,9 @@ class Monitor:
             self._active = False
             while self._root_handles:
                 self._root_handles.pop().remove()
+            if self._watch is not None:
+                self._watch.close()
+                self._errors.extend(e for e in self._watch.errors if e not in self._errors)
             if self._recorder is not None:
                 self._errors.extend(e for e in self._recorder.errors if e not in self._errors)
                 self._recorder.close()
@@ -114,6 +128,10 @@ class Monitor:
     def steps_recorded(self) -> int:
         return len(self._steps)
 
+    def _next_recorded_step(self) -> int | None:
+        """The number of the next step when it will be recorded (between steps)."""
+        return self._steps_seen + 1 if self._steps_seen % self.every == 0 else None
+
     # hooks on the user's model
     def _on_model_call(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         if self._in_forward or not torch.is_grad_enabled():
@@ -125,6 +143,7 @@ class Monitor:
         rec = self._recorder
         self._recording = self._steps_seen
         self._in_forward = True
+        self._watch.arm(self._recording)
         rec.begin()
         # this call of the model has begun: the recorder's global hooks see the modules
         # inside it, and the model itself is entered by hand (with its keyword arguments)
@@ -149,7 +168,7 @@ class Monitor:
         self._steps.append(self._recorder.collect(step, None))
         unread = len(self._steps) - len(self._samples)
         if unread >= self.flush_every:  # bound the device memory held by unread steps
-            read_back(self._steps[len(self._samples) :])
+            read_back([*self._steps[len(self._samples) :], *self._watch.unread(False)])
 
     # results
     def flow_report(self) -> FlowReport:
@@ -159,8 +178,12 @@ class Monitor:
         if self._recording is not None and not self._in_forward and self._recorder.state.grads_seen:
             self._finish_step()  # the last step's backward has run: include it
         new = self._steps[len(self._samples) :]
-        read_back(new)  # one transfer for every step not read back yet
-        self._samples.extend(resolve_step(p, self._mm) for p in new)
+        # one transfer for every step (and optimizer step) not read back yet
+        read_back([*new, *self._watch.unread(not self._active)])
+        records = self._watch.records
+        self._samples.extend(
+            apply_record(resolve_step(p, self._mm), records.get(p.step), self._mm) for p in new
+        )
         samples = self._samples
         th = self.thresholds
         dtype, device = model_dtype_device(self.model)
@@ -176,7 +199,16 @@ class Monitor:
             version=__version__,
             layers=tuple(samples[-1].rows) if samples else (),
             findings=(
-                tuple(detect_findings(samples, th, None, comparable_keys(self._mm)))
+                tuple(
+                    detect_findings(
+                        samples,
+                        th,
+                        None,
+                        comparable_keys(self._mm),
+                        optimizer=self._watch.kind,
+                        lr=self._watch.lr,
+                    )
+                )
                 if samples
                 else ()
             ),

@@ -4,6 +4,7 @@ non-finite value, the parameters without gradient. No torch."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import Enum
 
 from ...results import LayerStats
 
@@ -26,6 +27,16 @@ class NanSite:
     message: str
 
 
+class UpdateStatus(str, Enum):
+    """What the optimizer step after a step did to a parameter that had a nonzero gradient."""
+
+    UPDATED = "updated"
+    NOT_IN_OPTIMIZER = "not_in_optimizer"  # in no param group of the optimizers that stepped
+    LR_ZERO = "lr_zero"  # its param group's learning rate is 0
+    GRAD_GONE = "grad_gone"  # its .grad was None when the optimizer stepped
+    UNCHANGED = "unchanged"  # stepped with a gradient, yet the weights did not move
+
+
 @dataclass
 class StepSample:
     """What one step measured, read back and named."""
@@ -36,3 +47,12 @@ class StepSample:
     nan: NanSite | None
     no_grad: list[tuple[str, list[str], str]] = field(default_factory=list)  # layer, params, why
     loss_grad: float | None = None  # norm of the loss's gradient at the model output
+    # The optimizer step after this step, where one was observed (optim_watch.py):
+    updates: dict[str, float] = field(default_factory=dict)  # row key -> ‖Δw‖/‖w‖
+    # parameter -> what the step did to it (and its param group), for parameters with a
+    # nonzero gradient at this step
+    param_updates: dict[str, tuple[UpdateStatus, int | None]] = field(default_factory=dict)
+    # The optimizer step before this step (Monitor): how many parameters' .grad were checked
+    # at this backward, and those still holding that step's gradient (never zeroed)
+    zeroing_checked: int = 0
+    stale_grads: list[str] = field(default_factory=list)

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 import torch
 
@@ -69,6 +69,15 @@ STEP_SEGMENTS: tuple[Segment, ...] = (
     BACKWARD_SQ,
     ACTIVATION_COUNTS,
 )
+
+
+# What the optimizer watch (optim_watch.py) measures around an optimizer step, read back in
+# the same transfer as the steps: per measured parameter ‖Δw‖ (a norm, as torch's foreach
+# norm gives it: across ranks it would combine as squares), and per parameter whose .grad
+# looked unzeroed at the next backward, Σ g² of that stale gradient.
+UPDATE_NORM = Segment("update_norm", None)
+STALE_SQ = Segment("stale_sq", Reduction.SUM)
+OPTIMIZER_SEGMENTS: tuple[Segment, ...] = (UPDATE_NORM, STALE_SQ)
 
 
 class StepLayout(NamedTuple):
@@ -166,8 +175,17 @@ class PendingStep:
         return self.layout.unpack(self.host)
 
 
-def read_back(pending: Sequence[PendingStep]) -> None:
-    """One device→host transfer for any number of pending steps; fills `host`."""
+class DeviceNumbers(Protocol):
+    """Numbers kept on the device until read back: a step, or an optimizer step's record."""
+
+    layout: StepLayout
+    parts: list[torch.Tensor]
+    host: list[float] | None
+
+
+def read_back(pending: Sequence[DeviceNumbers]) -> None:
+    """One device→host transfer for any number of pending steps (or optimizer records);
+    fills `host`."""
     todo = [p for p in pending if p.host is None]
     parts = [part for p in todo for part in p.parts]
     flat: list[float] = []

@@ -57,7 +57,25 @@ class FlowThresholds:
     update_blowup: float = 0.1
     # not_learning: updates this small per step (10× below ~1e-3) cannot fit a batch in a
     # few dozen steps
-    update_too_small: float = 1e-4
+    not_learning_update: float = 1e-4
     # ... and a loss that still halves over the last quarter of the steps is learning, only
     # not done yet: no not_learning finding
     still_falling: float = 0.5
+    # Training-loop bugs seen through the optimizer's steps (optim_watch.py):
+    # grad_not_zeroed: at least this fraction of the checked steps added to the previous
+    # step's gradient (a loop that never zeroes: all of them; one that zeroes every k: (k-1)/k)
+    grad_not_zeroed_fraction: float = 0.5
+    # not_updated: a zero lr or an unchanged parameter at this many observed steps (a
+    # parameter in no param group: at the first); one step could be a warm-up's lr 0
+    not_updated_steps: int = 2
+    # update_too_large / _small: ‖Δw‖/‖w‖ of a weight matrix beyond these at least
+    # update_min_steps times and at update_steps_fraction of the observed steps. From
+    # benchmarks/update_ratios.py (6 models × SGD 0.01/0.1/momentum, Adam 1e-4/1e-3, AdamW):
+    # healthy per-layer medians 3.5e-5 to 5.7e-2 (single steps up to 0.11; Adam's first step
+    # is lr/RMS(w), ~0.1 for a 4096-wide layer at 1e-3); SGD lr 10: the largest layer median
+    # 0.33 to 45; SGD 1e-6 and Adam 1e-7: the smallest 1.3e-9 to 4.6e-7. Both limits sit
+    # ≥ 3× outside the healthy medians.
+    update_too_large: float = 0.2
+    update_too_small: float = 1e-6
+    update_min_steps: int = 3
+    update_steps_fraction: float = 0.5

@@ -27,6 +27,7 @@ from ...results import FlowReport
 from .findings import detect_findings
 from .layer_rows import history, resolve_step
 from .model_map import ModelMap, comparable_keys, model_dtype_device
+from .optim_watch import OptimizerWatch, apply_record
 from .overfit import overfit_verdict
 from .recorder import Recorder
 from .samples import StepSample, label
@@ -221,7 +222,12 @@ def _train_and_measure(
     step_loss = _StepLoss(loss_fn, seed, folder)
     samples: list[StepSample] = []
     warnings: list[str] = []
+    # the update of each step, through the same optimizer hooks as the Monitor's (p.grad is
+    # set to None before every step here: no zeroing to check)
+    watch = OptimizerWatch(mm)
     try:
+        if opt is not None:
+            watch.attach()
         for step in range(1, steps + 1):
             for p in mm.params:
                 p.grad = None
@@ -243,14 +249,19 @@ def _train_and_measure(
             if sample.nan is not None:
                 break  # after a NaN every later step only repeats it
             if opt is not None and step < steps:
+                watch.arm(step)
                 opt.step()
     finally:
+        watch.close()
         recorder.close()
         for p in mm.params:
             p.grad = None
+    read_back(watch.unread(include_armed=True))  # one transfer for every step's update
+    samples = [apply_record(s, watch.records.get(s.step), mm) for s in samples]
     if not any(p.requires_grad for p in mm.params) and mm.params:
         warnings.append("every parameter is frozen (requires_grad=False)")
     warnings.extend(recorder.errors)
+    warnings.extend(watch.errors)
     return samples, warnings, comparable_keys(mm)
 
 

@@ -44,15 +44,34 @@ from ....errors import OptionError
 from ....results import Finding, OverfitVerdict
 from ..samples import StepSample
 from ..thresholds import FlowThresholds
-from . import dead_relu, diverging, exploding, nan, no_grad, not_learning, saturation, vanishing
+from . import (
+    dead_relu,
+    diverging,
+    exploding,
+    grad_not_zeroed,
+    nan,
+    no_grad,
+    not_learning,
+    not_updated,
+    saturation,
+    update_too_large,
+    update_too_small,
+    vanishing,
+)
 from ._rule import Detection, Evidence, FindingRule, Severity
 from .consequences import attach_consequences
 
 RULES: tuple[FindingRule, ...] = (
-    diverging.RULE,  # first: the root cause the others below may be consequences of
+    # root causes first: a training loop that never zeroes or never updates, then a
+    # divergence, which the findings below it may be consequences of (consequences.py)
+    grad_not_zeroed.RULE,
+    not_updated.RULE,
+    diverging.RULE,
     nan.RULE,
     exploding.RULE,
     vanishing.RULE,
+    update_too_large.RULE,
+    update_too_small.RULE,
     dead_relu.RULE,
     saturation.RULE,
     not_learning.RULE,  # after the causes it may name, before the notices

@@ -153,7 +153,7 @@ def update_ratios(ev: Evidence, i: int) -> list[tuple[LayerStats, str, float]]:
     about lr at most), "weights" (|‖w'‖ - ‖w‖|/‖w‖ from the next step's weight norm: a lower
     bound). The largest of the estimates; layers without a weight norm are left out."""
     sample = ev.samples[i]
-    measured = getattr(sample, "updates", None)
+    measured = sample.updates or None  # empty: no optimizer step measured after this one
     after = _rows(ev.samples[i + 1]) if i + 1 < len(ev.samples) else {}
     opt = (ev.optimizer or "").lower()
     out: list[tuple[LayerStats, str, float]] = []

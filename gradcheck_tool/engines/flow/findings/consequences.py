@@ -8,7 +8,13 @@ that explode or become exactly zero after the loss took off are consequences; a 
 saturated from the first step, or a parameter that never got a gradient, stays a finding of
 its own; and a finding made on those earlier steps that the wreck hides at the end (exploding
 gradients at the first step, silent once the last step is NaN) is reported as seen then.
-Without a divergence the findings are returned as they are. No torch.
+
+Without a divergence, updates too large for the weights (`update_too_large`) are the cause
+in the same way, with the model as it was before its first update as "before": units that
+died, gradients that vanished or exploded, a loss that stopped falling, all absent at the
+first step, are what those steps did (a post-LN Transformer without warm-up: its first Adam
+steps change layers by 20-200% of their weights and kill its ReLUs). Without either, the
+findings are returned as they are. No torch.
 """
 
 from __future__ import annotations
@@ -19,21 +25,47 @@ from collections.abc import Sequence
 from ....results import Finding
 from ._divergence import before_trouble, find_blow_up
 from ._rule import Evidence, FindingRule
+from ._updates import EARLY
 
-CAUSE = "diverging"
+DIVERGING, LARGE_UPDATES = "diverging", "update_too_large"
 
 
 def attach_consequences(
     findings: list[Finding], ev: Evidence, rules: Sequence[FindingRule]
 ) -> list[Finding]:
-    """`findings` (in panel order) with those a divergence explains moved under it."""
-    cause = next((f for f in findings if f.kind == CAUSE), None)
-    if cause is None or find_blow_up(ev) is None:
-        return findings
+    """`findings` (in panel order) with those a divergence, or failing that too large
+    updates, explain moved under it."""
+    kinds = {f.kind for f in findings}
+    if DIVERGING in kinds and find_blow_up(ev) is not None:
+        return _attach(findings, ev, rules, DIVERGING, before_trouble(ev), hidden=True)
+    if LARGE_UPDATES in kinds and ev.multi:
+        attached = _attach(findings, ev, rules, LARGE_UPDATES, ev.samples[:1], hidden=False)
+        # a run of large first steps is a finding only through the damage it did
+        return [
+            f
+            for f in attached
+            if not (f.kind == LARGE_UPDATES and f.where == EARLY and not f.consequences)
+        ]
+    return [f for f in findings if not (f.kind == LARGE_UPDATES and f.where == EARLY)]
+
+
+def _attach(
+    findings: list[Finding],
+    ev: Evidence,
+    rules: Sequence[FindingRule],
+    kind: str,
+    samples: Sequence,
+    *,
+    hidden: bool,
+) -> list[Finding]:
+    """Findings the rules do not also make on `samples` (the steps before the cause acted)
+    go under the first finding of `kind`; with `hidden`, what those steps showed and the end
+    does not is reported as seen then."""
+    cause = next(f for f in findings if f.kind == kind)
     # the steps before anything went wrong, judged by the same rules, without the verdicts
     # that need the whole run
-    before = dataclasses.replace(ev, samples=before_trouble(ev), overfit=None)
-    found_before = [f for rule in rules if rule.kind != CAUSE for f in rule.findings(before)]
+    before = dataclasses.replace(ev, samples=samples, overfit=None)
+    found_before = [f for rule in rules if rule.kind != kind for f in rule.findings(before)]
     seen_before = {(f.kind, f.key) for f in found_before}
     kept: list[Finding] = []
     explained: list[Finding] = []
@@ -41,10 +73,23 @@ def attach_consequences(
         if f is cause:
             continue
         (kept if (f.kind, f.key) in seen_before else explained).append(f)
-    # what was true before the blow-up but the wreck hides (exploding gradients at the first
-    # step go unreported once the last step is NaN): reported as seen then
-    seen_after = {(f.kind, f.key) for f in findings}
-    kept += [f for f in found_before if (f.kind, f.key) not in seen_after]
+    if hidden:
+        # what was true before the blow-up but the wreck hides (exploding gradients at the
+        # first step go unreported once the last step is NaN): reported as seen then
+        seen_after = {(f.kind, f.key) for f in findings}
+        kept += [f for f in found_before if (f.kind, f.key) not in seen_after]
     order = {rule.kind: i for i, rule in enumerate(rules)}
     kept.sort(key=lambda f: order.get(f.kind, len(order)))  # stable: panel order
+    if not explained:
+        return [
+            *kept[: _position(kept, cause, order)],
+            cause,
+            *kept[_position(kept, cause, order) :],
+        ]
     return [dataclasses.replace(cause, consequences=tuple(explained)), *kept]
+
+
+def _position(kept: list[Finding], cause: Finding, order: dict[str, int]) -> int:
+    """Where `cause` goes among `kept` in panel order."""
+    rank = order.get(cause.kind, len(order))
+    return next((i for i, f in enumerate(kept) if order.get(f.kind, len(order)) > rank), len(kept))

@@ -64,7 +64,7 @@ def _updates_too_small(ev: Evidence) -> Reason | None:
     key, largest = max(
         ((k, statistics.median(v)) for k, v in per_layer.items()), key=lambda kv: kv[1]
     )
-    limit = ev.thresholds.update_too_small
+    limit = ev.thresholds.not_learning_update
     if not largest < limit:
         return None
     lr = f" at lr {ev.lr:g}" if ev.lr else ""
