@@ -225,7 +225,7 @@ def find_target(
         raise LoadError(
             f"{path.name} has no target: no build_model(), no module-level `model`, and no "
             "nn.Module or autograd.Function subclass defined in it",
-            hint=f"Name one: gradtool check {path}:NAME",
+            hint=f"Name one as {path}:NAME",
         )
     raise LoadError(
         f"{path.name} has several candidate targets: {', '.join(candidates)}",

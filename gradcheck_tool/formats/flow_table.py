@@ -272,14 +272,28 @@ def _pair(pair: tuple[float | None, float | None] | None, mark: str = "") -> str
     return f"{mark}{fmt_fraction(pair[0])} → {mark}{fmt_fraction(pair[1])}"
 
 
+def _no_findings(report: FlowReport) -> str:
+    """What "no findings" means for this report: what was looked for."""
+    text = (
+        "No findings: gradients reach every trainable parameter at a healthy scale (not "
+        "vanishing, not exploding), no dead or saturated units, no NaN/Inf"
+    )
+    if report.source == "monitor":
+        return (
+            text + f"; over {report.steps} recorded step(s) the loop zeroed its gradients, "
+            "every update was applied and its size stayed in the healthy range."
+        )
+    if report.steps > 1:
+        return (
+            text + f"; over {report.steps} steps the loss did not diverge and the updates "
+            "stayed in the healthy range."
+        )
+    return text + " on this batch."
+
+
 def findings_panel(report: FlowReport) -> Panel:
     if not report.findings:
-        body = Text(
-            "No findings: no vanishing or exploding gradients, dead ReLUs, saturation, "
-            "NaN/Inf or parameters without gradient"
-            + (" on this batch." if report.steps <= 1 else f" after {report.steps} steps."),
-            style="green",
-        )
+        body = Text(_no_findings(report), style="green")
         return Panel(body, title="findings", title_align="left", border_style="green")
     grid = Table.grid(padding=(0, 1))
     grid.add_column(no_wrap=True)
@@ -384,7 +398,12 @@ def render_flow(report: FlowReport, console: Console) -> None:
         Text(
             "dead: units that output 0 for every example of the batch (per channel for conv "
             "maps); ~: leaky/smooth units negative for every example; saturated: outputs "
-            "within 1% of an asymptote",
+            "within 1% of an asymptote"
+            + (
+                "; update/weight: ‖Δw‖/‖w‖ of the last optimizer step measured (healthy ≈ 1e-3)"
+                if any(_update_ratio(r) is not None for r in report.layers)
+                else ""
+            ),
             style="dim",
         )
     )

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -23,7 +24,7 @@ from ...prepare import (
     normalize_inputs,
     parse_device,
 )
-from ...results import FlowReport
+from ...results import FlowReport, LayerStats
 from .findings import detect_findings
 from .layer_rows import history, resolve_step
 from .model_map import ModelMap, comparable_keys, model_dtype_device
@@ -144,7 +145,7 @@ def run_flow(
     return FlowReport(
         target=target,
         version=__version__,
-        layers=tuple(samples[-1].rows),
+        layers=_last_rows(samples),
         findings=tuple(
             detect_findings(
                 samples,
@@ -172,6 +173,21 @@ def run_flow(
         overfit=overfit,
         warnings=tuple(warnings),
         seconds=time.perf_counter() - started,
+    )
+
+
+def _last_rows(samples: list[StepSample]) -> tuple[LayerStats, ...]:
+    """The last step's rows, each with the update/weight ratio of the last optimizer step
+    measured (the one that made the last step's weights: nothing steps after the last)."""
+    last = samples[-1].rows
+    if len(samples) < 2:
+        return tuple(last)
+    before = {r.key: r.update_ratio for r in samples[-2].rows}
+    return tuple(
+        dataclasses.replace(r, update_ratio=before[r.key])
+        if r.update_ratio is None and before.get(r.key) is not None
+        else r
+        for r in last
     )
 
 

@@ -27,7 +27,7 @@ from ._divergence import before_trouble, find_blow_up
 from ._rule import Evidence, FindingRule
 from ._updates import EARLY
 
-DIVERGING, LARGE_UPDATES = "diverging", "update_too_large"
+DIVERGING, LARGE_UPDATES, SMALL_UPDATES = "diverging", "update_too_large", "update_too_small"
 
 
 def attach_consequences(
@@ -37,6 +37,11 @@ def attach_consequences(
     updates, explain moved under it."""
     kinds = {f.kind for f in findings}
     if DIVERGING in kinds and find_blow_up(ev) is not None:
+        # the update sizes over a run that blew up restate the cause, which the divergence
+        # names with its largest update (too large), or describe the wreck (too small:
+        # saturated layers stop moving): neither is a finding of its own
+        restated = {LARGE_UPDATES, SMALL_UPDATES}
+        findings = [f for f in findings if f.kind not in restated]
         return _attach(findings, ev, rules, DIVERGING, before_trouble(ev), hidden=True)
     if LARGE_UPDATES in kinds and ev.multi:
         attached = _attach(findings, ev, rules, LARGE_UPDATES, ev.samples[:1], hidden=False)
