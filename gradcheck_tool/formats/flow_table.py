@@ -121,7 +121,7 @@ def flow_table(report: FlowReport, drop: tuple[str, ...] = ()) -> Table:
     flagged = {f.key for f in report.findings if f.key}
     table = Table(
         title=f"gradtool flow {report.target}"
-        + (f" — step {report.steps}" if report.steps > 1 else ""),
+        + (f" — step {report.history[-1].step}" if report.history else ""),
         title_justify="left",
         pad_edge=False,
         show_lines=False,

@@ -351,3 +351,17 @@ def test_updates_survive_the_periodic_read_back() -> None:
         small_loop(model, opt, 7)
     history = mon.flow_report().history
     assert len(history) == 7 and all(h.row("2").update_ratio for h in history)
+
+
+def test_the_readme_example_of_a_forgotten_zero_grad_prints_its_finding(capsys) -> None:
+    """examples/monitor_forgot_zero_grad.py, as the README runs it: Monitor.print_report()
+    prints the table and names the bug first."""
+    import runpy
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parents[2] / "examples" / "monitor_forgot_zero_grad.py"
+    runpy.run_path(str(example), run_name="__main__")
+    out = capsys.readouterr().out
+    assert "findings (1)" in out and "grad_not_zeroed" in out
+    assert "gradients are never zeroed" in out and "evidence:" in out
+    assert "…" not in out

@@ -3,8 +3,9 @@ left with no hook from the monitor when the `with` block ends."""
 
 from __future__ import annotations
 
+import sys
 import time
-from typing import Any
+from typing import Any, TextIO
 
 import torch
 from torch import nn
@@ -226,6 +227,13 @@ class Monitor:
             warnings=tuple(warnings),
             seconds=time.perf_counter() - self._started,
         )
+
+    def print_report(self, file: TextIO | None = None, width: int | None = None) -> None:
+        """Print what was measured so far as `gradtool flow` prints it: the per-layer table,
+        the findings with their evidence and fixes (to stdout unless `file`)."""
+        from ...formats import OutputFormat, write
+
+        write(self.flow_report(), OutputFormat.TABLE, file or sys.stdout, width=width)
 
     def report(self) -> dict[str, Any]:
         """The same dict as `gradtool flow --json`, plus the per-step history."""
