@@ -332,11 +332,13 @@ def _grouped(findings: tuple[Finding, ...]) -> list[tuple[str, Finding, list[Fin
 
 
 def evidence_text(f: Finding) -> str:
-    """`grad/weight 1.20e+05, lr 0.01 (threshold 1000)`: the numbers a finding rests on."""
-    text = ", ".join(f"{name} {_number(value)}" for name, value in f.evidence)
+    """`growth 3.03e+33 (threshold 100), lr 0.5, ...`: the numbers a finding rests on; the
+    threshold goes with the first, the number a rule compares with it."""
+    parts = [f"{name} {_number(value)}" for name, value in f.evidence]
     if f.threshold is not None:
-        text += f" (threshold {_number(f.threshold)})"
-    return text
+        mark = f"(threshold {_number(f.threshold)})"
+        parts = [f"{parts[0]} {mark}", *parts[1:]] if parts else [mark]
+    return ", ".join(parts)
 
 
 def _number(value: float) -> str:

@@ -195,7 +195,7 @@ def test_a_finding_shows_its_evidence_and_its_consequences() -> None:
         consequences=(after,),
     )
     text = _rendered(replace(report, findings=(cause,)), 100)
-    assert "evidence: dead 0.75, units 8 (threshold 0.5)" in text
+    assert "evidence: dead 0.75 (threshold 0.5), units 8" in text
     assert "then nan in b: b produced NaN in its forward" in text
     data = replace(report, findings=(cause,)).to_dict()["findings"][0]
     assert data["evidence"] == {"dead": 0.75, "units": 8.0} and data["threshold"] == 0.5

@@ -231,3 +231,50 @@ def test_a_cause_the_blow_up_hides_is_reported_as_it_was_seen_before() -> None:
     found = detect_findings(samples, TH, None, {"fc0", "fc1"}, optimizer="sgd", lr=0.01)
     assert kinds(found) == ["diverging", "exploding"]
     assert kinds(found[0].consequences) == ["nan"] and found[1].step == 1
+
+
+# --- large updates and loop bugs as causes ----------------------------------------------------
+
+
+def _relu(dead: float, order: int = 1) -> LayerStats:
+    return LayerStats(
+        "act", "ReLU", "activation", "act", order, units=100, unit="feature", dead_fraction=dead
+    )
+
+
+def _updating(ratios, dead_from: int, stale_from: int | None = None) -> list[StepSample]:
+    """fc then a ReLU: steps with measured update ratios; the ReLU dies from `dead_from`; the
+    backward adds to stale gradients from `stale_from` (a loop without zero_grad)."""
+    out = []
+    for i, r in enumerate(ratios, 1):
+        stale = stale_from is not None and i >= stale_from
+        out.append(
+            StepSample(
+                i,
+                None,
+                [fc("fc", weight=1.0, grad=0.1), _relu(0.9 if i >= dead_from else 0.0)],
+                None,
+                updates={"fc": r},
+                zeroing_checked=2 if i > 1 else 0,
+                stale_grads=["fc.weight", "fc.bias"] if stale else [],
+            )
+        )
+    return out
+
+
+def test_damage_after_large_first_steps_is_attached_to_them() -> None:
+    samples = _updating([0.9, 0.8, 0.5, 1e-3, 1e-3, 1e-3, 1e-3], dead_from=3)
+    found = detect_findings(samples, TH, None, {"fc"}, optimizer="adam", lr=0.1)
+    assert kinds(found) == ["update_too_large"]
+    assert found[0].where == "early steps"
+    assert kinds(found[0].consequences) == ["dead_relu"]
+    # the same large first steps without damage: no finding at all
+    calm = _updating([0.9, 0.8, 0.5, 1e-3, 1e-3, 1e-3, 1e-3], dead_from=99)
+    assert detect_findings(calm, TH, None, {"fc"}, optimizer="adam", lr=0.1) == []
+
+
+def test_a_forgotten_zero_grad_is_the_cause_of_the_large_updates_it_makes() -> None:
+    samples = _updating([0.5] * 6, dead_from=4, stale_from=2)
+    found = detect_findings(samples, TH, None, {"fc"}, optimizer="sgd", lr=0.5)
+    assert kinds(found) == ["grad_not_zeroed"]
+    assert kinds(found[0].consequences) == ["update_too_large", "dead_relu"]

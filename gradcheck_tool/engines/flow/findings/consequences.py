@@ -9,6 +9,9 @@ saturated from the first step, or a parameter that never got a gradient, stays a
 its own; and a finding made on those earlier steps that the wreck hides at the end (exploding
 gradients at the first step, silent once the last step is NaN) is reported as seen then.
 
+A loop that never zeroes its gradients (`grad_not_zeroed`) makes each update the sum of all
+past ones: with it, too large updates and what they did go under the loop bug.
+
 Without a divergence, updates too large for the weights (`update_too_large`) are the cause
 in the same way, with the model as it was before its first update as "before": units that
 died, gradients that vanished or exploded, a loss that stopped falling, all absent at the
@@ -28,6 +31,28 @@ from ._rule import Evidence, FindingRule
 from ._updates import EARLY
 
 DIVERGING, LARGE_UPDATES, SMALL_UPDATES = "diverging", "update_too_large", "update_too_small"
+LOOP_BUG = "grad_not_zeroed"
+ROOT_CAUSES = frozenset({"grad_not_zeroed", "not_updated"})  # training-loop bugs
+
+
+def _under(findings: list[Finding], cause_kind: str, kind: str) -> list[Finding]:
+    """The findings of `kind` moved under the first finding of `cause_kind`."""
+    # flattened: the findings of `kind`, then what they explained
+    moved = tuple(
+        g
+        for f in findings
+        if f.kind == kind
+        for g in (dataclasses.replace(f, consequences=()), *f.consequences)
+    )
+    out = []
+    for f in findings:
+        if f.kind == kind:
+            continue
+        if f.kind == cause_kind and moved:
+            f = dataclasses.replace(f, consequences=(*f.consequences, *moved))
+            moved = ()
+        out.append(f)
+    return out
 
 
 def attach_consequences(
@@ -36,6 +61,11 @@ def attach_consequences(
     """`findings` (in panel order) with those a divergence, or failing that too large
     updates, explain moved under it."""
     kinds = {f.kind for f in findings}
+    if LOOP_BUG in kinds and LARGE_UPDATES in kinds and ev.multi:
+        # gradients summed over every past step make each update as large as all of them
+        # together: the large updates, and the damage they did, are what the loop bug does
+        attached = _attach(findings, ev, rules, LARGE_UPDATES, ev.samples[:1], hidden=False)
+        return _under(attached, LOOP_BUG, LARGE_UPDATES)
     if DIVERGING in kinds and find_blow_up(ev) is not None:
         # the update sizes over a run that blew up restate the cause, which the divergence
         # names with its largest update (too large), or describe the wreck (too small:
@@ -77,7 +107,10 @@ def _attach(
     for f in findings:
         if f is cause:
             continue
-        (kept if (f.kind, f.key) in seen_before else explained).append(f)
+        # a loop bug is a cause, never a consequence (it cannot show before an optimizer
+        # step, so "absent at the first step" says nothing about it)
+        caused = (f.kind, f.key) not in seen_before and f.kind not in ROOT_CAUSES
+        (explained if caused else kept).append(f)
     if hidden:
         # what was true before the blow-up but the wreck hides (exploding gradients at the
         # first step go unreported once the last step is NaN): reported as seen then
