@@ -365,3 +365,22 @@ def test_the_readme_example_of_a_forgotten_zero_grad_prints_its_finding(capsys) 
     assert "findings (1)" in out and "grad_not_zeroed" in out
     assert "gradients are never zeroed" in out and "evidence:" in out
     assert "…" not in out
+
+
+def test_a_layer_used_without_being_called_gets_its_gradient_read() -> None:
+    """nn.MultiheadAttention reads out_proj.weight directly, never calling out_proj: the
+    Monitor must still see its gradient (it reported `no_grad`, 'its module never ran')."""
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(32, 4, 64, batch_first=True, dropout=0.0)
+    model = nn.Sequential(nn.Embedding(50, 32), nn.TransformerEncoder(layer, 2))
+    tokens = torch.randint(0, 50, (8, 6))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    with Monitor(model) as mon:
+        for _ in range(2):
+            opt.zero_grad()
+            model(tokens).pow(2).mean().backward()
+            opt.step()
+    report = mon.flow_report()
+    assert "no_grad" not in report.kinds, report.findings
+    row = report.row("1.layers.0.self_attn.out_proj")
+    assert row.grad_norm is not None and row.grad_norm > 0

@@ -221,6 +221,13 @@ class Recorder:
 
     def end_forward(self) -> None:
         st = self.state
+        if self.hook_param_grads:
+            # a layer whose module never ran may still have its parameters used directly
+            # (nn.MultiheadAttention reads out_proj.weight without calling out_proj): its
+            # gradients are read as they arrive too, or it would look cut off
+            for layer in self.mm.layers:
+                if layer.index not in st.layer_calls and layer.param_index:
+                    self._guard(self._hook_grads, layer)
         st.checked.clear()
         st.hooked.clear()
         st.stack.clear()
