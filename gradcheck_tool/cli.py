@@ -366,7 +366,7 @@ def flow(
         if plot:
             written = plot_flow(report, plot)
             console.print(f"plot written to {written}")
-        failed = sorted(set(report.kinds) & fail_kinds)
+        failed = sorted(set(report.kinds_seen) & fail_kinds)
         if failed and not json_to_stdout:
             console.print(f"[bold red]failing:[/bold red] --fail-on {','.join(failed)}")
         raise typer.Exit(EXIT_FAIL if failed else EXIT_OK)

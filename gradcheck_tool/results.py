@@ -471,6 +471,16 @@ class FlowReport:
         engine lists in the findings registry's order)."""
         return tuple(dict.fromkeys(f.kind for f in self.findings))
 
+    @property
+    def kinds_seen(self) -> tuple[str, ...]:
+        """Every kind present, consequences included (`--fail-on nan` fails a run whose NaN
+        is listed under the divergence that caused it)."""
+        return tuple(
+            dict.fromkeys(
+                k for f in self.findings for k in (f.kind, *(c.kind for c in f.consequences))
+            )
+        )
+
     def findings_of(self, kind: str) -> tuple[Finding, ...]:
         return tuple(f for f in self.findings if f.kind == kind)
 

@@ -200,3 +200,14 @@ def test_a_finding_shows_its_evidence_and_its_consequences() -> None:
     data = replace(report, findings=(cause,)).to_dict()["findings"][0]
     assert data["evidence"] == {"dead": 0.75, "units": 8.0} and data["threshold"] == 0.5
     assert data["consequences"][0]["kind"] == "nan"
+
+
+def test_fail_on_matches_a_consequence_too() -> None:
+    """The divergence is the finding, its NaN a consequence under it: `--fail-on nan` still
+    fails the run (a NaN happened), and a kind that did not happen still passes."""
+    target = str(SAMPLES / "diverging_tanh.py")
+    args = ["flow", target, "--steps", "20", "--lr", "0.5", "--fail-on"]
+    result = runner.invoke(app, [*args, "nan"])
+    assert result.exit_code == 1, result.output
+    assert "then nan" in " ".join(result.output.split())
+    assert runner.invoke(app, [*args, "dead_relu"]).exit_code == 0
