@@ -283,6 +283,12 @@ def _no_findings(report: FlowReport) -> str:
             text + f"; over {report.steps} recorded step(s) the loop zeroed its gradients, "
             "every update was applied and its size stayed in the healthy range."
         )
+    if report.steps > 1 and report.loss == "projection":
+        return (
+            text + f" over {report.steps} steps (the loss, a random projection of the output "
+            "without a minimum, and the update sizes it drives are not judged: define "
+            "loss_fn for that)."
+        )
     if report.steps > 1:
         return (
             text + f"; over {report.steps} steps the loss did not diverge and the updates "

@@ -31,7 +31,7 @@ from ._rule import Evidence, FindingRule
 from ._updates import EARLY
 
 DIVERGING, LARGE_UPDATES, SMALL_UPDATES = "diverging", "update_too_large", "update_too_small"
-LOOP_BUG = "grad_not_zeroed"
+LOOP_BUG, EXPLODING = "grad_not_zeroed", "exploding"
 ROOT_CAUSES = frozenset({"grad_not_zeroed", "not_updated"})  # training-loop bugs
 
 
@@ -118,13 +118,21 @@ def _attach(
         kept += [f for f in found_before if (f.kind, f.key) not in seen_after]
     order = {rule.kind: i for i, rule in enumerate(rules)}
     kept.sort(key=lambda f: order.get(f.kind, len(order)))  # stable: panel order
-    if not explained:
-        return [
-            *kept[: _position(kept, cause, order)],
-            cause,
-            *kept[_position(kept, cause, order) :],
-        ]
-    return [dataclasses.replace(cause, consequences=tuple(explained)), *kept]
+    # the cause at its place in panel order among what stays (root causes come first there);
+    # gradients already exploding before the first update go before a divergence they caused
+    at = _position(kept, cause, order)
+    if hidden:
+        start = dataclasses.replace(ev, samples=ev.samples[:1], overfit=None)
+        at_start = {
+            (f.kind, f.key)
+            for rule in rules
+            if rule.kind == EXPLODING
+            for f in rule.findings(start)
+        }
+        first = [f for f in kept if (f.kind, f.key) in at_start]
+        kept = first + [f for f in kept if f not in first]
+        at = max(at, len(first))
+    return [*kept[:at], dataclasses.replace(cause, consequences=tuple(explained)), *kept[at:]]
 
 
 def _position(kept: list[Finding], cause: Finding, order: dict[str, int]) -> int:
