@@ -200,7 +200,7 @@ def test_exploding_with_adam_or_the_projection_judges_the_gradient_per_loss_grad
 
 def test_exploding_without_the_loss_gradient_compares_gradient_and_weight() -> None:
     rows = [sized("fc0", 1e4, 5.0), sized("fc1", 1e3, 5.0, 1)]  # ‖g‖/‖w‖ 2e3 at fc0
-    (f,) = found(exploding.RULE, optimized(sample(rows), optimizer=None, lr=None, loss=None))
+    (f,) = found(exploding.RULE, optimized(sample(rows), optimizer="adam", lr=1e-3))
     assert (
         f.message
         == "huge gradients: fc0's gradient norm 1.00e+04 is 2.0e+03× its weight norm 5.00e+00"
@@ -210,6 +210,57 @@ def test_exploding_without_the_loss_gradient_compares_gradient_and_weight() -> N
     assert found(exploding.RULE, optimized(sample(rows), optimizer=None, loss="projection")) == []
     calm = [sized("fc0", 5e2, 5.0), sized("fc1", 5e1, 5.0, 1)]  # ‖g‖/‖w‖ 1e2 at fc0
     assert found(exploding.RULE, optimized(sample(calm), optimizer=None, lr=None)) == []
+    # ...nor under the Monitor: GradScaler may have multiplied the gradients by 65536
+    assert found(exploding.RULE, optimized(sample(rows), optimizer=None, lr=None, loss=None)) == []
+
+
+def monitored(*samples: StepSample, optimizer="sgd", lr=5e-2):
+    """Evidence as the Monitor gives it: a real loop's steps (Evidence.loss None)."""
+    return optimized(*samples, optimizer=optimizer, lr=lr, loss=None)
+
+
+def test_the_monitor_judges_the_sgd_steps_it_measured_not_scaled_or_clipped_gradients() -> None:
+    # AMP's GradScaler: gradients (and the loss's gradient) 65536× what the step uses; or
+    # clipping after backward. lr·‖g‖/‖w‖ would be 1e4×; the measured steps are 1e-3
+    scaled = [sized("fc0", 1e5, 5.0), sized("fc1", 1e5, 5.0, 1)]
+    steps = [
+        sample(scaled, step=i, loss_grad=6.5e4, updates={"fc0": 1e-3, "fc1": 2e-3}) for i in (1, 2)
+    ]
+    assert found(exploding.RULE, monitored(*steps)) == []
+    # the same gradients on flow's own SGD steps are the steps it takes: exploding
+    assert [f.kind for f in found(exploding.RULE, optimized(steps[-1]))] == ["exploding"]
+    # a measured step as large as the layer is exploding, wherever the gradient came from
+    big = sample(scaled, step=3, loss_grad=6.5e4, updates={"fc0": 1e-3, "fc1": 0.9})
+    (f,) = found(exploding.RULE, monitored(*steps, big))
+    assert (f.layer, f.step, f.value) == ("fc1", 3, pytest.approx(0.9))
+    assert f.message == (
+        "steps too large: the optimizer's step after step 3 changed fc1 by 9.0e-01× its own "
+        "size (measured ‖Δw‖/‖w‖; a healthy step is ~1e-03×)"
+    )
+    assert f.evidence[0] == ("update/weight", pytest.approx(0.9))
+    assert f.threshold == TH.exploding_update
+    # the last step's report before its optimizer step: the last measured step judges
+    pending = sample(scaled, step=4, loss_grad=6.5e4)
+    assert [f.step for f in found(exploding.RULE, monitored(*steps, big, pending))] == [3]
+    assert found(exploding.RULE, monitored(*steps, pending)) == []
+
+
+def test_the_monitor_never_applies_the_lr_to_a_layer_no_optimizer_steps() -> None:
+    # the head is in no param group: nothing measured for it, so nothing predicted either
+    rows = [sized("fc0", 0.2, 5.0), sized("head", 1.2, 1.2, 1)]
+    steps = [sample(rows, step=i, loss_grad=1.0, updates={"fc0": 0.16}) for i in (1, 2)]
+    assert found(exploding.RULE, monitored(*steps, lr=5.0)) == []
+
+
+def test_the_monitor_judges_scaled_gradients_per_unit_of_the_loss_gradient() -> None:
+    # no optimizer step seen (or not SGD): ‖g‖/(‖w‖·‖∂loss/∂output‖), which a scale cancels
+    calm = [sized("fc0", 1e5, 5.0), sized("fc1", 1e5, 5.0, 1)]
+    for optimizer, lr in ((None, None), ("sgd", 5e-2), ("adam", 1e-3)):
+        ev = monitored(sample(calm, loss_grad=6.5e4), optimizer=optimizer, lr=lr)
+        assert found(exploding.RULE, ev) == []
+        ev = monitored(sample(calm, loss_grad=1.0), optimizer=optimizer, lr=lr)
+        (f,) = found(exploding.RULE, ev)
+        assert f.evidence[0] == ("‖g‖/(‖w‖·‖∂loss/∂output‖)", pytest.approx(2e4))
 
 
 def test_exploding_fires_on_the_weight_gradient_ratio() -> None:
