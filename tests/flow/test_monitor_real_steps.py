@@ -4,6 +4,7 @@ kinds give no finding (Note [real steps] in findings/exploding.py)."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -18,14 +19,18 @@ def _mlp() -> nn.Module:
     )
 
 
-def test_sgd_with_amps_grad_scaler_is_not_exploding() -> None:
+@pytest.mark.parametrize(
+    "growth_interval, steps",
+    [(2000, 8), (1, 14)],  # the defaults; and a long run's growing scale (×2^13), compressed
+)
+def test_sgd_with_amps_grad_scaler_is_not_exploding(growth_interval: int, steps: int) -> None:
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(64, 32, generator=g), torch.randint(0, 4, (64,), generator=g)
     model = _mlp()
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    scaler = torch.amp.GradScaler("cpu")  # init_scale 65536
+    scaler = torch.amp.GradScaler("cpu", growth_interval=growth_interval)  # init 65536
     with Monitor(model) as mon:
-        for _ in range(8):
+        for _ in range(steps):
             opt.zero_grad()
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 loss = F.cross_entropy(model(x), y)

@@ -3,6 +3,7 @@ order, and everything derived from it (FINDING_KINDS, --fail-on, styles, the plo
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import textwrap
 
@@ -311,16 +312,25 @@ def test_exploding_fires_on_a_huge_gain_over_the_loss_gradient() -> None:
 
 
 def test_exploding_fires_on_growth_over_steps() -> None:
-    first = sample([layer("fc0", 1.0), layer("fc1", 1.0)], step=1)
-    last = sample([layer("fc0", 1e4), layer("fc1", 2.0)], step=5)
-    (f,) = found(exploding.RULE, evidence(first, last, keys=set()))
+    def grown(*samples: StepSample, loss: str | None = "loss_fn") -> list:
+        return found(exploding.RULE, Evidence(samples, TH, None, set(), loss=loss))
+
+    first = sample([layer("fc0", 1.0), layer("fc1", 1.0)], step=1, loss_grad=1.0)
+    last = sample([layer("fc0", 1e4), layer("fc1", 2.0)], step=5, loss_grad=1.0)
+    (f,) = grown(first, last)
     assert (f.layer, f.step, f.value) == ("fc0", 5, pytest.approx(1e4))
     assert f.message == (
         "gradients explode during training: fc0's gradient norm grew 1.0e+04× from step 1 to "
         "step 5 at step 5"
     )
-    calm = sample([layer("fc0", 10.0), layer("fc1", 2.0)], step=5)
-    assert found(exploding.RULE, evidence(first, calm, keys=set())) == []
+    calm = sample([layer("fc0", 10.0), layer("fc1", 2.0)], step=5, loss_grad=1.0)
+    assert grown(first, calm) == []
+    # the Monitor: the same growth against the loss's gradient at the output...
+    assert [f.value for f in grown(first, last, loss=None)] == [pytest.approx(1e4)]
+    # ...but not GradScaler's scale, which multiplies both (2^13 after 26000 steps)
+    scaled = sample([layer("fc0", 8192.0), layer("fc1", 8192.0)], step=5, loss_grad=8192.0)
+    assert grown(first, scaled, loss=None) == []
+    assert grown(first, dataclasses.replace(scaled, loss_grad=None), loss=None) == []
 
 
 def test_exploding_reports_only_its_first_check_that_fires() -> None:
