@@ -326,7 +326,9 @@ def test_exploding_fires_on_growth_over_steps() -> None:
     calm = sample([layer("fc0", 10.0), layer("fc1", 2.0)], step=5, loss_grad=1.0)
     assert grown(first, calm) == []
     # the Monitor: the same growth against the loss's gradient at the output...
-    assert [f.value for f in grown(first, last, loss=None)] == [pytest.approx(1e4)]
+    (f,) = grown(first, last, loss=None)
+    assert f.value == pytest.approx(1e4)
+    assert f.message.endswith("step 5 (per unit of the loss's gradient at the output) at step 5")
     # ...but not GradScaler's scale, which multiplies both (2^13 after 26000 steps)
     scaled = sample([layer("fc0", 8192.0), layer("fc1", 8192.0)], step=5, loss_grad=8192.0)
     assert grown(first, scaled, loss=None) == []
@@ -656,3 +658,75 @@ def test_update_too_large_and_too_small_need_most_steps_beyond_their_limit() -> 
     healthy = [1e-3, 3e-3, 2e-2, 5e-2]
     assert found(update_too_large.RULE, evidence(*with_updates(healthy))) == []
     assert found(update_too_small.RULE, evidence(*with_updates(healthy))) == []
+
+
+def test_update_size_rules_do_not_judge_flows_projection_loss() -> None:
+    # flow without loss_fn trains a random projection of the output, which has no minimum:
+    # its loss falls without end and its steps grow; no step size is healthy or not there
+    for ratios, rule in (([0.5] * 4, update_too_large), ([1e-8] * 4, update_too_small)):
+        steps = with_updates(ratios)
+        keys = {"fc0", "fc1"}
+        projection = Evidence(steps, TH, None, keys, "sgd", 1e-2, loss="projection")
+        assert found(rule.RULE, projection) == []
+        real = Evidence(steps, TH, None, keys, "sgd", 1e-2, loss="loss_fn")
+        assert [f.kind for f in found(rule.RULE, real)] == [rule.RULE.kind]
+
+
+def test_update_too_small_spares_the_layers_behind_a_zero_initialised_one() -> None:
+    # timm's zero_init_last: a residual branch's last BatchNorm starts at 0; the convs before
+    # it get no gradient at first and tiny ones while it grows: by design, not a low lr
+    def rows(bn_weight: float) -> list[LayerStats]:
+        return [
+            layer("conv1", 1e-4, order=0, weight_norm=11.0),
+            layer("bn2", 0.02, order=1, weight_norm=bn_weight),
+            layer("fc", 0.9, order=2, weight_norm=2.0),
+        ]
+
+    def run(first_bn: float) -> list[StepSample]:
+        bns = [first_bn] + [0.002 * s for s in range(1, 6)]
+        return [
+            sample(rows(w), step=s + 1, updates={"conv1": 2e-7, "bn2": 0.03, "fc": 5e-3})
+            for s, w in enumerate(bns)
+        ]
+
+    gated = Evidence(run(0.0), TH, None, {"conv1", "fc"}, "sgd", 1e-2, loss="loss_fn")
+    assert found(update_too_small.RULE, gated) == []
+    # the same tiny steps behind a BatchNorm that did not start at zero: too small
+    plain = Evidence(run(8.0), TH, None, {"conv1", "fc"}, "sgd", 1e-2, loss="loss_fn")
+    (f,) = found(update_too_small.RULE, plain)
+    assert f.layer == "conv1"
+
+
+def test_update_too_small_spares_the_layers_inside_a_block_scaled_near_zero() -> None:
+    # ConvNeXt's layer scale: the block's own gamma (1e-6) scales what fc1 computes; the
+    # block is ordered before its children, yet acts after them
+    def rows(gamma_rms: float) -> list[LayerStats]:
+        return [
+            layer("blocks.1", 0.05, order=0, weight_norm=gamma_rms * 10),  # 100 entries
+            layer("blocks.1.fc1", 1e-7, order=1, weight_norm=1.6),
+            layer("head", 0.9, order=2, weight_norm=2.0),
+        ]
+
+    def run(gamma_rms: float) -> Evidence:
+        steps = [
+            sample(rows(gamma_rms), step=s, updates={"blocks.1.fc1": 3e-9, "head": 5e-3})
+            for s in range(1, 7)
+        ]
+        return Evidence(steps, TH, None, {"blocks.1.fc1", "head"}, "sgd", 1e-2, loss="loss_fn")
+
+    assert found(update_too_small.RULE, run(1e-6)) == []
+    # a block whose own weights are of ordinary size: fc1's tiny steps are too small
+    assert [f.layer for f in found(update_too_small.RULE, run(0.1))] == ["blocks.1.fc1"]
+
+
+def test_exploding_judges_only_the_first_step_of_a_projection_run() -> None:
+    # flow --steps without loss_fn: its projection has no minimum, the weights and gradients
+    # grow without end (tiny Llama: ‖g‖/‖w‖ 1e15 by step 10); the model as given is step 1
+    def step(s: int, grad: float) -> StepSample:
+        return sample([sized("fc0", grad, 5.0), sized("fc1", 1.0, 5.0, 1)], step=s, loss_grad=1.0)
+
+    run = [step(1, 1.0), *(step(s, 10.0 ** (2 * s)) for s in range(2, 11))]
+    assert found(exploding.RULE, optimized(*run, loss="projection")) == []
+    # exploding at the first step is still found; on a real loss the last step is judged
+    assert len(found(exploding.RULE, optimized(step(1, 1e5), *run[1:], loss="projection"))) == 1
+    assert len(found(exploding.RULE, optimized(*run, optimizer="adam", lr=1e-3))) == 1
