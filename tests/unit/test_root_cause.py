@@ -63,7 +63,8 @@ def test_a_loss_that_grows_by_orders_of_magnitude_and_stays_up_diverges() -> Non
     assert f.kind == "diverging" and f.step == 4  # 400 is the first ≥ 100× the low 1.5
     assert "from 1.5 at step 2 to 900 at step 5 (6.0e+02×)" in f.message
     assert "sgd at lr 0.1" in f.message
-    assert dict(f.evidence)["growth"] == pytest.approx(600.0)
+    # the table prints "(threshold 100)" after the evidence: it is the first entry's
+    assert f.evidence[0] == ("growth", pytest.approx(600.0))
     assert f.threshold == TH.diverging_growth
 
 
@@ -102,6 +103,8 @@ def test_a_nan_right_after_an_update_as_large_as_the_weights_diverges() -> None:
     )
     (f,) = diverging.RULE.findings(ev(samples, lr=None, optimizer=None))
     assert f.step == 3 and "‖Δw‖/‖w‖ ≥ inf" in f.message
+    assert f.evidence[0] == ("largest update/weight", math.inf)
+    assert f.threshold == TH.diverging_update
 
 
 # --- diverging: healthy runs left alone --------------------------------------------------
