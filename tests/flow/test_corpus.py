@@ -40,3 +40,24 @@ def test_the_corpus_has_what_the_issue_asks_for() -> None:
     expected = [_load(p).EXPECTED for p in CASES]
     assert sum(e is not None for e in expected) >= 12
     assert sum(e is None for e in expected) >= 8
+
+
+# Healthy controls trained for 10 steps with flow's defaults (SGD, lr 0.01), where a
+# multi-step false alarm showed: timm's zero-initialised residual branches (not_learning,
+# update_too_small) and flow's projection loss, which has no minimum (update_too_large,
+# exploding once the weights have grown).
+TRAINED = ["healthy_resnet_bn", "healthy_timm_resnet18", "healthy_llama"]
+
+
+@pytest.mark.parametrize("name", TRAINED)
+def test_healthy_controls_stay_clean_over_ten_steps(name: str) -> None:
+    case = _load(CORPUS / f"{name}.py")
+    one_step = case.flow
+
+    def ten_steps(*args, **kwargs):
+        return one_step(*args, **{**kwargs, "steps": kwargs.get("steps", 10)})
+
+    case.flow = ten_steps
+    report = case.run()
+    assert report.steps == 10
+    assert report.findings == (), f"healthy control got findings:\n{_summary(report)}"

@@ -3,6 +3,7 @@ order, and everything derived from it (FINDING_KINDS, --fail-on, styles, the plo
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import textwrap
 
@@ -200,7 +201,7 @@ def test_exploding_with_adam_or_the_projection_judges_the_gradient_per_loss_grad
 
 def test_exploding_without_the_loss_gradient_compares_gradient_and_weight() -> None:
     rows = [sized("fc0", 1e4, 5.0), sized("fc1", 1e3, 5.0, 1)]  # ‖g‖/‖w‖ 2e3 at fc0
-    (f,) = found(exploding.RULE, optimized(sample(rows), optimizer=None, lr=None, loss=None))
+    (f,) = found(exploding.RULE, optimized(sample(rows), optimizer="adam", lr=1e-3))
     assert (
         f.message
         == "huge gradients: fc0's gradient norm 1.00e+04 is 2.0e+03× its weight norm 5.00e+00"
@@ -210,6 +211,57 @@ def test_exploding_without_the_loss_gradient_compares_gradient_and_weight() -> N
     assert found(exploding.RULE, optimized(sample(rows), optimizer=None, loss="projection")) == []
     calm = [sized("fc0", 5e2, 5.0), sized("fc1", 5e1, 5.0, 1)]  # ‖g‖/‖w‖ 1e2 at fc0
     assert found(exploding.RULE, optimized(sample(calm), optimizer=None, lr=None)) == []
+    # ...nor under the Monitor: GradScaler may have multiplied the gradients by 65536
+    assert found(exploding.RULE, optimized(sample(rows), optimizer=None, lr=None, loss=None)) == []
+
+
+def monitored(*samples: StepSample, optimizer="sgd", lr=5e-2):
+    """Evidence as the Monitor gives it: a real loop's steps (Evidence.loss None)."""
+    return optimized(*samples, optimizer=optimizer, lr=lr, loss=None)
+
+
+def test_the_monitor_judges_the_sgd_steps_it_measured_not_scaled_or_clipped_gradients() -> None:
+    # AMP's GradScaler: gradients (and the loss's gradient) 65536× what the step uses; or
+    # clipping after backward. lr·‖g‖/‖w‖ would be 1e4×; the measured steps are 1e-3
+    scaled = [sized("fc0", 1e5, 5.0), sized("fc1", 1e5, 5.0, 1)]
+    steps = [
+        sample(scaled, step=i, loss_grad=6.5e4, updates={"fc0": 1e-3, "fc1": 2e-3}) for i in (1, 2)
+    ]
+    assert found(exploding.RULE, monitored(*steps)) == []
+    # the same gradients on flow's own SGD steps are the steps it takes: exploding
+    assert [f.kind for f in found(exploding.RULE, optimized(steps[-1]))] == ["exploding"]
+    # a measured step as large as the layer is exploding, wherever the gradient came from
+    big = sample(scaled, step=3, loss_grad=6.5e4, updates={"fc0": 1e-3, "fc1": 0.9})
+    (f,) = found(exploding.RULE, monitored(*steps, big))
+    assert (f.layer, f.step, f.value) == ("fc1", 3, pytest.approx(0.9))
+    assert f.message == (
+        "steps too large: the optimizer's step after step 3 changed fc1 by 9.0e-01× its own "
+        "size (measured ‖Δw‖/‖w‖; a healthy step is ~1e-03×)"
+    )
+    assert f.evidence[0] == ("update/weight", pytest.approx(0.9))
+    assert f.threshold == TH.exploding_update
+    # the last step's report before its optimizer step: the last measured step judges
+    pending = sample(scaled, step=4, loss_grad=6.5e4)
+    assert [f.step for f in found(exploding.RULE, monitored(*steps, big, pending))] == [3]
+    assert found(exploding.RULE, monitored(*steps, pending)) == []
+
+
+def test_the_monitor_never_applies_the_lr_to_a_layer_no_optimizer_steps() -> None:
+    # the head is in no param group: nothing measured for it, so nothing predicted either
+    rows = [sized("fc0", 0.2, 5.0), sized("head", 1.2, 1.2, 1)]
+    steps = [sample(rows, step=i, loss_grad=1.0, updates={"fc0": 0.16}) for i in (1, 2)]
+    assert found(exploding.RULE, monitored(*steps, lr=5.0)) == []
+
+
+def test_the_monitor_judges_scaled_gradients_per_unit_of_the_loss_gradient() -> None:
+    # no optimizer step seen (or not SGD): ‖g‖/(‖w‖·‖∂loss/∂output‖), which a scale cancels
+    calm = [sized("fc0", 1e5, 5.0), sized("fc1", 1e5, 5.0, 1)]
+    for optimizer, lr in ((None, None), ("sgd", 5e-2), ("adam", 1e-3)):
+        ev = monitored(sample(calm, loss_grad=6.5e4), optimizer=optimizer, lr=lr)
+        assert found(exploding.RULE, ev) == []
+        ev = monitored(sample(calm, loss_grad=1.0), optimizer=optimizer, lr=lr)
+        (f,) = found(exploding.RULE, ev)
+        assert f.evidence[0] == ("‖g‖/(‖w‖·‖∂loss/∂output‖)", pytest.approx(2e4))
 
 
 def test_exploding_fires_on_the_weight_gradient_ratio() -> None:
@@ -260,16 +312,27 @@ def test_exploding_fires_on_a_huge_gain_over_the_loss_gradient() -> None:
 
 
 def test_exploding_fires_on_growth_over_steps() -> None:
-    first = sample([layer("fc0", 1.0), layer("fc1", 1.0)], step=1)
-    last = sample([layer("fc0", 1e4), layer("fc1", 2.0)], step=5)
-    (f,) = found(exploding.RULE, evidence(first, last, keys=set()))
+    def grown(*samples: StepSample, loss: str | None = "loss_fn") -> list:
+        return found(exploding.RULE, Evidence(samples, TH, None, set(), loss=loss))
+
+    first = sample([layer("fc0", 1.0), layer("fc1", 1.0)], step=1, loss_grad=1.0)
+    last = sample([layer("fc0", 1e4), layer("fc1", 2.0)], step=5, loss_grad=1.0)
+    (f,) = grown(first, last)
     assert (f.layer, f.step, f.value) == ("fc0", 5, pytest.approx(1e4))
     assert f.message == (
         "gradients explode during training: fc0's gradient norm grew 1.0e+04× from step 1 to "
         "step 5 at step 5"
     )
-    calm = sample([layer("fc0", 10.0), layer("fc1", 2.0)], step=5)
-    assert found(exploding.RULE, evidence(first, calm, keys=set())) == []
+    calm = sample([layer("fc0", 10.0), layer("fc1", 2.0)], step=5, loss_grad=1.0)
+    assert grown(first, calm) == []
+    # the Monitor: the same growth against the loss's gradient at the output...
+    (f,) = grown(first, last, loss=None)
+    assert f.value == pytest.approx(1e4)
+    assert f.message.endswith("step 5 (per unit of the loss's gradient at the output) at step 5")
+    # ...but not GradScaler's scale, which multiplies both (2^13 after 26000 steps)
+    scaled = sample([layer("fc0", 8192.0), layer("fc1", 8192.0)], step=5, loss_grad=8192.0)
+    assert grown(first, scaled, loss=None) == []
+    assert grown(first, dataclasses.replace(scaled, loss_grad=None), loss=None) == []
 
 
 def test_exploding_reports_only_its_first_check_that_fires() -> None:
@@ -595,3 +658,75 @@ def test_update_too_large_and_too_small_need_most_steps_beyond_their_limit() -> 
     healthy = [1e-3, 3e-3, 2e-2, 5e-2]
     assert found(update_too_large.RULE, evidence(*with_updates(healthy))) == []
     assert found(update_too_small.RULE, evidence(*with_updates(healthy))) == []
+
+
+def test_update_size_rules_do_not_judge_flows_projection_loss() -> None:
+    # flow without loss_fn trains a random projection of the output, which has no minimum:
+    # its loss falls without end and its steps grow; no step size is healthy or not there
+    for ratios, rule in (([0.5] * 4, update_too_large), ([1e-8] * 4, update_too_small)):
+        steps = with_updates(ratios)
+        keys = {"fc0", "fc1"}
+        projection = Evidence(steps, TH, None, keys, "sgd", 1e-2, loss="projection")
+        assert found(rule.RULE, projection) == []
+        real = Evidence(steps, TH, None, keys, "sgd", 1e-2, loss="loss_fn")
+        assert [f.kind for f in found(rule.RULE, real)] == [rule.RULE.kind]
+
+
+def test_update_too_small_spares_the_layers_behind_a_zero_initialised_one() -> None:
+    # timm's zero_init_last: a residual branch's last BatchNorm starts at 0; the convs before
+    # it get no gradient at first and tiny ones while it grows: by design, not a low lr
+    def rows(bn_weight: float) -> list[LayerStats]:
+        return [
+            layer("conv1", 1e-4, order=0, weight_norm=11.0),
+            layer("bn2", 0.02, order=1, weight_norm=bn_weight),
+            layer("fc", 0.9, order=2, weight_norm=2.0),
+        ]
+
+    def run(first_bn: float) -> list[StepSample]:
+        bns = [first_bn] + [0.002 * s for s in range(1, 6)]
+        return [
+            sample(rows(w), step=s + 1, updates={"conv1": 2e-7, "bn2": 0.03, "fc": 5e-3})
+            for s, w in enumerate(bns)
+        ]
+
+    gated = Evidence(run(0.0), TH, None, {"conv1", "fc"}, "sgd", 1e-2, loss="loss_fn")
+    assert found(update_too_small.RULE, gated) == []
+    # the same tiny steps behind a BatchNorm that did not start at zero: too small
+    plain = Evidence(run(8.0), TH, None, {"conv1", "fc"}, "sgd", 1e-2, loss="loss_fn")
+    (f,) = found(update_too_small.RULE, plain)
+    assert f.layer == "conv1"
+
+
+def test_update_too_small_spares_the_layers_inside_a_block_scaled_near_zero() -> None:
+    # ConvNeXt's layer scale: the block's own gamma (1e-6) scales what fc1 computes; the
+    # block is ordered before its children, yet acts after them
+    def rows(gamma_rms: float) -> list[LayerStats]:
+        return [
+            layer("blocks.1", 0.05, order=0, weight_norm=gamma_rms * 10),  # 100 entries
+            layer("blocks.1.fc1", 1e-7, order=1, weight_norm=1.6),
+            layer("head", 0.9, order=2, weight_norm=2.0),
+        ]
+
+    def run(gamma_rms: float) -> Evidence:
+        steps = [
+            sample(rows(gamma_rms), step=s, updates={"blocks.1.fc1": 3e-9, "head": 5e-3})
+            for s in range(1, 7)
+        ]
+        return Evidence(steps, TH, None, {"blocks.1.fc1", "head"}, "sgd", 1e-2, loss="loss_fn")
+
+    assert found(update_too_small.RULE, run(1e-6)) == []
+    # a block whose own weights are of ordinary size: fc1's tiny steps are too small
+    assert [f.layer for f in found(update_too_small.RULE, run(0.1))] == ["blocks.1.fc1"]
+
+
+def test_exploding_judges_only_the_first_step_of_a_projection_run() -> None:
+    # flow --steps without loss_fn: its projection has no minimum, the weights and gradients
+    # grow without end (tiny Llama: ‖g‖/‖w‖ 1e15 by step 10); the model as given is step 1
+    def step(s: int, grad: float) -> StepSample:
+        return sample([sized("fc0", grad, 5.0), sized("fc1", 1.0, 5.0, 1)], step=s, loss_grad=1.0)
+
+    run = [step(1, 1.0), *(step(s, 10.0 ** (2 * s)) for s in range(2, 11))]
+    assert found(exploding.RULE, optimized(*run, loss="projection")) == []
+    # exploding at the first step is still found; on a real loss the last step is judged
+    assert len(found(exploding.RULE, optimized(step(1, 1e5), *run[1:], loss="projection"))) == 1
+    assert len(found(exploding.RULE, optimized(*run, optimizer="adam", lr=1e-3))) == 1

@@ -16,7 +16,7 @@ from gradcheck_tool.engines.flow.findings import (
     not_learning,
 )
 from gradcheck_tool.engines.flow.findings._divergence import find_blow_up, update_ratios
-from gradcheck_tool.engines.flow.samples import NanSite, StepSample
+from gradcheck_tool.engines.flow.samples import ZERO_GRADIENT, NanSite, StepSample
 from gradcheck_tool.engines.flow.thresholds import FlowThresholds
 from gradcheck_tool.results import LayerStats, OverfitVerdict
 
@@ -63,7 +63,8 @@ def test_a_loss_that_grows_by_orders_of_magnitude_and_stays_up_diverges() -> Non
     assert f.kind == "diverging" and f.step == 4  # 400 is the first ≥ 100× the low 1.5
     assert "from 1.5 at step 2 to 900 at step 5 (6.0e+02×)" in f.message
     assert "sgd at lr 0.1" in f.message
-    assert dict(f.evidence)["growth"] == pytest.approx(600.0)
+    # the table prints "(threshold 100)" after the evidence: it is the first entry's
+    assert f.evidence[0] == ("growth", pytest.approx(600.0))
     assert f.threshold == TH.diverging_growth
 
 
@@ -102,6 +103,8 @@ def test_a_nan_right_after_an_update_as_large_as_the_weights_diverges() -> None:
     )
     (f,) = diverging.RULE.findings(ev(samples, lr=None, optimizer=None))
     assert f.step == 3 and "‖Δw‖/‖w‖ ≥ inf" in f.message
+    assert f.evidence[0] == ("largest update/weight", math.inf)
+    assert f.threshold == TH.diverging_update
 
 
 # --- diverging: healthy runs left alone --------------------------------------------------
@@ -184,8 +187,8 @@ def test_tiny_updates_are_named_with_their_numbers_and_a_learning_rate_to_try() 
 def test_reasons_are_ranked_by_how_far_past_their_threshold() -> None:
     def rows(step):
         return [
-            fc("fc0", weight=10.0, grad=1.0, frozen=True),
-            fc("fc1", weight=10.0, grad=1.0, order=1, numel=300),
+            fc("fc0", weight=10.0, grad=1.0, frozen=True, numel=300),
+            fc("fc1", weight=10.0, grad=1.0, order=1),
             LayerStats(
                 "relu", "ReLU", "activation", "relu", 2, units=10, unit="feature",
                 dead_fraction=0.6,
@@ -195,7 +198,7 @@ def test_reasons_are_ranked_by_how_far_past_their_threshold() -> None:
     samples = run([2.3] * 10, rows)
     (f,) = not_learning.RULE.findings(ev(samples, lr=1e-6, overfit=failed(2.3, 2.3)))
     text = f.message
-    # lr: 1e-4 / 1e-7 = 1000 ≫ frozen: 1 + 25% ≫ dead: 0.6 / 0.5
+    # lr: 1e-4 / 1e-7 = 1000 ≫ frozen: 75% / 50% ≫ dead: 0.6 / 0.5
     assert text.index("(1) learning rate") < text.index("(2) frozen") < text.index("(3) dead")
 
 
@@ -279,3 +282,70 @@ def test_a_forgotten_zero_grad_is_the_cause_of_the_large_updates_it_makes() -> N
     found = detect_findings(samples, TH, None, {"fc"}, optimizer="sgd", lr=0.5)
     assert kinds(found) == ["grad_not_zeroed"]
     assert kinds(found[0].consequences) == ["update_too_large", "dead_relu"]
+
+
+def test_not_learning_names_unreached_parameters_only_with_evidence() -> None:
+    # timm's zero_init_last: layer1.0.conv1 gets exactly zero gradient at the first step
+    # only, because bn2 after it starts at zero; the loss falls 2.25 → 0.106 in 10 steps
+    def rows(step):
+        bn = 0.0 if step == 1 else 1e-3 * step
+        return [
+            fc("conv1", weight=11.0, grad=0.0 if step == 1 else 2e-4),
+            fc("bn2", weight=bn, grad=0.02, order=1),
+            fc("fc", weight=2.0, grad=0.9, order=2),
+        ]
+
+    losses = [2.25, 1.33, 0.71, 0.42, 0.28, 0.2, 0.17, 0.14, 0.12, 0.106]
+    gated = {1: [("conv1", ["conv1.weight"], ZERO_GRADIENT)]}
+    samples = run(losses, rows, no_grad_at=gated)
+    assert not_learning.RULE.findings(ev(samples, lr=1e-2, overfit=failed(2.25, 0.106))) == []
+    # zeros at the first step only, without a zero-initialised layer after: reached later
+    plain = run(losses, lambda s: [fc("conv1", weight=11.0), fc("fc", order=2)], no_grad_at=gated)
+    assert not_learning.RULE.findings(ev(plain, lr=1e-2, overfit=failed(2.25, 0.106))) == []
+    # a parameter the loss never reaches at any step: named
+    never = {i: [("head2", ["head2.weight"], "not reached by backward")] for i in range(1, 11)}
+    flat = run([2.3] * 10, lambda s: [fc("fc"), fc("head2", order=1)], no_grad_at=never)
+    (f,) = not_learning.RULE.findings(ev(flat, lr=1e-2, overfit=failed(2.3, 2.3)))
+    assert "the loss does not reach head2.weight" in f.message
+
+
+def test_frozen_layers_are_a_reason_only_when_they_hold_most_parameters() -> None:
+    def frozen(share_of_400: int):
+        def rows(step):
+            return [
+                fc("emb", weight=10.0, grad=1.0, frozen=True, numel=share_of_400),
+                fc("fc", weight=10.0, grad=1.0, order=1, numel=400 - share_of_400),
+            ]
+
+        return run([2.3, 2.2, 2.1, 2.0], rows)
+
+    # a frozen pretrained embedding (15.7%) or a frozen backbone of a head-only fine-tune
+    # below half: meant, and the rest learns (update size 1e-3: healthy)
+    for share in (63, 150):
+        found = not_learning.RULE.findings(ev(frozen(share), lr=1e-2, overfit=failed(2.3, 2.0)))
+        assert found == []
+    # most of the model frozen (frozen_by_mistake: 93.5%)
+    (f,) = not_learning.RULE.findings(ev(frozen(374), lr=1e-2, overfit=failed(2.3, 2.0)))
+    assert "frozen layers (requires_grad=False) hold 93.5% of the parameters" in f.message
+    assert dict(f.evidence)["frozen share"] == pytest.approx(0.935)
+
+
+def test_a_rising_loss_is_a_reason_only_when_it_rose_clearly() -> None:
+    def rows(step):
+        return [fc("fc", weight=10.0, grad=1.0)]
+
+    # an LSTM with dropout: 1.64 → 1.65, noise
+    noisy = run([1.64, 1.6, 1.62, 1.63, 1.65], rows)
+    assert not_learning.RULE.findings(ev(noisy, lr=1e-2, overfit=failed(1.64, 1.65))) == []
+    # from its lowest 1.2 to 2.4: 2× (≥ 1.5×)
+    rose = run([1.64, 1.2, 1.5, 2.0, 2.4], rows)
+    (f,) = not_learning.RULE.findings(ev(rose, lr=1e-2, overfit=failed(1.64, 2.4)))
+    assert "the loss rose (1.2 at its lowest → 2.4)" in f.message
+    assert dict(f.evidence)["loss rise"] == pytest.approx(2.0)
+
+
+def test_not_learnings_evidence_starts_with_the_loss_its_threshold_is_for() -> None:
+    samples = run([2.35] * 10, lambda s: [fc("fc", weight=10.0, grad=1.0)])
+    (f,) = not_learning.RULE.findings(ev(samples, lr=1e-5, overfit=failed(2.35, 2.35)))
+    assert f.evidence[0] == ("last loss", 2.35)
+    assert f.threshold == pytest.approx(max(TH.overfit_absolute, TH.overfit_fraction * 2.35))

@@ -58,6 +58,12 @@ class FlowThresholds:
     # not_learning: updates this small per step (10× below ~1e-3) cannot fit a batch in a
     # few dozen steps
     not_learning_update: float = 1e-4
+    # ... frozen layers are a reason only when they hold most of the parameters (a frozen
+    # pretrained embedding, a head-only fine-tune: meant, and the rest still learns) ...
+    not_learning_frozen: float = 0.5
+    # ... a rising loss only when it ends 1.5× above its lowest value (dropout's noise moves
+    # a loss a few percent either way)
+    not_learning_loss_rise: float = 1.5
     # ... and a loss that still halves over the last quarter of the steps is learning, only
     # not done yet: no not_learning finding
     still_falling: float = 0.5

@@ -47,6 +47,7 @@ class BlowUp:
     threshold: float  # the growth (or, for `by_update`, the ‖Δw‖/‖w‖) it had to reach
     nonfinite: StepSample | None = None  # the step the values became NaN/Inf, if they did
     by_update: bool = False  # non-finite right after a huge update, without loss growth
+    update: float | None = None  # for `by_update`: the largest ‖Δw‖/‖w‖ of that update
 
 
 def number(x: float) -> str:
@@ -125,6 +126,7 @@ def find_blow_up(ev: Evidence) -> BlowUp | None:
                 th.diverging_update,
                 nonfinite,
                 by_update=True,
+                update=max(ratios),
             )
         return None
     if bad is not None or g < th.diverging_growth:

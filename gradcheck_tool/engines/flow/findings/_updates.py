@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 
 from ..samples import ROOT
 from ._rule import Detection, Evidence
+from ._zero_init import zero_init_after
 
 
 def layer_ratios(ev: Evidence) -> dict[str, list[float]]:
@@ -21,6 +22,14 @@ def layer_ratios(ev: Evidence) -> dict[str, list[float]]:
             if key in ev.comparable_keys and key not in frozen and math.isfinite(ratio):
                 out.setdefault(key, []).append(ratio)
     return out
+
+
+def _gated(ev: Evidence) -> set[str]:
+    """Keys of the layers behind one zero-initialised (or near zero: RMS below
+    `exploding_weight_rms`) at the first step: their steps stay tiny until it grows
+    (Note [zero-initialised branches] in _zero_init.py)."""
+    first, rms = ev.first, ev.thresholds.exploding_weight_rms  # near zero by design
+    return {r.key for r in first.rows if r.kind == "layer" and zero_init_after(first, r.name, rms)}
 
 
 def _streak(ratios: list[float], beyond: Callable[[float], bool]) -> int:
@@ -46,11 +55,19 @@ def far_from_healthy(
     limit (a run without warm-up: the first steps do the damage, later smaller ones bring the
     median down) is a detection marked `where=EARLY`: healthy runs at a high Adam lr have such
     runs too and still fit, so it stays a finding only where the findings absent before the
-    first update (dead units, vanishing gradients) are its consequences (consequences.py)."""
+    first update (dead units, vanishing gradients) are its consequences (consequences.py).
+
+    Nothing on flow's projection loss (it has no minimum: its steps grow without end), nor
+    too small for the layers behind a zero-initialised one (zero_init_last)."""
+    if ev.loss == "projection":
+        return  # flow trains its random projection, which has no minimum: no step is healthy
     th = ev.thresholds
+    gated = _gated(ev) if kind == "small" else set()
     flagged: list[tuple[float, str, int, int]] = []  # median, key, steps beyond, steps seen
     early: list[tuple[float, str, int, int]] = []  # peak, key, longest run, steps seen
     for key, ratios in layer_ratios(ev).items():
+        if key in gated:
+            continue
         n_beyond = sum(1 for r in ratios if beyond(r))
         if n_beyond >= th.update_min_steps and n_beyond >= th.update_steps_fraction * len(ratios):
             flagged.append((statistics.median(ratios), key, n_beyond, len(ratios)))

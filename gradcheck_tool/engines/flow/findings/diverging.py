@@ -42,11 +42,12 @@ def detect(ev: Evidence) -> Iterator[Detection]:
         loss = b.nonfinite.loss
         bad = f"the loss was {loss}" if loss is not None and not math.isfinite(loss) else None
         text += f", then {bad or 'a value became NaN/Inf'} at step {b.nonfinite.step}"
-    evidence: list[tuple[str, float]] = [
-        ("low loss", b.low_loss),
-        ("peak loss", b.peak_loss),
-        ("growth", b.growth),
-    ]
+    # the number the threshold is for first: the loss's growth, or the update before the NaN
+    evidence: list[tuple[str, float]] = (
+        [("largest update/weight", b.update), ("low loss", b.low_loss)]
+        if b.by_update and b.update is not None
+        else [("growth", b.growth), ("low loss", b.low_loss), ("peak loss", b.peak_loss)]
+    )
     if ev.lr is not None:
         text += f"; {ev.optimizer or 'optimizer'} at lr {ev.lr:g}"
         evidence.append(("lr", ev.lr))
@@ -60,8 +61,6 @@ def detect(ev: Evidence) -> Iterator[Detection]:
             f"{number(first.ratio)} after step {first.sample.step} (healthy ≈ 1e-3)"
         )
         evidence.append(("update/weight", first.ratio))
-    if b.by_update:
-        evidence = [e for e in evidence if e[0] not in ("peak loss", "growth")]
     yield Detection(
         layer,
         text,

@@ -5,6 +5,7 @@ The first of these checks that fires is the finding (at most one per run)."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Iterator
 
@@ -64,11 +65,21 @@ def _layers_above(count: int) -> str:
     return "" if count < 2 else f"; {count} layers are above the limit"
 
 
+def _predicts_sgd_steps(ev: Evidence) -> bool:
+    """flow's own SGD steps on the user's loss: lr·‖g‖/‖w‖ is the step it takes (no
+    GradScaler, no clipping between backward and step)."""
+    return ev.optimizer == "sgd" and bool(ev.lr) and ev.loss == "loss_fn"
+
+
 def _sgd_step_too_large(ev: Evidence) -> Detection | None:
-    """SGD on a real loss: one step changes a layer by lr·‖g‖/‖w‖ of its size."""
-    if ev.optimizer != "sgd" or not ev.lr or ev.loss == "projection":
+    """SGD: one step changes a layer by ‖Δw‖/‖w‖ of its size. flow predicts it, lr·‖g‖/‖w‖;
+    the Monitor measures it (Note [real steps])."""
+    if ev.loss is None:
+        return _measured_sgd_step_too_large(ev)
+    if not _predicts_sgd_steps(ev):
         return None
     th = ev.thresholds
+    assert ev.lr is not None
     updates = [(r, ev.lr * ratio) for r, ratio in _sized(ev)]
     row, update, count = _first_above(updates, th.exploding_update)
     if row is None:
@@ -91,19 +102,60 @@ def _sgd_step_too_large(ev: Evidence) -> Detection | None:
     )
 
 
+# Note [real steps]: in a real training loop (the Monitor) the recorded gradient is not the
+# one the optimizer steps with: AMP's GradScaler multiplies it by its scale (65536 at
+# first), gradient clipping shrinks it after backward, and a layer may sit in no param group
+# or in one with its own lr. So the Monitor never predicts a step as lr·‖g‖/‖w‖: it judges
+# the ‖Δw‖/‖w‖ it measured (StepSample.updates), and the gradient only by criteria a scale
+# cancels out of (‖g‖/‖w‖ per unit of the loss's gradient at the output, which the scaler
+# multiplies alike; trends across depth).
+
+
+def _measured_sgd_step_too_large(ev: Evidence) -> Detection | None:
+    """The Monitor's SGD: the last measured step's ‖Δw‖/‖w‖ (Note [real steps])."""
+    if ev.optimizer != "sgd":
+        return None
+    sample = next((s for s in reversed(ev.samples) if s.updates), None)
+    if sample is None:
+        return None
+    th = ev.thresholds
+    updates = [
+        (r, sample.updates[r.key])
+        for r, _ in _sized(ev)
+        if r.key in sample.updates and math.isfinite(sample.updates[r.key])
+    ]
+    row, update, count = _first_above(updates, th.exploding_update)
+    if row is None:
+        return None
+    at = f" after step {sample.step}" if ev.multi else ""
+    return Detection(
+        row.name,
+        f"steps too large: the optimizer's step{at} changed {label(row.name)} by "
+        f"{update:.1e}× its own size (measured ‖Δw‖/‖w‖; a healthy step is ~1e-03×)"
+        f"{_layers_above(count)}",
+        key=row.key,
+        value=update,
+        step=sample.step,
+        evidence=(("update/weight", update), ("layers above", float(count))),
+        threshold=th.exploding_update,
+    )
+
+
 def _gradient_dwarfs_weight(ev: Evidence) -> Detection | None:
     """Adam (its step is ~lr per entry whatever the gradient), an unknown optimizer, or
     flow's projection loss (its scale is arbitrary): ‖g‖/‖w‖ per unit of the loss's
-    gradient at the model output, which no choice of loss scale or lr changes."""
-    if ev.optimizer == "sgd" and ev.lr and ev.loss != "projection":
+    gradient at the model output, which no choice of loss scale or lr changes; and every
+    optimizer under the Monitor, whose gradients may be scaled (Note [real steps])."""
+    if _predicts_sgd_steps(ev):
         return None
     th = ev.thresholds
     loss_grad = ev.last.loss_grad
     sized = _sized(ev)
     if not loss_grad or not math.isfinite(loss_grad):
-        # without the loss's gradient (an output that is not a tensor): ‖g‖/‖w‖ on a real
-        # loss; the projection's scale is arbitrary, the trends below still judge it
-        if ev.loss == "projection":
+        # without the loss's gradient (an output that is not a tensor): ‖g‖/‖w‖ on flow's
+        # real loss; the projection's scale is arbitrary and the Monitor's gradients may be
+        # scaled (Note [real steps]): the trends below still judge them
+        if ev.loss != "loss_fn":
             return None
         row, ratio, count = _first_above(sized, th.exploding_grad_weight)
         if row is None:
@@ -240,14 +292,22 @@ def _huge_gain(ev: Evidence) -> Detection | None:
 
 
 def _grew_over_steps(ev: Evidence) -> Detection | None:
-    """Over --steps: a layer's gradient norm that grew by orders of magnitude."""
+    """Over --steps: a layer's gradient norm that grew by orders of magnitude. Under the
+    Monitor, per unit of the loss's gradient at the output: GradScaler's scale doubles every
+    2000 steps without an overflow, 1024× in 20000 (Note [real steps])."""
     if not ev.multi:
         return None
+    unit0, unit1 = 1.0, 1.0
+    scaled = ev.loss is None
+    if scaled:
+        unit0, unit1 = ev.first.loss_grad, ev.last.loss_grad
+        if not unit0 or not unit1 or not math.isfinite(unit0) or not math.isfinite(unit1):
+            return None
     grown = []
     for r in _layers(ev):
         a = ev.first_rows.get(r.key)
         if a is not None and a.grad_norm and r.grad_norm and math.isfinite(r.grad_norm):
-            grown.append((r, r.grad_norm / a.grad_norm))
+            grown.append((r, (r.grad_norm / unit1) / (a.grad_norm / unit0)))
     th = ev.thresholds
     row, g = _largest([(r, g) for r, g in grown if g > th.exploding_growth])
     if row is None:
@@ -257,7 +317,7 @@ def _grew_over_steps(ev: Evidence) -> Detection | None:
         row,
         f"gradients explode during training: {label(row.name)}'s "
         f"gradient norm grew {g:.1e}× from step {ev.first.step} to step "
-        f"{ev.last.step}",
+        f"{ev.last.step}" + (" (per unit of the loss's gradient at the output)" if scaled else ""),
         g,
         evidence=(("growth", g), ("‖g‖", row.grad_norm)),
         threshold=th.exploding_growth,
@@ -276,6 +336,11 @@ CHECKS = (
 
 
 def detect(ev: Evidence) -> Iterator[Detection]:
+    if ev.loss == "projection" and ev.multi:
+        # flow's --steps without loss_fn trains its random projection, which has no
+        # minimum: the weights grow without end and so do the gradients. Only the first
+        # step measures the model as it was given
+        ev = dataclasses.replace(ev, samples=ev.samples[:1])
     if ev.last.nan is not None:
         return  # after a NaN the norms say nothing
     for check in CHECKS:

@@ -4,7 +4,7 @@ likely reasons, strongest first.
 
 A reason is named only with evidence past its threshold, and ranked by how far past it is
 (its `strength`: the measured value over the threshold, or the threshold over the measured
-value for "too small"; 1 + the fraction of parameters for frozen or unreached layers). Without
+value for "too small"; 1 + the fraction of parameters for unreached layers). Without
 any reason there is no finding: a healthy model that needs more steps only gets the overfit
 line's advice; nor is there one while the loss still falls fast (it halved over the last
 quarter of the steps): that model is learning and needs more steps.
@@ -28,6 +28,7 @@ from ._divergence import (
     update_ratios,
 )
 from ._rule import Detection, Evidence, FindingRule, Severity, percent
+from ._zero_init import without_gradient
 
 FIX = (
     "Act on the first reason: raise the learning rate (or train longer) when updates are "
@@ -113,14 +114,18 @@ def _saturated(ev: Evidence) -> Reason | None:
 
 
 def _frozen(ev: Evidence) -> Reason | None:
+    """Frozen layers holding most (`not_learning_frozen`) of the parameters."""
     layers = [r for r in ev.last.rows if r.kind == "layer"]
     frozen = [r for r in layers if r.frozen]
     total = sum(r.numel for r in layers)
     if not frozen or not total:
         return None
     share = sum(r.numel for r in frozen) / total
+    limit = ev.thresholds.not_learning_frozen
+    if share < limit:
+        return None
     return Reason(
-        1.0 + share,
+        share / limit,
         f"frozen layers (requires_grad=False) hold {percent(share)} of the parameters: "
         f"{_names([label(r.name) for r in frozen])}",
         (("frozen share", share),),
@@ -130,14 +135,20 @@ def _frozen(ev: Evidence) -> Reason | None:
 
 
 def _unreached(ev: Evidence) -> Reason | None:
-    """Trainable parameters without gradient before anything went wrong: a loss that ignores
-    part of the output, or a cut graph."""
-    first = before_trouble(ev)[0]
-    params = [(layer, p) for layer, names, _ in first.no_grad for p in names]
+    """Trainable parameters without gradient at every step before anything went wrong: a
+    loss that ignores part of the output, or a cut graph. Not those whose gradient is zero by
+    design (Note [zero-initialised branches] in _zero_init.py), nor those a step reached."""
+    kept = before_trouble(ev)
+    last = kept[-1]
+    always = set.intersection(
+        *({(layer, p) for layer, names, _ in without_gradient(s) for p in names} for s in kept)
+    )
+    params = [(layer, p) for layer, names, _ in without_gradient(last) for p in names]
+    params = [lp for lp in params if lp in always]
     if not params:
         return None
-    numel = {r.key: r.numel for r in first.rows if r.kind == "layer"}
-    total = sum(r.numel for r in first.rows if r.kind == "layer" and not r.frozen) or 1
+    numel = {r.key: r.numel for r in last.rows if r.kind == "layer"}
+    total = sum(r.numel for r in last.rows if r.kind == "layer" and not r.frozen) or 1
     layers = list(dict.fromkeys(layer for layer, _ in params))
     share = min(1.0, sum(numel.get(label(layer), 0) for layer in layers) / total)
     return Reason(
@@ -151,14 +162,19 @@ def _unreached(ev: Evidence) -> Reason | None:
 
 
 def _loss_rose(ev: Evidence) -> Reason | None:
+    """The last loss `not_learning_loss_rise` (1.5×) or more above the lowest one."""
     losses = [s.loss for s in ev.samples if s.loss is not None]
-    if len(losses) < 2 or not losses[-1] > losses[0]:
+    if len(losses) < 2:
+        return None
+    low, last = min(losses), losses[-1]
+    rise, limit = growth(last, low), ev.thresholds.not_learning_loss_rise
+    if rise < limit:
         return None
     return Reason(
-        growth(losses[-1], losses[0]),
-        f"the loss rose ({number(losses[0])} → {number(losses[-1])}): the learning rate may be "
-        "too large",
-        (("first loss", losses[0]), ("last loss", losses[-1])),
+        rise / limit,
+        f"the loss rose ({number(low)} at its lowest → {number(last)}): the learning rate may "
+        "be too large",
+        (("loss rise", rise), ("lowest loss", low)),
     )
 
 
@@ -223,7 +239,8 @@ def detect(ev: Evidence) -> Iterator[Detection]:
         key=top.key,
         value=last,
         step=ev.last.step,
-        evidence=tuple(e for r in reasons for e in r.evidence),
+        # the threshold is the overfit check's "near zero", which the last loss missed
+        evidence=(("last loss", last), *(e for r in reasons for e in r.evidence)),
         threshold=max(ev.thresholds.overfit_absolute, ev.thresholds.overfit_fraction * first),
     )
 
