@@ -730,3 +730,18 @@ def test_exploding_judges_only_the_first_step_of_a_projection_run() -> None:
     # exploding at the first step is still found; on a real loss the last step is judged
     assert len(found(exploding.RULE, optimized(step(1, 1e5), *run[1:], loss="projection"))) == 1
     assert len(found(exploding.RULE, optimized(*run, optimizer="adam", lr=1e-3))) == 1
+
+
+def test_update_too_small_is_about_the_model_not_one_slow_layer() -> None:
+    # a BERT's key weights at init barely move while the other layers do: no finding
+    names = ["q", "k", "v", "o"]
+    rows = [layer(n, 1.0, order=i, params=(f"{n}.weight",)) for i, n in enumerate(names)]
+
+    def steps(ratios: dict[str, float]) -> list[StepSample]:
+        return [sample(rows, step=s, updates=dict(ratios)) for s in range(1, 6)]
+
+    one_slow = evidence(*steps({"q": 1e-3, "k": 5e-7, "v": 1e-3, "o": 2e-3}))
+    assert found(update_too_small.RULE, one_slow) == []
+    all_slow = evidence(*steps({"q": 3e-8, "k": 5e-8, "v": 2e-8, "o": 4e-8}))
+    (f,) = found(update_too_small.RULE, all_slow)
+    assert f.key == "v" and "and 3 other layers too" in f.message

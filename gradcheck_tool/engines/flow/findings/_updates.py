@@ -57,22 +57,27 @@ def far_from_healthy(
     runs too and still fit, so it stays a finding only where the findings absent before the
     first update (dead units, vanishing gradients) are its consequences (consequences.py).
 
-    Nothing on flow's projection loss (it has no minimum: its steps grow without end), nor
-    too small for the layers behind a zero-initialised one (zero_init_last)."""
+    Too small only when most of the judged layers are (the learning rate is the model's),
+    never for the layers behind a zero-initialised one (zero_init_last); nothing on flow's
+    projection loss (it has no minimum: its steps grow without end)."""
     if ev.loss == "projection":
         return  # flow trains its random projection, which has no minimum: no step is healthy
     th = ev.thresholds
     gated = _gated(ev) if kind == "small" else set()
     flagged: list[tuple[float, str, int, int]] = []  # median, key, steps beyond, steps seen
     early: list[tuple[float, str, int, int]] = []  # peak, key, longest run, steps seen
-    for key, ratios in layer_ratios(ev).items():
-        if key in gated:
-            continue
+    judged = {key: ratios for key, ratios in layer_ratios(ev).items() if key not in gated}
+    for key, ratios in judged.items():
         n_beyond = sum(1 for r in ratios if beyond(r))
         if n_beyond >= th.update_min_steps and n_beyond >= th.update_steps_fraction * len(ratios):
             flagged.append((statistics.median(ratios), key, n_beyond, len(ratios)))
         elif kind == "large" and (run := _streak(ratios, beyond)) >= th.update_min_steps:
             early.append((max(ratios), key, run, len(ratios)))
+    if kind == "small" and len(flagged) < th.update_steps_fraction * len(judged):
+        # a learning rate is too small for the model, not for one layer: a few layers that
+        # barely move while most do (a BERT's key weights at init, whose gradients are tiny
+        # while attention is near uniform) are not this finding
+        flagged = []
     with_what = f" ({ev.optimizer}, lr {ev.lr:g})" if ev.optimizer and ev.lr is not None else ""
     if flagged:
         median, key, n_beyond, n_seen = (max if kind == "large" else min)(flagged)
