@@ -285,9 +285,9 @@ def _no_findings(report: FlowReport) -> str:
         )
     if report.steps > 1 and report.loss == "projection":
         return (
-            text + f" over {report.steps} steps (the loss, a random projection of the output "
-            "without a minimum, and the update sizes it drives are not judged: define "
-            "loss_fn for that)."
+            text + f"; gradient and update sizes judged at step 1 only: the {report.steps} "
+            "steps trained a random projection of the output, which has no minimum (define "
+            "loss_fn for a real --steps run)."
         )
     if report.steps > 1:
         return (

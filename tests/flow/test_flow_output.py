@@ -211,3 +211,14 @@ def test_fail_on_matches_a_consequence_too() -> None:
     assert result.exit_code == 1, result.output
     assert "then nan" in " ".join(result.output.split())
     assert runner.invoke(app, [*args, "dead_relu"]).exit_code == 0
+
+
+def test_steps_on_the_projection_say_what_they_are_worth() -> None:
+    """The issue's 'a loss without a minimum grows the gradient norm ×156 and flow says
+    nothing': flow's projection has no minimum, so --steps without loss_fn warns, with the
+    growth it saw, and the findings panel says what was judged."""
+    report = flow(ReusedInplace(), batch(16, 8), steps=10, lr=0.01)
+    (warning,) = [w for w in report.warnings if "random projection" in w]
+    assert "no minimum" in warning and "the gradient norm grew ×" in warning, warning
+    text = _rendered(report, 100)
+    assert "judged at step 1 only" in " ".join(text.replace("│", " ").split()) or report.findings

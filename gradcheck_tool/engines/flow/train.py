@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -142,6 +143,8 @@ def run_flow(
     overfit = overfit_verdict(samples, loss_kind, th, steps)
     if len(samples) < steps:
         warnings.append(f"stopped after step {len(samples)} of {steps}: non-finite values")
+    if loss_kind == "projection" and len(samples) > 1:
+        warnings.append(_projection_trained(samples))
     return FlowReport(
         target=target,
         version=__version__,
@@ -173,6 +176,25 @@ def run_flow(
         overfit=overfit,
         warnings=tuple(warnings),
         seconds=time.perf_counter() - started,
+    )
+
+
+def _projection_trained(samples: list[StepSample]) -> str:
+    """What training on the projection does: it has no minimum, so its loss falls without
+    end and the gradients and weights grow with it (the findings judge its first step)."""
+
+    def total(sample: StepSample) -> float:
+        return math.sqrt(sum((r.grad_norm or 0.0) ** 2 for r in sample.rows if r.kind == "layer"))
+
+    first = total(samples[0])
+    largest = max((t for t in map(total, samples) if math.isfinite(t)), default=0.0)
+    grew = first > 0 and largest >= 2 * first
+    growth = f" (the gradient norm grew ×{largest / first:.3g} here)" if grew else ""
+    return (
+        "--steps without loss_fn trains a random projection of the output, which has no "
+        f"minimum: its loss falls without end and gradients and weights grow with it{growth}; "
+        "the steps after the first say little about your model: define loss_fn(output, "
+        "*inputs) for a real --steps run"
     )
 
 
