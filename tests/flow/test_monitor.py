@@ -365,3 +365,57 @@ def test_the_readme_example_of_a_forgotten_zero_grad_prints_its_finding(capsys) 
     assert "findings (1)" in out and "grad_not_zeroed" in out
     assert "gradients are never zeroed" in out and "evidence:" in out
     assert "…" not in out
+
+
+@pytest.mark.parametrize("kind", ["sgd", "adam", "lbfgs"])
+@pytest.mark.parametrize("zero", [True, False])
+def test_closure_steps_are_measured_not_judged_before_the_closure(kind: str, zero: bool) -> None:
+    """opt.zero_grad(); opt.step(closure): the gradient exists only once the closure's
+    backward ran, inside the step (it was once "no .grad left when the optimizer stepped")."""
+    model = monitor_mlp()
+    make = {
+        "sgd": lambda p: torch.optim.SGD(p, lr=0.05),
+        "adam": lambda p: torch.optim.Adam(p, lr=1e-3),
+        "lbfgs": lambda p: torch.optim.LBFGS(p, lr=0.05, max_iter=3),
+    }
+    opt = make[kind](model.parameters())
+    x, y = batch(16, 16), torch.arange(16) % 4
+
+    def closure() -> torch.Tensor:
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        return loss
+
+    with Monitor(model) as mon:
+        for _ in range(5):
+            if zero:
+                opt.zero_grad()
+            opt.step(closure)
+    report = mon.flow_report()
+    if zero:
+        assert report.findings == ()
+    else:  # a closure that never zeroes is still a loop that never zeroes
+        assert "grad_not_zeroed" in report.kinds and "not_updated" not in report.kinds
+    measured = [h for h in report.history if h.row("2").update_ratio]
+    assert len(measured) == 5  # every optimizer step, after the call its closure made last
+
+
+@pytest.mark.parametrize("every", [1, 2, 3])
+@pytest.mark.parametrize("zero", [True, False])
+def test_grad_not_zeroed_when_the_model_is_called_twice_per_step(every: int, zero: bool) -> None:
+    """Siamese views: two calls of the model, one backward, one optimizer step. The check is
+    at the first backward after the optimizer step, whichever call it follows."""
+    model = monitor_mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    x1 = batch(16, 16)
+    x2 = x1 + 0.1 * batch(16, 16)
+    with Monitor(model, every=every) as mon:
+        for _ in range(8):
+            if zero:
+                opt.zero_grad()
+            a, b = model(x1), model(x2)
+            (-F.cosine_similarity(a, b).mean()).backward()
+            opt.step()
+    kinds = mon.flow_report().kinds
+    assert ("grad_not_zeroed" in kinds) is not zero, kinds
+    assert "not_updated" not in kinds

@@ -94,9 +94,11 @@ class Monitor:
         self._recorder.saturation_margin = self.thresholds.saturation_margin
         self._recorder.on_root_return = self._on_model_return
         self._watch = OptimizerWatch(
-            self._mm, check_zeroing=True, next_recorded_step=self._next_recorded_step
+            self._mm,
+            check_zeroing=True,
+            next_recorded_step=self._next_recorded_step,
+            keep_copies=self.every == 1,
         )
-        self._recorder.on_param_grad = self._watch.on_param_grad
         self._root_handles.append(
             self.model.register_forward_pre_hook(self._on_model_call, with_kwargs=True)
         )
