@@ -21,6 +21,7 @@ from torch.nn import functional as F
 from torch.nn.modules import module as module_hooks
 
 from gradcheck_tool import FlowReport, Monitor, flow
+from gradcheck_tool.engines.flow.samples import UpdateStatus
 
 
 def train(model: nn.Module, steps: int, *, validate: bool = False) -> list[dict]:
@@ -340,8 +341,9 @@ def test_zeroing_between_backward_and_step_is_not_updated(set_to_none: bool, why
             F.cross_entropy(model(x), y).backward()
             opt.zero_grad(set_to_none=set_to_none)  # one line too early
             opt.step()
-    found = mon.flow_report().findings_of("not_updated")
-    assert {f.layer for f in found} == {"0", "2", "4"} and why in found[0].message
+    (found,) = mon.flow_report().findings_of("not_updated")  # one finding per reason
+    assert found.layer == "0" and why in found.message
+    assert "6 parameters in 3 layers (0, 2, 4) receive gradients" in found.message
 
 
 def test_updates_survive_the_periodic_read_back() -> None:
@@ -419,3 +421,60 @@ def test_grad_not_zeroed_when_the_model_is_called_twice_per_step(every: int, zer
     kinds = mon.flow_report().kinds
     assert ("grad_not_zeroed" in kinds) is not zero, kinds
     assert "not_updated" not in kinds
+
+
+def test_an_update_below_the_dtypes_resolution_is_not_a_parameter_left_unchanged() -> None:
+    """A conv bias before BatchNorm gets a gradient ~1e-8 (the norm cancels it): lr·g is far
+    below the resolution of the bias in float32, so SGD leaves it unchanged. It learns what
+    it can: not a not_updated warning. A gradient zeroed before the step still is one."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, bias=True), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(), nn.LazyLinear(4)
+    )
+    x, y = torch.randn(8, 3, 8, 8), torch.arange(8) % 4
+    model(x)  # the lazy layer's shape
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    with Monitor(model) as mon:
+        for _ in range(4):
+            opt.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            with torch.no_grad():  # the gradient BatchNorm leaves the bias: below resolution
+                model[0].bias.grad.mul_(1e-9)
+            opt.step()
+    report = mon.flow_report()
+    assert "not_updated" not in report.kinds
+    statuses = {s.param_updates.get("0.bias", (None,))[0] for s in mon._samples}
+    assert statuses == {UpdateStatus.BELOW_RESOLUTION}
+
+
+def test_one_not_updated_finding_per_reason_naming_its_layers() -> None:
+    model = monitor_mlp()
+    opt = torch.optim.SGD(model[0].parameters(), lr=0.1)  # 2 and 4 left out
+    with Monitor(model) as mon:
+        small_loop(model, opt, 3)
+    (found,) = mon.flow_report().findings_of("not_updated")
+    assert found.layer == "2" and found.key is None
+    assert found.message.startswith("4 parameters in 2 layers (2, 4) receive gradients")
+    assert dict(found.evidence)["layers"] == 2.0
+
+
+@pytest.mark.parametrize("when", ["after_backward", "after_step"])
+def test_report_inside_the_loop_loses_no_optimizer_step(when: str) -> None:
+    """report() at every step (logging) must find what one report at the end finds."""
+    found = {}
+    for log in (False, True):
+        model = monitor_mlp()
+        opt = torch.optim.SGD([*model[0].parameters(), *model[2].parameters()], lr=0.01)
+        x, y = batch(8, 16), torch.arange(8) % 4
+        with Monitor(model) as mon:
+            for _ in range(6):  # never zeroed, and the head is in no param group
+                F.cross_entropy(model(x), y).backward()
+                if log and when == "after_backward":
+                    mon.report()
+                opt.step()
+                if log and when == "after_step":
+                    mon.report()
+        report = mon.flow_report()
+        found[log] = set(report.kinds)
+        assert all(h.row("0").update_ratio for h in report.history[:-1])
+    assert found[True] == found[False] >= {"grad_not_zeroed", "not_updated"}

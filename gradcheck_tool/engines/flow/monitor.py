@@ -15,7 +15,7 @@ from ...errors import InputError
 from ...options import at_least
 from ...results import FlowReport
 from .findings import detect_findings
-from .layer_rows import history, resolve_step
+from .layer_rows import history, parameter_grad_max, resolve_step
 from .model_map import ModelMap, comparable_keys, model_dtype_device
 from .optim_watch import OptimizerWatch, apply_record
 from .recorder import Recorder
@@ -73,6 +73,7 @@ class Monitor:
         self._root_handles: list[Any] = []
         self._steps: list[PendingStep] = []  # every recorded step, read back or not
         self._samples: list[StepSample] = []  # the first len() of them, resolved
+        self._unapplied: list[int] = []  # samples whose optimizer record is not read back yet
         self._steps_seen = 0
         self._recording: int | None = None  # the step whose forward/backward is being recorded
         self._in_forward = False
@@ -180,13 +181,24 @@ class Monitor:
             raise InputError("the Monitor has not been entered: use `with Monitor(model) as mon:`")
         if self._recording is not None and not self._in_forward and self._recorder.state.grads_seen:
             self._finish_step()  # the last step's backward has run: include it
-        new = self._steps[len(self._samples) :]
+        first = len(self._samples)
+        new = self._steps[first:]
         # one transfer for every step (and optimizer step) not read back yet
         read_back([*new, *self._watch.unread(not self._active)])
-        records = self._watch.records
-        self._samples.extend(
-            apply_record(resolve_step(p, self._mm), records.get(p.step), self._mm) for p in new
-        )
+        self._samples.extend(resolve_step(p, self._mm) for p in new)
+        # each sample gets its optimizer record once that is read back: the current step's
+        # stays open while its optimizer steps may still come, and is applied at a later
+        # report (a report() inside the loop must not lose it)
+        records, waiting = self._watch.records, []
+        for k in [*self._unapplied, *range(first, len(self._samples))]:
+            p = self._steps[k]
+            rec = records.get(p.step)
+            if rec is not None and rec.host is None:
+                waiting.append(k)
+            else:
+                n = len(self._mm.params)
+                apply_record(self._samples[k], rec, self._mm, parameter_grad_max(p, n))
+        self._unapplied = waiting
         samples = self._samples
         th = self.thresholds
         dtype, device = model_dtype_device(self.model)

@@ -363,9 +363,16 @@ class OptimizerWatch:
             self._internal(exc)
 
 
-def apply_record(sample: StepSample, rec: OptimizerRecord | None, mm: ModelMap) -> StepSample:
+def apply_record(
+    sample: StepSample,
+    rec: OptimizerRecord | None,
+    mm: ModelMap,
+    grad_max: list[float | None] | None = None,
+) -> StepSample:
     """A step's sample with what its optimizer record measured (read back): update ratios in
-    its rows and `updates`, what happened to each parameter, the zeroing check."""
+    its rows and `updates`, what happened to each parameter, the zeroing check. `grad_max`:
+    the step's max |g| per parameter (`layer_rows.parameter_grad_max`), which says whether a
+    parameter left unchanged should have moved in its dtype."""
     if rec is None or rec.host is None:
         return sample
     values = rec.layout.unpack(rec.host) if rec.layout.segments else {}
@@ -376,6 +383,7 @@ def apply_record(sample: StepSample, rec: OptimizerRecord | None, mm: ModelMap) 
     if rec.optimizers == 0:
         return sample
     moved = {i: n * n for i, n in zip(rec.measured, values.get(UPDATE_NORM.name, []))}  # ‖Δw‖²
+    w_max = dict(zip(rec.measured, values.get(WEIGHT_MAX.name, [])))
     without_grad = {p for _, params, _ in sample.no_grad for p in params}
     rows = {row.key: (n, row) for n, row in enumerate(sample.rows) if row.kind == "layer"}
     layer_key = [layer.name or ROOT for layer in mm.layers]
@@ -399,7 +407,14 @@ def apply_record(sample: StepSample, rec: OptimizerRecord | None, mm: ModelMap) 
             elif moved[i] > 0 or math.isnan(moved[i]):
                 status = UpdateStatus.UPDATED
             else:
-                status = UpdateStatus.UNCHANGED
+                g = grad_max[i] if grad_max is not None else None
+                if lr is None or g is None or i not in w_max:
+                    continue  # whether the step was representable is not known
+                # an SGD step lr·g moves an entry w only when it is not below w's resolution
+                # (eps·|w|): unchanged says something only when the step was large enough
+                eps = torch.finfo(p.dtype).eps
+                representable = abs(lr) * g >= eps * w_max[i]
+                status = UpdateStatus.UNCHANGED if representable else UpdateStatus.BELOW_RESOLUTION
         sample.param_updates[names[i]] = (status, group)
     for i, sq in moved.items():  # every measured parameter moves its layer, gradient or not
         key = layer_key[mm.param_layer[i]]
