@@ -50,11 +50,11 @@ from .step import (
     OPTIMIZER_SEGMENTS,
     STALE_SQ,
     UPDATE_NORM,
-    WEIGHT_MAX,
+    WEIGHT_EXTREMES,
     StepLayout,
     pack,
 )
-from .tensor_stats import grad_accumulator, sq_norm
+from .tensor_stats import extremes, grad_accumulator, sq_norm
 
 
 @dataclass
@@ -68,7 +68,9 @@ class OptimizerRecord:
     grad_gone: set[int] = field(default_factory=set)  # in an optimizer, .grad None at its step
     measured: list[int] = field(default_factory=list)  # params of the UPDATE_NORM numbers
     update_norm: list[torch.Tensor] = field(default_factory=list)
-    weight_max: list[torch.Tensor] = field(default_factory=list)  # max |w| after, per measured
+    # per measured param: min w, max w after the step (torch.aminmax: a foreach inf-norm is
+    # an order of magnitude slower on CPU)
+    weight_extremes: list[torch.Tensor] = field(default_factory=list)
     zeroing_checked: int = 0
     suspects: list[int] = field(default_factory=list)  # params of the STALE_SQ numbers
     stale_sq: list[torch.Tensor] = field(default_factory=list)
@@ -83,12 +85,12 @@ class OptimizerRecord:
             self.layout, self.parts = pack(
                 {
                     UPDATE_NORM.name: self.update_norm,
-                    WEIGHT_MAX.name: self.weight_max,
+                    WEIGHT_EXTREMES.name: self.weight_extremes,
                     STALE_SQ.name: self.stale_sq,
                 },
                 OPTIMIZER_SEGMENTS,
             )
-            self.update_norm, self.weight_max, self.stale_sq = [], [], []
+            self.update_norm, self.weight_extremes, self.stale_sq = [], [], []
             if not self.parts:
                 self.host = []
 
@@ -296,7 +298,10 @@ class OptimizerWatch:
                         rec = None
                 if rec is not None and moving:
                     after = [self.params[i].detach() for i in moving]
-                    rec.weight_max.extend(torch._foreach_norm(after, math.inf))
+                    for w in after:  # (an empty parameter has none: 0, 0)
+                        rec.weight_extremes.extend(
+                            extremes(w) if w.numel() else (w.new_zeros(()),) * 2
+                        )
                     # before − after, in place in the copy; its norm per parameter
                     torch._foreach_sub_(before, after)
                     rec.measured.extend(moving)
@@ -383,7 +388,10 @@ def apply_record(
     if rec.optimizers == 0:
         return sample
     moved = {i: n * n for i, n in zip(rec.measured, values.get(UPDATE_NORM.name, []))}  # ‖Δw‖²
-    w_max = dict(zip(rec.measured, values.get(WEIGHT_MAX.name, [])))
+    ext = values.get(WEIGHT_EXTREMES.name, [])
+    w_max = {
+        i: max(-ext[2 * j], ext[2 * j + 1]) for j, i in enumerate(rec.measured[: len(ext) // 2])
+    }
     without_grad = {p for _, params, _ in sample.no_grad for p in params}
     rows = {row.key: (n, row) for n, row in enumerate(sample.rows) if row.kind == "layer"}
     layer_key = [layer.name or ROOT for layer in mm.layers]
