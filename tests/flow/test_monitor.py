@@ -478,3 +478,21 @@ def test_report_inside_the_loop_loses_no_optimizer_step(when: str) -> None:
         found[log] = set(report.kinds)
         assert all(h.row("0").update_ratio for h in report.history[:-1])
     assert found[True] == found[False] >= {"grad_not_zeroed", "not_updated"}
+
+
+def test_flow_on_the_monitored_model_inside_the_block() -> None:
+    """flow() deep-copies the model: the copy must not drag the Monitor along (its hook
+    once made the copy fail, blaming the model)."""
+    import copy
+
+    model = monitor_mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    x, y = batch(8, 16), torch.arange(8) % 4
+    with Monitor(model) as mon:
+        small_loop(model, opt, 2)
+        report = flow(model, (x,), loss_fn=lambda out, _x: F.cross_entropy(out, y), steps=2)
+        twin = copy.deepcopy(model)
+        F.cross_entropy(twin(x), y).backward()  # the copy's hook does nothing
+        small_loop(model, opt, 1)
+    assert isinstance(report, FlowReport) and mon.steps_seen == 3
+    assert hook_free(model) and mon.flow_report().findings == ()

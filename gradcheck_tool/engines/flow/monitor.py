@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from typing import Any, TextIO
 
 import torch
@@ -22,6 +23,27 @@ from .recorder import Recorder
 from .samples import StepSample
 from .step import PendingStep, read_back
 from .thresholds import FlowThresholds
+
+
+class _CallHook:
+    """The Monitor's forward pre-hook on the model. A deep copy (or a pickle) of the model
+    made inside the `with` block, as flow() makes, gets a hook that does nothing instead of a
+    copy of the Monitor (its recorder holds autograd nodes, which cannot be copied)."""
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: Callable[[nn.Module, tuple, dict], None] | None) -> None:
+        self.fn = fn
+
+    def __call__(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        if self.fn is not None:
+            self.fn(module, args, kwargs)
+
+    def __deepcopy__(self, memo: dict) -> _CallHook:
+        return _CallHook(None)
+
+    def __reduce__(self) -> tuple:
+        return (_CallHook, (None,))
 
 
 class Monitor:
@@ -101,7 +123,7 @@ class Monitor:
             keep_copies=self.every == 1,
         )
         self._root_handles.append(
-            self.model.register_forward_pre_hook(self._on_model_call, with_kwargs=True)
+            self.model.register_forward_pre_hook(_CallHook(self._on_model_call), with_kwargs=True)
         )
         self._watch.attach()
         self._active = True
