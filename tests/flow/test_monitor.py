@@ -496,3 +496,17 @@ def test_flow_on_the_monitored_model_inside_the_block() -> None:
         small_loop(model, opt, 1)
     assert isinstance(report, FlowReport) and mon.steps_seen == 3
     assert hook_free(model) and mon.flow_report().findings == ()
+
+
+def test_a_lazy_model_entered_before_its_first_forward() -> None:
+    """LazyLinear shapes its parameters in the first forward: a hook on the gradient node of
+    the uninitialized parameter once broke the user's backward (expected shape [0])."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.LazyLinear(32), nn.ReLU(), nn.LazyLinear(4))
+    with Monitor(model) as mon:
+        model(batch(8, 16))  # the first forward: shapes the parameters
+        opt = torch.optim.SGD(model.parameters(), lr=0.05)
+        small_loop(model, opt, 3)
+    report = mon.flow_report()
+    assert hook_free(model) and report.warnings == () and report.findings == ()
+    assert report.history[-1].row("2").grad_norm

@@ -39,6 +39,7 @@ from functools import partial
 from typing import Any
 
 import torch
+from torch.nn.parameter import is_lazy
 from torch.optim.optimizer import (
     register_optimizer_step_post_hook,
     register_optimizer_step_pre_hook,
@@ -336,6 +337,8 @@ class OptimizerWatch:
     def _hook_grad(self, i: int) -> None:
         """A pre-hook on parameter i's AccumulateGrad node until the next optimizer step
         (the node is kept alive meanwhile, so that the next forward uses it)."""
+        if is_lazy(self.params[i]):
+            return
         entry = self._nodes.get(i)
         if entry is None:
             entry = self._nodes[i] = (
