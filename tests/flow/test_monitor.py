@@ -510,3 +510,19 @@ def test_a_lazy_model_entered_before_its_first_forward() -> None:
     report = mon.flow_report()
     assert hook_free(model) and report.warnings == () and report.findings == ()
     assert report.history[-1].row("2").grad_norm
+
+
+def test_another_models_optimizer_step_does_not_cancel_the_zeroing_check() -> None:
+    """A GAN monitored on its generator, every=2: the discriminator's optimizer steps between
+    the generator's step and its next backward, which is still checked."""
+    gen, disc = monitor_mlp(), nn.Linear(4, 1)
+    opt_g = torch.optim.SGD(gen.parameters(), lr=1e-3)
+    opt_d = torch.optim.SGD(disc.parameters(), lr=1e-3)
+    with Monitor(gen, every=2) as mon:
+        for _ in range(8):
+            opt_d.zero_grad()
+            disc(gen(batch(8, 16)).detach()).mean().backward()
+            opt_d.step()
+            disc(gen(batch(8, 16))).mean().backward()  # the generator's never zeroed
+            opt_g.step()
+    assert "grad_not_zeroed" in mon.flow_report().kinds

@@ -309,7 +309,7 @@ class OptimizerWatch:
                     rec.update_norm.extend(torch._foreach_norm(before))
             if not self._stepping:
                 self._armed_in_step = False
-            if self.check_zeroing:
+            if self.check_zeroing and self._watched_in(opt):  # (not another model's)
                 nxt = self.next_recorded_step()
                 if nxt is None:  # the next backward is not checked: no hook on it
                     self._last_grads.clear()
