@@ -21,6 +21,7 @@ from torch.nn import functional as F
 from torch.nn.modules import module as module_hooks
 
 from gradcheck_tool import FlowReport, Monitor, flow
+from gradcheck_tool.engines.flow.samples import UpdateStatus
 
 
 def train(model: nn.Module, steps: int, *, validate: bool = False) -> list[dict]:
@@ -340,8 +341,9 @@ def test_zeroing_between_backward_and_step_is_not_updated(set_to_none: bool, why
             F.cross_entropy(model(x), y).backward()
             opt.zero_grad(set_to_none=set_to_none)  # one line too early
             opt.step()
-    found = mon.flow_report().findings_of("not_updated")
-    assert {f.layer for f in found} == {"0", "2", "4"} and why in found[0].message
+    (found,) = mon.flow_report().findings_of("not_updated")  # one finding per reason
+    assert found.layer == "0" and why in found.message
+    assert "6 parameters in 3 layers (0, 2, 4) receive gradients" in found.message
 
 
 def test_updates_survive_the_periodic_read_back() -> None:
@@ -384,3 +386,162 @@ def test_a_layer_used_without_being_called_gets_its_gradient_read() -> None:
     assert "no_grad" not in report.kinds, report.findings
     row = report.row("1.layers.0.self_attn.out_proj")
     assert row.grad_norm is not None and row.grad_norm > 0
+
+
+@pytest.mark.parametrize("kind", ["sgd", "adam", "lbfgs"])
+@pytest.mark.parametrize("zero", [True, False])
+def test_closure_steps_are_measured_not_judged_before_the_closure(kind: str, zero: bool) -> None:
+    """opt.zero_grad(); opt.step(closure): the gradient exists only once the closure's
+    backward ran, inside the step (it was once "no .grad left when the optimizer stepped")."""
+    model = monitor_mlp()
+    make = {
+        "sgd": lambda p: torch.optim.SGD(p, lr=0.05),
+        "adam": lambda p: torch.optim.Adam(p, lr=1e-3),
+        "lbfgs": lambda p: torch.optim.LBFGS(p, lr=0.05, max_iter=3),
+    }
+    opt = make[kind](model.parameters())
+    x, y = batch(16, 16), torch.arange(16) % 4
+
+    def closure() -> torch.Tensor:
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        return loss
+
+    with Monitor(model) as mon:
+        for _ in range(5):
+            if zero:
+                opt.zero_grad()
+            opt.step(closure)
+    report = mon.flow_report()
+    if zero:
+        assert report.findings == ()
+    else:  # a closure that never zeroes is still a loop that never zeroes
+        assert "grad_not_zeroed" in report.kinds and "not_updated" not in report.kinds
+    measured = [h for h in report.history if h.row("2").update_ratio]
+    assert len(measured) == 5  # every optimizer step, after the call its closure made last
+
+
+@pytest.mark.parametrize("every", [1, 2, 3])
+@pytest.mark.parametrize("zero", [True, False])
+def test_grad_not_zeroed_when_the_model_is_called_twice_per_step(every: int, zero: bool) -> None:
+    """Siamese views: two calls of the model, one backward, one optimizer step. The check is
+    at the first backward after the optimizer step, whichever call it follows."""
+    model = monitor_mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    x1 = batch(16, 16)
+    x2 = x1 + 0.1 * batch(16, 16)
+    with Monitor(model, every=every) as mon:
+        for _ in range(8):
+            if zero:
+                opt.zero_grad()
+            a, b = model(x1), model(x2)
+            (-F.cosine_similarity(a, b).mean()).backward()
+            opt.step()
+    kinds = mon.flow_report().kinds
+    assert ("grad_not_zeroed" in kinds) is not zero, kinds
+    assert "not_updated" not in kinds
+
+
+def test_an_update_below_the_dtypes_resolution_is_not_a_parameter_left_unchanged() -> None:
+    """A conv bias before BatchNorm gets a gradient ~1e-8 (the norm cancels it): lr·g is far
+    below the resolution of the bias in float32, so SGD leaves it unchanged. It learns what
+    it can: not a not_updated warning. A gradient zeroed before the step still is one."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, bias=True), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(), nn.LazyLinear(4)
+    )
+    x, y = torch.randn(8, 3, 8, 8), torch.arange(8) % 4
+    model(x)  # the lazy layer's shape
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    with Monitor(model) as mon:
+        for _ in range(4):
+            opt.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            with torch.no_grad():  # the gradient BatchNorm leaves the bias: below resolution
+                model[0].bias.grad.mul_(1e-9)
+            opt.step()
+    report = mon.flow_report()
+    assert "not_updated" not in report.kinds
+    statuses = {s.param_updates.get("0.bias", (None,))[0] for s in mon._samples}
+    assert statuses == {UpdateStatus.BELOW_RESOLUTION}
+
+
+def test_one_not_updated_finding_per_reason_naming_its_layers() -> None:
+    model = monitor_mlp()
+    opt = torch.optim.SGD(model[0].parameters(), lr=0.1)  # 2 and 4 left out
+    with Monitor(model) as mon:
+        small_loop(model, opt, 3)
+    (found,) = mon.flow_report().findings_of("not_updated")
+    assert found.layer == "2" and found.key is None
+    assert found.message.startswith("4 parameters in 2 layers (2, 4) receive gradients")
+    assert dict(found.evidence)["layers"] == 2.0
+
+
+@pytest.mark.parametrize("when", ["after_backward", "after_step"])
+def test_report_inside_the_loop_loses_no_optimizer_step(when: str) -> None:
+    """report() at every step (logging) must find what one report at the end finds."""
+    found = {}
+    for log in (False, True):
+        model = monitor_mlp()
+        opt = torch.optim.SGD([*model[0].parameters(), *model[2].parameters()], lr=0.01)
+        x, y = batch(8, 16), torch.arange(8) % 4
+        with Monitor(model) as mon:
+            for _ in range(6):  # never zeroed, and the head is in no param group
+                F.cross_entropy(model(x), y).backward()
+                if log and when == "after_backward":
+                    mon.report()
+                opt.step()
+                if log and when == "after_step":
+                    mon.report()
+        report = mon.flow_report()
+        found[log] = set(report.kinds)
+        assert all(h.row("0").update_ratio for h in report.history[:-1])
+    assert found[True] == found[False] >= {"grad_not_zeroed", "not_updated"}
+
+
+def test_flow_on_the_monitored_model_inside_the_block() -> None:
+    """flow() deep-copies the model: the copy must not drag the Monitor along (its hook
+    once made the copy fail, blaming the model)."""
+    import copy
+
+    model = monitor_mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    x, y = batch(8, 16), torch.arange(8) % 4
+    with Monitor(model) as mon:
+        small_loop(model, opt, 2)
+        report = flow(model, (x,), loss_fn=lambda out, _x: F.cross_entropy(out, y), steps=2)
+        twin = copy.deepcopy(model)
+        F.cross_entropy(twin(x), y).backward()  # the copy's hook does nothing
+        small_loop(model, opt, 1)
+    assert isinstance(report, FlowReport) and mon.steps_seen == 3
+    assert hook_free(model) and mon.flow_report().findings == ()
+
+
+def test_a_lazy_model_entered_before_its_first_forward() -> None:
+    """LazyLinear shapes its parameters in the first forward: a hook on the gradient node of
+    the uninitialized parameter once broke the user's backward (expected shape [0])."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.LazyLinear(32), nn.ReLU(), nn.LazyLinear(4))
+    with Monitor(model) as mon:
+        model(batch(8, 16))  # the first forward: shapes the parameters
+        opt = torch.optim.SGD(model.parameters(), lr=0.05)
+        small_loop(model, opt, 3)
+    report = mon.flow_report()
+    assert hook_free(model) and report.warnings == () and report.findings == ()
+    assert report.history[-1].row("2").grad_norm
+
+
+def test_another_models_optimizer_step_does_not_cancel_the_zeroing_check() -> None:
+    """A GAN monitored on its generator, every=2: the discriminator's optimizer steps between
+    the generator's step and its next backward, which is still checked."""
+    gen, disc = monitor_mlp(), nn.Linear(4, 1)
+    opt_g = torch.optim.SGD(gen.parameters(), lr=1e-3)
+    opt_d = torch.optim.SGD(disc.parameters(), lr=1e-3)
+    with Monitor(gen, every=2) as mon:
+        for _ in range(8):
+            opt_d.zero_grad()
+            disc(gen(batch(8, 16)).detach()).mean().backward()
+            opt_d.step()
+            disc(gen(batch(8, 16))).mean().backward()  # the generator's never zeroed
+            opt_g.step()
+    assert "grad_not_zeroed" in mon.flow_report().kinds

@@ -43,6 +43,11 @@ def resolve_step(p: PendingStep, mm: ModelMap) -> StepSample:
     return StepSample(p.step, loss, rows, nan, no_grad, loss_grad)
 
 
+def parameter_grad_max(p: PendingStep, n_params: int) -> list[float | None]:
+    """Per parameter: max |g| of the step's gradient (None: no gradient), once read back."""
+    return _parameter_gradients(p.values(), p.grads_present, n_params)[1]
+
+
 def _parameter_gradients(
     values: dict[str, list[float]], present: list[bool] | None, n_params: int
 ) -> tuple[list[float | None], list[float | None]]:

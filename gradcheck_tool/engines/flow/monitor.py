@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from typing import Any, TextIO
 
 import torch
@@ -15,13 +16,34 @@ from ...errors import InputError
 from ...options import at_least
 from ...results import FlowReport
 from .findings import detect_findings
-from .layer_rows import history, resolve_step
+from .layer_rows import history, parameter_grad_max, resolve_step
 from .model_map import ModelMap, comparable_keys, model_dtype_device
 from .optim_watch import OptimizerWatch, apply_record
 from .recorder import Recorder
 from .samples import StepSample
 from .step import PendingStep, read_back
 from .thresholds import FlowThresholds
+
+
+class _CallHook:
+    """The Monitor's forward pre-hook on the model. A deep copy (or a pickle) of the model
+    made inside the `with` block, as flow() makes, gets a hook that does nothing instead of a
+    copy of the Monitor (its recorder holds autograd nodes, which cannot be copied)."""
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: Callable[[nn.Module, tuple, dict], None] | None) -> None:
+        self.fn = fn
+
+    def __call__(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        if self.fn is not None:
+            self.fn(module, args, kwargs)
+
+    def __deepcopy__(self, memo: dict) -> _CallHook:
+        return _CallHook(None)
+
+    def __reduce__(self) -> tuple:
+        return (_CallHook, (None,))
 
 
 class Monitor:
@@ -73,6 +95,7 @@ class Monitor:
         self._root_handles: list[Any] = []
         self._steps: list[PendingStep] = []  # every recorded step, read back or not
         self._samples: list[StepSample] = []  # the first len() of them, resolved
+        self._unapplied: list[int] = []  # samples whose optimizer record is not read back yet
         self._steps_seen = 0
         self._recording: int | None = None  # the step whose forward/backward is being recorded
         self._in_forward = False
@@ -94,11 +117,13 @@ class Monitor:
         self._recorder.saturation_margin = self.thresholds.saturation_margin
         self._recorder.on_root_return = self._on_model_return
         self._watch = OptimizerWatch(
-            self._mm, check_zeroing=True, next_recorded_step=self._next_recorded_step
+            self._mm,
+            check_zeroing=True,
+            next_recorded_step=self._next_recorded_step,
+            keep_copies=self.every == 1,
         )
-        self._recorder.on_param_grad = self._watch.on_param_grad
         self._root_handles.append(
-            self.model.register_forward_pre_hook(self._on_model_call, with_kwargs=True)
+            self.model.register_forward_pre_hook(_CallHook(self._on_model_call), with_kwargs=True)
         )
         self._watch.attach()
         self._active = True
@@ -178,13 +203,24 @@ class Monitor:
             raise InputError("the Monitor has not been entered: use `with Monitor(model) as mon:`")
         if self._recording is not None and not self._in_forward and self._recorder.state.grads_seen:
             self._finish_step()  # the last step's backward has run: include it
-        new = self._steps[len(self._samples) :]
+        first = len(self._samples)
+        new = self._steps[first:]
         # one transfer for every step (and optimizer step) not read back yet
         read_back([*new, *self._watch.unread(not self._active)])
-        records = self._watch.records
-        self._samples.extend(
-            apply_record(resolve_step(p, self._mm), records.get(p.step), self._mm) for p in new
-        )
+        self._samples.extend(resolve_step(p, self._mm) for p in new)
+        # each sample gets its optimizer record once that is read back: the current step's
+        # stays open while its optimizer steps may still come, and is applied at a later
+        # report (a report() inside the loop must not lose it)
+        records, waiting = self._watch.records, []
+        for k in [*self._unapplied, *range(first, len(self._samples))]:
+            p = self._steps[k]
+            rec = records.get(p.step)
+            if rec is not None and rec.host is None:
+                waiting.append(k)
+            else:
+                n = len(self._mm.params)
+                apply_record(self._samples[k], rec, self._mm, parameter_grad_max(p, n))
+        self._unapplied = waiting
         samples = self._samples
         th = self.thresholds
         dtype, device = model_dtype_device(self.model)

@@ -17,6 +17,7 @@ from torch.nn.modules.module import (
     register_module_forward_hook,
     register_module_forward_pre_hook,
 )
+from torch.nn.parameter import is_lazy
 from torch.overrides import TorchFunctionMode
 
 from .activations import (
@@ -194,8 +195,8 @@ class Recorder:
         the parameter itself)."""
         for i in layer.param_index:
             p = self.mm.params[i]
-            if not p.requires_grad:
-                continue
+            if not p.requires_grad or is_lazy(p):
+                continue  # (a lazy module's parameter is shaped by this forward: not yet)
             entry = self.grad_nodes.get(i)
             if entry is None:  # looked up once: the node and the bound hook for parameter i
                 entry = self.grad_nodes[i] = (grad_accumulator(p), partial(self._on_param_grad, i))

@@ -35,6 +35,9 @@ class UpdateStatus(str, Enum):
     LR_ZERO = "lr_zero"  # its param group's learning rate is 0
     GRAD_GONE = "grad_gone"  # its .grad was None when the optimizer stepped
     UNCHANGED = "unchanged"  # stepped with a gradient, yet the weights did not move
+    # did not move, but lr·max|g| was below the resolution of the weights' dtype at max|w|
+    # (an SGD step would round away): not a sign that the step failed
+    BELOW_RESOLUTION = "below_resolution"
 
 
 @dataclass

@@ -73,11 +73,14 @@ STEP_SEGMENTS: tuple[Segment, ...] = (
 
 # What the optimizer watch (optim_watch.py) measures around an optimizer step, read back in
 # the same transfer as the steps: per measured parameter ‖Δw‖ (a norm, as torch's foreach
-# norm gives it: across ranks it would combine as squares), and per parameter whose .grad
+# norm gives it: across ranks it would combine as squares) and its extremes after the step
+# (max |w|: whether an update was representable in its dtype), and per parameter whose .grad
 # looked unzeroed at the next backward, Σ g² of that stale gradient.
 UPDATE_NORM = Segment("update_norm", None)
+# per measured parameter: its smallest and largest entry after the step (two numbers each)
+WEIGHT_EXTREMES = Segment("weight_extremes", None)
 STALE_SQ = Segment("stale_sq", Reduction.SUM)
-OPTIMIZER_SEGMENTS: tuple[Segment, ...] = (UPDATE_NORM, STALE_SQ)
+OPTIMIZER_SEGMENTS: tuple[Segment, ...] = (UPDATE_NORM, WEIGHT_EXTREMES, STALE_SQ)
 
 
 class StepLayout(NamedTuple):

@@ -27,7 +27,7 @@ from ...prepare import (
 )
 from ...results import FlowReport, LayerStats
 from .findings import detect_findings
-from .layer_rows import history, resolve_step
+from .layer_rows import history, parameter_grad_max, resolve_step
 from .model_map import ModelMap, comparable_keys, model_dtype_device
 from .optim_watch import OptimizerWatch, apply_record
 from .overfit import overfit_verdict
@@ -263,6 +263,7 @@ def _train_and_measure(
     # the update of each step, through the same optimizer hooks as the Monitor's (p.grad is
     # set to None before every step here: no zeroing to check)
     watch = OptimizerWatch(mm)
+    grad_max: dict[int, list[float | None]] = {}  # per step: max |g| per parameter
     try:
         if opt is not None:
             watch.attach()
@@ -284,6 +285,7 @@ def _train_and_measure(
             read_back([pending])  # the one host transfer of this step
             sample = resolve_step(pending, mm)
             samples.append(sample)
+            grad_max[step] = parameter_grad_max(pending, len(mm.params))
             if sample.nan is not None:
                 break  # after a NaN every later step only repeats it
             if opt is not None and step < steps:
@@ -295,7 +297,9 @@ def _train_and_measure(
         for p in mm.params:
             p.grad = None
     read_back(watch.unread(include_armed=True))  # one transfer for every step's update
-    samples = [apply_record(s, watch.records.get(s.step), mm) for s in samples]
+    samples = [
+        apply_record(s, watch.records.get(s.step), mm, grad_max.get(s.step)) for s in samples
+    ]
     if not any(p.requires_grad for p in mm.params) and mm.params:
         warnings.append("every parameter is frozen (requires_grad=False)")
     warnings.extend(recorder.errors)

@@ -1,7 +1,9 @@
 """not_updated: parameters that receive a nonzero gradient but that the optimizer steps do
 not move: not in any param group, a param group with lr 0, or an update that leaves them
-unchanged (Note [observing optimizer steps] in optim_watch.py). Frozen parameters
-(requires_grad=False) get no gradient and are not this."""
+unchanged although lr·max|g| was representable next to max|w| in their dtype (Note
+[observing optimizer steps] in optim_watch.py). One finding per reason, naming its layers.
+Frozen parameters (requires_grad=False) get no gradient and are not this; updates below the
+dtype's resolution (UpdateStatus.BELOW_RESOLUTION) are not a warning."""
 
 from __future__ import annotations
 
@@ -35,7 +37,10 @@ def detect(ev: Evidence) -> Iterator[Detection]:
     history: dict[str, list[tuple[UpdateStatus, int | None]]] = {}
     for s in ev.samples:
         for name, status in s.param_updates.items():
-            history.setdefault(name, []).append(status)
+            # an update below the dtype's resolution says nothing either way (a bias before
+            # a norm layer, a branch behind a tiny LayerScale): not a step that failed
+            if status[0] is not UpdateStatus.BELOW_RESOLUTION:
+                history.setdefault(name, []).append(status)
     # a parameter is stuck when no observed step moved it, for long enough: one step shows
     # it is in no param group; a zero lr or no update could be a warm-up's first step
     stuck: dict[tuple[UpdateStatus, int | None], list[str]] = {}
@@ -47,32 +52,40 @@ def detect(ev: Evidence) -> Iterator[Detection]:
         if len(seen) >= needed:
             stuck.setdefault(seen[-1], []).append(name)
     last, th_steps = ev.last, ev.thresholds.not_updated_steps
-    for row in (r for r in last.rows if r.kind == "layer"):
-        for (status, group), names in stuck.items():
-            params = [p for p in row.params if p in names]
-            if not params:
-                continue
-            steps = min(len(history[p]) for p in params)
-            verb_s = "s" if len(params) == 1 else ""
-            evidence: tuple[tuple[str, float], ...] = (("optimizer steps seen", float(steps)),)
-            if row.grad_norm is not None:
-                evidence += (("gradient norm", row.grad_norm),)
-            if group is not None:
-                evidence += (("param group", float(group)),)
-            if status is UpdateStatus.LR_ZERO:
-                evidence += (("lr", 0.0),)
-            yield Detection(
-                row.name,
-                f"{', '.join(params)} receive{verb_s} gradients but never change{verb_s}: "
-                f"{WHY[status].format(group=group)} ({steps} optimizer "
-                f"step{'s' if steps != 1 else ''} seen)",
-                key=row.key or ROOT,
-                value=0.0,
-                step=last.step,
-                fix_for=status.value if status.value in FIXES else "",
-                evidence=evidence,
-                threshold=1.0 if status is UpdateStatus.NOT_IN_OPTIMIZER else float(th_steps),
-            )
+    layer_rows = [r for r in last.rows if r.kind == "layer"]
+    # one finding per reason, naming its layers in forward order
+    for (status, group), names in stuck.items():
+        rows = [r for r in layer_rows if set(r.params) & set(names)]
+        if not rows:
+            continue
+        params = [p for r in rows for p in r.params if p in names]
+        steps = min(len(history[p]) for p in params)
+        verb_s = "s" if len(params) == 1 else ""
+        evidence: tuple[tuple[str, float], ...] = (("optimizer steps seen", float(steps)),)
+        if len(rows) == 1:
+            what = ", ".join(params)
+            if rows[0].grad_norm is not None:
+                evidence += (("gradient norm", rows[0].grad_norm),)
+        else:
+            layers = ", ".join(r.name or ROOT for r in rows)
+            what = f"{len(params)} parameters in {len(rows)} layers ({layers})"
+            evidence += (("layers", float(len(rows))), ("parameters", float(len(params))))
+        if group is not None:
+            evidence += (("param group", float(group)),)
+        if status is UpdateStatus.LR_ZERO:
+            evidence += (("lr", 0.0),)
+        yield Detection(
+            rows[0].name,
+            f"{what} receive{verb_s} gradients but never change{verb_s}: "
+            f"{WHY[status].format(group=group)} ({steps} optimizer "
+            f"step{'s' if steps != 1 else ''} seen)",
+            key=(rows[0].key or ROOT) if len(rows) == 1 else None,
+            value=0.0,
+            step=last.step,
+            fix_for=status.value if status.value in FIXES else "",
+            evidence=evidence,
+            threshold=1.0 if status is UpdateStatus.NOT_IN_OPTIMIZER else float(th_steps),
+        )
 
 
 # a warning: training runs, without these layers (or on purpose: a head-only fine-tune that
