@@ -545,3 +545,25 @@ def test_another_models_optimizer_step_does_not_cancel_the_zeroing_check() -> No
             disc(gen(batch(8, 16))).mean().backward()  # the generator's never zeroed
             opt_g.step()
     assert "grad_not_zeroed" in mon.flow_report().kinds
+
+
+def test_gradscaler_overflow_steps_are_no_nan_finding() -> None:
+    """fp16 autocast with a GradScaler whose first scales overflow: the scaler skips those
+    optimizer steps by design and training goes on; the Monitor says so, without a finding."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4))
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**40)
+    x, y = torch.randn(64, 16), torch.randint(0, 4, (64,))
+    with Monitor(model) as mon:
+        for _ in range(30):
+            opt.zero_grad()
+            with torch.autocast("cpu", dtype=torch.float16):
+                loss = F.cross_entropy(model(x), y)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+    report = mon.flow_report()
+    assert report.findings == (), report.findings
+    assert any("no optimizer applied" in w for w in report.warnings), report.warnings
+    assert scaler.get_scale() < 2.0**40  # the scaler did skip overflowing steps

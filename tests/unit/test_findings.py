@@ -745,3 +745,22 @@ def test_update_too_small_is_about_the_model_not_one_slow_layer() -> None:
     all_slow = evidence(*steps({"q": 3e-8, "k": 5e-8, "v": 2e-8, "o": 4e-8}))
     (f,) = found(update_too_small.RULE, all_slow)
     assert f.key == "v" and "and 3 other layers too" in f.message
+
+
+def test_a_nan_step_no_optimizer_applied_is_not_a_finding_when_training_went_on() -> None:
+    """GradScaler skips an overflowing step: non-finite gradients, no optimizer step after
+    them, finite steps later. Applied, from the forward, or the last step: still a finding."""
+    bad = NanSite("backward", "fc0", "the gradient reaching fc0 is non-finite")
+
+    def run(stepped: bool, where: str = "backward", finite_after: bool = True):
+        site = NanSite(where, bad.layer, bad.message)
+        steps = [sample(stack(1.0, 1.0), step=1, nan=site, stepped=stepped)]
+        if finite_after:
+            steps.append(sample(stack(1.0, 1.0), step=2, stepped=True))
+        return found(nan.RULE, evidence(*steps))
+
+    assert run(stepped=False) == []
+    (f,) = run(stepped=True)  # the optimizer applied it: a real NaN
+    assert f.step == 1
+    assert len(run(stepped=False, where="forward")) == 1  # the model's own NaN
+    assert len(run(stepped=False, finite_after=False)) == 1  # nothing finite after it

@@ -16,6 +16,7 @@ from ...errors import InputError
 from ...options import at_least
 from ...results import FlowReport
 from .findings import detect_findings
+from .findings.nan import skipped_steps
 from .layer_rows import history, parameter_grad_max, resolve_step
 from .model_map import ModelMap, comparable_keys, model_dtype_device
 from .optim_watch import OptimizerWatch, apply_record
@@ -227,6 +228,16 @@ class Monitor:
         warnings = list(self._errors)
         if self._recorder is not None:
             warnings.extend(e for e in self._recorder.errors if e not in warnings)
+        skipped = skipped_steps(samples)
+        if skipped:
+            steps = ", ".join(str(s.step) for s in skipped[:5]) + (
+                ", …" if len(skipped) > 5 else ""
+            )
+            warnings.append(
+                f"{len(skipped)} recorded step(s) had non-finite gradients that no optimizer "
+                f"applied (steps {steps}), as a GradScaler skips an overflowing step; training "
+                "went on with finite values, so this is no finding"
+            )
         if not samples:
             warnings.append(
                 "no step recorded yet: call the model (with grad enabled) inside the `with` block"

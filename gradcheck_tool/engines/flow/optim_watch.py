@@ -388,6 +388,7 @@ def apply_record(
     names = mm.param_names
     sample.zeroing_checked = rec.zeroing_checked
     sample.stale_grads = [names[i] for i, sq in zip(rec.suspects, stale) if sq > 0]
+    sample.stepped = rec.optimizers > 0
     if rec.optimizers == 0:
         return sample
     moved = {i: n * n for i, n in zip(rec.measured, values.get(UPDATE_NORM.name, []))}  # ‖Δw‖²

@@ -59,3 +59,6 @@ class StepSample:
     # at this backward, and those still holding that step's gradient (never zeroed)
     zeroing_checked: int = 0
     stale_grads: list[str] = field(default_factory=list)
+    # whether an optimizer stepped after this step (Monitor; None where not observed): a step
+    # with non-finite gradients that none applied was skipped, as GradScaler does on overflow
+    stepped: bool | None = None

@@ -3,9 +3,9 @@ forward, the loss, the backward or the inputs themselves."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
-from ..samples import ROOT
+from ..samples import ROOT, StepSample
 from ._rule import Detection, Evidence, FindingRule, Severity
 
 FIXES = {
@@ -19,8 +19,29 @@ FIXES = {
 }
 
 
+def skipped_steps(samples: Sequence[StepSample]) -> list[StepSample]:
+    """Steps whose non-finite gradients no optimizer applied, followed by a finite step: what
+    mixed precision's GradScaler does on an overflow (it skips `optimizer.step()` and lowers
+    its scale), by design and often in the first steps. Not from the inputs or the forward:
+    those are the model's or the data's, skipped or not."""
+    finite_after = [False] * len(samples)
+    seen = False
+    for i in range(len(samples) - 1, -1, -1):
+        finite_after[i] = seen
+        seen = seen or samples[i].nan is None
+    return [
+        s
+        for i, s in enumerate(samples)
+        if s.nan is not None
+        and s.nan.where in ("backward", "loss")
+        and s.stepped is False
+        and finite_after[i]
+    ]
+
+
 def detect(ev: Evidence) -> Iterator[Detection]:
-    sample = next((s for s in ev.samples if s.nan is not None), None)
+    skipped = {id(s) for s in skipped_steps(ev.samples)}
+    sample = next((s for s in ev.samples if s.nan is not None and id(s) not in skipped), None)
     if sample is None:
         return
     site = sample.nan
