@@ -136,9 +136,6 @@ class Recorder:
         # AccumulateGrad node of each parameter (and its hook), looked up once, kept while hooked
         self.grad_nodes: dict[int, tuple[Any, Callable[[tuple], None]]] = {}
         self.on_root_return: Callable[[Any], None] | None = None
-        # called with a parameter's index before its gradient is accumulated (Monitor: the
-        # optimizer watch's zero_grad check, optim_watch.py)
-        self.on_param_grad: Callable[[int], None] | None = None
         self.begin()
 
     def begin(self) -> None:
@@ -208,8 +205,6 @@ class Recorder:
             g = grads[0] if grads else None
             if g is None:
                 return
-            if self.on_param_grad is not None:
-                self.on_param_grad(i)
             st = self.state
             g = dense(g).detach()
             st.gn[i] = sq_norm(g)
