@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import math
 import platform
+import runpy
 import sys
 import time
 from dataclasses import dataclass
@@ -53,7 +54,8 @@ from gradcheck_tool.engines.flow import train
 from gradcheck_tool.engines.flow.findings import Evidence, exploding
 from gradcheck_tool.engines.flow.findings import _layers as L
 
-sys.path.insert(0, str(Path(__file__).resolve().parent / "models" / "real"))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks" / "models" / "real"))
 import _lib  # noqa: E402  (timm/transformers on a CPU-only torch: see its docstring)
 
 _lib.import_vision()
@@ -141,18 +143,6 @@ class Seq2Seq(nn.Module):
         return self.head(self.tr(self.src(src), self.tgt(tgt), tgt_mask=mask))
 
 
-class Tagger(nn.Module):
-    def __init__(self, cell: type[nn.Module], layers: int = 2) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.emb = nn.Embedding(50, 32)
-        self.rnn = cell(32, 32, num_layers=layers, batch_first=True)
-        self.head = nn.Linear(32, 10)
-
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.head(self.rnn(self.emb(ids))[0])
-
-
 def relu_mlp(depth: int = 8, width: int = 64) -> nn.Module:
     torch.manual_seed(0)
     layers: list[nn.Module] = [nn.Linear(32, width), nn.ReLU()]
@@ -161,79 +151,23 @@ def relu_mlp(depth: int = 8, width: int = 64) -> nn.Module:
     return nn.Sequential(*layers, nn.Linear(width, 10))
 
 
+# the models the corpus's healthy controls are made of (tests/fixtures/flow_corpus/_models.py)
+_MODELS = runpy.run_path(str(ROOT / "tests" / "fixtures" / "flow_corpus" / "_models.py"))
+Tagger, lm_loss, hf_gpt2, hf_llama = (
+    _MODELS[n] for n in ("Tagger", "lm_loss", "hf_gpt2", "hf_llama")
+)
+
+
 def ids(b: int = B, t: int = 12, vocab: int = 50) -> torch.Tensor:
-    return torch.randint(0, vocab, (b, t), generator=torch.Generator().manual_seed(0))
+    return _MODELS["token_ids"](b, t, vocab)
 
 
 def hf_bert() -> nn.Module:
-    import transformers as tr
-
-    torch.manual_seed(0)
-    cfg = tr.BertConfig(
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=128,
-        vocab_size=100,
-        max_position_embeddings=64,
-        num_labels=4,
-    )
-    return tr.BertForSequenceClassification(cfg)
+    return _MODELS["hf_bert"]()
 
 
 def hf_bert_deep() -> nn.Module:
-    import transformers as tr
-
-    torch.manual_seed(0)
-    cfg = tr.BertConfig(
-        hidden_size=32,
-        num_hidden_layers=6,
-        num_attention_heads=2,
-        intermediate_size=64,
-        vocab_size=100,
-        max_position_embeddings=64,
-        num_labels=4,
-    )
-    return tr.BertForSequenceClassification(cfg)
-
-
-def hf_gpt2() -> nn.Module:
-    import transformers as tr
-
-    torch.manual_seed(0)
-    cfg = tr.GPT2Config(
-        vocab_size=100,
-        n_embd=64,
-        n_layer=2,
-        n_head=2,
-        n_positions=64,
-        bos_token_id=0,
-        eos_token_id=0,
-    )
-    cfg.use_cache = False
-    return tr.GPT2LMHeadModel(cfg)
-
-
-def hf_llama() -> nn.Module:
-    import transformers as tr
-
-    torch.manual_seed(0)
-    cfg = tr.LlamaConfig(
-        vocab_size=100,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-    )
-    cfg.use_cache = False
-    return tr.LlamaForCausalLM(cfg)
-
-
-def lm_loss(out: Any, ids_: torch.Tensor) -> torch.Tensor:
-    logits = out.logits[:, :-1]
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids_[:, 1:].reshape(-1))
+    return _MODELS["hf_bert"](layers=6, hidden=32)
 
 
 def timm_model(name: str, **kw: Any) -> Callable[[], nn.Module]:
