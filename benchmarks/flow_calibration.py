@@ -313,7 +313,6 @@ def measure(case: Case, with_loss: bool) -> dict[str, Any]:
         train.detect_findings = detect
     ev: Evidence = seen["ev"]
     lr = ev.lr or 1e-2
-    weighted = L.weighted_layers(ev)
     sized = exploding._sized(ev)
     ratios = [v for _, v in sized]
     top = max(sized, key=lambda x: x[1])[0].name if sized else "-"
@@ -324,14 +323,12 @@ def measure(case: Case, with_loss: bool) -> dict[str, Any]:
     every = [(r, v) for r in L.compared_layers(ev) if (v := L.rms(r)) and math.isfinite(v)]
     before = L.trend(every)
     loss_grad = ev.last.loss_grad
-    gains = [r.grad_norm / loss_grad for r in weighted if loss_grad and r.grad_norm]
     return {
         "upd": lr * max(ratios) if ratios else math.nan,
         "g/w": max(ratios) if ratios else math.nan,
         "dn": min((t.ratio for t in grads), default=math.nan),
         "up": max((t.ratio for t in grads), default=math.nan),
         "sig": max((t.ratio for t in signal), default=math.nan),
-        "gain": max(gains, default=math.nan),
         "old": before.ratio if before else math.nan,
         "rel": max(ratios) / loss_grad if ratios and loss_grad else math.nan,
         "top": top,

@@ -117,19 +117,6 @@ def grad_weight(row: LayerStats) -> float | None:
     return row.grad_norm / row.weight_norm
 
 
-def sgd_update(row: LayerStats, lr: float) -> float | None:
-    """‖Δw‖/‖w‖ of one SGD step: lr·‖g‖/‖w‖."""
-    ratio = grad_weight(row)
-    return None if ratio is None else lr * ratio
-
-
-def weighted_layers(ev: Evidence) -> list[LayerStats]:
-    """Every trainable layer with a gradient and a nonzero weight, in forward order."""
-    return [
-        r for r in ev.last.rows if r.kind == "layer" and not r.frozen and grad_weight(r) is not None
-    ]
-
-
 def is_norm(row: LayerStats) -> bool:
     """A normalisation layer (BatchNorm2d, LayerNorm, timm's BatchNormAct2d, LlamaRMSNorm)."""
     return "Norm" in row.type
@@ -165,5 +152,32 @@ def at_last_step(
         value=value,
         step=last.step,
         evidence=evidence,
+        threshold=threshold,
+    )
+
+
+def trend_detection(
+    ev: Evidence, worst: Trend, message: str, name: str, threshold: float
+) -> Detection:
+    """A detection about a steady trend along a role (vanishing, exploding): `message` is
+    formatted with the trend's ratio, its first and last layers, their count and type;
+    the evidence is the ratio (as `name`), the steadiness and the number of layers."""
+    text = message.format(
+        head=worst.head,
+        tail=worst.tail,
+        ratio=worst.ratio,
+        layers=worst.layers,
+        type=worst.row.type,
+    )
+    return at_last_step(
+        ev,
+        worst.row,
+        text,
+        worst.ratio,
+        evidence=(
+            (name, worst.ratio),
+            ("steadiness", worst.steadiness),
+            ("layers", float(worst.layers)),
+        ),
         threshold=threshold,
     )

@@ -19,6 +19,7 @@ from ._layers import (
     rms,
     signal_rms,
     steady,
+    trend_detection,
     trends,
 )
 from ._rule import Detection, Evidence, FindingRule, Severity
@@ -206,25 +207,7 @@ def _grows_toward_input(
     worst = max(found, key=lambda t: t.ratio, default=None)
     if worst is None or not worst.ratio > th.exploding_ratio:
         return None
-    text = message.format(
-        head=worst.head,
-        tail=worst.tail,
-        ratio=worst.ratio,
-        layers=worst.layers,
-        type=worst.row.type,
-    )
-    return at_last_step(
-        ev,
-        worst.row,
-        text,
-        worst.ratio,
-        evidence=(
-            ("first/last RMS", worst.ratio),
-            ("steadiness", worst.steadiness),
-            ("layers", float(worst.layers)),
-        ),
-        threshold=th.exploding_ratio,
-    )
+    return trend_detection(ev, worst, message, "first/last RMS", th.exploding_ratio)
 
 
 def _weight_gradients_grow(ev: Evidence) -> Detection | None:

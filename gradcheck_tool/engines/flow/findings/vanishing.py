@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from ._layers import at_last_step, rms, steady, trends
+from ._layers import rms, steady, trend_detection, trends
 from ._rule import Detection, Evidence, FindingRule, Severity
 
 FIX = (
@@ -21,19 +21,13 @@ def detect(ev: Evidence) -> Iterator[Detection]:
     found = steady(trends(ev, rms), th.trend_steadiness)
     worst = min(found, key=lambda t: t.ratio, default=None)
     if worst is not None and worst.ratio < th.vanishing_ratio:
-        yield at_last_step(
+        yield trend_detection(
             ev,
-            worst.row,
-            f"gradients vanish toward the input: the RMS gradient of {worst.head} "
-            f"is {worst.ratio:.1e}× that of {worst.tail} (a steady decline over "
-            f"{worst.layers} {worst.row.type} layers)",
-            worst.ratio,
-            evidence=(
-                ("first/last RMS gradient", worst.ratio),
-                ("steadiness", worst.steadiness),
-                ("layers", float(worst.layers)),
-            ),
-            threshold=th.vanishing_ratio,
+            worst,
+            "gradients vanish toward the input: the RMS gradient of {head} is {ratio:.1e}× "
+            "that of {tail} (a steady decline over {layers} {type} layers)",
+            "first/last RMS gradient",
+            th.vanishing_ratio,
         )
 
 
