@@ -567,3 +567,21 @@ def test_gradscaler_overflow_steps_are_no_nan_finding() -> None:
     assert report.findings == (), report.findings
     assert any("no optimizer applied" in w for w in report.warnings), report.warnings
     assert scaler.get_scale() < 2.0**40  # the scaler did skip overflowing steps
+
+
+def test_optimizer_records_are_not_kept_once_applied() -> None:
+    """Each record holds a per-parameter table: a long run that reports now and then must
+    not keep one per recorded step."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    x, y = torch.randn(32, 8), torch.randint(0, 2, (32,))
+    with Monitor(model) as mon:
+        for step in range(30):
+            opt.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+            if step % 10 == 9:
+                mon.report()
+        assert len(mon._watch.records) <= 2  # the current step's, and the one it may await
+    assert mon.flow_report().steps == 30

@@ -221,6 +221,7 @@ class Monitor:
             else:
                 n = len(self._mm.params)
                 apply_record(self._samples[k], rec, self._mm, parameter_grad_max(p, n))
+                records.pop(p.step, None)  # applied: a long run keeps no record per step
         self._unapplied = waiting
         samples = self._samples
         th = self.thresholds
