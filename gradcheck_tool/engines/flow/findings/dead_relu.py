@@ -25,7 +25,7 @@ FIX = (
 Z_ONE_PERCENT = 2.33  # the one-sided 1% point of the normal distribution
 
 
-def _fraction_beyond_chance(limit: float, units: int | None) -> float:
+def beyond_chance(limit: float, units: int | None) -> float:
     """The dead fraction of `units` that coin flips (dead with probability `limit`) pass less
     than 1% of the time; just `limit` where the units are unknown."""
     if not units:
@@ -39,7 +39,7 @@ def detect(ev: Evidence) -> Iterator[Detection]:
     for r in last.rows:
         if r.kind != "activation" or r.dead_fraction is None:
             continue
-        above = _fraction_beyond_chance(limit, r.units)
+        above = beyond_chance(limit, r.units)
         if r.dead_fraction > above:
             yield Detection(
                 r.name,

@@ -17,6 +17,7 @@ import statistics
 from collections.abc import Iterator
 from typing import Callable, NamedTuple
 
+from ....results import LayerStats
 from ..samples import label
 from ._divergence import (
     HEALTHY_UPDATE,
@@ -29,6 +30,7 @@ from ._divergence import (
 )
 from ._rule import Detection, Evidence, FindingRule, Severity, percent
 from ._zero_init import without_gradient
+from .dead_relu import beyond_chance
 
 FIX = (
     "Act on the first reason: raise the learning rate (or train longer) when updates are "
@@ -82,18 +84,22 @@ def _updates_too_small(ev: Evidence) -> Reason | None:
 
 
 def _fraction_reason(
-    field: str, limit: float, what: str, noun: str
+    field: str, limit: Callable[[LayerStats], float], what: str, noun: str
 ) -> Callable[[Evidence], Reason | None]:
+    """The activation rows whose `field` is past the limit its own rule uses for that row."""
+
     def reason(ev: Evidence) -> Reason | None:
         rows = [
-            r for r in ev.last.rows if r.kind == "activation" and (getattr(r, field) or 0.0) > limit
+            (r, getattr(r, field) / limit(r))
+            for r in ev.last.rows
+            if r.kind == "activation" and (getattr(r, field) or 0.0) > limit(r)
         ]
         if not rows:
             return None
-        worst = max(rows, key=lambda r: getattr(r, field))
+        worst, past = max(rows, key=lambda x: x[1])
         fraction = getattr(worst, field)
         return Reason(
-            fraction / limit,
+            past,
             f"{what}: {percent(fraction)} of the {noun} of {worst.display_name}"
             + (f" (and {len(rows) - 1} more activation(s))" if len(rows) > 1 else ""),
             ((f"{field} {worst.key}", fraction),),
@@ -105,12 +111,16 @@ def _fraction_reason(
 
 
 def _dead(ev: Evidence) -> Reason | None:
-    return _fraction_reason("dead_fraction", ev.thresholds.dead_fraction, "dead units", "units")(ev)
+    """Dead units as dead_relu counts them: beyond what chance gives a layer of that size."""
+    limit = ev.thresholds.dead_fraction
+    return _fraction_reason(
+        "dead_fraction", lambda r: beyond_chance(limit, r.units), "dead units", "units"
+    )(ev)
 
 
 def _saturated(ev: Evidence) -> Reason | None:
     limit = ev.thresholds.saturated_fraction
-    return _fraction_reason("saturated_fraction", limit, "saturated units", "outputs")(ev)
+    return _fraction_reason("saturated_fraction", lambda r: limit, "saturated units", "outputs")(ev)
 
 
 def _frozen(ev: Evidence) -> Reason | None:
