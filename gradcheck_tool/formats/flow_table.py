@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import Callable
 
 from rich.console import Console
 from rich.panel import Panel
@@ -101,16 +102,12 @@ HEADERS = {  # two short lines each, so that a header never needs cutting either
 }
 
 
-def _update_ratio(row: LayerStats) -> float | None:
-    return getattr(row, "update_ratio", None)
-
-
 def _present(report: FlowReport) -> list[str]:
     """The columns this report has something for."""
     columns = list(COLUMNS)
     if not any(r.note for r in report.layers):
         columns.remove("note")
-    if not any(_update_ratio(r) is not None for r in report.layers):
+    if not any(r.update_ratio is not None for r in report.layers):
         columns.remove("update/weight")
     return columns
 
@@ -165,7 +162,7 @@ def _cells(r: LayerStats, i: int, bars: dict[str, str], flagged: bool) -> dict[s
         cells["bar"] = Text(bars.get(r.key, ""), style="cyan")
         cells["weight norm"] = fmt(r.weight_norm)
         cells["grad/weight"] = fmt(r.grad_weight_ratio)
-        cells["update/weight"] = fmt(_update_ratio(r))
+        cells["update/weight"] = fmt(r.update_ratio)
         cells["max |grad|"] = fmt(r.max_abs_grad)
     else:
         dead = _fraction_text(r.dead_fraction, THRESHOLDS.dead_fraction)
@@ -180,12 +177,21 @@ def fitted_flow_table(report: FlowReport, width: int) -> tuple[Table, tuple[str,
     """The per-layer table for a terminal `width` columns wide, and the columns it left out
     (in DROP_ORDER) so that no number or header is cut."""
     present = _present(report)
-    droppable = [c for c in DROP_ORDER if c in present]
-    drop: tuple[str, ...] = ()
-    for n in range(len(droppable) + 1):
-        drop = tuple(droppable[:n])
-        table = flow_table(report, drop)
-        if not _cut(table, width):
+    order = tuple(c for c in DROP_ORDER if c in present)
+    table, drop = _fit(lambda drop: flow_table(report, drop), order, width)
+    assert table is not None
+    return table, drop
+
+
+def _fit(
+    build: Callable[[tuple[str, ...]], Table | None], order: tuple[str, ...], width: int
+) -> tuple[Table | None, tuple[str, ...]]:
+    """`build(drop)` with the fewest columns of `order` left out (in that order) that fits
+    `width` uncut; with all of them left out if nothing fits."""
+    for n in range(len(order) + 1):
+        drop = order[:n]
+        table = build(drop)
+        if table is None or not _cut(table, width):
             return table, drop
     return table, drop
 
@@ -257,13 +263,7 @@ def trend_table(report: FlowReport, drop: tuple[str, ...] = ()) -> Table | None:
 
 def fitted_trend_table(report: FlowReport, width: int) -> tuple[Table | None, tuple[str, ...]]:
     """The trend table for a terminal `width` columns wide, and the columns it left out."""
-    drop: tuple[str, ...] = ()
-    for n in range(len(TREND_DROP_ORDER) + 1):
-        drop = TREND_DROP_ORDER[:n]
-        table = trend_table(report, drop)
-        if table is None or not _cut(table, width):
-            return table, drop
-    return table, drop
+    return _fit(lambda drop: trend_table(report, drop), TREND_DROP_ORDER, width)
 
 
 def _pair(pair: tuple[float | None, float | None] | None, mark: str = "") -> str:
@@ -409,7 +409,7 @@ def render_flow(report: FlowReport, console: Console) -> None:
             "within 1% of an asymptote"
             + (
                 "; update/weight: ‖Δw‖/‖w‖ of the last optimizer step measured (healthy ≈ 1e-3)"
-                if any(_update_ratio(r) is not None for r in report.layers)
+                if any(r.update_ratio is not None for r in report.layers)
                 else ""
             ),
             style="dim",
