@@ -445,7 +445,7 @@ def test_grad_not_zeroed_when_the_model_is_called_twice_per_step(every: int, zer
 def test_an_update_below_the_dtypes_resolution_is_not_a_parameter_left_unchanged() -> None:
     """A conv bias before BatchNorm gets a gradient ~1e-8 (the norm cancels it): lr·g is far
     below the resolution of the bias in float32, so SGD leaves it unchanged. It learns what
-    it can: not a not_updated warning. A gradient zeroed before the step still is one."""
+    it can: not a not_updated warning."""
     torch.manual_seed(0)
     model = nn.Sequential(
         nn.Conv2d(3, 8, 3, bias=True), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(), nn.LazyLinear(4)
