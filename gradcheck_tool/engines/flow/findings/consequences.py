@@ -32,7 +32,7 @@ from ._updates import EARLY
 
 DIVERGING, LARGE_UPDATES, SMALL_UPDATES = "diverging", "update_too_large", "update_too_small"
 LOOP_BUG, EXPLODING = "grad_not_zeroed", "exploding"
-ROOT_CAUSES = frozenset({"grad_not_zeroed", "not_updated"})  # training-loop bugs
+ROOT_CAUSES = frozenset({LOOP_BUG, "not_updated"})  # training-loop bugs
 
 
 def _under(findings: list[Finding], cause_kind: str, kind: str) -> list[Finding]:
@@ -61,27 +61,28 @@ def attach_consequences(
     """`findings` (in panel order) with those a divergence, or failing that too large
     updates, explain moved under it."""
     kinds = {f.kind for f in findings}
-    if LOOP_BUG in kinds and LARGE_UPDATES in kinds and ev.multi:
-        # gradients summed over every past step make each update as large as all of them
-        # together: the large updates, and the damage they did, are what the loop bug does
-        attached = _attach(findings, ev, rules, LARGE_UPDATES, ev.samples[:1], hidden=False)
-        return _under(attached, LOOP_BUG, LARGE_UPDATES)
-    if DIVERGING in kinds and find_blow_up(ev) is not None:
+    large = LARGE_UPDATES in kinds and ev.multi
+    loop_bug = large and LOOP_BUG in kinds  # it, not the divergence, is then the cause
+    if DIVERGING in kinds and not loop_bug and find_blow_up(ev) is not None:
         # the update sizes over a run that blew up restate the cause, which the divergence
         # names with its largest update (too large), or describe the wreck (too small:
         # saturated layers stop moving): neither is a finding of its own
         restated = {LARGE_UPDATES, SMALL_UPDATES}
         findings = [f for f in findings if f.kind not in restated]
         return _attach(findings, ev, rules, DIVERGING, before_trouble(ev), hidden=True)
-    if LARGE_UPDATES in kinds and ev.multi:
-        attached = _attach(findings, ev, rules, LARGE_UPDATES, ev.samples[:1], hidden=False)
-        # a run of large first steps is a finding only through the damage it did
-        return [
-            f
-            for f in attached
-            if not (f.kind == LARGE_UPDATES and f.where == EARLY and not f.consequences)
-        ]
-    return [f for f in findings if not (f.kind == LARGE_UPDATES and f.where == EARLY)]
+    if not large:
+        return [f for f in findings if not _early(f)]
+    attached = _attach(findings, ev, rules, LARGE_UPDATES, ev.samples[:1], hidden=False)
+    if loop_bug:
+        # gradients summed over every past step make each update as large as all of them
+        # together: the large updates, and the damage they did, are what the loop bug does
+        return _under(attached, LOOP_BUG, LARGE_UPDATES)
+    # a run of large first steps is a finding only through the damage it did
+    return [f for f in attached if not (_early(f) and not f.consequences)]
+
+
+def _early(f: Finding) -> bool:
+    return f.kind == LARGE_UPDATES and f.where == EARLY
 
 
 def _attach(
