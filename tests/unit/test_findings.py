@@ -745,6 +745,16 @@ def test_update_too_small_is_about_the_model_not_one_slow_layer() -> None:
     all_slow = evidence(*steps({"q": 3e-8, "k": 5e-8, "v": 2e-8, "o": 4e-8}))
     (f,) = found(update_too_small.RULE, all_slow)
     assert f.key == "v" and "and 3 other layers too" in f.message
+    # none below 1e-6, but none moving at even 1/100 of the healthy rate (Adam at lr 1e-7
+    # on a wide MLP): the fastest is named
+    crawling = evidence(*steps({"q": 2e-6, "k": 1.3e-6, "v": 3e-6, "o": 4e-6}))
+    (f,) = found(update_too_small.RULE, crawling)
+    assert f.key == "o" and "no layer moves by more than 4.0e-06" in f.message
+    assert f.threshold == TH.update_small_everywhere
+    assert (
+        found(update_too_small.RULE, evidence(*steps({"q": 2e-6, "k": 1e-6, "v": 3e-6, "o": 2e-5})))
+        == []
+    )
 
 
 def test_a_nan_step_no_optimizer_applied_is_not_a_finding_when_training_went_on() -> None:

@@ -83,5 +83,9 @@ class FlowThresholds:
     # ≥ 3× outside the healthy medians.
     update_too_large: float = 0.2
     update_too_small: float = 1e-6
+    # ... for most layers (a learning rate is the model's), or every layer's median below
+    # this: no layer moves at 1/100 of the healthy rate (healthy runs: the fastest layer's
+    # median 4.6e-4 at least; Adam at 1e-7: at most 1.3e-6, a wide MLP's fastest layer)
+    update_small_everywhere: float = 1e-5
     update_min_steps: int = 3
     update_steps_fraction: float = 0.5

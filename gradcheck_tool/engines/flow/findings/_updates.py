@@ -57,7 +57,8 @@ def far_from_healthy(
     runs too and still fit, so it stays a finding only where the findings absent before the
     first update (dead units, vanishing gradients) are its consequences (consequences.py).
 
-    Too small only when most of the judged layers are (the learning rate is the model's),
+    Too small only when most of the judged layers are (the learning rate is the model's), or
+    when no layer's median reaches `update_small_everywhere` (1/100 of the healthy rate),
     never for the layers behind a zero-initialised one (zero_init_last); nothing on flow's
     projection loss (it has no minimum: its steps grow without end)."""
     if ev.loss == "projection":
@@ -76,8 +77,14 @@ def far_from_healthy(
     if kind == "small" and len(flagged) < th.update_steps_fraction * len(judged):
         # a learning rate is too small for the model, not for one layer: a few layers that
         # barely move while most do (a BERT's key weights at init, whose gradients are tiny
-        # while attention is near uniform) are not this finding
+        # while attention is near uniform) are not this finding; unless no layer moves at
+        # even 1/100 of the healthy rate
         flagged = []
+        medians = {key: statistics.median(ratios) for key, ratios in judged.items() if ratios}
+        enough = bool(medians) and min(map(len, judged.values())) >= th.update_min_steps
+        if enough and max(medians.values()) < th.update_small_everywhere:
+            yield _everywhere(ev, medians, th.update_small_everywhere)
+            return
     with_what = f" ({ev.optimizer}, lr {ev.lr:g})" if ev.optimizer and ev.lr is not None else ""
     if flagged:
         median, key, n_beyond, n_seen = (max if kind == "large" else min)(flagged)
@@ -121,3 +128,24 @@ def far_from_healthy(
 
 def _others(n: int) -> str:
     return f", and {n} other layer{'s' if n > 1 else ''} too" if n else ""
+
+
+def _everywhere(ev: Evidence, medians: dict[str, float], limit: float) -> Detection:
+    """Too small for every layer: even the fastest moves at under 1/100 of the healthy rate."""
+    key = max(medians, key=medians.__getitem__)
+    fastest = medians[key]
+    with_what = f" ({ev.optimizer}, lr {ev.lr:g})" if ev.optimizer and ev.lr is not None else ""
+    return Detection(
+        "" if key == ROOT else key,
+        f"the optimizer's updates are too small{with_what}: no layer moves by more than "
+        f"{fastest:.1e} of its norm per step (median ‖Δw‖/‖w‖ of the fastest, {key}; "
+        f"healthy ≈ 1e-3), in all {len(medians)} layers",
+        key=key,
+        value=fastest,
+        step=ev.last.step,
+        evidence=(
+            ("fastest layer's median update/weight", fastest),
+            ("layers", float(len(medians))),
+        ),
+        threshold=limit,
+    )
