@@ -6,6 +6,7 @@ Nothing here imports torch: reports can be built by hand in tests of the rendere
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +36,29 @@ def _json_float(value: float | None) -> float | str | None:
     if value is None or math.isfinite(value):
         return value
     return str(value)  # "nan", "inf", "-inf"
+
+
+@dataclass(frozen=True)
+class SourceLocation:
+    """Where in the user's code a verdict points: the line of a Function's `backward`, of
+    the module class that owns a parameter, or of the `forward` that uses it. `file` is an
+    absolute path; `to_dict` writes it relative to the working directory when it lies
+    under it (as CI annotations need)."""
+
+    file: str
+    line: int
+    what: str  # e.g. "MyFn.backward", "class Block", "Net.forward"
+
+    @property
+    def display_file(self) -> str:
+        try:
+            rel = os.path.relpath(self.file)
+        except ValueError:  # another drive (Windows)
+            return self.file
+        return self.file if rel.startswith("..") else rel
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"file": self.display_file, "line": self.line, "what": self.what}
 
 
 @dataclass(frozen=True)
@@ -115,6 +139,7 @@ class TensorResult:
     zero: bool = False  # passed as a zero gradient (the loss does not move either)
     directions: int = 0  # random directions compared (each moves every entry at once)
     serial_reason: str | None = None  # why its points were evaluated one at a time
+    source: SourceLocation | None = None  # where in the user's code this gradient is made
 
     @property
     def status(self) -> str:
@@ -146,6 +171,7 @@ class TensorResult:
             "kinks": self.kinks,
             "hint": self.hint,
             "direction_rel_error": _json_float(self.direction_error),
+            "source": self.source.to_dict() if self.source is not None else None,
         }
         if self.sweep:
             out["sweep"] = [p.to_dict() for p in self.sweep]
@@ -340,6 +366,7 @@ class Finding:
     # findings this one explains (e.g. NaN and saturation after the loss diverged): shown
     # under it, not as causes of their own
     consequences: tuple[Finding, ...] = ()
+    source: SourceLocation | None = None  # the layer's module class in the user's code
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -354,6 +381,7 @@ class Finding:
             "evidence": {name: _json_float(v) for name, v in self.evidence},
             "threshold": _json_float(self.threshold),
             "consequences": [c.to_dict() for c in self.consequences],
+            "source": self.source.to_dict() if self.source is not None else None,
         }
 
 
@@ -464,6 +492,22 @@ class FlowReport:
     overfit: OverfitVerdict | None = None
     warnings: tuple[str, ...] = ()
     seconds: float = 0.0
+    # the verdict: the kinds `--fail-on` makes fatal, and whether the run was cut short
+    # ("interrupt" for Ctrl-C, "terminated" for SIGTERM, "timeout" for --timeout)
+    fail_on: tuple[str, ...] = ()
+    interrupted: str | None = None
+
+    @property
+    def failed_kinds(self) -> tuple[str, ...]:
+        """The kinds seen (consequences included) that `fail_on` makes fatal, in the
+        findings' order."""
+        fatal = set(self.fail_on)
+        return tuple(k for k in self.kinds_seen if k in fatal)
+
+    @property
+    def passed(self) -> bool:
+        """No finding of a `fail_on` kind, and the run was not cut short."""
+        return not self.failed_kinds and not self.interrupted
 
     @property
     def kinds(self) -> tuple[str, ...]:
@@ -521,6 +565,10 @@ class FlowReport:
             "source": self.source,
             "target": self.target,
             "found_by": self.found_by,
+            "passed": self.passed,
+            "fail_on": list(self.fail_on),
+            "failed_kinds": list(self.failed_kinds),
+            "interrupted": self.interrupted,
             "dtype": self.dtype,
             "device": self.device,
             "mode": self.mode,
@@ -546,3 +594,49 @@ class FlowReport:
             }
             out["overfit"] = self.overfit.to_dict() if self.overfit is not None else None
         return out
+
+
+# --- a run of one or more targets (the CLI, configured targets, the pytest plugin) -----------
+
+
+@dataclass(frozen=True)
+class TargetRun:
+    """One target of a run: its report, or the user error that stopped it, and its exit
+    code (0 passed, 1 a gradient or a `fail_on` finding failed, 2 the user's file, inputs or
+    options could not be used, 3 internal, 124 timeout, 130 Ctrl-C, 143 SIGTERM)."""
+
+    command: str  # "check" | "flow"
+    target: str  # the TARGET as given or configured ("ops/attn.py:Fused")
+    report: CheckReport | FlowReport | None
+    exit_code: int
+    error: str | None = None  # the one-screen message of what stopped it (exit 2 or 3)
+    interrupted: str | None = None  # "interrupt" | "terminated" | "timeout"; also when not run
+    seconds: float = 0.0
+    config: str | None = None  # where it was configured: "pyproject.toml [[tool.gradtool.check]] 2"
+
+    @property
+    def passed(self) -> bool:
+        return self.exit_code == 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "command": self.command,
+            "target": self.target,
+            "exit_code": self.exit_code,
+            "passed": self.passed,
+            "error": self.error,
+            "interrupted": self.interrupted,
+            "seconds": round(self.seconds, 3),
+            "config": self.config,
+            "report": self.report.to_dict() if self.report is not None else None,
+        }
+
+
+def worst_exit_code(runs: Any) -> int:
+    """The exit code of a run of several targets: an interruption (124/130/143) first, then
+    an internal error (3), a user error (2), a failure (1); 0 when every target passed."""
+    codes = [r.exit_code for r in runs]
+    for code in (143, 130, 124, 3, 2, 1):
+        if code in codes:
+            return code
+    return 0

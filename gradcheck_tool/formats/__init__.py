@@ -1,8 +1,10 @@
 """Report formats: each turns a report (check or flow) into text, one small module each.
 
-A format module has `write(report, out, width=None)`, writing to a text stream; the CLI picks
-one by name from `FORMATS` and imports only that module (rich and matplotlib load only when a
-format needs them). Adding a format is one module here and one line in `FORMATS`.
+A format module has `write(report, out, width=None)`, writing one report to a text stream,
+and `write_runs(runs, out, width=None)`, writing a run of one or more targets
+(`results.TargetRun`: a report, or the error that stopped the target); the CLI picks one by
+name from `FORMATS` and imports only that module (rich and matplotlib load only when a format
+needs them). Adding a format is one module here and one line in `FORMATS`.
 """
 
 from __future__ import annotations
@@ -15,13 +17,28 @@ from typing import Any, TextIO
 class OutputFormat(str, enum.Enum):
     TABLE = "table"  # the rich tables, for a terminal (plain text off one)
     JSON = "json"  # report.to_dict() as JSON
+    GITHUB = "github"  # GitHub Actions workflow commands (::error file=...,line=...::)
+    MARKDOWN = "markdown"  # a summary for GITHUB_STEP_SUMMARY or a pull-request comment
+    JUNIT = "junit"  # JUnit XML (--junit PATH), for Jenkins, GitLab and GitHub test reporters
 
 
 # format -> the module that writes it
-FORMATS = {OutputFormat.TABLE: "table", OutputFormat.JSON: "json"}
+FORMATS = {
+    OutputFormat.TABLE: "table",
+    OutputFormat.JSON: "json",
+    OutputFormat.GITHUB: "github",
+    OutputFormat.MARKDOWN: "markdown",
+    OutputFormat.JUNIT: "junit",
+}
 
 
 def write(report: Any, fmt: OutputFormat, out: TextIO, width: int | None = None) -> None:
     """Write `report` to `out` in format `fmt`."""
     module = importlib.import_module(f"{__name__}.{FORMATS[OutputFormat(fmt)]}")
     module.write(report, out, width=width)
+
+
+def write_runs(runs: Any, fmt: OutputFormat, out: TextIO, width: int | None = None) -> None:
+    """Write a run of targets (a sequence of `results.TargetRun`) to `out` in format `fmt`."""
+    module = importlib.import_module(f"{__name__}.{FORMATS[OutputFormat(fmt)]}")
+    module.write_runs(runs, out, width=width)
