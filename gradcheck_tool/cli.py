@@ -273,6 +273,7 @@ def run_command(
             raise OptionError("timeout", f"must be a positive number of seconds, not {timeout}")
         for path, option in ((json_path, "json"), (junit_path, "junit")):
             if path and path != "-":
+                _make_folder(path, option)  # as pytest's --junitxml does
                 check_path(path, option)
         if target is not None:
             entries: list[Any] = [_Entry(target, project.options_for(command, target))]
@@ -361,6 +362,17 @@ def _nothing_configured(command: str, project: Any) -> GradtoolError:
         f"no TARGET given, and {project.label} configures no [[tool.gradtool.{command}]]",
         hint=f'Add one:\n[[tool.gradtool.{command}]]\ntarget = "path/to/file.py"',
     )
+
+
+def _make_folder(path: str, option: str) -> None:
+    import os
+
+    folder = os.path.dirname(path)
+    if folder and not os.path.exists(folder):
+        try:
+            os.makedirs(folder)
+        except OSError as exc:
+            raise OptionError(option, f"{path}: could not make {folder}: {exc.strerror}") from None
 
 
 def _write_file(runs: Any, fmt: Any, path: str, option: str) -> None:
