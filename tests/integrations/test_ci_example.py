@@ -19,6 +19,8 @@ import pytest
 import torch
 from conftest import REPO, SAMPLES, invoke_cli
 
+import gradcheck_tool
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - Python < 3.11
@@ -247,3 +249,38 @@ def test_the_flow_targets_fail_on_does_fail_a_broken_model():
     result = invoke_cli("flow", SAMPLES / "exploding_linear.py", *flags)
     assert result.code == 1, result.output
     assert "exploding" in result.output
+
+
+# --- as configured: `gradtool check` / `gradtool flow` without TARGET, in examples/ci ---------
+
+# the package's own folder, not find_spec: an editable install elsewhere can answer for it
+PACKAGE = Path(gradcheck_tool.__file__).parent
+needs_config = pytest.mark.skipif(
+    not (PACKAGE / "config.py").is_file(),
+    reason="needs [tool.gradtool] targets (issue #13's configured run)",
+)
+
+
+@needs_config
+@pytest.mark.parametrize("command", ["check", "flow"])
+def test_the_configured_run_gives_each_targets_verdict(command, tmp_path, monkeypatch):
+    monkeypatch.chdir(EXAMPLE)
+    report_path = tmp_path / "runs.json"
+    result = invoke_cli(command, "--json", report_path)
+    written = json.loads(report_path.read_text())
+    # several targets: an envelope of runs; one target: its report, as with TARGET given
+    runs = written.get("runs") or [
+        {"target": written["target"], "exit_code": result.code, "report": written}
+    ]
+    expected = EXPECTED_CHECK if command == "check" else EXPECTED_FLOW
+    assert [r["target"] for r in runs] == list(expected)
+    for run in runs:
+        if command == "check":
+            results = run["report"]["results"]
+            failing = {r["name"] for r in results if not r["passed"]}
+            assert failing == EXPECTED_CHECK[run["target"]], run
+            assert run["exit_code"] == (1 if failing else 0)
+        else:
+            assert run["exit_code"] == EXPECTED_FLOW[run["target"]], run
+            assert run["report"]["passed"] and not run["report"]["failed_kinds"]
+    assert result.code == max(r["exit_code"] for r in runs), result.output

@@ -13,17 +13,21 @@ one that reads it). The run scripts are parsed by bash and executed against a st
 
 from __future__ import annotations
 
+import ast
 import os
 import re
 import shutil
 import stat
 import subprocess
+import sys
 import textwrap
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import REPO
+
+import gradcheck_tool
 
 ACTION = REPO / "action.yml"
 HOOKS = REPO / ".pre-commit-hooks.yaml"
@@ -244,40 +248,54 @@ def test_action_scripts_parse_in_bash(action, tmp_path):
             assert proc.returncode == 0, (step.get("name"), proc.stderr)
 
 
-def _run_step(action, step_id: str, tmp_path: Path, *, env: dict[str, str], exit_code: int = 0):
-    """Run one step's script as the runner would (`bash --noprofile --norc -eo pipefail`),
-    with a stand-in `gradtool` first on PATH that records its arguments and exits
-    `exit_code`. Returns (exit code, recorded argv lines, GITHUB_OUTPUT)."""
+def _bash() -> str:
     bash = shutil.which("bash")
     if bash is None:
         pytest.skip("no bash")
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir(exist_ok=True)
-    argv_log = tmp_path / "argv"
-    fake = bin_dir / "gradtool"
-    fake.write_text(
-        f'#!{bash}\nfor a in "$@"; do printf "%s\\n" "$a"; done > {argv_log}\nexit {exit_code}\n'
-    )
-    fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
+    return bash
+
+
+def _executable(path: Path, text: str) -> None:
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(text)
+    path.chmod(path.stat().st_mode | stat.S_IXUSR)
+
+
+def _execute(action, step_id: str, tmp_path: Path, env: dict[str, str], cwd: Path):
+    """Run one step's script as the runner does (`bash --noprofile --norc -eo pipefail`),
+    with tmp_path/bin first on PATH. Returns (the process, GITHUB_OUTPUT)."""
     output = tmp_path / "github_output"
     output.write_text("")
     script = tmp_path / f"{step_id}.sh"
     script.write_text(_step(action, step_id)["run"])
     full_env = {
-        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+        "PATH": f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}",
         "GITHUB_OUTPUT": str(output),
         "HOME": str(tmp_path),
         **env,
     }
     proc = subprocess.run(
-        [bash, "--noprofile", "--norc", "-eo", "pipefail", script],
-        cwd=tmp_path,
+        [_bash(), "--noprofile", "--norc", "-eo", "pipefail", script],
+        cwd=cwd,
         env=full_env,
         capture_output=True,
         text=True,
     )
+    return proc, output.read_text()
+
+
+def _run_step(action, step_id: str, tmp_path: Path, *, env: dict[str, str], exit_code: int = 0):
+    """One step's script with a stand-in `gradtool` that records its arguments and exits
+    `exit_code`. Returns (exit code, recorded argv lines, GITHUB_OUTPUT)."""
+    argv_log = tmp_path / "argv"
+    _executable(
+        tmp_path / "bin" / "gradtool",
+        f'#!{_bash()}\nfor a in "$@"; do printf "%s\\n" "$a"; done > {argv_log}\n'
+        f"exit {exit_code}\n",
+    )
+    proc, output = _execute(action, step_id, tmp_path, env, cwd=tmp_path)
     argv = argv_log.read_text().splitlines() if argv_log.exists() else None
-    return proc.returncode, argv, output.read_text()
+    return proc.returncode, argv, output
 
 
 @pytest.mark.parametrize("command", ["check", "flow"])
@@ -342,3 +360,72 @@ def test_pre_commit_hooks_are_valid_and_run_the_configured_targets():
             assert re.search(hook["files"], "pyproject.toml")
             assert not re.search(hook["files"], "README.md")
         assert [h["entry"] for h in hooks] == ["gradtool check", "gradtool flow"]
+
+
+# --- the action's steps with the real gradtool, on the sample project --------------------------
+
+EXAMPLE = REPO / "examples" / "ci"
+# the package's own files, not find_spec: an editable install elsewhere can answer for it
+PACKAGE = Path(gradcheck_tool.__file__).parent
+needs_ci_run = pytest.mark.skipif(
+    not all((PACKAGE / f).is_file() for f in ("config.py", "formats/github.py")),
+    reason="needs the configured run and the github/junit formats of issue #13",
+)
+
+
+def _line_of_backward(path: Path, class_name: str) -> int:
+    tree = ast.parse(path.read_text())
+    (cls,) = (n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == class_name)
+    (backward,) = (n for n in cls.body if isinstance(n, ast.FunctionDef) and n.name == "backward")
+    return backward.lineno
+
+
+def _real_gradtool_step(action, step_id: str, tmp_path: Path):
+    """The step's script in examples/ci with this checkout's gradtool as `gradtool`."""
+    _executable(
+        tmp_path / "bin" / "gradtool",
+        f'#!{_bash()}\nexec "{sys.executable}" -m gradcheck_tool "$@"\n',
+    )
+    env = {
+        "CONFIG": "",
+        "ARGS": "",
+        "REPORTS": str(tmp_path / "reports"),
+        "GITHUB_STEP_SUMMARY": str(tmp_path / "summary.md"),
+        "PYTHONPATH": str(REPO),
+        "COLUMNS": "100",
+    }
+    (tmp_path / "reports").mkdir()
+    return _execute(action, step_id, tmp_path, env, cwd=EXAMPLE)
+
+
+@needs_ci_run
+def test_action_check_step_on_the_sample_project(tmp_path):
+    """Issue #13's "done when", through the action: exit 1, exactly one ::error at the line
+    of the wrong backward, JUnit that junitparser reads with one failure on the wrong tensor,
+    a step summary."""
+    junitparser = pytest.importorskip("junitparser")
+    proc, output = _real_gradtool_step(read_yaml(ACTION), "check", tmp_path)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert output.strip() == "exit-code=1"
+    errors = [line for line in proc.stdout.splitlines() if line.startswith("::error")]
+    line = _line_of_backward(EXAMPLE / "ops" / "attention.py", "FusedAttention")
+    assert len(errors) == 1, proc.stdout
+    assert errors[0].startswith(f"::error file=ops/attention.py,line={line},"), errors
+    xml = junitparser.JUnitXml.fromfile(str(tmp_path / "reports" / "check.junit.xml"))
+    failed = [
+        (suite.name, case.name)
+        for suite in xml
+        for case in suite
+        if any(isinstance(r, (junitparser.Failure, junitparser.Error)) for r in case.result)
+    ]
+    assert failed == [("ops/attention.py:FusedAttention", "k")]
+    assert "FusedAttention" in (tmp_path / "summary.md").read_text()
+
+
+@needs_ci_run
+def test_action_flow_step_on_the_sample_project(tmp_path):
+    proc, output = _real_gradtool_step(read_yaml(ACTION), "flow", tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert output.strip() == "exit-code=0"
+    assert "::error" not in proc.stdout
+    assert (tmp_path / "reports" / "flow.junit.xml").is_file()
