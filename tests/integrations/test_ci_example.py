@@ -10,6 +10,8 @@ from __future__ import annotations
 import ast
 import importlib.util
 import json
+import os
+import subprocess
 import sys
 import types
 from pathlib import Path
@@ -284,3 +286,34 @@ def test_the_configured_run_gives_each_targets_verdict(command, tmp_path, monkey
             assert run["exit_code"] == EXPECTED_FLOW[run["target"]], run
             assert run["report"]["passed"] and not run["report"]["failed_kinds"]
     assert result.code == max(r["exit_code"] for r in runs), result.output
+
+
+# the plugin of the scaffold only adds the option; the one that collects targets defines items
+needs_plugin = pytest.mark.skipif(
+    "pytest.Item" not in (PACKAGE / "pytest_plugin.py").read_text(),
+    reason="needs the pytest plugin's items (issue #13)",
+)
+
+
+@needs_config
+@needs_plugin
+def test_pytest_gradtool_in_the_sample_fails_exactly_the_wrong_target():
+    """`pytest --gradtool` run in examples/ci, as its README says (a fresh process: pytest
+    finds its rootdir and the plugin its pyproject.toml from there)."""
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+    }
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "--gradtool", "-p", "no:cacheprovider", "-q"],
+        cwd=EXAMPLE,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 1, output
+    assert "1 failed, 3 passed" in output, output
+    failed = [line for line in output.splitlines() if line.startswith("FAILED ")]
+    assert len(failed) == 1 and "ops/attention.py:FusedAttention" in failed[0], output
