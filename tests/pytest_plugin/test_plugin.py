@@ -166,6 +166,9 @@ def test_node_ids_and_selection(project):
     project.runpytest("--gradtool", "-m", "not gradtool").assert_outcomes(deselected=2)
     deselect = "gradtool::check::ops/attention.py:Wrong"
     project.runpytest("--gradtool", "--deselect", deselect).assert_outcomes(passed=1)
+    # the cache knows the failed item by its node id: --lf reruns only that one
+    result = project.runpytest("--gradtool", "--lf", "-p", "cacheprovider")
+    result.assert_outcomes(failed=1, deselected=1)
 
 
 def test_items_run_beside_the_projects_tests(project):
