@@ -19,3 +19,9 @@ def write(report: CheckReport | FlowReport, out: TextIO, width: int | None = Non
     module, function = RENDERERS[type(report)]
     render = getattr(importlib.import_module(f"{__package__}.{module}"), function)
     render(report, make_console(file=out, width=width))
+
+
+def write_runs(runs, out, width=None):  # PLACEHOLDER until the formats helper's merge
+    for run in runs:
+        if run.report is not None:
+            write(run.report, out, width)
