@@ -94,6 +94,7 @@ class GradtoolProject(pytest.Collector):
                     nodeid=f"{self.nodeid}::{command}",
                     root=root,
                     targets=targets,
+                    timeout=project.run.get("timeout"),
                 )
 
     def _project(self) -> ProjectConfig:
@@ -133,10 +134,18 @@ def _start_folder(config: Any) -> Path:
 class GradtoolCommand(pytest.Collector):
     """The configured targets of one command (`check` or `flow`)."""
 
-    def __init__(self, *, root: Path, targets: tuple[ConfiguredTarget, ...], **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        root: Path,
+        targets: tuple[ConfiguredTarget, ...],
+        timeout: float | None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.root = root
         self.targets = targets
+        self.timeout = timeout
 
     def collect(self) -> Iterator[Any]:
         seen: dict[str, int] = {}
@@ -155,24 +164,33 @@ class GradtoolCommand(pytest.Collector):
                 path=absolute,
                 entry=entry,
                 spec=str(absolute) + (f":{name}" if name else ""),
+                timeout=self.timeout,
             )
 
 
 class GradtoolItem(pytest.Item):
     """One configured target: passes when its run exits 0."""
 
-    def __init__(self, *, entry: ConfiguredTarget, spec: str, **kwargs: Any) -> None:
+    def __init__(
+        self, *, entry: ConfiguredTarget, spec: str, timeout: float | None, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self.entry = entry
         self.spec = spec  # the target with an absolute path: a test may change the cwd
+        # [tool.gradtool] timeout: under pytest each target is a test of its own, and each
+        # gets the whole timeout (the command line bounds all of its targets together)
+        self.timeout = timeout
         self.add_marker("gradtool")
 
     def runtest(self) -> None:
         from .runner import run_target
+        from .stopping import bounded
 
-        run = run_target(
-            self.entry.command, _shown(self.spec), self.entry.options, config=self.entry.where
-        )
+        # as on the command line: the timeout, and SIGTERM, end the target with what it did
+        with bounded(self.timeout):
+            run = run_target(
+                self.entry.command, _shown(self.spec), self.entry.options, config=self.entry.where
+            )
         if run.exit_code == EXIT_INTERRUPT:
             raise KeyboardInterrupt  # Ctrl-C stops the test session, as it would anyway
         if run.exit_code == EXIT_TERMINATED:
@@ -182,7 +200,7 @@ class GradtoolItem(pytest.Item):
 
     def repr_failure(self, excinfo: Any, style: Any = None) -> Any:
         if isinstance(excinfo.value, TargetFailed):
-            return failure_text(excinfo.value.run)
+            return failure_text(excinfo.value.run, timeout=self.timeout)
         return super().repr_failure(excinfo, style)
 
     def reportinfo(self) -> tuple[Any, int | None, str]:
@@ -197,12 +215,14 @@ class TargetFailed(Exception):
         self.run = run
 
 
-def failure_text(run: TargetRun, width: int = WIDTH) -> str:
+def failure_text(run: TargetRun, width: int = WIDTH, timeout: float | None = None) -> str:
     """What a failed item shows: why, where it is configured, then the report table (as
     plain text) and/or the error message."""
     verdict = VERDICTS.get(run.exit_code, f"exit code {run.exit_code}")
     if isinstance(verdict, dict):
         verdict = verdict[run.command]
+    if run.interrupted == "timeout" and timeout is not None:
+        verdict = f"stopped by the [tool.gradtool] timeout of {timeout:g} s"
     lines = [f"gradtool {run.command} {run.target}: {verdict} (exit {run.exit_code})"]
     if run.config:
         lines.append(f"configured in {run.config}")

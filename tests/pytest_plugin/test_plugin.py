@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 from conftest import REPO
@@ -258,3 +259,42 @@ def test_config_named_and_paths_from_its_folder(pytester):
     result = pytester.runpytest("--gradtool-config", "sub/pyproject.toml", "-k", "Right", "-v")
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["*gradtool::check::ops/attention.py:Right PASSED*"])
+
+
+STUCK = """
+import torch
+from torch import nn
+
+
+class Stuck(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(2, 2)
+
+    def forward(self, x):
+        while True:  # never returns
+            pass
+
+
+def example_inputs():
+    return torch.randn(1, 2)
+"""
+
+
+def test_the_timeout_bounds_each_target(pytester):
+    from gradcheck_tool import stopping
+
+    if not hasattr(stopping, "Stop"):
+        pytest.skip("stopping.py is a placeholder until the stopping branch is merged")
+    pytester.makepyprojecttoml(
+        '[tool.gradtool]\ntimeout = 1\n[[tool.gradtool.check]]\ntarget = "stuck.py"\n'
+    )
+    pytester.makepyfile(stuck=STUCK)
+    started = time.monotonic()
+    result = pytester.runpytest("--gradtool")
+    assert time.monotonic() - started < 8
+    result.assert_outcomes(failed=1)
+    out = result.stdout.str()
+    stopped = "stopped by the [tool.gradtool] timeout of 1 s (exit 124)"
+    assert f"gradtool check stuck.py: {stopped}" in out
+    assert "Traceback" not in out
