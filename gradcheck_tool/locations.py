@@ -243,7 +243,16 @@ def locate_results(
 ) -> tuple[TensorResult, ...]:
     """`results` with their `source` set (see the module docstring). `problem` is the
     check's `prepare.Problem`; `walk_graph=False` skips the forward (no Function inside a
-    module is then found)."""
+    module is then found). Never raises for the user's objects: no location is a location."""
+    try:
+        return _located_results(problem, results, walk_graph)
+    except Exception:  # noqa: BLE001 - best effort, never in the way of the verdict
+        return tuple(results)
+
+
+def _located_results(
+    problem: Any, results: Sequence[TensorResult], walk_graph: bool
+) -> tuple[TensorResult, ...]:
     kinds = {c.name: c.kind for c in problem.checkables}
     names = list(kinds)
     if problem.kind == "function":
@@ -274,10 +283,16 @@ def locate_findings(
     """`findings` (consequences too) with their `source`: the layer's nearest user-defined
     module (its forward, else its class); the loss's: the user's `loss_fn`, else the
     model's forward; the inputs' (and anything unplaceable): none."""
+    findings = tuple(findings)
     try:
-        modules = dict(model.named_modules())
+        return _located_findings(findings, dict(model.named_modules()), model, loss_fn)
     except Exception:  # noqa: BLE001 - best effort, never in the way of the report
-        return tuple(findings)
+        return findings
+
+
+def _located_findings(
+    findings: tuple[Finding, ...], modules: dict[str, Any], model: Any, loss_fn: Any
+) -> tuple[Finding, ...]:
     cache: dict[str, SourceLocation | None] = {}
 
     def source(layer: str) -> SourceLocation | None:

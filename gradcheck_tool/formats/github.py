@@ -106,8 +106,8 @@ def annotations(run: TargetRun) -> Iterator[str]:
         errors += line.startswith("::error")
         yield line
     problem = problem_message(run)
-    if problem is None and run.exit_code != 0 and not errors:
-        problem = f"{verdict(run)}: exit code {run.exit_code}"
+    if problem is None and run.exit_code != 0 and not errors:  # the job fails: say where
+        problem = _unannotated(run)
     if problem is not None:
         yield command(
             "error",
@@ -115,6 +115,18 @@ def annotations(run: TargetRun) -> Iterator[str]:
             file=_relative(target_file(run.target)),
             title=f"gradtool {run.command}: {verdict(run)} {run.target}",
         )
+
+
+def _unannotated(run: TargetRun) -> str:
+    """Why a target failed when no `::error` of its own says so (inconclusive tensors)."""
+    report = run.report
+    if isinstance(report, CheckReport) and report.inconclusive:
+        names = ", ".join(r.name for r in report.inconclusive)
+        return (
+            f"not verified: {len(report.inconclusive)} of {len(report.results)} gradient(s) "
+            f"inconclusive ({names})"
+        )
+    return f"{verdict(run)} (exit code {run.exit_code})"
 
 
 def write_runs(runs: Sequence[TargetRun], out: TextIO, width: int | None = None) -> None:

@@ -108,3 +108,11 @@ def test_a_target_that_stopped_is_an_error_on_its_file():
 
 def test_a_passing_run_says_nothing():
     assert annotations([real_runs()[0]]) == []
+
+
+def test_a_run_failing_only_by_inconclusive_tensors_still_has_an_error():
+    report = check_report(tensor("y", "inconclusive"), tensor("z"))
+    found = annotations([run(report)])
+    assert [a["level"] for a in found] == ["warning", "error"]
+    assert "not verified: 1 of 2 gradient(s) inconclusive (y)" in found[1]["message"]
+    assert found[1]["file"] == "ops.py"  # the target's file

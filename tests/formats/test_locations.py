@@ -174,3 +174,24 @@ def test_without_the_graph_walk_a_function_still_points_at_its_backward():
         Problem.target = load_target(f"{FILE}:Square").obj
     (located,) = locate_results(Problem(), [tensor("x")], walk_graph=False)
     assert located.source.line == SQUARE_BACKWARD
+
+
+def test_ctrl_c_during_the_graph_walk_keeps_the_verdicts(monkeypatch):
+    import gradcheck_tool.locations as locations
+    from gradcheck_tool.engines.check import Interrupted
+
+    def stopped(problem):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(locations, "_graph_sources", stopped)
+    with scope_for(FILE):
+        loaded = load_target(f"{FILE}:Stacked")
+        try:
+            check(loaded.obj, loaded.example_inputs)
+        except Interrupted as stop:
+            report = stop.report
+        else:
+            raise AssertionError("Ctrl-C was swallowed")
+    assert report.interrupted and report.passed is False
+    assert all(r.passed for r in report.results)  # every verdict was in
+    assert report.result("seq.0.weight").source.line == STACKED_FORWARD  # static locations
