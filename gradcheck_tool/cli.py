@@ -287,8 +287,11 @@ def run_command(
     notes = _error_console()
 
     def on_done(run: Any) -> None:
+        # a configured run's table shows each target's error in its place; otherwise the
+        # message goes to stderr, where a person reads it beside the machine's output
         if run.error and run.report is None and run.interrupted is None:
-            _print_error(run)
+            if not (table and target is None):
+                _print_error(run)
         if run.interrupted is not None:
             notes.print(
                 f"[bold yellow]{_interrupted_message(run.interrupted, timeout)}[/bold yellow]"
