@@ -130,6 +130,17 @@ def _unannotated(run: TargetRun) -> str:
 
 
 def write_runs(runs: Sequence[TargetRun], out: TextIO, width: int | None = None) -> None:
+    """Each target's table folded in a log group (the job's log stays readable and the
+    numbers stay there), then the annotations."""
+    import io
+
+    from . import table
+
+    for run in runs:
+        text = io.StringIO()
+        table.write_runs([run], text, width=width)
+        out.write(f"::group::{escape_data(f'gradtool {run.command} {run.target}')}\n")
+        out.write(text.getvalue().rstrip("\n") + "\n::endgroup::\n")
     for run in runs:
         for line in annotations(run):
             out.write(line + "\n")

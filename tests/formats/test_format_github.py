@@ -22,10 +22,25 @@ def unescape(text: str, prop: bool = False) -> str:
     return text.replace("%25", "%")
 
 
-def parse(text: str) -> list[dict]:
-    """Every line is one command; property values and messages unescaped."""
+def parse(text: str, groups: list | None = None) -> list[dict]:
+    """The annotations: every line outside a `::group::`…`::endgroup::` (the log text the
+    runner folds) is one command; property values and messages unescaped. Each group's
+    title and body go to `groups` when given."""
     found = []
+    body: list[str] | None = None
     for line in text.splitlines():
+        if body is not None:
+            if line == "::endgroup::":
+                body = None
+            else:
+                assert not line.startswith("::"), f"a command inside a group: {line!r}"
+                body.append(line)
+            continue
+        if line.startswith("::group::"):
+            body = []
+            if groups is not None:
+                groups.append((unescape(line[len("::group::") :]), body))
+            continue
         match = COMMAND.match(line)
         assert match, f"not a workflow command: {line!r}"
         props = {}
@@ -34,6 +49,7 @@ def parse(text: str) -> list[dict]:
                 key, value = pair.split("=", 1)
                 props[key] = unescape(value, prop=True)
         found.append({"level": match["level"], **props, "message": unescape(match["message"])})
+    assert body is None, "a group left open"
     return found
 
 
@@ -69,6 +85,16 @@ def test_exactly_one_error_at_the_line_of_the_wrong_backward():
     assert error["title"] == "gradtool check: wrong gradient for x"
     assert "relative error 2.00e-01 (bug)" in error["message"]
     assert "worst [" in error["message"] and "hint: constant factor" in error["message"]
+
+
+def test_each_target_s_table_is_folded_in_its_own_group():
+    groups: list = []
+    out = io.StringIO()
+    formats.write_runs(real_runs(), formats.OutputFormat.GITHUB, out)
+    parse(out.getvalue(), groups)
+    assert [title for title, _ in groups] == [f"gradtool check {r.target}" for r in real_runs()]
+    for _, body in groups:  # the table's verdict line, as `--format table` prints it
+        assert any(line.startswith(("PASS:", "FAIL:")) for line in body), body
 
 
 def test_inconclusive_is_a_warning_and_no_location_means_no_file():
