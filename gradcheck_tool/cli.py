@@ -18,6 +18,7 @@ import typer
 from ._version import __version__
 from .errors import GradtoolError, OptionError
 from .options import DEFAULT_DIRECTIONS, DEFAULT_SAMPLES, Optimizer, flag_for
+from .stopping import EXIT_CODES
 
 EXIT_OK, EXIT_FAIL, EXIT_USER, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
@@ -296,7 +297,7 @@ def check(
                 report, interrupted = stop.report, True
         write_reports(report, json_path, stdout)
         if interrupted:
-            raise typer.Exit(EXIT_INTERRUPTED)
+            raise typer.Exit(EXIT_CODES[report.interrupted or "interrupt"])
         if report.nondeterministic:  # not a gradient verdict: the model can't be checked
             raise typer.Exit(EXIT_USER)
         raise typer.Exit(EXIT_OK if report.passed else EXIT_FAIL)
@@ -333,7 +334,7 @@ def flow(
 ) -> None:
     """Per-layer gradient flow of TARGET: vanishing/exploding gradients, dead ReLUs,
     saturation, the first NaN, parameters without gradient."""
-    from .engines.flow import run_flow
+    from .engines.flow import Interrupted, run_flow
     from .engines.flow.findings import parse_fail_on
     from .formats.console import make_console
     from .formats.plot import check_plot_path, plot_flow
@@ -348,21 +349,27 @@ def flow(
             check_plot_path(plot)
         loaded = load_target(target, weights=weights)
         args, kwargs = resolve_inputs(loaded, input_shape, input_dtype, seed)
-        report = run_flow(
-            loaded.obj,
-            args,
-            kwargs,
-            loss_fn=loaded.loss_fn,
-            steps=steps,
-            lr=lr,
-            optimizer=optimizer,
-            seed=seed,
-            device=device,
-            target=loaded.spec,
-            found_by=loaded.found_by,
-            folder=loaded.path.resolve().parent,
-        )
+        stopped = None
+        try:
+            report = run_flow(
+                loaded.obj,
+                args,
+                kwargs,
+                loss_fn=loaded.loss_fn,
+                steps=steps,
+                lr=lr,
+                optimizer=optimizer,
+                seed=seed,
+                device=device,
+                target=loaded.spec,
+                found_by=loaded.found_by,
+                folder=loaded.path.resolve().parent,
+            )
+        except Interrupted as stop:
+            report, stopped = stop.report, stop.reason
         write_reports(report, json_path, stdout)
+        if stopped is not None:
+            raise typer.Exit(EXIT_CODES[stopped])
         if plot:
             written = plot_flow(report, plot)
             console.print(f"plot written to {written}")
@@ -376,6 +383,9 @@ def main() -> None:
     """Console-script entry point."""
     try:
         app(prog_name="gradtool")
-    except KeyboardInterrupt:
-        sys.stderr.write("interrupted\n")
-        sys.exit(EXIT_INTERRUPTED)
+    except KeyboardInterrupt as exc:
+        from .stopping import STOPPED_BY, reason_of
+
+        reason = reason_of(exc) or "interrupt"
+        sys.stderr.write(f"gradtool: stopped by {STOPPED_BY[reason]}\n")
+        sys.exit(EXIT_CODES[reason])
