@@ -1,0 +1,78 @@
+"""The command line, bounded: `--timeout` on a forward that never returns ends with exit 124,
+the partial table and `"interrupted": "timeout"` in the JSON; SIGTERM (how CI runners cancel)
+during `flow --steps` ends with exit 143 and the steps measured so far. Fresh processes: the
+exit code and the signal are the process's. Skipped until the CLI has `--timeout`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import REPO, run_cli
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+
+def _cli_has_timeout() -> bool:
+    import typer.main
+
+    from gradcheck_tool.cli import app
+
+    commands = typer.main.get_command(app).commands
+    return all(
+        any("--timeout" in p.opts for p in commands[name].params) for name in ("check", "flow")
+    )
+
+
+pytestmark = pytest.mark.skipif(not _cli_has_timeout(), reason="the CLI has no --timeout yet")
+
+
+def test_check_with_a_timeout_on_a_stalled_forward_exits_124_with_a_partial_report(tmp_path):
+    report = tmp_path / "report.json"
+    started = time.monotonic()
+    run = run_cli(
+        "check", f"{FIXTURES / 'stalls.py'}:Sleeps", "--timeout", "3", "--json", report, timeout=60
+    )
+    took = time.monotonic() - started
+    assert run.code == 124, run.output
+    assert "INTERRUPTED: partial report, 2 result(s) before the timeout" in run.stdout
+    assert "Traceback" not in run.output
+    data = json.loads(report.read_text())
+    data = data.get("report", data)  # a single report, or the run's first target
+    assert data["interrupted"] == "timeout" and data["passed"] is False
+    assert [r["name"] for r in data["results"]] == ["fc.weight", "fc.bias"]
+    assert took < 3 + 20, took  # the timeout, and two interpreter start-ups' worth
+
+
+def test_sigterm_during_flow_steps_exits_143_with_the_steps_measured(tmp_path):
+    report = tmp_path / "report.json"
+    env = dict(os.environ, COLUMNS="120")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gradcheck_tool", "flow", str(FIXTURES / "slow_training.py"),
+         "--steps", "1000", "--json", str(report)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        for line in proc.stderr:  # the model says when its training is under way
+            if "slow_training: training" in line:
+                break
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, out + err
+    assert "INTERRUPTED: partial report" in out and "of 1000 step(s) measured before SIGTERM" in out
+    assert "Traceback" not in err
+    data = json.loads(report.read_text())
+    data = data.get("report", data)
+    assert data["interrupted"] == "terminated" and data["passed"] is False
+    assert 3 <= data["steps"] < 1000 and len(data["history"]) == data["steps"]
