@@ -217,6 +217,9 @@ def _checked(
                     )
                 except Interrupted as stop:
                     raise Interrupted(_merge(report, stop.report)) from None
+                except KeyboardInterrupt as exc:  # before the second order measured any
+                    stopped = dataclasses.replace(report, interrupted=caught(exc))
+                    raise Interrupted(stopped) from None
                 report = _merge(report, second)
         except Interrupted as stop:
             raise Interrupted(finish(stop.report)) from None

@@ -212,12 +212,16 @@ def bounded(timeout: float | None = None, *, grace: float = GRACE) -> Iterator[R
         if not run._shielded:
             raise Stop(run.reason or reason)
 
+    on_signal.gradtool = True  # type: ignore[attr-defined]  # an inner run takes over from it
+
     previous: dict[int, Any] = {}
     old_timer: tuple[float, float] | None = None
     timer: threading.Timer | None = None
     try:
         if main:
-            if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            ctrl_c = signal.getsignal(signal.SIGINT)
+            # Python's own Ctrl-C handler, or an outer run's; a handler of the user's stays
+            if ctrl_c is signal.default_int_handler or getattr(ctrl_c, "gradtool", False):
                 previous[signal.SIGINT] = signal.signal(signal.SIGINT, on_signal)
             previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, on_signal)
             if timeout is not None and can_alarm:

@@ -94,6 +94,8 @@ def verdict_line(report: CheckReport) -> Text:
     failures = report.failures
     if report.interrupted:
         by = STOPPED_BY.get(report.interrupted, report.interrupted)
+        if not n:
+            return Text(f"INTERRUPTED: no tensor checked before {by}", style="bold yellow")
         return Text(f"INTERRUPTED: partial report, {n} result(s) before {by}", style="bold yellow")
     if report.nondeterministic:
         return Text(

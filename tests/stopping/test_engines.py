@@ -19,7 +19,11 @@ from torch import nn
 from torch.optim import optimizer as optim_hooks
 
 from gradcheck_tool import check, flow
-from gradcheck_tool.stopping import Interrupted, Stop, bounded
+from gradcheck_tool.engines.check import CheckOptions
+from gradcheck_tool.engines.check.evaluate import Evaluator
+from gradcheck_tool.formats.check_table import verdict_line
+from gradcheck_tool.prepare import Problem
+from gradcheck_tool.stopping import Interrupted, Stop, bounded, current
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 PARAMETERS = ["fc.weight", "fc.bias"]  # checked before the forward sees a perturbed input
@@ -83,6 +87,62 @@ def test_a_forward_that_swallows_the_stop_starts_no_more_evaluations():
     assert took < 1.5 + 2.0, took
 
 
+class GarbageAfterStop(nn.Module):
+    """When `armed`, its forward is "interrupted" and catches it (the run is marked stopped
+    as the signal handler would), then returns a wrong value."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc = nn.Linear(3, 2)
+        self.armed = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.tanh(self.fc(x))
+        if self.armed:
+            current().stop("timeout")  # the Stop it swallowed
+            return y * 0 + 123.0
+        return y
+
+
+@pytest.mark.parametrize("batched", [True, False], ids=["batched", "serial"])
+def test_an_evaluation_the_stop_came_during_is_thrown_away(batched):
+    """Its numbers may be anything the forward returned after catching the Stop: it must
+    raise, not feed a verdict."""
+    model = GarbageAfterStop()
+    problem = Problem(
+        model, (stalls.example_inputs(),), {}, loss_fn=None, dtype=torch.float64, seed=0
+    )
+    evaluator = Evaluator(problem, CheckOptions(batched=batched))
+    with torch.no_grad():
+        evaluator.f0 = problem.terms(problem.values)
+    c = next(c for c in problem.checkables if c.name == "fc.bias")
+    with bounded(None):
+        evaluator.evaluate(c, torch.arange(2), 1e-6)  # not stopped: evaluates
+        problem.module.armed = True  # (the copy the problem evaluates)
+        with pytest.raises(Stop):
+            evaluator.evaluate(c, torch.arange(2), 1e-6)
+
+
+def test_a_stop_between_the_orders_keeps_the_first_order_results():
+    def progress(name: str, done: int, total: int) -> None:
+        if not name and done == total:  # the first order is finished: SIGTERM comes now
+            current().stop("terminated")
+
+    with bounded(None), pytest.raises(Interrupted) as stop:
+        check(Net(), batch(4, 8), second_order=True, progress=progress)
+    report = stop.value.report
+    assert report.interrupted == "terminated"
+    assert [r.name for r in report.results] == [
+        "fc1.weight",
+        "fc1.bias",
+        "fc2.weight",
+        "fc2.bias",
+        "input:x",
+    ]
+    assert all(r.passed for r in report.results)
+
+
 def test_sigterm_during_a_check_gives_a_partial_report_terminated():
     class TermOnStall(stalls.Sleeps):
         def stall(self) -> None:  # the runner cancels the job while this forward hangs
@@ -105,12 +165,11 @@ def test_a_timeout_before_any_tensor_was_measured_still_gives_a_report():
     # where the forward was when it was stopped
     assert "before any tensor was measured, while running" in report.warnings[0]
     assert "stalls.py:" in report.warnings[0]
+    assert verdict_line(report).plain == "INTERRUPTED: no tensor checked before the timeout"
     assert took < 0.5 + 2.0, took
 
 
 def test_the_table_names_the_reason():
-    from gradcheck_tool.formats.check_table import verdict_line
-
     report, _, _ = stopped_check(stalls.Sleeps(), 1.5)
     assert verdict_line(report).plain == (
         "INTERRUPTED: partial report, 2 result(s) before the timeout"

@@ -16,7 +16,7 @@ from ..._tree import floating_leaves
 from ...checkables import Checkable
 from ...prepare import CheckProblem
 from ...results import CheckReport, TensorResult
-from ...stopping import caught, stop_requested
+from ...stopping import caught, raise_if_stopped, stop_requested
 from .analytic import Analytic, LazyEvidence, analytic_gradients, forward_mode_derivatives
 from .batching import activation_bytes
 from .config import CheckOptions, Interrupted
@@ -53,6 +53,7 @@ def run_check(
     SIGTERM) while tensors are measured or judged raises `Interrupted` carrying the partial
     report, its `interrupted` the reason; before that, the KeyboardInterrupt propagates.
     """
+    raise_if_stopped()  # a stopped run starts no check (the second order's included)
     report = _ReportMaker(problem, options, target, found_by, version, label_suffix)
     if not problem.checkables:
         report.warnings.append(
@@ -62,12 +63,14 @@ def run_check(
         base_terms, analytic = forward_mode_derivatives(problem)
     else:
         base_terms, analytic = analytic_gradients(problem, reentrancy=True)
+    raise_if_stopped()  # a forward that caught the Stop may have returned anything
     failure = _forward_not_finite(problem, base_terms) or _backward_raised(analytic, forward_mode)
     if failure is not None:
         return report.finish(report.unchecked(failure))
 
     evaluator = Evaluator(problem, options, needs_grad=problem.needs_grad)
     f0, f0_again, forward_seconds = _loss_at_theta_twice(problem, evaluator)
+    raise_if_stopped()
     noise_in_f = float((f0 - f0_again)[:-1].abs().max())  # the terms, not the scale
     rounding = _rounding(problem, f0)
     if noise_in_f > 0.0:

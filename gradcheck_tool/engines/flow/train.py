@@ -299,6 +299,7 @@ def _train_and_measure(
             read_back([pending])  # the one host transfer of this step
             sample = resolve_step(pending, mm)
             grad_max[step] = parameter_grad_max(pending, len(mm.params))
+            raise_if_stopped()  # stopped during the step: its forward may have caught the Stop
             samples.append(sample)
             if sample.nan is not None:
                 break  # after a NaN every later step only repeats it
