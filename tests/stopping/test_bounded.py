@@ -249,3 +249,16 @@ def test_the_watchdog_ends_a_run_that_swallows_sigterm_with_143():
     code, out, err, _ = run_python(SWALLOWS.format(timeout=None, grace=0.5, start=start))
     assert code == 143, (out, err)
     assert "stopped by SIGTERM" in err and "exiting with 143" in err
+
+
+def test_an_inner_run_takes_over_and_gives_back_the_outer_ones_handlers():
+    with bounded(None) as outer:
+        theirs = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+        with pytest.raises(Stop), bounded(0.2) as inner:
+            sleep_forever()
+        assert inner.reason == "timeout" and outer.reason is None
+        assert {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)} == theirs
+        with pytest.raises(Stop) as stop:
+            os.kill(os.getpid(), signal.SIGTERM)
+            sleep_forever()
+        assert stop.value.reason == "terminated" and outer.reason == "terminated"
