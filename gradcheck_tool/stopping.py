@@ -15,8 +15,9 @@ and `reason_of(exc)` names the reason of any of them. No torch here.
 
 Note [stopping a run]: a signal handler can only raise in the main thread, between two
 Python bytecodes. Three things keep a run bounded anyway:
-- once stopped, engines call `raise_if_stopped()` before each evaluation (check) or step
-  (flow), so a forward that swallowed the first `Stop` cannot start the next one;
+- once stopped, engines call `raise_if_stopped()` before and after each evaluation (check)
+  and step (flow): a forward that swallowed the first `Stop` starts no more work, and what
+  it returned after swallowing it never reaches a verdict;
 - a watchdog thread: if the run has not ended `grace` seconds after it was stopped (a
   forward stuck in C code, or one that catches `BaseException` and keeps looping), it
   prints one line to stderr and ends the process with the reason's exit code (`os._exit`:
