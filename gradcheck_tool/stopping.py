@@ -91,19 +91,23 @@ class RunState:
         self.reason: str | None = None
         self.stopped_at: float | None = None  # time.monotonic() of the stop
         self.started = time.monotonic()
-        self._watchdog = watchdog
         self._ended = threading.Event()
+        self._wake = threading.Event()  # the watchdog's: the run was stopped, or ended
         self._shielded = 0  # shielded() blocks open: a signal then only marks the stop
+        if watchdog:
+            # started here, not from the signal handler: a handler that starts a thread can
+            # deadlock on threading's own lock if the signal came while the main thread held it
+            threading.Thread(target=self._watch, name="gradtool-watchdog", daemon=True).start()
 
     def stop(self, reason: str) -> None:
-        """Mark the run stopped (the first reason stays) and start the watchdog."""
+        """Mark the run stopped (the first reason stays); the watchdog's grace starts."""
         if self.reason is not None:
             return
         self.reason, self.stopped_at = reason, time.monotonic()
-        if self._watchdog and not self._ended.is_set():
-            threading.Thread(target=self._watch, name="gradtool-watchdog", daemon=True).start()
+        self._wake.set()
 
     def _watch(self) -> None:
+        self._wake.wait()
         if self._ended.wait(self.grace):
             return
         reason = self.reason or TIMEOUT
@@ -122,6 +126,7 @@ class RunState:
 
     def _end(self) -> None:
         self._ended.set()
+        self._wake.set()
 
 
 _local = threading.local()  # the bounded runs open in this thread, innermost last

@@ -262,3 +262,17 @@ def test_an_inner_run_takes_over_and_gives_back_the_outer_ones_handlers():
             os.kill(os.getpid(), signal.SIGTERM)
             sleep_forever()
         assert stop.value.reason == "terminated" and outer.reason == "terminated"
+
+
+def test_no_watchdog_thread_outlives_its_run():
+    for timeout in (None, 5.0):
+        with bounded(timeout):
+            pass
+    with pytest.raises(Stop), bounded(0.1):
+        sleep_forever()
+    deadline = time.monotonic() + 2
+    while time.monotonic() < deadline:
+        if not any(t.name == "gradtool-watchdog" for t in threading.enumerate()):
+            break
+        time.sleep(0.01)
+    assert not any(t.name == "gradtool-watchdog" for t in threading.enumerate())
