@@ -19,6 +19,7 @@ from ._guest import (
 from ._version import __version__
 from .engines.check import CheckOptions, Interrupted, forward_error, run_check
 from .errors import GradtoolError, InputError, OptionError
+from .locations import locate_results
 from .options import (
     DEFAULT_DIRECTIONS,
     DEFAULT_SAMPLES,
@@ -309,8 +310,8 @@ def _finished(
     report: CheckReport, problem: Problem, lowered: list[Downcast], notes: list[str]
 ) -> CheckReport:
     """The report with what the engine does not know: where it ran, what was left out, and
-    how the target was checked."""
-    return dataclasses.replace(
+    how the target was checked, and where in the user's code each gradient is made."""
+    report = dataclasses.replace(
         report,
         device=str(problem.checkables[0].value.device),
         warnings=(*notes, *report.warnings),
@@ -319,6 +320,14 @@ def _finished(
         lower_precision=tuple(d.describe() for d in lowered),
         default_dtype=str(problem.dtype).replace("torch.", ""),
     )
+    # the graph walk costs one forward: not after an interruption (it may be what hangs)
+    walk = not report.interrupted
+    try:
+        located = locate_results(problem, report.results, walk_graph=walk)
+    except KeyboardInterrupt:  # during that forward: the verdicts stand, reported as stopped
+        located = locate_results(problem, report.results, walk_graph=False)
+        raise Interrupted(dataclasses.replace(report, results=located, interrupted=True)) from None
+    return dataclasses.replace(report, results=located)
 
 
 def _defines_jvp(target: Any) -> bool:

@@ -1,8 +1,10 @@
-"""The `gradtool` command line: parse, load → prepare → engine → format, map exit codes.
+"""The `gradtool` command line: parse, read the project's config, run each target
+(runner.py: load → prepare → engine), write the formats, map exit codes.
 
 Exit codes: 0 every gradient passed, 1 a gradient (or --fail-on finding) failed, 2 the user's
-file, inputs or checkpoint could not be used (a nondeterministic forward included), 3 an
-internal gradtool error, 130 Ctrl-C.
+file, inputs, checkpoint, options or config could not be used (a nondeterministic forward
+included), 3 an internal gradtool error, 124 --timeout ran out, 130 Ctrl-C, 143 SIGTERM.
+With several targets, the worst of their codes (results.worst_exit_code).
 """
 
 from __future__ import annotations
@@ -18,9 +20,9 @@ import typer
 from ._version import __version__
 from .errors import GradtoolError, OptionError
 from .options import DEFAULT_DIRECTIONS, DEFAULT_SAMPLES, Optimizer, flag_for
-from .stopping import EXIT_CODES
 
 EXIT_OK, EXIT_FAIL, EXIT_USER, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_TIMEOUT, EXIT_TERMINATED = 124, 143
 
 app = typer.Typer(
     name="gradtool",
@@ -46,8 +48,11 @@ def _root(
     """gradtool: check gradients against finite differences, and diagnose gradient flow."""
 
 
-TARGET_HELP = "path/to/file.py or path/to/file.py:NAME (a model, autograd.Function or function)"
-TargetArg = typer.Argument(..., help=TARGET_HELP, metavar="TARGET")
+TARGET_HELP = (
+    "path/to/file.py or path/to/file.py:NAME (a model, autograd.Function or function); "
+    "without it, every target configured in pyproject.toml's [tool.gradtool]"
+)
+TargetArg = typer.Argument(None, help=TARGET_HELP, metavar="[TARGET]", show_default=False)
 InputShapeOpt = typer.Option(
     None,
     "--input-shape",
@@ -63,6 +68,24 @@ WeightsOpt = typer.Option(
     "(torch.load with weights_only=True; nothing is unpickled).",
 )
 JsonOpt = typer.Option(None, "--json", help="Write a JSON report to PATH ('-' for stdout).")
+FormatOpt = typer.Option(
+    "table",
+    "--format",
+    help="What standard output shows: table, json, github (workflow commands: annotations "
+    "at the failing line) or markdown.",
+)
+JunitOpt = typer.Option(None, "--junit", help="Write a JUnit XML report to PATH.")
+ConfigOpt = typer.Option(
+    None,
+    "--config",
+    help="The pyproject.toml to read [tool.gradtool] from (default: the nearest one).",
+)
+TimeoutOpt = typer.Option(
+    None,
+    "--timeout",
+    help="Stop after SECONDS for the whole run (a stuck forward included): the partial "
+    "report, exit 124.",
+)
 DeviceOpt = typer.Option(
     None, "--device", help="cpu or cuda (default: where the model already lives)."
 )
@@ -127,23 +150,6 @@ def user_errors(debug: bool) -> Iterator[None]:
         raise typer.Exit(EXIT_INTERNAL) from None
 
 
-@contextlib.contextmanager
-def user_run(target: str, json_path: str | None, debug: bool) -> Iterator[Any]:
-    """The frame of a command that runs the user's code: errors become exit codes, the
-    user's folder stays importable until the end, and with `--json -` anything the user's
-    code prints goes to stderr so stdout holds only the JSON. Yields the real stdout."""
-    from .formats.json import check_path
-    from .loading import scope_for
-
-    stdout = sys.stdout
-    with user_errors(debug):
-        if json_path and json_path != "-":
-            check_path(json_path)
-        quiet = contextlib.redirect_stdout(sys.stderr) if json_path == "-" else None
-        with scope_for(target), quiet or contextlib.nullcontext():
-            yield stdout
-
-
 def _escape(text: str) -> str:
     from rich.markup import escape
 
@@ -179,31 +185,216 @@ def progress_bar(enabled: bool) -> Iterator[Callable[[str, int, int], None] | No
         yield update
 
 
+# --- one run: the targets, the config, the formats -----------------------------------------
+
+# the options of each command, by their Python names (config.OPTIONS); the command line's
+# values override the config's only when given there (click's parameter source)
+CHECK_KEYS = (
+    "input_shape", "input_dtype", "weights", "tolerance", "eps", "full", "samples", "budget",
+    "second_order", "sweep", "forward_mode", "dtype", "device", "serial", "skip", "wrt", "seed",
+)  # fmt: skip
+FLOW_KEYS = (
+    "input_shape", "input_dtype", "weights", "steps", "lr", "optimizer", "plot", "fail_on",
+    "device", "seed",
+)  # fmt: skip
+
+
 def _names(values: list[str] | None) -> list[str]:
     """`--skip a,b --skip c` -> ["a", "b", "c"]."""
     return [name.strip() for value in values or () for name in value.split(",") if name.strip()]
 
 
-def write_reports(report: Any, json_path: str | None, stdout: Any) -> None:
-    """The table on stdout, unless the JSON goes there (`--json -`); the JSON to its file."""
-    from . import formats
-    from .formats.json import write_file
+def _given(ctx: typer.Context, values: dict[str, Any]) -> dict[str, Any]:
+    """The options the command line gave (not typer's defaults), by their Python names."""
+    out = {}
+    for key, value in values.items():
+        source = ctx.get_parameter_source(key)  # click's ParameterSource (or typer's copy)
+        if getattr(source, "name", None) in ("COMMANDLINE", "ENVIRONMENT"):
+            out[key] = getattr(value, "value", value)
+    return out
 
-    if json_path == "-":
-        formats.write(report, formats.OutputFormat.JSON, stdout)
+
+def _print_error(run: Any) -> None:
+    console = _error_console()
+    first, _, rest = (run.error or "").partition("\n")
+    if run.exit_code == EXIT_INTERNAL:
+        console.print(f"[bold red]{_escape(first)}[/bold red]")
+        console.print("Run again with --debug for the traceback, and please report it.")
         return
-    formats.write(report, formats.OutputFormat.TABLE, sys.stdout)
-    if json_path:
-        write_file(report, json_path)
+    console.print(f"[bold red]error:[/bold red] {_escape(first)}")
+    if rest:
+        console.print(_escape(rest))
+
+
+def _interrupted_message(reason: str, timeout: float | None) -> str:
+    if reason == "timeout":
+        return f"stopped: --timeout {timeout:g} s ran out"
+    if reason == "terminated":
+        return "stopped: terminated (SIGTERM)"
+    return "interrupted"
+
+
+def run_command(
+    ctx: typer.Context,
+    command: str,
+    target: str | None,
+    options: dict[str, Any],
+    run_options: dict[str, Any],
+    config_path: str | None,
+    debug: bool,
+) -> None:
+    """Run TARGET, or every configured target of `command`; write the formats; exit.
+
+    `options` and `run_options` are keyed by click's parameter names (the function's
+    arguments); only those the command line gave override the config."""
+    import os
+
+    from . import formats
+    from .config import load_config
+    from .formats.json import check_path
+    from .results import worst_exit_code
+    from .runner import run_configured
+    from .stopping import bounded
+
+    with user_errors(debug):
+        project = load_config(config_path)
+        given = _given(ctx, options)
+        for key in ("skip", "wrt"):
+            if key in given:
+                given[key] = _names(given[key])
+        settings = {
+            **project.run,
+            **{RUN_PARAMS[k]: v for k, v in _given(ctx, run_options).items()},
+        }
+        fmt = formats.OutputFormat(settings.get("format", "table"))
+        json_path, junit_path = settings.get("json"), settings.get("junit")
+        timeout = settings.get("timeout")
+        if timeout is not None and not timeout > 0:
+            raise OptionError("timeout", f"must be a positive number of seconds, not {timeout}")
+        for path, option in ((json_path, "json"), (junit_path, "junit")):
+            if path and path != "-":
+                _make_folder(path, option)  # as pytest's --junitxml does
+                check_path(path, option)
+        if target is not None:
+            entries: list[Any] = [_Entry(target, project.options_for(command, target))]
+        else:
+            entries = list(project.of(command))
+            if not entries:
+                raise _nothing_configured(command, project)
+    json_out = json_path == "-" or fmt is formats.OutputFormat.JSON
+    table = fmt is formats.OutputFormat.TABLE and json_path != "-"
+    stdout = sys.stdout
+    notes = _error_console()
+
+    def on_done(run: Any) -> None:
+        # a configured run's table shows each target's error in its place; otherwise the
+        # message goes to stderr, where a person reads it beside the machine's output
+        if run.error and run.report is None and run.interrupted is None:
+            if not (table and target is None):
+                _print_error(run)
+        if run.interrupted is not None:
+            notes.print(
+                f"[bold yellow]{_interrupted_message(run.interrupted, timeout)}[/bold yellow]"
+            )
+
+    # with JSON on stdout, whatever the user's code prints goes to stderr
+    quiet = contextlib.redirect_stdout(sys.stderr) if json_out else contextlib.nullcontext()
+    with user_errors(debug), bounded(timeout) as stop:
+        with quiet, progress_bar(table) as progress:
+            runs = run_configured(
+                command,
+                entries,
+                given,
+                stop_reason=lambda: stop.reason,
+                progress=progress,
+                debug=debug,
+                on_done=on_done,
+                on_note=lambda text: notes.print(_escape(text)),
+            )
+    with user_errors(debug):
+        # a TARGET that could not run has its message on stderr and no report (as before
+        # there were configured runs); a configured run reports every target
+        shown = [r for r in runs if r.report is not None] if target is not None else runs
+        if shown:
+            formats.write_runs(
+                shown, formats.OutputFormat.JSON if json_path == "-" else fmt, stdout
+            )
+        if table and command == "flow":
+            failed = [k for r in runs if r.report is not None for k in r.report.failed_kinds]
+            if failed:
+                _console_out().print(
+                    f"[bold red]failing:[/bold red] --fail-on {','.join(dict.fromkeys(failed))}"
+                )
+        if json_path and json_path != "-" and shown:
+            _write_file(shown, formats.OutputFormat.JSON, json_path, "json")
+        if junit_path:  # a target that could not run is an <error> test case there
+            _write_file(runs, formats.OutputFormat.JUNIT, junit_path, "junit")
+        summary = os.environ.get("GITHUB_STEP_SUMMARY")
+        if summary:
+            from .formats.markdown import append_step_summary
+
+            append_step_summary(runs, summary)
+    raise typer.Exit(worst_exit_code(runs))
+
+
+def _console_out() -> Any:
+    from .formats.console import make_console
+
+    return make_console()
+
+
+# click's parameter names of the run options -> their names in [tool.gradtool]
+RUN_PARAMS = {"fmt": "format", "json_path": "json", "junit": "junit", "timeout": "timeout"}
+
+
+class _Entry:
+    """A TARGET from the command line, shaped like a configured one."""
+
+    def __init__(self, target: str, options: dict[str, Any]) -> None:
+        self.target, self.options, self.where = target, options, None
+
+
+def _nothing_configured(command: str, project: Any) -> GradtoolError:
+    if project.path is None:
+        return GradtoolError(
+            "no TARGET given, and no pyproject.toml with [tool.gradtool] here or above",
+            hint=f"Run gradtool {command} path/to/file.py, or configure targets:\n"
+            f'[[tool.gradtool.{command}]]\ntarget = "path/to/file.py"',
+        )
+    return GradtoolError(
+        f"no TARGET given, and {project.label} configures no [[tool.gradtool.{command}]]",
+        hint=f'Add one:\n[[tool.gradtool.{command}]]\ntarget = "path/to/file.py"',
+    )
+
+
+def _make_folder(path: str, option: str) -> None:
+    import os
+
+    folder = os.path.dirname(path)
+    if folder and not os.path.exists(folder):
+        try:
+            os.makedirs(folder)
+        except OSError as exc:
+            raise OptionError(option, f"{path}: could not make {folder}: {exc.strerror}") from None
+
+
+def _write_file(runs: Any, fmt: Any, path: str, option: str) -> None:
+    from . import formats
+
+    try:
+        with open(path, "w", encoding="utf-8") as fh:
+            formats.write_runs(runs, fmt, fh)
+    except OSError as exc:
+        raise OptionError(option, f"{path}: could not write: {exc.strerror or exc}") from None
 
 
 @app.command()
 def check(
-    target: str = TargetArg,
+    ctx: typer.Context,
+    target: Optional[str] = TargetArg,
     input_shape: Optional[List[str]] = InputShapeOpt,
     input_dtype: str = InputDtypeOpt,
     weights: Optional[str] = WeightsOpt,
-    json_path: Optional[str] = JsonOpt,
     tolerance: Optional[float] = typer.Option(
         None,
         "--tolerance",
@@ -255,61 +446,27 @@ def check(
         help="Check only these tensors (names or patterns, as --skip).",
     ),
     seed: int = SeedOpt,
+    fmt: str = FormatOpt,
+    json_path: Optional[str] = JsonOpt,
+    junit: Optional[str] = JunitOpt,
+    timeout: Optional[float] = TimeoutOpt,
+    config: Optional[str] = ConfigOpt,
     debug: bool = DebugOpt,
 ) -> None:
     """Check every gradient of TARGET against float64 central differences."""
-    from .api import check as run
-    from .engines.check import Interrupted
-    from .loading import load_target
-    from .prepare import resolve_inputs
-
-    json_to_stdout = json_path == "-"
-    with user_run(target, json_path, debug) as stdout:
-        loaded = load_target(target, weights=weights)
-        args, kwargs = resolve_inputs(loaded, input_shape, input_dtype, seed)
-        interrupted = False
-        with progress_bar(not json_to_stdout) as progress:
-            try:
-                report = run(
-                    loaded.obj,
-                    args,
-                    kwargs=kwargs,
-                    loss_fn=loaded.loss_fn,
-                    tolerance=tolerance,
-                    eps=eps,
-                    full=full,
-                    seed=seed,
-                    samples=samples,
-                    budget=budget,
-                    second_order=second_order,
-                    sweep=sweep,
-                    forward_mode=forward_mode,
-                    dtype=dtype,
-                    device=device,
-                    batched=not serial,
-                    skip=_names(skip),
-                    wrt=_names(wrt),
-                    name=loaded.spec,
-                    found_by=loaded.found_by,
-                    progress=progress,
-                )
-            except Interrupted as stop:
-                report, interrupted = stop.report, True
-        write_reports(report, json_path, stdout)
-        if interrupted:
-            raise typer.Exit(EXIT_CODES[report.interrupted or "interrupt"])
-        if report.nondeterministic:  # not a gradient verdict: the model can't be checked
-            raise typer.Exit(EXIT_USER)
-        raise typer.Exit(EXIT_OK if report.passed else EXIT_FAIL)
+    values = dict(locals())
+    options = {k: values[k] for k in CHECK_KEYS}
+    run_options = {k: values[k] for k in RUN_PARAMS}
+    run_command(ctx, "check", target, options, run_options, config, debug)
 
 
 @app.command()
 def flow(
-    target: str = TargetArg,
+    ctx: typer.Context,
+    target: Optional[str] = TargetArg,
     input_shape: Optional[List[str]] = InputShapeOpt,
     input_dtype: str = InputDtypeOpt,
     weights: Optional[str] = WeightsOpt,
-    json_path: Optional[str] = JsonOpt,
     steps: int = typer.Option(
         1, "--steps", min=1, help="Train a copy this many steps on the batch and show the trend."
     ),
@@ -330,53 +487,19 @@ def flow(
     ),
     device: Optional[str] = DeviceOpt,
     seed: int = SeedOpt,
+    fmt: str = FormatOpt,
+    json_path: Optional[str] = JsonOpt,
+    junit: Optional[str] = JunitOpt,
+    timeout: Optional[float] = TimeoutOpt,
+    config: Optional[str] = ConfigOpt,
     debug: bool = DebugOpt,
 ) -> None:
     """Per-layer gradient flow of TARGET: vanishing/exploding gradients, dead ReLUs,
     saturation, the first NaN, parameters without gradient."""
-    from .engines.flow import Interrupted, run_flow
-    from .engines.flow.findings import parse_fail_on
-    from .formats.console import make_console
-    from .formats.plot import check_plot_path, plot_flow
-    from .loading import load_target
-    from .prepare import resolve_inputs
-
-    json_to_stdout = json_path == "-"
-    console = make_console(stderr=json_to_stdout)
-    with user_run(target, json_path, debug) as stdout:
-        fail_kinds = parse_fail_on(fail_on)
-        if plot:
-            check_plot_path(plot)
-        loaded = load_target(target, weights=weights)
-        args, kwargs = resolve_inputs(loaded, input_shape, input_dtype, seed)
-        stopped = None
-        try:
-            report = run_flow(
-                loaded.obj,
-                args,
-                kwargs,
-                loss_fn=loaded.loss_fn,
-                steps=steps,
-                lr=lr,
-                optimizer=optimizer,
-                seed=seed,
-                device=device,
-                target=loaded.spec,
-                found_by=loaded.found_by,
-                folder=loaded.path.resolve().parent,
-            )
-        except Interrupted as stop:
-            report, stopped = stop.report, stop.reason
-        write_reports(report, json_path, stdout)
-        if stopped is not None:
-            raise typer.Exit(EXIT_CODES[stopped])
-        if plot:
-            written = plot_flow(report, plot)
-            console.print(f"plot written to {written}")
-        failed = sorted(set(report.kinds_seen) & fail_kinds)
-        if failed and not json_to_stdout:
-            console.print(f"[bold red]failing:[/bold red] --fail-on {','.join(failed)}")
-        raise typer.Exit(EXIT_FAIL if failed else EXIT_OK)
+    values = dict(locals())
+    options = {k: values[k] for k in FLOW_KEYS}
+    run_options = {k: values[k] for k in RUN_PARAMS}
+    run_command(ctx, "flow", target, options, run_options, config, debug)
 
 
 def main() -> None:
@@ -384,8 +507,8 @@ def main() -> None:
     try:
         app(prog_name="gradtool")
     except KeyboardInterrupt as exc:
-        from .stopping import STOPPED_BY, reason_of
+        from .runner import EXIT_CODES, reason_of
 
-        reason = reason_of(exc) or "interrupt"
-        sys.stderr.write(f"gradtool: stopped by {STOPPED_BY[reason]}\n")
+        reason = reason_of(exc)
+        sys.stderr.write(_interrupted_message(reason, None) + "\n")
         sys.exit(EXIT_CODES[reason])

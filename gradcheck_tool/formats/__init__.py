@@ -42,3 +42,15 @@ def write_runs(runs: Any, fmt: OutputFormat, out: TextIO, width: int | None = No
     """Write a run of targets (a sequence of `results.TargetRun`) to `out` in format `fmt`."""
     module = importlib.import_module(f"{__name__}.{FORMATS[OutputFormat(fmt)]}")
     module.write_runs(runs, out, width=width)
+
+
+def write_runs_file(runs: Any, fmt: OutputFormat, path: str, option: str) -> None:
+    """`--json PATH`, `--junit PATH`: `write_runs` into a file; a file that can't be written
+    is an OptionError naming `option` (check it first with `json.check_path(path, option)`)."""
+    from ..errors import OptionError
+
+    try:
+        with open(path, "w", encoding="utf-8") as fh:
+            write_runs(runs, fmt, fh)
+    except OSError as exc:
+        raise OptionError(option, f"{path}: could not write: {exc.strerror or exc}") from None

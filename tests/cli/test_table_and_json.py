@@ -149,9 +149,18 @@ def test_json_to_stdout_holds_only_json_when_user_code_prints():
 # --- --json into a missing folder: exit 2, before any work -----------------------------------
 
 
-def test_json_into_a_missing_folder_is_exit_2_before_the_check(tmp_path):
-    missing = tmp_path / "no_such_folder"
-    result = invoke_cli("check", CLI_FILES / "prints.py", "--json", missing / "r.json")
-    assert_user_error(result, str(missing))
+def test_json_into_a_missing_folder_makes_it_as_pytest_junitxml_does(tmp_path):
+    missing = tmp_path / "reports" / "ci"
+    result = invoke_cli(
+        "check", CLI_FILES / "plain.py", "--input-shape", "2,3", "--json", missing / "r.json"
+    )
+    assert result.code == 0, result.output
+    assert json.loads((missing / "r.json").read_text())["passed"] is True
+
+
+def test_json_under_a_file_is_exit_2_before_the_check(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    result = invoke_cli("check", CLI_FILES / "prints.py", "--json", blocker / "r.json")
+    assert_user_error(result, str(blocker))
     assert "hello from import" not in result.output  # the user's file was never imported
-    assert not missing.exists()

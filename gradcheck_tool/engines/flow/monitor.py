@@ -13,6 +13,7 @@ from torch import nn
 
 from ..._version import __version__
 from ...errors import InputError
+from ...locations import locate_findings
 from ...options import at_least
 from ...results import FlowReport
 from .findings import detect_findings
@@ -248,7 +249,7 @@ class Monitor:
             version=__version__,
             layers=tuple(samples[-1].rows) if samples else (),
             findings=(
-                tuple(
+                locate_findings(
                     detect_findings(
                         samples,
                         th,
@@ -256,7 +257,8 @@ class Monitor:
                         comparable_keys(self._mm),
                         optimizer=self._watch.kind,
                         lr=self._watch.lr,
-                    )
+                    ),
+                    self.model,
                 )
                 if samples
                 else ()

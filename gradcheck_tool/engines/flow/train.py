@@ -16,6 +16,7 @@ from ..._guest import RngState, describe_exception, init_cuda, preserved_state
 from ..._tree import first_tensor, floating_leaves, map_tensors
 from ..._version import __version__
 from ...errors import GradtoolError, InputError, UserCodeError
+from ...locations import locate_findings
 from ...losses import ProjectionLoss, UserLoss, call_loss
 from ...options import Optimizer, at_least, choice, positive
 from ...prepare import (
@@ -155,7 +156,7 @@ def run_flow(
         target=target,
         version=__version__,
         layers=_last_rows(samples),
-        findings=tuple(
+        findings=locate_findings(
             detect_findings(
                 samples,
                 th,
@@ -165,7 +166,9 @@ def run_flow(
                 lr=lr,
                 overfit=overfit,
                 loss=loss_kind,
-            )
+            ),
+            model,
+            loss_fn,
         ),
         found_by=found_by,
         source="flow",

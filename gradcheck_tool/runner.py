@@ -1,0 +1,268 @@
+"""Run one target as the command line, a configured project or the pytest plugin does:
+load the file, build its inputs, run the check or flow engine with the options, and return a
+`TargetRun` — never raising for what the user caused.
+
+Options are keyed by the Python names of the command-line options (config.OPTIONS). A user
+error becomes `exit_code=2` and its one-screen message; an internal error 3; Ctrl-C, SIGTERM
+or `--timeout` an interrupted run that keeps the partial report when there is one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import traceback
+from collections.abc import Mapping
+from typing import Any, Callable
+
+from .errors import GradtoolError, OptionError
+from .options import flag_for
+from .results import TargetRun
+
+EXIT_OK, EXIT_FAIL, EXIT_USER, EXIT_INTERNAL = 0, 1, 2, 3
+EXIT_CODES = {"timeout": 124, "interrupt": 130, "terminated": 143}
+Progress = Callable[[str, int, int], None]
+
+
+def reason_of(exc: BaseException) -> str:
+    """Why a run stopped early: a `stopping.Stop` says ("timeout", "terminated"); any other
+    KeyboardInterrupt is Ctrl-C."""
+    return getattr(exc, "reason", None) or "interrupt"
+
+
+def error_text(exc: BaseException) -> str:
+    """The one-screen message of a user error, with its hint; options named by their flag."""
+    if isinstance(exc, OptionError):
+        message = f"{flag_for(exc.option)} {exc.problem}"
+    elif isinstance(exc, GradtoolError):
+        message = exc.message
+    elif isinstance(exc, SystemExit):
+        return f"your code called sys.exit({exc.code!r})"
+    else:
+        return f"internal error in gradtool: {type(exc).__name__}: {exc}"
+    hint = getattr(exc, "hint", None)
+    return f"{message}\n{hint}" if hint else message
+
+
+def run_target(
+    command: str,
+    target: str,
+    options: Mapping[str, Any],
+    *,
+    progress: Progress | None = None,
+    config: str | None = None,
+    debug: bool = False,
+    on_note: Callable[[str], None] | None = None,
+) -> TargetRun:
+    """Run `gradtool check` or `gradtool flow` on one target; see the module docstring."""
+    from .loading import scope_for
+
+    started = time.perf_counter()
+
+    def done(report: Any, code: int, **extra: Any) -> TargetRun:
+        return TargetRun(
+            command,
+            target,
+            report,
+            code,
+            seconds=time.perf_counter() - started,
+            config=config,
+            **extra,
+        )
+
+    try:
+        with scope_for(target):
+            if command == "check":
+                report, reason = _check(target, options, progress)
+                if reason is not None:
+                    return done(report, EXIT_CODES[reason], interrupted=reason)
+                if report.nondeterministic:  # not a gradient verdict: it can't be checked
+                    return done(
+                        report,
+                        EXIT_USER,
+                        error=report.warnings[0]
+                        if report.warnings
+                        else "the forward is nondeterministic",
+                    )
+                return done(report, EXIT_OK if report.passed else EXIT_FAIL)
+            if command == "flow":
+                report, reason = _flow(target, options, on_note)
+                if reason is not None:
+                    return done(report, EXIT_CODES[reason], interrupted=reason)
+                return done(report, EXIT_FAIL if report.failed_kinds else EXIT_OK)
+            raise ValueError(f"unknown command {command!r}")
+    except KeyboardInterrupt as exc:
+        reason = reason_of(exc)
+        return done(None, EXIT_CODES[reason], interrupted=reason)
+    except (GradtoolError, SystemExit) as exc:
+        if isinstance(exc, SystemExit) and not isinstance(exc.code, (int, str, type(None))):
+            raise
+        if debug:
+            traceback.print_exc()
+        return done(None, EXIT_USER, error=error_text(exc))
+    except Exception as exc:
+        if debug:
+            traceback.print_exc()
+        return done(None, EXIT_INTERNAL, error=error_text(exc))
+
+
+def _check(
+    target: str, options: Mapping[str, Any], progress: Progress | None
+) -> tuple[Any, str | None]:
+    from .api import check
+    from .engines.check import Interrupted
+    from .loading import load_target
+    from .prepare import resolve_inputs
+
+    o = dict(options)
+    seed = o.get("seed", 0)
+    loaded = load_target(target, weights=o.get("weights"))
+    args, kwargs = resolve_inputs(
+        loaded, o.get("input_shape"), o.get("input_dtype", "float32"), seed
+    )
+    try:
+        report = check(
+            loaded.obj,
+            args,
+            kwargs=kwargs,
+            loss_fn=loaded.loss_fn,
+            tolerance=o.get("tolerance"),
+            eps=o.get("eps"),
+            full=o.get("full", False),
+            seed=seed,
+            samples=o.get("samples"),
+            budget=o.get("budget"),
+            second_order=o.get("second_order", False),
+            sweep=o.get("sweep", False),
+            forward_mode=o.get("forward_mode", False),
+            dtype=o.get("dtype", "float64"),
+            device=o.get("device"),
+            batched=not o.get("serial", False),
+            skip=list(o.get("skip") or ()),
+            wrt=list(o.get("wrt") or ()),
+            name=loaded.spec,
+            found_by=loaded.found_by,
+            progress=progress,
+        )
+    except Interrupted as stop:
+        report = stop.report
+        return report, _reason(report.interrupted)
+    return report, None
+
+
+def _flow(
+    target: str, options: Mapping[str, Any], on_note: Callable[[str], None] | None
+) -> tuple[Any, str | None]:
+    from .engines.flow import run_flow
+    from .engines.flow.findings import finding_kinds, parse_fail_on
+    from .formats.plot import check_plot_path, plot_flow
+    from .loading import load_target
+    from .prepare import resolve_inputs
+
+    o = dict(options)
+    seed = o.get("seed", 0)
+    fail_on = o.get("fail_on") or ()
+    if not isinstance(fail_on, str):
+        fail_on = ",".join(fail_on)
+    fatal = parse_fail_on(fail_on)
+    plot = o.get("plot")
+    if plot:
+        check_plot_path(plot)
+    loaded = load_target(target, weights=o.get("weights"))
+    args, kwargs = resolve_inputs(
+        loaded, o.get("input_shape"), o.get("input_dtype", "float32"), seed
+    )
+    reason = None
+    try:
+        report = run_flow(
+            loaded.obj,
+            args,
+            kwargs,
+            loss_fn=loaded.loss_fn,
+            steps=o.get("steps", 1),
+            lr=o.get("lr"),
+            optimizer=o.get("optimizer", "sgd"),
+            seed=seed,
+            device=o.get("device"),
+            target=loaded.spec,
+            found_by=loaded.found_by,
+            folder=loaded.path.resolve().parent,
+        )
+    except _flow_interrupted() as stop:
+        report = stop.report
+        reason = _reason(report.interrupted)
+    order = finding_kinds()
+    report = dataclasses.replace(report, fail_on=tuple(k for k in order if k in fatal))
+    if plot and report is not None:
+        written = plot_flow(report, plot)
+        if on_note is not None:
+            on_note(f"plot written to {written}")
+    return report, reason
+
+
+def _flow_interrupted() -> type[BaseException]:
+    """The flow engine's partial-report exception, when it has one."""
+    from .engines import flow
+
+    return getattr(flow, "Interrupted", _Never)
+
+
+class _Never(Exception):
+    """Raised by nothing: stands in for an exception an engine does not define."""
+
+
+def _reason(interrupted: Any) -> str:
+    if isinstance(interrupted, str) and interrupted in EXIT_CODES:
+        return interrupted
+    return "interrupt"
+
+
+def run_configured(
+    command: str,
+    targets: Any,
+    overrides: Mapping[str, Any],
+    *,
+    stop_reason: Callable[[], str | None] | None = None,
+    progress: Progress | None = None,
+    debug: bool = False,
+    on_start: Callable[[Any], None] | None = None,
+    on_done: Callable[[TargetRun], None] | None = None,
+    on_note: Callable[[str], None] | None = None,
+) -> list[TargetRun]:
+    """Run configured targets one after another, `overrides` (the command line) winning over
+    each target's options. Once a run is interrupted (or `stop_reason()` names a reason),
+    the targets not yet run are recorded as interrupted without running."""
+    runs: list[TargetRun] = []
+    stopped: str | None = None
+    for entry in targets:
+        stopped = stopped or (stop_reason() if stop_reason else None)
+        if stopped is not None:
+            runs.append(
+                TargetRun(
+                    command,
+                    entry.target,
+                    None,
+                    EXIT_CODES[stopped],
+                    interrupted=stopped,
+                    error="not run: the run was stopped before it",
+                    config=entry.where,
+                )
+            )
+            continue
+        if on_start is not None:
+            on_start(entry)
+        run = run_target(
+            command,
+            entry.target,
+            {**entry.options, **overrides},
+            progress=progress,
+            config=entry.where,
+            debug=debug,
+            on_note=on_note,
+        )
+        runs.append(run)
+        if on_done is not None:
+            on_done(run)
+        if run.interrupted is not None:
+            stopped = run.interrupted
+    return runs
