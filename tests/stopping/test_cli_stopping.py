@@ -18,6 +18,9 @@ import pytest
 from conftest import REPO, run_cli
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
+# long enough for torch's import and the parameters' check on a loaded machine (2 s alone; a
+# timeout during the import stops the run before any report: exit 124 and no table)
+TIMEOUT = "8"
 
 
 def _cli_has_timeout() -> bool:
@@ -46,7 +49,13 @@ def test_check_with_a_timeout_on_a_stalled_forward_exits_124_with_a_partial_repo
     report = tmp_path / "report.json"
     started = time.monotonic()
     run = run_cli(
-        "check", f"{FIXTURES / 'stalls.py'}:Sleeps", "--timeout", "3", "--json", report, timeout=60
+        "check",
+        f"{FIXTURES / 'stalls.py'}:Sleeps",
+        "--timeout",
+        TIMEOUT,
+        "--json",
+        report,
+        timeout=90,
     )
     took = time.monotonic() - started
     assert run.code == 124, run.output
@@ -55,7 +64,14 @@ def test_check_with_a_timeout_on_a_stalled_forward_exits_124_with_a_partial_repo
     data = the_report(report)
     assert data["interrupted"] == "timeout" and data["passed"] is False
     assert [r["name"] for r in data["results"]] == ["fc.weight", "fc.bias"]
-    assert took < 3 + 20, took  # the timeout, and two interpreter start-ups' worth
+    assert took < float(TIMEOUT) + 30, took  # the timeout, an interpreter start-up, a busy CI box
+
+
+def test_a_timeout_while_the_file_is_imported_exits_124_with_one_line():
+    run = run_cli("check", FIXTURES / "slow_import.py", "--timeout", "1", timeout=60)
+    assert run.code == 124, run.output
+    assert "timeout" in run.stderr and "Traceback" not in run.output
+    assert len(run.stderr.strip().splitlines()) == 1, run.stderr
 
 
 def test_sigterm_during_flow_steps_exits_143_with_the_steps_measured(tmp_path):
