@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Sequence
 from typing import Any, Callable
 
 import torch
 
-from ._guest import exact_float32, init_cuda, no_inference_fast_paths, preserved_state
+from ._guest import (
+    exact_float32,
+    init_cuda,
+    no_inference_fast_paths,
+    preserved_state,
+    user_frame,
+)
 from ._version import __version__
 from .engines.check import CheckOptions, Interrupted, forward_error, run_check
 from .errors import GradtoolError, InputError, OptionError
@@ -25,6 +32,7 @@ from .options import (
 from .precision import Downcast, downcasts
 from .prepare import Problem, SecondOrderProblem, home_device, normalize_inputs, parse_device
 from .results import CheckReport
+from .stopping import STOPPED_BY, caught
 from .targets import resolve_target
 
 # Defaults per check dtype: the tutorial's float64 numbers, and float32's weaker ones
@@ -66,7 +74,12 @@ def check(
     float32). `skip`/`wrt` leave tensors out / check only those, by their reported names or
     shell-style patterns. The user's objects, RNG state, default dtype and grad mode are
     left as they were.
+
+    Ctrl-C (or `stopping.Stop`: the timeout, SIGTERM) raises `Interrupted` carrying the
+    partial report, whose `interrupted` says why ("interrupt", "timeout", "terminated"); it
+    has no results when the stop came before any tensor was measured.
     """
+    started = time.perf_counter()
     check_dtype = _dtype(dtype)
     args, keywords = normalize_inputs(inputs if inputs is not None else ())
     keywords.update(kwargs or {})
@@ -105,6 +118,65 @@ def check(
     # for every evaluation (dropout on the GPU) and the user's are restored at the end
     init_cuda(where)
     on_cuda = where is not None and where.type == "cuda"
+    try:
+        return _checked(
+            target,
+            args,
+            keywords,
+            loss_fn,
+            options,
+            meta,
+            notes,
+            check_dtype=check_dtype,
+            where=where,
+            on_cuda=on_cuda,
+            seed=seed,
+            skip=skip,
+            wrt=wrt,
+            second_order=second_order,
+            forward_mode=forward_mode,
+        )
+    except KeyboardInterrupt as exc:  # before any tensor was measured: an empty report
+        reason = caught(exc)
+        tolerance, step = DEFAULTS[check_dtype]
+        at = user_frame(exc.__traceback__, None)
+        report = CheckReport(
+            results=(),
+            tolerance=options.tolerance or tolerance,
+            eps=options.eps or step,
+            dtype=str(check_dtype).replace("torch.", ""),
+            device=str(where or "cpu"),
+            warnings=(
+                f"stopped by {STOPPED_BY[reason]} before any tensor was measured"
+                + (f", while running {at}" if at else ""),
+            ),
+            interrupted=reason,
+            seconds=time.perf_counter() - started,
+            **meta,
+        )
+        raise Interrupted(report) from None
+
+
+def _checked(
+    target: Any,
+    args: tuple,
+    keywords: dict,
+    loss_fn: Callable[..., Any] | None,
+    options: CheckOptions,
+    meta: dict[str, str],
+    notes: list[str],
+    *,
+    check_dtype: torch.dtype,
+    where: torch.device | None,
+    on_cuda: bool,
+    seed: int,
+    skip: Sequence[str],
+    wrt: Sequence[str],
+    second_order: bool,
+    forward_mode: bool,
+) -> CheckReport:
+    """check() from the validated options on: the problem, the precision, both orders."""
+    label = meta["target"]
     with (
         preserved_state(),
         exact_float32(on_cuda and check_dtype == torch.float32),
@@ -146,6 +218,9 @@ def check(
                     )
                 except Interrupted as stop:
                     raise Interrupted(_merge(report, stop.report)) from None
+                except KeyboardInterrupt as exc:  # before the second order measured any
+                    stopped = dataclasses.replace(report, interrupted=caught(exc))
+                    raise Interrupted(stopped) from None
                 report = _merge(report, second)
         except Interrupted as stop:
             raise Interrupted(finish(stop.report)) from None

@@ -196,7 +196,9 @@ class CheckReport:
     warnings: tuple[str, ...] = ()
     nondeterministic: bool = False
     noise: float | None = None
-    interrupted: bool = False
+    # why the run was cut short: "interrupt" (Ctrl-C), "terminated" (SIGTERM), "timeout"
+    # (--timeout); None when it ran to the end. A partial report then.
+    interrupted: str | None = None
     seconds: float = 0.0
     unchecked: tuple[Unchecked, ...] = ()  # tensors that could carry a gradient, left out
     left_out_outputs: tuple[str, ...] = ()  # outputs autograd marks non-differentiable

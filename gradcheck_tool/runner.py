@@ -55,8 +55,6 @@ def run_target(
     on_note: Callable[[str], None] | None = None,
 ) -> TargetRun:
     """Run `gradtool check` or `gradtool flow` on one target; see the module docstring."""
-    from .loading import scope_for
-
     started = time.perf_counter()
 
     def done(report: Any, code: int, **extra: Any) -> TargetRun:
@@ -71,6 +69,10 @@ def run_target(
         )
 
     try:
+        # imported in here: the first target's import of torch takes seconds, and a timeout
+        # or SIGTERM then must end this target, not escape the run as a bare KeyboardInterrupt
+        from .loading import scope_for
+
         with scope_for(target):
             if command == "check":
                 report, reason = _check(target, options, progress)

@@ -146,13 +146,20 @@ def commands(runs: Sequence[TargetRun]) -> str | None:
 
 def run_of(report: CheckReport | FlowReport) -> TargetRun:
     """A report alone as a run of one target, its exit code as the CLI decides it."""
+    # both reports' `interrupted` is the reason a run was cut short (stopping.EXIT_CODES)
+    stopped = {"timeout": 124, "terminated": 143}.get(report.interrupted or "", 130)
     if isinstance(report, CheckReport):
         code = (
-            130 if report.interrupted else 2 if report.nondeterministic else int(not report.passed)
+            stopped
+            if report.interrupted
+            else 2
+            if report.nondeterministic
+            else int(not report.passed)
         )
-        return TargetRun("check", report.target, report, code, seconds=report.seconds)
-    stopped = {"timeout": 124, "terminated": 143}.get(report.interrupted or "", 130)
-    code = stopped if report.interrupted else int(bool(report.failed_kinds))
+        command = "check"
+    else:
+        code = stopped if report.interrupted else int(bool(report.failed_kinds))
+        command = "flow"
     return TargetRun(
-        "flow", report.target, report, code, interrupted=report.interrupted, seconds=report.seconds
+        command, report.target, report, code, interrupted=report.interrupted, seconds=report.seconds
     )

@@ -11,6 +11,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..results import CheckReport, TensorResult
+from ..stopping import STOPPED_BY
 
 RATING_STYLE = {
     "excellent": "green",
@@ -92,9 +93,10 @@ def verdict_line(report: CheckReport) -> Text:
     n = len(report.results)
     failures = report.failures
     if report.interrupted:
-        return Text(
-            f"INTERRUPTED: partial report, {n} result(s) before Ctrl-C", style="bold yellow"
-        )
+        by = STOPPED_BY.get(report.interrupted, report.interrupted)
+        if not n:
+            return Text(f"INTERRUPTED: no tensor checked before {by}", style="bold yellow")
+        return Text(f"INTERRUPTED: partial report, {n} result(s) before {by}", style="bold yellow")
     if report.nondeterministic:
         return Text(
             "NOT JUDGED: the forward is nondeterministic (see the warning above)",

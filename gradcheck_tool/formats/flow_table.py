@@ -17,6 +17,7 @@ from ..engines.flow import findings as finding_rules
 from ..engines.flow.findings import Severity
 from ..engines.flow.thresholds import FlowThresholds
 from ..results import Finding, FlowReport, LayerStats
+from ..stopping import STOPPED_BY
 
 # a finding's colour in the table and the panel comes from its rule's severity
 SEVERITY_STYLE = {
@@ -419,4 +420,13 @@ def render_flow(report: FlowReport, console: Console) -> None:
     if report.overfit is not None:
         style = {True: "green", False: "yellow", None: "dim"}[report.overfit.reached]
         console.print(Text(f"overfit one batch: {report.overfit.message}", style=style))
+    if report.interrupted:
+        by = STOPPED_BY.get(report.interrupted, report.interrupted)
+        console.print(
+            Text(
+                f"INTERRUPTED: partial report, {report.steps} of {report.steps_requested} "
+                f"step(s) measured before {by}",
+                style="bold yellow",
+            )
+        )
     console.print(Text(f"{report.seconds:.2f}s", style="dim"))

@@ -6,7 +6,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ...options import DEFAULT_SAMPLES
-from ...results import CheckReport
+from ...stopping import Interrupted
+
+__all__ = ["CheckOptions", "Interrupted"]
 
 
 @dataclass
@@ -23,11 +25,3 @@ class CheckOptions:
     sweep: bool = False  # sweep the step size for every tensor, not only failing ones
     budget: float | None = None  # seconds: keep adding sampled coordinates until spent
     progress: Callable[[str, int, int], None] | None = None
-
-
-class Interrupted(Exception):
-    """Raised through the engine when the user presses Ctrl-C; carries the partial report."""
-
-    def __init__(self, report: CheckReport) -> None:
-        super().__init__("interrupted")
-        self.report = report

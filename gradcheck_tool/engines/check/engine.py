@@ -16,6 +16,7 @@ from ..._tree import floating_leaves
 from ...checkables import Checkable
 from ...prepare import CheckProblem
 from ...results import CheckReport, TensorResult
+from ...stopping import caught, raise_if_stopped, stop_requested
 from .analytic import Analytic, LazyEvidence, analytic_gradients, forward_mode_derivatives
 from .batching import activation_bytes
 from .config import CheckOptions, Interrupted
@@ -48,9 +49,11 @@ def run_check(
     Autograd's gradients → a forward with NaN/Inf or a backward that raised fails every
     tensor → f(θ) twice: a nondeterministic forward cannot be judged → the rounding noise of
     f → per tensor: the coordinates, the loss measured there, --budget spent on more → per
-    tensor and loss term: the judge → the report. Ctrl-C raises `Interrupted` carrying the
-    partial report.
+    tensor and loss term: the judge → the report. Ctrl-C (or a `stopping.Stop`: the timeout,
+    SIGTERM) while tensors are measured or judged raises `Interrupted` carrying the partial
+    report, its `interrupted` the reason; before that, the KeyboardInterrupt propagates.
     """
+    raise_if_stopped()  # a stopped run starts no check (the second order's included)
     report = _ReportMaker(problem, options, target, found_by, version, label_suffix)
     if not problem.checkables:
         report.warnings.append(
@@ -60,12 +63,14 @@ def run_check(
         base_terms, analytic = forward_mode_derivatives(problem)
     else:
         base_terms, analytic = analytic_gradients(problem, reentrancy=True)
+    raise_if_stopped()  # a forward that caught the Stop may have returned anything
     failure = _forward_not_finite(problem, base_terms) or _backward_raised(analytic, forward_mode)
     if failure is not None:
         return report.finish(report.unchecked(failure))
 
     evaluator = Evaluator(problem, options, needs_grad=problem.needs_grad)
     f0, f0_again, forward_seconds = _loss_at_theta_twice(problem, evaluator)
+    raise_if_stopped()
     noise_in_f = float((f0 - f0_again)[:-1].abs().max())  # the terms, not the scale
     rounding = _rounding(problem, f0)
     if noise_in_f > 0.0:
@@ -191,9 +196,9 @@ def _measure_tensors(
     options: CheckOptions,
     small_model: bool,
     started: float,
-) -> tuple[dict[str, Measured], bool]:
+) -> tuple[dict[str, Measured], str | None]:
     """Per tensor: the coordinates and the loss measured there; then --budget spent. Ctrl-C
-    keeps what was measured and says it was interrupted."""
+    (or a Stop) keeps what was measured and says why it was interrupted."""
     measured: dict[str, Measured] = {}
     try:
         for position, c in enumerate(problem.checkables):
@@ -210,9 +215,9 @@ def _measure_tensors(
             measured[c.name] = measure(evaluator, c, coords, options.eps, options.seed)
         if options.budget is not None:
             spend_budget(evaluator, problem, measured, options, started)
-    except KeyboardInterrupt:
-        return measured, True
-    return measured, False
+    except KeyboardInterrupt as exc:
+        return measured, caught(exc)
+    return measured, None
 
 
 def _along_directions(
@@ -234,11 +239,13 @@ def _judge_tensors(
     judge: Callable[..., TensorJudge],
     label: Callable[[Checkable, int], str],
     localise: Callable[[Checkable, tuple, int], Measured],
-) -> tuple[list[tuple[TensorResult, str]], bool]:
+) -> tuple[list[tuple[TensorResult, str]], str | None]:
     """Per measured tensor and loss term, the judge's result, grouped by term (the first
     term's results first); a tensor measured along directions alone that they don't pass
-    is measured at coordinates too (`localise`). Ctrl-C keeps the results so far and says
-    it was interrupted."""
+    is measured at coordinates too (`localise`). Ctrl-C (or a Stop) keeps the results so far
+    and says why it was interrupted; in a bounded run that was stopped, every evaluation
+    raises at once (`stopping.raise_if_stopped`), so the tensors judged without one more
+    evaluation are still judged, the others left out."""
     per_term: list[list[tuple[TensorResult, str]]] = [[] for _ in problem.term_names]
     terms = range(len(per_term))
 
@@ -254,29 +261,33 @@ def _judge_tensors(
             not_reentrant=analytic.not_reentrant.get(c.name),
         )
 
-    interrupted = False
-    try:
-        for c in problem.checkables:
-            if c.name not in measured:
+    def one_tensor(c: Checkable, got: Measured) -> list[TensorResult]:
+        """The results of `c`, one per loss term."""
+        if got.directions is not None:
+            quick = [judged(c, got, k).by_directions(got.directions) for k in terms]
+            if all(result is not None for result, _ in quick):
+                return [result for result, _ in quick]
+            worst = next(w for result, w in quick if result is None)
+            compared = got.directions[0].shape[0]
+            got = localise(c, got.directions, worst)
+            return [
+                dataclasses.replace(judged(c, got, k).result(), directions=compared) for k in terms
+            ]
+        return [judged(c, got, k).result() for k in terms]
+
+    interrupted = None
+    for c in problem.checkables:
+        if c.name not in measured:
+            break
+        try:
+            results = one_tensor(c, measured[c.name])
+        except KeyboardInterrupt as exc:
+            interrupted = interrupted or caught(exc)
+            if stop_requested() is None:  # a plain Ctrl-C: nothing more is judged
                 break
-            got = measured[c.name]
-            if got.directions is not None:
-                quick = [judged(c, got, k).by_directions(got.directions) for k in terms]
-                if all(result is not None for result, _ in quick):
-                    for k, (result, _) in enumerate(quick):
-                        per_term[k].append((result, c.name))
-                    continue
-                worst = next(w for result, w in quick if result is None)
-                compared = got.directions[0].shape[0]
-                got = localise(c, got.directions, worst)
-                for k in terms:
-                    result = judged(c, got, k).result()
-                    per_term[k].append((dataclasses.replace(result, directions=compared), c.name))
-                continue
-            for k in terms:
-                per_term[k].append((judged(c, got, k).result(), c.name))
-    except KeyboardInterrupt:
-        interrupted = True
+            continue  # stopped: what needs no more evaluations is still judged
+        for k, result in enumerate(results):
+            per_term[k].append((result, c.name))
     return [r for results in per_term for r in results], interrupted
 
 

@@ -12,6 +12,7 @@ from ..._guest import describe_exception
 from ...checkables import Checkable
 from ...errors import UserCodeError
 from ...prepare import CheckProblem
+from ...stopping import raise_if_stopped
 from .batching import chunk_size, in_chunks
 from .config import CheckOptions
 from .linear_path import LinearDelta, hooked_rows, linear_delta
@@ -114,19 +115,25 @@ class Evaluator:
     def evaluate(
         self, c: Checkable, coords: torch.Tensor, h: float, direction: torch.Tensor | None = None
     ) -> Evaluations:
-        """Loss terms at θ ± h·e_i for each coordinate (and at θ ± h·d for a direction)."""
+        """Loss terms at θ ± h·e_i for each coordinate (and at θ ± h·d for a direction).
+        A stopped run starts none, and keeps none the stop came during: a forward that
+        caught the Stop may have returned anything (Note [stopping a run] in stopping.py)."""
+        raise_if_stopped()
         rows = Rows(c, coords, h, direction)
         few = rows.count <= FEW_ROWS and self.forward_seconds >= SLOW_FORWARD
         with self.grad_mode():
+            out = None
             if not few and self.can_batch(c):
                 out = self._linear_rows(rows)
                 if out is None:
                     out = self._batched(rows)
                 if out is not None:
                     self.batched_used = True
-                    return rows.split(out)
-            self.serial_used = True
-            return rows.split(self._serial(rows))
+            if out is None:
+                self.serial_used = True
+                out = self._serial(rows)
+        raise_if_stopped()
+        return rows.split(out)
 
     def _vmapped(self, c: Checkable, batch: torch.Tensor) -> torch.Tensor:
         return torch.func.vmap(
@@ -198,6 +205,7 @@ class Evaluator:
         rows.reuse = False  # a fresh copy per forward costs nothing next to the forward
         out = []
         for r in range(rows.count):
+            raise_if_stopped()
             value = rows.materialize(r, r + 1)[0]
             try:
                 out.append(self.problem.terms({**self.base, c.name: value}).detach())

@@ -45,6 +45,7 @@ _LAZY = {
     "Severity": "findings",
     "Monitor": "monitor",
     "FlowThresholds": "thresholds",
+    "Interrupted": "train",
     "flow": "train",
     "run_flow": "train",
 }

@@ -10,9 +10,16 @@ from .thresholds import FlowThresholds
 
 
 def overfit_verdict(
-    samples: list[StepSample], loss_kind: str, th: FlowThresholds, requested: int
+    samples: list[StepSample],
+    loss_kind: str,
+    th: FlowThresholds,
+    requested: int,
+    *,
+    cut_short: bool = False,
 ) -> OverfitVerdict | None:
-    """Did the loss go near zero in `requested` steps on one batch? None for a single step."""
+    """Did the loss go near zero in `requested` steps on one batch? None for a single step.
+    A run `cut_short` (interrupted) is judged only where its steps already tell: the loss
+    reached near zero, or became non-finite; else it is not judged."""
     if requested < 2:
         return None
     losses = [s.loss for s in samples if s.loss is not None]
@@ -45,6 +52,13 @@ def overfit_verdict(
             True,
             f"the loss went from {first:.3g} to {last:.3g} in {n} steps: the "
             "model can overfit one batch",
+        )
+    if cut_short:
+        return verdict(
+            False,
+            None,
+            f"not judged: the run was interrupted after {n} of {requested} steps (the loss "
+            f"went from {first:.3g} to {last:.3g})",
         )
     if last < first:
         return verdict(

@@ -27,6 +27,7 @@ from ...prepare import (
     parse_device,
 )
 from ...results import FlowReport, LayerStats
+from ...stopping import Interrupted, caught, raise_if_stopped, shielded
 from .findings import detect_findings
 from .layer_rows import history, parameter_grad_max, resolve_step
 from .model_map import ModelMap, comparable_keys, model_dtype_device
@@ -63,6 +64,10 @@ def flow(
     `loss_fn(output, *inputs)` the loss is a seeded random projection of the output. With
     `steps` > 1 a copy trains that many steps on the batch (`optimizer` "sgd" | "adam").
     The model, its train mode and the RNG state are left as they were.
+
+    Ctrl-C (or `stopping.Stop`: the timeout, SIGTERM) after a step was measured raises
+    `Interrupted` carrying the partial report (the steps measured, findings from them,
+    `interrupted` the reason); before that, the KeyboardInterrupt propagates.
     """
     args, kwargs = normalize_inputs(inputs)
     return run_flow(
@@ -100,7 +105,8 @@ def run_flow(
 ) -> FlowReport:
     """flow() on inputs already split into (args, kwargs); the CLI's entry point.
 
-    `device` moves the copy and the inputs (default: where the model already lives)."""
+    `device` moves the copy and the inputs (default: where the model already lives).
+    Interrupted as flow() is."""
     optimizer, lr = _checked_options(model, steps, optimizer, lr)
     th = thresholds or FlowThresholds()
     started = time.perf_counter()
@@ -124,7 +130,7 @@ def run_flow(
         except torch.cuda.OutOfMemoryError:
             raise no_room_on_gpu(model_dtype_device(model)[0]) from None
         model_dtype, model_device = model_dtype_device(work)
-        samples, warnings, comparable = _train_and_measure(
+        samples, warnings, comparable, interrupted = _train_and_measure(
             work,
             args,
             kwargs,
@@ -141,12 +147,12 @@ def run_flow(
     first = first_tensor((args, kwargs))
     batch = int(first.shape[0]) if first is not None and first.dim() >= 1 else None
     loss_kind = "loss_fn" if loss_fn is not None else "projection"
-    overfit = overfit_verdict(samples, loss_kind, th, steps)
-    if len(samples) < steps:
+    overfit = overfit_verdict(samples, loss_kind, th, steps, cut_short=interrupted is not None)
+    if len(samples) < steps and interrupted is None:
         warnings.append(f"stopped after step {len(samples)} of {steps}: non-finite values")
     if loss_kind == "projection" and len(samples) > 1:
         warnings.append(_projection_trained(samples))
-    return FlowReport(
+    report = FlowReport(
         target=target,
         version=__version__,
         layers=_last_rows(samples),
@@ -179,7 +185,11 @@ def run_flow(
         overfit=overfit,
         warnings=tuple(warnings),
         seconds=time.perf_counter() - started,
+        interrupted=interrupted,
     )
+    if interrupted is not None:
+        raise Interrupted(report)
+    return report
 
 
 def _projection_trained(samples: list[StepSample]) -> str:
@@ -246,9 +256,10 @@ def _train_and_measure(
     th: FlowThresholds,
     functional: bool,
     folder: Path | None,
-) -> tuple[list[StepSample], list[str], set[str]]:
+) -> tuple[list[StepSample], list[str], set[str], str | None]:
     """Measure `steps` steps on the copy, stepping the optimizer between them; stops at the
-    first step with a non-finite value."""
+    first step with a non-finite value. Ctrl-C (or a Stop) after a step was measured keeps
+    the steps measured, and the reason is returned last; before that it propagates."""
     mm = ModelMap(work)
     recorder = Recorder(mm, functional=functional)
     recorder.saturation_margin = th.saturation_margin
@@ -267,10 +278,13 @@ def _train_and_measure(
     # set to None before every step here: no zeroing to check)
     watch = OptimizerWatch(mm)
     grad_max: dict[int, list[float | None]] = {}  # per step: max |g| per parameter
+    interrupted: str | None = None
+    stepping: int | None = None  # the step whose optimizer step is under way
     try:
         if opt is not None:
             watch.attach()
         for step in range(1, steps + 1):
+            raise_if_stopped()  # a forward that swallowed a Stop starts no more steps
             for p in mm.params:
                 p.grad = None
             step_args, step_kwargs = map_tensors(lambda t: t.detach().clone(), (args, kwargs))
@@ -287,18 +301,28 @@ def _train_and_measure(
             pending = recorder.collect(step, loss)
             read_back([pending])  # the one host transfer of this step
             sample = resolve_step(pending, mm)
-            samples.append(sample)
             grad_max[step] = parameter_grad_max(pending, len(mm.params))
+            raise_if_stopped()  # stopped during the step: its forward may have caught the Stop
+            samples.append(sample)
             if sample.nan is not None:
                 break  # after a NaN every later step only repeats it
             if opt is not None and step < steps:
+                stepping = step
                 watch.arm(step)
                 opt.step()
+                stepping = None
+    except KeyboardInterrupt as exc:
+        if not samples:
+            raise
+        interrupted = caught(exc)
+        if stepping is not None:  # an optimizer step cut in half: its update is not measured
+            watch.records.pop(stepping, None)
     finally:
-        watch.close()
-        recorder.close()
-        for p in mm.params:
-            p.grad = None
+        with shielded():
+            watch.close()
+            recorder.close()
+            for p in mm.params:
+                p.grad = None
     read_back(watch.unread(include_armed=True))  # one transfer for every step's update
     samples = [
         apply_record(s, watch.records.get(s.step), mm, grad_max.get(s.step)) for s in samples
@@ -307,7 +331,7 @@ def _train_and_measure(
         warnings.append("every parameter is frozen (requires_grad=False)")
     warnings.extend(recorder.errors)
     warnings.extend(watch.errors)
-    return samples, warnings, comparable_keys(mm)
+    return samples, warnings, comparable_keys(mm), interrupted
 
 
 def _recorded_forward(
