@@ -228,7 +228,7 @@ def _print_error(run: Any) -> None:
 
 def _interrupted_message(reason: str, timeout: float | None) -> str:
     if reason == "timeout":
-        return f"stopped: --timeout {timeout:g} s ran out"
+        return f"stopped: --timeout {timeout:g} s ran out" if timeout else "stopped: timeout"
     if reason == "terminated":
         return "stopped: terminated (SIGTERM)"
     return "interrupted"
@@ -252,9 +252,9 @@ def run_command(
     from . import formats
     from .config import load_config
     from .formats.json import check_path
-    from .results import worst_exit_code
+    from .results import TargetRun, worst_exit_code
     from .runner import run_configured
-    from .stopping import bounded
+    from .stopping import EXIT_CODES, bounded, reason_of
 
     with user_errors(debug):
         project = load_config(config_path)
@@ -286,7 +286,10 @@ def run_command(
     stdout = sys.stdout
     notes = _error_console()
 
+    runs: list[Any] = []
+
     def on_done(run: Any) -> None:
+        runs.append(run)
         # a configured run's table shows each target's error in its place; otherwise the
         # message goes to stderr, where a person reads it beside the machine's output
         if run.error and run.report is None and run.interrupted is None:
@@ -299,22 +302,37 @@ def run_command(
 
     # with JSON on stdout, whatever the user's code prints goes to stderr
     quiet = contextlib.redirect_stdout(sys.stderr) if json_out else contextlib.nullcontext()
-    with user_errors(debug), bounded(timeout) as stop:
-        with quiet, progress_bar(table) as progress:
-            runs = run_configured(
-                command,
-                entries,
-                given,
-                stop_reason=lambda: stop.reason,
-                progress=progress,
-                debug=debug,
-                on_done=on_done,
-                on_note=lambda text: notes.print(_escape(text)),
-            )
+    try:
+        with user_errors(debug), bounded(timeout) as stop:
+            with quiet, progress_bar(table) as progress:
+                run_configured(
+                    command,
+                    entries,
+                    given,
+                    stop_reason=lambda: stop.reason,
+                    progress=progress,
+                    debug=debug,
+                    on_done=on_done,
+                    on_note=lambda text: notes.print(_escape(text)),
+                )
+    except KeyboardInterrupt as exc:  # a stop in gradtool's own code, between targets
+        reason = reason_of(exc) or "interrupt"
+        notes.print(f"[bold yellow]{_interrupted_message(reason, timeout)}[/bold yellow]")
+        runs += [
+            TargetRun(command, e.target, None, EXIT_CODES[reason], interrupted=reason,
+                      error="not run: the run was stopped before it", config=e.where)
+            for e in entries[len(runs) :]
+        ]  # fmt: skip
+    # the reports are written outside the bounded run: a stop no longer cuts them in half
     with user_errors(debug):
         # a TARGET that could not run has its message on stderr and no report (as before
-        # there were configured runs); a configured run reports every target
-        shown = [r for r in runs if r.report is not None] if target is not None else runs
+        # there were configured runs); a configured run reports every target, and a
+        # stopped one is reported even before its first result (CI keeps the JSON/JUnit)
+        shown = (
+            [r for r in runs if r.report is not None or r.interrupted is not None]
+            if target is not None
+            else runs
+        )
         if shown:
             formats.write_runs(
                 shown, formats.OutputFormat.JSON if json_path == "-" else fmt, stdout
@@ -503,12 +521,14 @@ def flow(
 
 
 def main() -> None:
-    """Console-script entry point."""
-    try:
-        app(prog_name="gradtool")
-    except KeyboardInterrupt as exc:
-        from .runner import EXIT_CODES, reason_of
+    """Console-script entry point. SIGTERM and Ctrl-C become `stopping.Stop` from the first
+    moment (loading torch, reading the config); a command's own bounded run takes over."""
+    from .stopping import EXIT_CODES, bounded, reason_of
 
-        reason = reason_of(exc)
+    try:
+        with bounded(None):
+            app(prog_name="gradtool")
+    except KeyboardInterrupt as exc:
+        reason = reason_of(exc) or "interrupt"
         sys.stderr.write(_interrupted_message(reason, None) + "\n")
         sys.exit(EXIT_CODES[reason])

@@ -18,16 +18,10 @@ from typing import Any, Callable
 from .errors import GradtoolError, OptionError
 from .options import flag_for
 from .results import TargetRun
+from .stopping import EXIT_CODES, Interrupted, caught
 
 EXIT_OK, EXIT_FAIL, EXIT_USER, EXIT_INTERNAL = 0, 1, 2, 3
-EXIT_CODES = {"timeout": 124, "interrupt": 130, "terminated": 143}
 Progress = Callable[[str, int, int], None]
-
-
-def reason_of(exc: BaseException) -> str:
-    """Why a run stopped early: a `stopping.Stop` says ("timeout", "terminated"); any other
-    KeyboardInterrupt is Ctrl-C."""
-    return getattr(exc, "reason", None) or "interrupt"
 
 
 def error_text(exc: BaseException) -> str:
@@ -93,8 +87,8 @@ def run_target(
                     return done(report, EXIT_CODES[reason], interrupted=reason)
                 return done(report, EXIT_FAIL if report.failed_kinds else EXIT_OK)
             raise ValueError(f"unknown command {command!r}")
-    except KeyboardInterrupt as exc:
-        reason = reason_of(exc)
+    except KeyboardInterrupt as exc:  # before a report existed (loading, the inputs)
+        reason = caught(exc)
         return done(None, EXIT_CODES[reason], interrupted=reason)
     except (GradtoolError, SystemExit) as exc:
         if isinstance(exc, SystemExit) and not isinstance(exc.code, (int, str, type(None))):
@@ -112,7 +106,6 @@ def _check(
     target: str, options: Mapping[str, Any], progress: Progress | None
 ) -> tuple[Any, str | None]:
     from .api import check
-    from .engines.check import Interrupted
     from .loading import load_target
     from .prepare import resolve_inputs
 
@@ -190,7 +183,7 @@ def _flow(
             found_by=loaded.found_by,
             folder=loaded.path.resolve().parent,
         )
-    except _flow_interrupted() as stop:
+    except Interrupted as stop:
         report = stop.report
         reason = _reason(report.interrupted)
     order = finding_kinds()
@@ -200,17 +193,6 @@ def _flow(
         if on_note is not None:
             on_note(f"plot written to {written}")
     return report, reason
-
-
-def _flow_interrupted() -> type[BaseException]:
-    """The flow engine's partial-report exception, when it has one."""
-    from .engines import flow
-
-    return getattr(flow, "Interrupted", _Never)
-
-
-class _Never(Exception):
-    """Raised by nothing: stands in for an exception an engine does not define."""
 
 
 def _reason(interrupted: Any) -> str:
