@@ -199,7 +199,7 @@ def selected(
         if wrt and not any(_matches(c, p) for p in wrt):
             unchecked.append(Unchecked(c.name, c.kind, "not named by wrt (--wrt)"))
         elif any(_matches(c, p) for p in skip):
-            unchecked.append(Unchecked(c.name, c.kind, "left out with skip (--skip)"))
+            unchecked.append(Unchecked(c.name, c.kind, "left out by skip"))
         else:
             kept.append(c)
     return kept, unchecked

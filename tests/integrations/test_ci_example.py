@@ -24,7 +24,7 @@ from conftest import REPO, SAMPLES, invoke_cli
 import gradcheck_tool
 
 if sys.version_info >= (3, 11):
-    import tomllib
+    from gradcheck_tool.config import tomllib  # tomli before Python 3.11
 else:  # pragma: no cover - Python < 3.11
     import tomli as tomllib
 
@@ -317,3 +317,17 @@ def test_pytest_gradtool_in_the_sample_fails_exactly_the_wrong_target():
     assert "1 failed, 3 passed" in output, output
     failed = [line for line in output.splitlines() if line.startswith("FAILED ")]
     assert len(failed) == 1 and "ops/attention.py:FusedAttention" in failed[0], output
+
+
+def test_the_readme_shows_the_sample_project_s_configuration():
+    """The README's [tool.gradtool] block is the sample project's, key for key."""
+    import re
+    from gradcheck_tool.config import tomllib  # tomli before Python 3.11
+
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## In CI") :]
+    block = re.search(r"```toml\n(.*?)```", section, re.S)
+    assert block is not None
+    shown = tomllib.loads(block[1])["tool"]["gradtool"]
+    sample = tomllib.loads((REPO / "examples" / "ci" / "pyproject.toml").read_text())
+    assert shown == sample["tool"]["gradtool"]
