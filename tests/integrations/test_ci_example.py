@@ -22,11 +22,7 @@ import torch
 from conftest import REPO, SAMPLES, invoke_cli
 
 import gradcheck_tool
-
-if sys.version_info >= (3, 11):
-    from gradcheck_tool.config import tomllib  # tomli before Python 3.11
-else:  # pragma: no cover - Python < 3.11
-    import tomli as tomllib
+from gradcheck_tool.config import tomllib  # tomli before Python 3.11
 
 EXAMPLE = REPO / "examples" / "ci"
 
@@ -322,8 +318,6 @@ def test_pytest_gradtool_in_the_sample_fails_exactly_the_wrong_target():
 def test_the_readme_shows_the_sample_project_s_configuration():
     """The README's [tool.gradtool] block is the sample project's, key for key."""
     import re
-
-    from gradcheck_tool.config import tomllib  # tomli before Python 3.11
 
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     section = readme[readme.index("## In CI") :]
