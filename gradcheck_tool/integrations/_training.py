@@ -160,7 +160,7 @@ class FlowSession:
                 f"gradtool: GradFlowCallback failed while {what} and is off for the rest of "
                 f"training ({type(exc).__name__}: {exc})",
                 RuntimeWarning,
-                stacklevel=3,
+                stacklevel=2,
             )
             if self._active:
                 self._active = False
