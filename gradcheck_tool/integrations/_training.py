@@ -73,8 +73,9 @@ class FlowSession:
     # the Monitor on / off
     def start(self, monitor_cls: type, model: Any, sinks: list[Any]) -> None:
         """Attach a Monitor to `model`; its scalars go to `sinks` and `tensorboard`."""
-        if self._active or self.disabled:
+        if self._active:
             return
+        self.disabled = False  # a new run gets a new try, whatever the last one did
         targets = [*sinks, *([self.tensorboard] if self.tensorboard is not None else [])]
 
         def attach() -> None:

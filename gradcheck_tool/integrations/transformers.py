@@ -9,17 +9,19 @@
 The Trainer calls the model once per micro-batch: every `every`-th call with grad enabled is
 recorded (with gradient accumulation, a step is a micro-batch and its gradient that
 micro-batch's share). At the Trainer's logging steps the latest recorded step's `gradtool/...`
-scalars join the logs (`on_log`'s dict and `state.log_history`); when training ends the hooks
-are removed (the Trainer has no callback for a train() that raises: `callback.close()`
-removes them then, as the next train() does) and, on the main process, the findings are
-printed and the JSON written.
+scalars join the Trainer's record of that log (`state.log_history`, saved with its state) and
+the number of findings joins the log itself. When training ends the hooks are removed (the
+Trainer has no callback for a train() that raises: `callback.close()` removes them then, as
+the next train() does) and, on the main process, the findings are printed and the JSON
+written.
 
 Note [the Trainer's reporting callbacks come first]: the Trainer puts its reporting
 integrations (TensorBoard, W&B, ...) before the callbacks it is given, so they have sent a
-step's logs before this callback sees them; the scalars reach `state.log_history` and the
-callbacks after this one. For TensorBoard pass `tensorboard=args.logging_dir` (the folder the
-Trainer's own TensorBoard writes to), which writes every recorded step. Needs `transformers`:
-pip install 'gradtool[transformers]'.
+step's logs before this callback sees them; after it come the console's printers, where a
+line per layer would drown the loss. So `logs` gets only the findings counts, and the
+per-layer scalars go to `state.log_history`. For TensorBoard pass
+`tensorboard=args.logging_dir` (the folder the Trainer's own TensorBoard writes to), which
+writes every recorded step. Needs `transformers`: pip install 'gradtool[transformers]'.
 """
 
 from __future__ import annotations
@@ -31,6 +33,9 @@ from transformers import TrainerCallback
 
 from ..engines.flow.thresholds import FlowThresholds
 from ._training import FlowSession, GradFlowFailed
+from .scalars import ERRORS_TAG, FINDINGS_TAG
+
+COUNT_TAGS = (FINDINGS_TAG, ERRORS_TAG)
 
 __all__ = ["GradFlowCallback", "GradFlowFailed"]
 
@@ -61,7 +66,8 @@ class GradFlowCallback(TrainerCallback):
         once the report is written.
     json: write the report (`gradtool flow --json`'s, plus the history) there at the end.
     tensorboard: write each recorded step's scalars to this folder or SummaryWriter.
-    log: add the scalars to the Trainer's logs at its logging steps.
+    log: add the scalars to the Trainer's log history (the findings counts to its logs) at
+        its logging steps.
     print_report: print the table and findings at the end (main process).
     thresholds, functional, check_finite, name: as for Monitor.
 
@@ -136,13 +142,16 @@ class GradFlowCallback(TrainerCallback):
 
     def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kw: Any):
         scalars = self._latest.take()
-        if not scalars or logs is None:
+        if not scalars:
             return control
-        logs.update(scalars)
-        # the Trainer recorded a copy of these logs just before calling back: the same entry
+        # Note [the Trainer's reporting callbacks come first]: the per-layer scalars go to
+        # the Trainer's record of this log (a copy of `logs`, appended just before this call),
+        # the findings counts to `logs` too
         history = getattr(state, "log_history", None)
         if history and history[-1].get("step") == state.global_step:
             history[-1].update(scalars)
+        if logs is not None:
+            logs.update({k: v for k, v in scalars.items() if k in COUNT_TAGS})
         return control
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kw: Any):
