@@ -15,6 +15,16 @@ from typing import Any, Callable, TextIO
 from ..options import at_least
 from ..results import FlowReport
 
+# Note [how often a callback reports]: a report costs time in proportion to the steps recorded
+# so far (it reads every step's rows: the history, the findings over all steps), so reporting
+# at every logging step of a long run would cost time growing with the square of its length.
+# A callback reports at a logging step only when the steps recorded since its last report are
+# at least 1/REPORT_GROWTH of those recorded before it: every logging step early on, then
+# less often, which keeps the cost per recorded step bounded (about REPORT_GROWTH rows read
+# per row recorded). Late in a long run the scalars thus reach the logger in batches, each at
+# its own step.
+REPORT_GROWTH = 8
+
 
 class GradFlowFailed(Exception):
     """Training saw a finding of a kind the callback's `fail_on` names. Raised by the
@@ -69,6 +79,7 @@ class FlowSession:
         self.report: FlowReport | None = None  # the last report made
         self.disabled = False
         self._active = False
+        self._reported_at = 0  # steps recorded at the last report
 
     # the Monitor on / off
     def start(self, monitor_cls: type, model: Any, sinks: list[Any]) -> None:
@@ -80,6 +91,7 @@ class FlowSession:
 
         def attach() -> None:
             self.report = None
+            self._reported_at = 0
             self.monitor = monitor_cls(
                 model,
                 every=self.every,
@@ -107,10 +119,19 @@ class FlowSession:
         return self._active and not self.disabled
 
     # reports
+    def refresh_due(self) -> bool:
+        """Whether a logging step should make a report (Note [how often a callback reports]).
+        The same answer on every rank: it reads only the count of recorded steps."""
+        if not self.active:
+            return False
+        recorded = self.monitor.steps_recorded
+        return recorded - self._reported_at >= max(1, self._reported_at // REPORT_GROWTH)
+
     def refresh(self) -> FlowReport | None:
         """The report so far (every complete step's scalars written on the way)."""
         if not self.active:
             return None
+        self._reported_at = self.monitor.steps_recorded
         made = self.guard("making its report", self.monitor.flow_report)
         if made is not None:
             self.report = dataclasses.replace(made, fail_on=self.fail_on)

@@ -6,11 +6,11 @@
     trainer = L.Trainer(callbacks=[GradFlowCallback(every=10, json="gradflow.json")])
 
 Every `every`-th training batch is recorded (Note [a step begins at the first call]:
-`training_step` need not call the LightningModule itself); at the trainer's logging steps
-(`log_every_n_steps`) the recorded steps are logged through the trainer's loggers as
-`gradtool/...` scalars; when training ends the hooks are removed and, on global rank 0, the
-findings are printed and the JSON written. Needs `lightning` (or `pytorch_lightning`):
-pip install 'gradtool[lightning]'.
+`training_step` need not call the LightningModule itself). At the trainer's logging steps
+(`log_every_n_steps`; less often late in a long run, Note [how often a callback reports])
+the recorded steps are logged through the trainer's loggers as `gradtool/...` scalars. When
+training ends the hooks are removed and, on global rank 0, the findings are printed and the
+JSON written. Needs `lightning` (or `pytorch_lightning`): pip install 'gradtool[lightning]'.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ class GradFlowCallback(Callback):
 
     every: record every N-th training batch (1: all of them).
     fail_on: finding kinds ("nan,diverging", a list, or "all") that fail the run: training
-        stops at the logging step that first shows one, and `fit()` raises GradFlowFailed
+        stops at the first report that shows one, and `fit()` raises GradFlowFailed
         once the report is written.
     json: write the report (`gradtool flow --json`'s, plus the history) there at the end.
     tensorboard: also write the scalars to this folder or SummaryWriter (a TensorBoardLogger
@@ -159,7 +159,7 @@ class GradFlowCallback(Callback):
         s.guard("ending a batch", s.monitor.end_forward)
         self._batches += 1
         every_n = max(int(getattr(trainer, "log_every_n_steps", 50) or 50), 1)
-        if self._batches % every_n == 0:
+        if self._batches % every_n == 0 and s.refresh_due():
             s.refresh()
             if s.failed:
                 trainer.should_stop = True  # fail_on: the rest of training is wasted

@@ -8,9 +8,10 @@
 
 The Trainer calls the model once per micro-batch: every `every`-th call with grad enabled is
 recorded (with gradient accumulation, a step is a micro-batch and its gradient that
-micro-batch's share). At the Trainer's logging steps the latest recorded step's `gradtool/...`
-scalars join the Trainer's record of that log (`state.log_history`, saved with its state) and
-the number of findings joins the log itself. When training ends the hooks are removed (the
+micro-batch's share). At the Trainer's logging steps (less often late in a long run: Note
+[how often a callback reports]) the latest recorded step's `gradtool/...` scalars join the
+Trainer's record of that log (`state.log_history`, saved with its state) and the number of
+findings joins the log itself. When training ends the hooks are removed (the
 Trainer has no callback for a train() that raises: `callback.close()` removes them then, as
 the next train() does) and, on the main process, the findings are printed and the JSON
 written.
@@ -62,7 +63,7 @@ class GradFlowCallback(TrainerCallback):
 
     every: record every N-th call of the model with grad enabled (1: all of them).
     fail_on: finding kinds ("nan,diverging", a list, or "all") that fail the run: training
-        stops at the logging step that first shows one, and `train()` raises GradFlowFailed
+        stops at the first report that shows one, and `train()` raises GradFlowFailed
         once the report is written.
     json: write the report (`gradtool flow --json`'s, plus the history) there at the end.
     tensorboard: write each recorded step's scalars to this folder or SummaryWriter.
@@ -134,7 +135,7 @@ class GradFlowCallback(TrainerCallback):
         s = self._session
         # DefaultFlowCallback, which runs before the callbacks the Trainer is given, has just
         # decided whether this step logs
-        if s.active and control.should_log:
+        if s.active and control.should_log and s.refresh_due():
             s.refresh()
             if s.failed:
                 control.should_training_stop = True  # fail_on: the rest of training is wasted
