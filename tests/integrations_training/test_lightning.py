@@ -59,6 +59,22 @@ class Regressor(L.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=self.lr)
 
 
+class ManualRegressor(Regressor):
+    """Manual optimization (as GANs use): Lightning hands the optimizer a do-nothing closure."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.automatic_optimization = False
+
+    def training_step(self, batch, batch_idx):
+        opt = self.optimizers()
+        x, y = batch
+        loss = nn.functional.mse_loss(self.head(self.enc(self.inp(x))), y)
+        opt.zero_grad()
+        self.manual_backward(loss)
+        opt.step()
+
+
 def _data() -> torch.utils.data.DataLoader:
     g = torch.Generator().manual_seed(1)
     x = torch.randn(16 * BATCHES, 8, generator=g)
@@ -88,9 +104,10 @@ def _errors(report) -> list[str]:
     return [f.kind for f in report.findings if rule_for(f.kind).severity is Severity.ERROR]
 
 
-def test_the_callback_measures_what_a_monitor_in_a_plain_loop_measures(tmp_path):
+@pytest.mark.parametrize("module", [Regressor, ManualRegressor], ids=["automatic", "manual"])
+def test_the_callback_measures_what_a_monitor_in_a_plain_loop_measures(tmp_path, module):
     cb = GradFlowCallback(every=2, print_report=False)
-    _fit(Regressor(), cb, tmp_path)
+    _fit(module(), cb, tmp_path)
     # the reference: the same model, data and optimizer in a plain loop calling the model
     model = Regressor()
     opt = model.configure_optimizers()
@@ -110,7 +127,8 @@ def test_the_callback_measures_what_a_monitor_in_a_plain_loop_measures(tmp_path)
                 assert (va is None) == (vb is None), (a.step, key, field)
                 if va is not None:
                     assert va == pytest.approx(vb, rel=1e-6), (a.step, key, field)
-    # the update ratios were measured (Lightning steps its optimizer with a closure)
+    # the update ratios were measured (Lightning steps its optimizer with a closure, which
+    # runs the forward in automatic optimization and does nothing in manual optimization)
     assert all(dict(h.rows)["head"].update_ratio for h in got.history)
     assert [f.kind for f in got.findings] == [f.kind for f in ref.findings]
 
