@@ -69,6 +69,11 @@ class Monitor:
     are ignored): how far it moved each layer, which parameters it left alone, and whether the
     next backward adds to its gradient (optim_watch.py). On exit the model has no hook left
     from the monitor, and no optimizer hook either.
+
+    `tensorboard`: a folder (a SummaryWriter made there, closed on exit) or your own
+    SummaryWriter (left open): each recorded step's per-layer gradient norms, update ratios,
+    dead and saturated fractions, and the number of findings, as scalars (integrations/
+    tensorboard.py, Note [scalars of a recorded step]).
     """
 
     def __init__(
@@ -81,6 +86,7 @@ class Monitor:
         thresholds: FlowThresholds | None = None,
         name: str | None = None,
         flush_every: int = 64,
+        tensorboard: Any = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise InputError(f"Monitor needs an nn.Module; got {type(model).__name__}")
@@ -104,6 +110,11 @@ class Monitor:
         self._active = False
         self._started = 0.0
         self._errors: list[str] = []
+        self._scalars = None  # where each recorded step's scalars go (integrations/)
+        if tensorboard is not None:
+            from ...integrations.tensorboard import StepScalars
+
+            self._scalars = StepScalars.to(tensorboard)
 
     # context manager
     def __enter__(self) -> Monitor:
@@ -147,6 +158,8 @@ class Monitor:
             if self._recorder is not None:
                 self._errors.extend(e for e in self._recorder.errors if e not in self._errors)
                 self._recorder.close()
+            if self._scalars is not None:  # the steps not written yet; a folder's writer closed
+                self._scalars.finish(len(self._steps), self.flow_report, exc[0] is not None)
 
     @property
     def steps_seen(self) -> int:
@@ -244,7 +257,7 @@ class Monitor:
             warnings.append(
                 "no step recorded yet: call the model (with grad enabled) inside the `with` block"
             )
-        return FlowReport(
+        report = FlowReport(
             target=self.name,
             version=__version__,
             layers=tuple(samples[-1].rows) if samples else (),
@@ -277,6 +290,9 @@ class Monitor:
             warnings=tuple(warnings),
             seconds=time.perf_counter() - self._started,
         )
+        if self._scalars is not None:
+            self._scalars.on_report(samples, self._unapplied, report)
+        return report
 
     def print_report(self, file: TextIO | None = None, width: int | None = None) -> None:
         """Print what was measured so far as `gradtool flow` prints it: the per-layer table,
