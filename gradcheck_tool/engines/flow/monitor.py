@@ -77,7 +77,8 @@ class Monitor:
     batch. Rank 0 gets it; the other ranks get None, or the same report with
     `all_ranks=True`. The report covers the steps finished so far: a step is finished when
     the model is called again or the `with` block ends (a report never runs a collective,
-    so rank 0 alone may ask for one).
+    so rank 0 alone may ask for one). Calls under DDP's `no_sync()` (gradient accumulation)
+    are counted, not recorded: their gradients are each rank's own.
     """
 
     def __init__(
@@ -187,6 +188,8 @@ class Monitor:
         self._steps_seen += 1
         if (self._steps_seen - 1) % self.every:
             return
+        if self._ranks is not None and not getattr(module, "require_backward_grad_sync", True):
+            return  # under DDP's no_sync(): each rank's own gradients, not averaged: not recorded
         rec = self._recorder
         self._recording = self._steps_seen
         self._in_forward = True
