@@ -155,8 +155,10 @@ class Monitor:
         try:
             if self._in_forward:  # left from inside the model's forward
                 self._on_model_return(None)
-            # after an exception no collective: the other ranks may not be here
-            self._finish_step(final=exc[0] is None)
+            if exc[0] is not None and self._ranks is not None:
+                self._recording = None  # no collective after an exception: ranks may be gone
+            else:
+                self._finish_step(final=True)
         finally:
             self._active = False
             while self._root_handles:
@@ -228,7 +230,10 @@ class Monitor:
         self._steps.append(pending)
         unread = len(self._steps) - len(self._samples)
         if unread >= self.flush_every:  # bound the device memory held by unread steps
-            read_back([*self._steps[len(self._samples) :], *self._watch.unread(False)])
+            records = self._watch.unread(False)
+            if self._ranks is not None:
+                records = [r for r in records if r.reduced]
+            read_back([*self._steps[len(self._samples) :], *records])
 
     # results
     def flow_report(self) -> FlowReport | None:
