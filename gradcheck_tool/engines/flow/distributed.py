@@ -46,6 +46,7 @@ WRAPPERS: tuple[tuple[str, str, str], ...] = (
         "_checkpoint_wrapped_module",
     ),
     ("torch._dynamo.eval_frame", "OptimizedModule", "_orig_mod"),
+    ("lightning.fabric.wrappers", "_FabricModule", "_forward_module"),
 )
 
 _SUMMED = (Reduction.SUM, Reduction.MEAN, Reduction.NORM, Reduction.AVERAGED_SQ)
@@ -114,13 +115,14 @@ def model_type_name(model: nn.Module) -> str:
     return original_type(unwrapped(model)).__name__
 
 
-def full_shapes(model: nn.Module, params: Sequence[torch.Tensor]) -> list[torch.Size]:
-    """Each parameter's whole shape: a DTensor's is (FSDP2); an FSDP1 rank holds a flat
-    1-D piece, whose parameter's shape its FlatParameter records (`_shapes`, and the flat
-    parameter's own unsharded size without use_orig_params)."""
+def whole_shapes(model: nn.Module, params: Sequence[torch.Tensor]) -> dict[int, torch.Size]:
+    """The parameters (by position in `params`) whose whole shape is not their own: an
+    FSDP1 rank holds a flat 1-D piece, whose parameter's shape its FlatParameter records
+    (`_shapes`, and the flat parameter's own unsharded size without use_orig_params). A
+    DTensor's shape is the whole one already (FSDP2)."""
     shapes: dict[int, torch.Size] = {}
     if _imported("torch.distributed.fsdp._flat_param", "FlatParameter") is None:
-        return [p.shape for p in params]  # (no FSDP1 in this process)
+        return {}  # (no FSDP1 in this process)
     for m in model.modules():
         flat = getattr(m, "_flat_param", None)
         if flat is None or not hasattr(flat, "_shapes"):
@@ -128,7 +130,7 @@ def full_shapes(model: nn.Module, params: Sequence[torch.Tensor]) -> list[torch.
         for q, shape in zip(getattr(flat, "_params", None) or (), flat._shapes):
             shapes[id(q)] = shape
         shapes[id(flat)] = getattr(flat, "_unpadded_unsharded_size", flat.shape)
-    return [shapes.get(id(p), p.shape) for p in params]
+    return {i: shapes[id(p)] for i, p in enumerate(params) if id(p) in shapes}
 
 
 def is_dtensor(t: Any) -> bool:
@@ -151,11 +153,16 @@ class RankContext:
     header_group: Any = None  # a gloo group for the layout check (host numbers, no GPU sync)
     # per parameter of the model map: 1.0 where this rank's numbers count, as a device tensor
     owners: torch.Tensor | None = None
+    ddp: nn.Module | None = None  # the DistributedDataParallel module, under DDP
     _index_cache: dict[tuple[int, ...], torch.Tensor] = field(default_factory=dict, repr=False)
     _signs: dict[int, torch.Tensor] = field(default_factory=dict, repr=False)
 
     def describe(self) -> str:
         return f"{self.wrapper} on {self.world_size} ranks ({self.backend})"
+
+    def gradients_synchronised(self) -> bool:
+        """False inside DDP's no_sync(): this backward's gradients stay each rank's own."""
+        return self.ddp is None or getattr(self.ddp, "require_backward_grad_sync", True)
 
     def index(self, indices: Sequence[int]) -> torch.Tensor:
         """A device index tensor, made once per distinct list (no host→device copy a step)."""
@@ -179,8 +186,12 @@ class RankContext:
 
 def _wrapper_of(model: nn.Module, params: Sequence[torch.Tensor]) -> str | None:
     ddp = _imported("torch.nn.parallel.distributed", "DistributedDataParallel")
-    if ddp is not None and isinstance(model, ddp):
-        return "DDP"
+    outer: nn.Module | None = model
+    while ddp is not None and outer is not None:  # DDP, maybe inside other wrappers
+        if isinstance(outer, ddp):
+            return "DDP"
+        attr = wrapped_attribute(outer)
+        outer = getattr(outer, attr, None) if attr else None
     fsdp1 = _imported(
         "torch.distributed.fsdp.fully_sharded_data_parallel", "FullyShardedDataParallel"
     )
@@ -193,6 +204,17 @@ def _wrapper_of(model: nn.Module, params: Sequence[torch.Tensor]) -> str | None:
     if any(is_dtensor(p) for p in params):
         return "FSDP2"
     return None
+
+
+def _ddp_inside(model: nn.Module) -> nn.Module:
+    """The DistributedDataParallel module among `model` and the wrappers inside it."""
+    while type(model).__name__ != "DistributedDataParallel":
+        attr = wrapped_attribute(model)
+        inner = getattr(model, attr, None) if attr else None
+        if not isinstance(inner, nn.Module):
+            break
+        model = inner
+    return model
 
 
 def detect_ranks(
@@ -216,14 +238,25 @@ def detect_ranks(
             "DistributedDataParallel or FSDP: this report is this rank's own gradients "
             "(monitor the wrapped model to combine the ranks)"
         )
-    backend = str(dist.get_backend())
+    # DDP over a group of its own (process_group=...): its ranks are the job
+    group = getattr(_ddp_inside(model), "process_group", None) if wrapper == "DDP" else None
+    if group is not None and dist.get_world_size(group) == world:
+        group = None  # the default group: a gloo group beside it can be made for NCCL
+    if group is not None:
+        world = dist.get_world_size(group)
+        if world < 2:
+            return None, None
+    backend = str(dist.get_backend(group))
     on_cuda = any(p.device.type == "cuda" for p in params)
     if on_cuda and "nccl" in backend:
         device = torch.device("cuda", torch.cuda.current_device())
     else:
         device = torch.device("cpu")
-    ctx = RankContext(dist.get_rank(), world, backend, wrapper, device)
-    if device.type != "cpu":
+    ctx = RankContext(dist.get_rank(group), world, backend, wrapper, device, group)
+    ctx.ddp = _ddp_inside(model) if wrapper == "DDP" else None
+    if device.type != "cpu" and group is None:
+        # (a gloo group is made by every rank of the world: not for a group of some ranks,
+        # whose layout check then runs on the device)
         ctx.header_group = _gloo_group(dist)
     owners = [_owner(p, ctx, fsdp1) for p, fsdp1 in zip(params, _fsdp1_units(model, params))]
     ctx.owners = torch.tensor(owners, dtype=torch.float64, device=device)

@@ -139,7 +139,7 @@ def _layer_rows(
                 order=order,
                 calls=calls,
                 params=tuple(mm.param_names[i] for i in idx),
-                numel=sum(mm.param_numel[i] for i in idx),
+                numel=sum(mm.param_numel(i) for i in idx),
                 grad_norm=gn,
                 weight_norm=wn,
                 max_abs_grad=gm,

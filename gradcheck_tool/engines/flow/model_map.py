@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from .activations import ActivationSpec, activation_for_module
-from .distributed import display_names, full_shapes, original_type
+from .distributed import display_names, original_type, whole_shapes
 from .samples import ROOT
 
 # Layers whose parameters index channels in dim 1 of the activations after them (conv maps);
@@ -31,7 +31,8 @@ class Layer:
     params: list[tuple[str, nn.Parameter]]
     index: int
     param_index: list[int] = field(default_factory=list)  # positions in ModelMap.params
-    shapes: list[torch.Size] = field(default_factory=list)  # whole shapes (FSDP: unsharded)
+    # param index -> whole shape, where a parameter is a flat piece of it (FSDP1)
+    whole_shapes: dict[int, torch.Size] = field(default_factory=dict)
 
     @property
     def sparse_by_design(self) -> bool:
@@ -40,7 +41,10 @@ class Layer:
 
     @property
     def matrix_like(self) -> bool:
-        return any(len(s) >= 2 for s in self.shapes)
+        return any(
+            len(self.whole_shapes.get(i, p.shape)) >= 2
+            for i, (_, p) in zip(self.param_index, self.params)
+        )
 
 
 def may_call_activations(module: nn.Module) -> bool:
@@ -96,11 +100,11 @@ class ModelMap:
                     self.params.append(p)
                     self.param_names.append(qualname)
                     self.param_layer.append(layer.index)
-        # whole shapes and sizes: a sharded parameter's, not this rank's piece's
-        self.param_shapes = full_shapes(model, self.params)
-        self.param_numel = [s.numel() for s in self.param_shapes]
+        # whole shapes: a sharded parameter's, not this rank's piece's (read when needed: a
+        # lazy module's parameters have no shape before the first forward)
+        self.whole_shapes = whole_shapes(model, self.params)
         for layer in self.layers:
-            layer.shapes = [self.param_shapes[i] for i in layer.param_index]
+            layer.whole_shapes = self.whole_shapes
         self.modules = [m for _, m in model.named_modules()]
         self.runs_user_code = {id(m): may_call_activations(m) for m in self.modules}
         # torch's own leaf modules never turn a finite gradient into NaN/Inf
@@ -119,6 +123,11 @@ class ModelMap:
             )
             for m in self.modules
         }
+
+    def param_numel(self, i: int) -> int:
+        """Parameter i's number of elements, the whole tensor's where this rank holds a piece."""
+        shape = self.whole_shapes.get(i)
+        return shape.numel() if shape is not None else self.params[i].numel()
 
     def name(self, module: nn.Module) -> str:
         return self.names.get(id(module), type(module).__name__)

@@ -190,7 +190,7 @@ class Monitor:
         self._steps_seen += 1
         if (self._steps_seen - 1) % self.every:
             return
-        if self._ranks is not None and not getattr(module, "require_backward_grad_sync", True):
+        if self._ranks is not None and not self._ranks.gradients_synchronised():
             return  # under DDP's no_sync(): each rank's own gradients, not averaged: not recorded
         rec = self._recorder
         self._recording = self._steps_seen
