@@ -56,8 +56,17 @@ def global_batch() -> tuple[torch.Tensor, torch.Tensor]:
     return x, y
 
 
-def rank_batch(rank: int, world: int = WORLD) -> tuple[torch.Tensor, torch.Tensor]:
+def nan_batch() -> tuple[torch.Tensor, torch.Tensor]:
+    """The global batch with a NaN in one example of rank 1's half only."""
     x, y = global_batch()
+    x[GLOBAL_BATCH - 1, 3] = float("nan")
+    return x, y
+
+
+def rank_batch(
+    rank: int, world: int = WORLD, *, nan: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    x, y = nan_batch() if nan else global_batch()
     n = GLOBAL_BATCH // world
     return x[rank * n : (rank + 1) * n], y[rank * n : (rank + 1) * n]
 

@@ -108,6 +108,11 @@ def main() -> None:
     (out / f"accumulate_rank{rank}.json").write_text(
         json.dumps({"report": mon.report(), "steps": mon.steps_recorded}, default=str)
     )
+    # a NaN in rank 1's examples only: rank 0's report finds it where one process does
+    model = DistributedDataParallel(build_model())
+    with Monitor(model) as mon:
+        train(model, *rank_batch(rank, dist.get_world_size(), nan=True), steps=1)
+    (out / f"nan_rank{rank}.json").write_text(json.dumps({"report": mon.report()}))
     # ranks whose forwards differ: the steps are left out, named, and nothing hangs
     torch.manual_seed(0)
     model = DistributedDataParallel(Diverging().double())

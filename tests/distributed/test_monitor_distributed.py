@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 import torch
-from dist_setup import STEPS, build_model, global_batch, rank_batch, train
+from dist_setup import STEPS, build_model, global_batch, nan_batch, rank_batch, train
 
 from gradcheck_tool import Monitor
 
@@ -61,14 +61,14 @@ def job(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         os.killpg(proc.pid, signal.SIGKILL)
         output, _ = proc.communicate()
     results = {p.stem: json.loads(p.read_text()) for p in out.glob("*.json")}
-    assert proc.returncode == 0 and len(results) == 12, output[-4000:]
+    assert proc.returncode == 0 and len(results) == 14, output[-4000:]
     return results
 
 
-def single_process(x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
+def single_process(x: torch.Tensor, y: torch.Tensor, steps: int = STEPS) -> dict[str, Any]:
     model = build_model()
     with Monitor(model) as mon:
-        train(model, x, y)
+        train(model, x, y, steps)
     return mon.report()
 
 
@@ -167,6 +167,21 @@ def test_three_collectives_per_recorded_step(job: dict[str, Any], case: str) -> 
         done = job[f"{case}_rank{rank}"]
         assert done["steps"] == STEPS
         assert done["all_reduce_calls"] == 3 * STEPS
+
+
+def test_a_nan_on_one_rank_is_found_as_on_the_global_batch(job: dict[str, Any]) -> None:
+    """A NaN in rank 1's examples: rank 0's own numbers are finite until DDP's all-reduce;
+    the combined report finds the NaN where the single process does (the forward probes
+    add up; a NaN extreme travels as a flag)."""
+    got = job["nan_rank0"]["report"]
+    want = single_process(*nan_batch(), steps=1)
+    nan = [(f["kind"], f["layer"], f["message"]) for f in want["findings"] if f["kind"] == "nan"]
+    assert nan and nan == [
+        (f["kind"], f["layer"], f["message"]) for f in got["findings"] if f["kind"] == "nan"
+    ]
+    for g, w in zip(got["layers"], want["layers"]):
+        for name in ("grad_norm", "max_abs_grad"):
+            assert str(g[name]) == str(w[name]), (g["key"], name, g[name], w[name])
 
 
 def test_calls_under_no_sync_are_counted_not_recorded(job: dict[str, Any]) -> None:
