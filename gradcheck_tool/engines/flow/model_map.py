@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from .activations import ActivationSpec, activation_for_module
+from .distributed import display_names, original_type, whole_shapes
 from .samples import ROOT
 
 # Layers whose parameters index channels in dim 1 of the activations after them (conv maps);
@@ -30,6 +31,8 @@ class Layer:
     params: list[tuple[str, nn.Parameter]]
     index: int
     param_index: list[int] = field(default_factory=list)  # positions in ModelMap.params
+    # param index -> whole shape, where a parameter is a flat piece of it (FSDP1)
+    whole_shapes: dict[int, torch.Size] = field(default_factory=dict)
 
     @property
     def sparse_by_design(self) -> bool:
@@ -38,7 +41,10 @@ class Layer:
 
     @property
     def matrix_like(self) -> bool:
-        return any(p.dim() >= 2 for _, p in self.params)
+        return any(
+            len(self.whole_shapes.get(i, p.shape)) >= 2
+            for i, (_, p) in zip(self.param_index, self.params)
+        )
 
 
 def may_call_activations(module: nn.Module) -> bool:
@@ -47,7 +53,7 @@ def may_call_activations(module: nn.Module) -> bool:
     calls F.relu), no for torch's leaf modules (nn.Linear; nn.ReLU is measured by its hook)
     and pure containers, during which the TorchFunctionMode is suspended: it costs a Python
     call per torch function."""
-    if not type(module).__module__.startswith("torch."):
+    if not original_type(module).__module__.startswith("torch."):
         return True
     if isinstance(module, (nn.Sequential, nn.ModuleList, nn.ModuleDict)):
         return False
@@ -55,7 +61,10 @@ def may_call_activations(module: nn.Module) -> bool:
 
 
 class ModelMap:
-    """Names, layers, parameters and activation specs of one model, computed once."""
+    """Names, layers, parameters and activation specs of one model, computed once. Names
+    leave out the segments of wrappers (DDP's `module.`, FSDP1's `_fsdp_wrapped_module.`,
+    checkpoint and compile wrappers) and type names FSDP2's made-up `FSDP<Name>` classes, so
+    that a wrapped model reads as the model itself."""
 
     def __init__(self, model: nn.Module) -> None:
         self.root = model
@@ -67,9 +76,13 @@ class ModelMap:
         self.params: list[nn.Parameter] = []
         self.param_names: list[str] = []
         self.param_layer: list[int] = []
+        self.type_names: dict[int, str] = {}
         seen: set[int] = set()
-        for name, module in model.named_modules():
+        shown = display_names(model)
+        for _, module in model.named_modules():
+            name = shown.get(id(module), "")
             self.names[id(module)] = name
+            self.type_names[id(module)] = original_type(module).__name__
             self.depth[id(module)] = name.count(".") + 1 if name else 0
             self.specs[id(module)] = activation_for_module(module)
             own = []
@@ -87,11 +100,17 @@ class ModelMap:
                     self.params.append(p)
                     self.param_names.append(qualname)
                     self.param_layer.append(layer.index)
+        # whole shapes: a sharded parameter's, not this rank's piece's (read when needed: a
+        # lazy module's parameters have no shape before the first forward)
+        self.whole_shapes = whole_shapes(model, self.params)
+        for layer in self.layers:
+            layer.whole_shapes = self.whole_shapes
         self.modules = [m for _, m in model.named_modules()]
         self.runs_user_code = {id(m): may_call_activations(m) for m in self.modules}
         # torch's own leaf modules never turn a finite gradient into NaN/Inf
         self.trusted_backward = {
-            id(m): type(m).__module__.startswith("torch.") and next(m.children(), None) is None
+            id(m): original_type(m).__module__.startswith("torch.")
+            and next(m.children(), None) is None
             for m in self.modules
         }
         # what the hooks need per module, in one lookup: name, depth, activation spec, layer
@@ -104,6 +123,11 @@ class ModelMap:
             )
             for m in self.modules
         }
+
+    def param_numel(self, i: int) -> int:
+        """Parameter i's number of elements, the whole tensor's where this rank holds a piece."""
+        shape = self.whole_shapes.get(i)
+        return shape.numel() if shape is not None else self.params[i].numel()
 
     def name(self, module: nn.Module) -> str:
         return self.names.get(id(module), type(module).__name__)
