@@ -7,7 +7,7 @@ import dataclasses
 import math
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 from torch import nn
@@ -35,6 +35,9 @@ from .recorder import Recorder
 from .samples import StepSample, label
 from .step import read_back
 from .thresholds import FlowThresholds
+
+if TYPE_CHECKING:
+    from .distributed_flow import Shard
 
 # flow may run where check can't (no float64 on MPS): on the model's own dtype and device
 ALLOWED_DEVICES = ("cpu", "cuda", "mps")
@@ -96,10 +99,15 @@ def run_flow(
     found_by: str = "",
     folder: Path | None = None,
     device: str | torch.device | None = None,
+    shard: Shard | None = None,
 ) -> FlowReport:
     """flow() on inputs already split into (args, kwargs); the CLI's entry point.
 
-    `device` moves the copy and the inputs (default: where the model already lives)."""
+    `device` moves the copy and the inputs (default: where the model already lives).
+    `shard` (`flow --nproc`, distributed_flow.py): the inputs are this process's rows of a
+    batch split across processes under DDP; the projection loss is the whole batch's,
+    restricted to these rows, and the report gives the whole batch's size (Note [a batch
+    split across processes])."""
     optimizer, lr = _checked_options(model, steps, optimizer, lr)
     th = thresholds or FlowThresholds()
     started = time.perf_counter()
@@ -135,10 +143,13 @@ def run_flow(
             th=th,
             functional=functional,
             folder=folder,
+            shard=shard,
         )
 
     first = first_tensor((args, kwargs))
     batch = int(first.shape[0]) if first is not None and first.dim() >= 1 else None
+    if shard is not None:
+        batch = shard.total
     loss_kind = "loss_fn" if loss_fn is not None else "projection"
     overfit = overfit_verdict(samples, loss_kind, th, steps)
     if len(samples) < steps:
@@ -243,6 +254,7 @@ def _train_and_measure(
     th: FlowThresholds,
     functional: bool,
     folder: Path | None,
+    shard: Shard | None = None,
 ) -> tuple[list[StepSample], list[str], set[str]]:
     """Measure `steps` steps on the copy, stepping the optimizer between them; stops at the
     first step with a non-finite value."""
@@ -257,7 +269,7 @@ def _train_and_measure(
             if optimizer == "sgd"
             else torch.optim.Adam(trainable, lr=lr)
         )
-    step_loss = _StepLoss(loss_fn, seed, folder)
+    step_loss = _StepLoss(loss_fn, seed, folder, shard)
     samples: list[StepSample] = []
     warnings: list[str] = []
     # the update of each step, through the same optimizer hooks as the Monitor's (p.grad is
@@ -334,8 +346,15 @@ class _StepLoss:
     """The scalar loss of a step: the user's `loss_fn(output, *inputs)` (its terms summed), or
     a seeded random projection of the output, made at the first step."""
 
-    def __init__(self, loss_fn: Callable[..., Any] | None, seed: int, folder: Path | None):
+    def __init__(
+        self,
+        loss_fn: Callable[..., Any] | None,
+        seed: int,
+        folder: Path | None,
+        shard: Shard | None = None,
+    ):
         self.loss_fn = loss_fn
+        self.shard = shard
         self.seed = seed
         self.folder = folder
         self.user: UserLoss | None = None
@@ -352,8 +371,11 @@ class _StepLoss:
             leaves = [t for _, t in floating_leaves(output)]
             dtype = leaves[0].dtype if leaves else torch.float32
             # the loss flow reports is the plain projection of the output, every output in it
+            reference = output if self.shard is None else self.shard.whole_batch(output)
             self.projection = ProjectionLoss(
-                output, self.seed, dtype, differenced=False, skip_nondifferentiable=False
+                reference, self.seed, dtype, differenced=False, skip_nondifferentiable=False
             )
+            if self.shard is not None:  # this process's rows of the whole batch's projection
+                self.projection.projections = self.shard.own_rows(self.projection.projections)
         loss, _ = self.projection(output, args, kwargs)
         return loss.reshape(())
