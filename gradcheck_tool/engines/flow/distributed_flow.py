@@ -537,12 +537,17 @@ def _ended_by(exc: Exception) -> dict[str, Any]:
     (run_flow names a failed backward as the user's), then the user's error, then ours."""
     failed = _collective_failure(exc)
     if failed is not None:
-        status = "timeout" if "timed out" in str(failed).lower() else "collective"
+        text = str(failed).lower()
+        status = "timeout" if "timed out" in text or "timeout" in text else "collective"
         return {"status": status, "message": f"{type(failed).__name__}: {failed}"}
     if isinstance(exc, GradtoolError):
         return {"status": "user", "message": exc.message, "hint": exc.hint}
     text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     return {"status": "internal", "message": f"{type(exc).__name__}: {exc}\n{text}"}
+
+
+# what gloo's and NCCL's errors say when a peer ended or stopped responding
+_COLLECTIVE_WORDS = ("gloo", "nccl", "connection closed", "pair closure", "timed out", "timeout")
 
 
 def _collective_failure(exc: BaseException) -> BaseException | None:
@@ -553,8 +558,7 @@ def _collective_failure(exc: BaseException) -> BaseException | None:
         seen.add(id(current))
         text = str(current).lower()
         if isinstance(current, torch.distributed.DistError) or (
-            isinstance(current, RuntimeError)
-            and any(w in text for w in ("gloo", "nccl", "connection closed", "timed out"))
+            isinstance(current, RuntimeError) and any(w in text for w in _COLLECTIVE_WORDS)
         ):
             return current
         current = current.__cause__ or current.__context__
