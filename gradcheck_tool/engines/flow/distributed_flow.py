@@ -152,7 +152,10 @@ def run_flow_nproc(
     nproc = _checked_nproc(nproc)
     fail_on = o.get("fail_on") or ()
     fatal = parse_fail_on(fail_on if isinstance(fail_on, str) else ",".join(fail_on))
-    plan = _plan(target, o, nproc)
+    from ...loading import scope_for
+
+    with scope_for(target):  # the user's folder importable while their code runs
+        plan = _plan(target, o, nproc)
     job = {
         "target": target,
         "weights": o.get("weights"),
@@ -178,7 +181,10 @@ def run_flow_nproc(
 def _checked_nproc(nproc: Any) -> int:
     from ...options import at_least
 
-    return at_least("nproc", nproc, 1)
+    nproc = at_least("nproc", nproc, 1)
+    if not torch.distributed.is_available():
+        raise OptionError("nproc", "needs torch.distributed, which this build of torch lacks")
+    return nproc
 
 
 def _plan(target: str, o: dict[str, Any], nproc: int) -> _Plan:
