@@ -376,9 +376,10 @@ def _launch(folder: Path, nproc: int, backend: str) -> int:
         str(folder),
     ]
     env = dict(os.environ)
-    # the processes import this gradtool, wherever it was imported from
-    root = str(Path(__file__).resolve().parents[3])
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    # the processes import this gradtool, wherever it was imported from (a checkout too)
+    root = Path(__file__).resolve().parents[3]
+    if root.name not in ("site-packages", "dist-packages"):
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), env.get("PYTHONPATH")) if p)
     if "OMP_NUM_THREADS" not in env:  # torchrun would set 1 (and say so)
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc))
     with open(folder / "launcher.log", "wb") as log:
