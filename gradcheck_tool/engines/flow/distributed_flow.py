@@ -145,6 +145,7 @@ def run_flow_nproc(
     caused (exit 2: the batch does not split, a rank's exception, a rank that hangs longer
     than `collective_timeout` seconds in a collective), RuntimeError for an internal failure,
     KeyboardInterrupt (after stopping every process) when interrupted."""
+    from ...loading import scope_for
     from .findings import finding_kinds, parse_fail_on
 
     started = time.perf_counter()
@@ -152,8 +153,6 @@ def run_flow_nproc(
     nproc = _checked_nproc(nproc)
     fail_on = o.get("fail_on") or ()
     fatal = parse_fail_on(fail_on if isinstance(fail_on, str) else ",".join(fail_on))
-    from ...loading import scope_for
-
     with scope_for(target):  # the user's folder importable while their code runs
         plan = _plan(target, o, nproc)
     job = {
@@ -226,13 +225,16 @@ def _plan(target: str, o: dict[str, Any], nproc: int) -> _Plan:
             "have no tensor with a batch dimension"
         )
     total = int(first.shape[0])
-    if total % nproc:
+    if total % nproc or total < nproc:
         raise OptionError(
             "nproc",
             f"{nproc} cannot split the batch of {total} examples into equal parts (dim 0 of "
             f"the inputs); give a batch that is a multiple of {nproc}",
         )
     folder = loaded.path.resolve().parent
+    home = home_device(model)
+    if home is not None:  # as run_flow does: the inputs go where the model lives
+        args, kwargs = map_tensors(lambda t: t.to(home), (args, kwargs))
     with preserved_state():
         RngState.seeded(seed).restore()
         work = copy_of_model(model).train()
