@@ -25,8 +25,7 @@ def resolve_step(p: PendingStep, mm: ModelMap) -> StepSample:
     bwd_norms = [math.sqrt(n) for n in values[step.BACKWARD_SQ.name]]
     out_sq, out_numel = _output_signal(p, bwd_norms)
     rows, no_grad = _layer_rows(p, mm, weights, grad_norm, grad_max, out_sq, out_numel)
-    counts = [round(c) for c in values[step.ACTIVATION_COUNTS.name]]
-    rows.extend(_activation_rows(p.acts, counts))
+    rows.extend(_activation_rows(p.acts, _activation_counts(p, values)))
     rows.sort(key=lambda r: r.order)
 
     nan = first_nan_site(
@@ -128,7 +127,7 @@ def _layer_rows(
         rows.append(
             LayerStats(
                 name=layer.name,
-                type=type(layer.module).__name__,
+                type=mm.type_names[id(layer.module)],
                 kind="layer",
                 key=layer.name or ROOT,
                 order=order,
@@ -155,9 +154,35 @@ def _layer_rows(
     return rows, no_grad
 
 
-def _activation_rows(acts: list[ActCall], counts: list[int]) -> list[LayerStats]:
+def _activation_counts(p: PendingStep, values: dict[str, list[float]]) -> list[tuple[int, int]]:
+    """Per field of each activation call, in order: (count, out of how many). A distributed
+    step has per-unit masks (combined across ranks, then counted here) and saturated counts
+    with their totals; a single process's are counts of its own `units`/`numel`."""
+    if not p.unit_masks:
+        counts = [round(c) for c in values[step.ACTIVATION_COUNTS.name]]
+        out, k = [], 0
+        for a in p.acts:
+            for f in a.fields:
+                out.append((counts[k], a.numel if f == "saturated" else a.units))
+                k += 1
+        return out
+    masks, saturation = values[step.UNIT_MASKS.name], values[step.SATURATION_COUNTS.name]
+    out, j, k = [], 0, 0
+    for a in p.acts:
+        for f in a.fields:
+            if f == "saturated":
+                out.append((round(saturation[k]), round(saturation[k + 1])))
+                k += 2
+                continue
+            fired = round(sum(masks[j : j + a.units]))  # units that fired / were ever ≥ 0
+            j += a.units
+            out.append((fired if f == "alive" else a.units - fired, a.units))
+    return out
+
+
+def _activation_rows(acts: list[ActCall], counts: list[tuple[int, int]]) -> list[LayerStats]:
     """One row per activation call; a base key seen more than once is one row per call,
-    numbered. `counts` are the calls' device counts, in the order of their `fields`."""
+    numbered. `counts`: (count, out of) for each call's `fields`, in order."""
     totals: dict[str, int] = {}
     for a in acts:
         totals[a.base_key] = totals.get(a.base_key, 0) + 1
@@ -167,18 +192,14 @@ def _activation_rows(acts: list[ActCall], counts: list[int]) -> list[LayerStats]
     for a in acts:
         call = seen_calls[a.base_key] = seen_calls.get(a.base_key, 0) + 1
         n = totals[a.base_key]
-        stats = {"dead": None, "inactive": None, "saturated": None}
+        frac: dict[str, float | None] = {"dead": None, "inactive": None, "saturated": None}
         for f in a.fields:
+            count, total = counts[k]
             if f == "alive":
-                stats["dead"] = a.units - counts[k]
+                frac["dead"] = (a.units - count) / a.units
             else:
-                stats[f] = counts[k]
+                frac[f] = count / total if total else 0.0
             k += 1
-        frac = {
-            "dead": stats["dead"] / a.units if stats["dead"] is not None else None,
-            "inactive": stats["inactive"] / a.units if stats["inactive"] is not None else None,
-            "saturated": stats["saturated"] / a.numel if stats["saturated"] is not None else None,
-        }
         rows.append(
             LayerStats(
                 name=a.name,

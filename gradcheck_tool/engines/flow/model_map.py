@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from .activations import ActivationSpec, activation_for_module
+from .distributed import display_names, original_type
 from .samples import ROOT
 
 # Layers whose parameters index channels in dim 1 of the activations after them (conv maps);
@@ -47,7 +48,7 @@ def may_call_activations(module: nn.Module) -> bool:
     calls F.relu), no for torch's leaf modules (nn.Linear; nn.ReLU is measured by its hook)
     and pure containers, during which the TorchFunctionMode is suspended: it costs a Python
     call per torch function."""
-    if not type(module).__module__.startswith("torch."):
+    if not original_type(module).__module__.startswith("torch."):
         return True
     if isinstance(module, (nn.Sequential, nn.ModuleList, nn.ModuleDict)):
         return False
@@ -55,7 +56,10 @@ def may_call_activations(module: nn.Module) -> bool:
 
 
 class ModelMap:
-    """Names, layers, parameters and activation specs of one model, computed once."""
+    """Names, layers, parameters and activation specs of one model, computed once. Names
+    leave out the segments of wrappers (DDP's `module.`, FSDP1's `_fsdp_wrapped_module.`,
+    checkpoint and compile wrappers) and type names FSDP2's made-up `FSDP<Name>` classes, so
+    that a wrapped model reads as the model itself."""
 
     def __init__(self, model: nn.Module) -> None:
         self.root = model
@@ -67,9 +71,13 @@ class ModelMap:
         self.params: list[nn.Parameter] = []
         self.param_names: list[str] = []
         self.param_layer: list[int] = []
+        self.type_names: dict[int, str] = {}
         seen: set[int] = set()
-        for name, module in model.named_modules():
+        shown = display_names(model)
+        for _, module in model.named_modules():
+            name = shown.get(id(module), "")
             self.names[id(module)] = name
+            self.type_names[id(module)] = original_type(module).__name__
             self.depth[id(module)] = name.count(".") + 1 if name else 0
             self.specs[id(module)] = activation_for_module(module)
             own = []
@@ -91,7 +99,8 @@ class ModelMap:
         self.runs_user_code = {id(m): may_call_activations(m) for m in self.modules}
         # torch's own leaf modules never turn a finite gradient into NaN/Inf
         self.trusted_backward = {
-            id(m): type(m).__module__.startswith("torch.") and next(m.children(), None) is None
+            id(m): original_type(m).__module__.startswith("torch.")
+            and next(m.children(), None) is None
             for m in self.modules
         }
         # what the hooks need per module, in one lookup: name, depth, activation spec, layer

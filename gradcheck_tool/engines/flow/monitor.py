@@ -15,6 +15,7 @@ from ..._version import __version__
 from ...errors import InputError
 from ...options import at_least
 from ...results import FlowReport
+from .distributed import RankContext, detect_ranks, model_type_name, reduce_across_ranks
 from .findings import detect_findings
 from .findings.nan import skipped_steps
 from .layer_rows import history, parameter_grad_max, resolve_step
@@ -68,6 +69,15 @@ class Monitor:
     are ignored): how far it moved each layer, which parameters it left alone, and whether the
     next backward adds to its gradient (optim_watch.py). On exit the model has no hook left
     from the monitor, and no optimizer hook either.
+
+    In a distributed job (a DistributedDataParallel or FSDP model, every rank entering its
+    Monitor), each recorded step is combined across ranks when the next one begins (Note
+    [reducing a step across ranks] in step.py): the report is the job's, the gradients
+    after DDP's all-reduce, the whole of FSDP's sharded tensors, dead units over the global
+    batch. Rank 0 gets it; the other ranks get None, or the same report with
+    `all_ranks=True`. The report covers the steps finished so far: a step is finished when
+    the model is called again or the `with` block ends (a report never runs a collective,
+    so rank 0 alone may ask for one).
     """
 
     def __init__(
@@ -80,13 +90,14 @@ class Monitor:
         thresholds: FlowThresholds | None = None,
         name: str | None = None,
         flush_every: int = 64,
+        all_ranks: bool = False,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise InputError(f"Monitor needs an nn.Module; got {type(model).__name__}")
         self.model = model
         self.every = at_least("every", every, 1)
         self.thresholds = thresholds or FlowThresholds()
-        self.name = name or type(model).__name__
+        self.name = name or model_type_name(model)
         self.flush_every = flush_every
         self._functional = functional
         self._check_finite = check_finite
@@ -103,17 +114,24 @@ class Monitor:
         self._active = False
         self._started = 0.0
         self._errors: list[str] = []
+        self.all_ranks = all_ranks  # distributed: every rank gets the report, not only rank 0
+        self._ranks: RankContext | None = None
+        self._uncombined = 0  # recorded steps left out: the ranks' layouts differed
 
     # context manager
     def __enter__(self) -> Monitor:
         if self._active:
             raise InputError("this Monitor is already active")
         self._mm = ModelMap(self.model)
+        self._ranks, note = detect_ranks(self.model, self._mm.params)
+        if note is not None:
+            self._errors.append(note)
         self._recorder = Recorder(
             self._mm,
             functional=self._functional,
             check_finite=self._check_finite,
             hook_param_grads=True,
+            ranks=self._ranks,
         )
         self._recorder.saturation_margin = self.thresholds.saturation_margin
         self._recorder.on_root_return = self._on_model_return
@@ -135,7 +153,8 @@ class Monitor:
         try:
             if self._in_forward:  # left from inside the model's forward
                 self._on_model_return(None)
-            self._finish_step()
+            # after an exception no collective: the other ranks may not be here
+            self._finish_step(final=exc[0] is None)
         finally:
             self._active = False
             while self._root_handles:
@@ -188,26 +207,47 @@ class Monitor:
             rec.begin()
             self._recording = None
 
-    def _finish_step(self) -> None:
+    def _finish_step(self, final: bool = False) -> None:
         if self._recording is None:
+            if final and self._ranks is not None:  # the last optimizer records
+                reduce_across_ranks(self._watch.unread(True), self._ranks)
             return
         step, self._recording = self._recording, None
-        self._steps.append(self._recorder.collect(step, None))
+        pending = self._recorder.collect(step, None)
+        if self._ranks is not None:
+            # combined across ranks with the optimizer records complete by now, in the same
+            # collectives; a step whose layouts differ across ranks is left out
+            if not reduce_across_ranks([pending, *self._watch.unread(final)], self._ranks):
+                self._uncombined += 1
+                return
+        self._steps.append(pending)
         unread = len(self._steps) - len(self._samples)
         if unread >= self.flush_every:  # bound the device memory held by unread steps
             read_back([*self._steps[len(self._samples) :], *self._watch.unread(False)])
 
     # results
-    def flow_report(self) -> FlowReport:
-        """What was measured so far, as a FlowReport (history: every recorded step)."""
+    def flow_report(self) -> FlowReport | None:
+        """What was measured so far, as a FlowReport (history: every recorded step). In a
+        distributed job: on rank 0 (every rank with `all_ranks`), else None."""
         if self._mm is None:
             raise InputError("the Monitor has not been entered: use `with Monitor(model) as mon:`")
-        if self._recording is not None and not self._in_forward and self._recorder.state.grads_seen:
+        ranks = self._ranks
+        if ranks is not None and ranks.rank != 0 and not self.all_ranks:
+            return None
+        if (
+            ranks is None
+            and self._recording is not None
+            and not self._in_forward
+            and self._recorder.state.grads_seen
+        ):
             self._finish_step()  # the last step's backward has run: include it
         first = len(self._samples)
         new = self._steps[first:]
+        records = self._watch.unread(not self._active)
+        if ranks is not None:  # only what has been combined across ranks
+            records = [r for r in records if r.reduced]
         # one transfer for every step (and optimizer step) not read back yet
-        read_back([*new, *self._watch.unread(not self._active)])
+        read_back([*new, *records])
         self._samples.extend(resolve_step(p, self._mm) for p in new)
         # each sample gets its optimizer record once that is read back: the current step's
         # stays open while its optimizer steps may still come, and is applied at a later
@@ -239,7 +279,13 @@ class Monitor:
                 f"applied (steps {steps}), as a GradScaler skips an overflowing step; training "
                 "went on with finite values, so this is no finding"
             )
-        if not samples:
+        if self._uncombined:
+            warnings.append(
+                f"{self._uncombined} recorded step(s) left out: the ranks' forwards took "
+                "different paths (other layers or activations ran), so their numbers could "
+                "not be combined"
+            )
+        if not samples and not self._uncombined:
             warnings.append(
                 "no step recorded yet: call the model (with grad enabled) inside the `with` block"
             )
@@ -261,7 +307,7 @@ class Monitor:
                 if samples
                 else ()
             ),
-            found_by="Monitor",
+            found_by="Monitor" if ranks is None else f"Monitor, {ranks.describe()}",
             source="monitor",
             dtype=dtype,
             device=str(device),
@@ -281,8 +327,12 @@ class Monitor:
         the findings with their evidence and fixes (to stdout unless `file`)."""
         from ...formats import OutputFormat, write
 
-        write(self.flow_report(), OutputFormat.TABLE, file or sys.stdout, width=width)
+        report = self.flow_report()
+        if report is not None:  # (a distributed job's other ranks print nothing)
+            write(report, OutputFormat.TABLE, file or sys.stdout, width=width)
 
-    def report(self) -> dict[str, Any]:
-        """The same dict as `gradtool flow --json`, plus the per-step history."""
-        return self.flow_report().to_dict()
+    def report(self) -> dict[str, Any] | None:
+        """The same dict as `gradtool flow --json`, plus the per-step history (None on a
+        distributed job's other ranks, unless `all_ranks`)."""
+        report = self.flow_report()
+        return report.to_dict() if report is not None else None

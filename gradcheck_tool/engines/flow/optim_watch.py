@@ -55,7 +55,7 @@ from .step import (
     StepLayout,
     pack,
 )
-from .tensor_stats import extremes, grad_accumulator, sq_norm
+from .tensor_stats import extremes, grad_accumulator, local, sq_norm
 
 
 @dataclass
@@ -79,6 +79,15 @@ class OptimizerRecord:
     layout: StepLayout = StepLayout((), ())
     parts: list[torch.Tensor] = field(default_factory=list)
     host: list[float] | None = None
+    reduced: bool = False  # combined across ranks (distributed.reduce_across_ranks)
+
+    def parameter_indices(self, segment: str) -> list[int]:
+        """Which parameter each number of a `per_parameter` segment is about."""
+        return self.suspects if segment == STALE_SQ.name else self.measured
+
+    def structure(self) -> tuple:
+        """What the numbers are about, for comparing layouts across ranks."""
+        return (self.step, self.layout.lengths, tuple(self.measured), tuple(self.suspects))
 
     def seal(self) -> None:
         """Pack the device numbers for read_back (once; nothing is added afterwards)."""
@@ -241,7 +250,7 @@ class OptimizerWatch:
                 self._note_groups(rec, opt, pairs, lrs)
             if moving:
                 # one copy of what the step will update (foreach: one call for every tensor)
-                now = [self.params[i].detach() for i in moving]
+                now = [local(self.params[i].detach()) for i in moving]
                 before = self._copy_buffer(tuple(moving), now)
                 torch._foreach_copy_(before, now)
                 self._open[id(opt)] = (None if closure else rec, moving, before)
@@ -298,7 +307,7 @@ class OptimizerWatch:
                     else:
                         rec = None
                 if rec is not None and moving:
-                    after = [self.params[i].detach() for i in moving]
+                    after = [local(self.params[i].detach()) for i in moving]
                     for w in after:  # (an empty parameter has none: 0, 0)
                         rec.weight_extremes.extend(
                             extremes(w) if w.numel() else (w.new_zeros(()),) * 2

@@ -6,10 +6,11 @@ nothing is set on the user's modules or parameters.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Callable, NamedTuple
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple
 
 import torch
 from torch import nn
@@ -37,12 +38,25 @@ from .step import (
     GRAD_MIN,
     GRAD_SQ,
     LOSS,
+    SATURATION_COUNTS,
+    UNIT_MASKS,
     WEIGHT_SQ,
     PendingStep,
     pack,
 )
-from .tensor_stats import dense, extremes, finite_probe, floating, grad_accumulator, sq_norm
+from .tensor_stats import (
+    dense,
+    extremes,
+    finite_probe,
+    floating,
+    grad_accumulator,
+    local,
+    sq_norm,
+)
 from .thresholds import SATURATION_MARGIN
+
+if TYPE_CHECKING:
+    from .distributed import RankContext
 
 
 @dataclass
@@ -80,6 +94,10 @@ class StepState:
     unit_layout: str | None = None  # "channel" | "feature": the last layer's output
     acts: list[ActCall] = field(default_factory=list)
     act_counts: list[torch.Tensor] = field(default_factory=list)
+    # a distributed recorder's instead (Note [reducing a step across ranks] in step.py)
+    unit_masks: list[torch.Tensor] = field(default_factory=list)
+    saturation_counts: list[torch.Tensor] = field(default_factory=list)
+    backward_end_queued: bool = False  # distributed: the end-of-backward reading is queued
     fwd: list[FwdEvent] = field(default_factory=list)
     fwd_flags: list[torch.Tensor] = field(default_factory=list)
     bwd_roles: list[list[tuple]] = field(default_factory=list)
@@ -123,9 +141,13 @@ class Recorder:
         functional: bool = True,
         check_finite: bool = True,
         hook_param_grads: bool = False,
+        ranks: RankContext | None = None,
     ) -> None:
         self.mm = mm
         self.hook_param_grads = hook_param_grads
+        # in a distributed job (distributed.py): gradients read once the backward is complete
+        # (after DDP's all-reduce, FSDP's reduce-scatter), activations as per-unit masks
+        self.ranks = ranks
         self.functional = functional
         self.check_finite = check_finite
         self.saturation_margin = SATURATION_MARGIN
@@ -174,22 +196,47 @@ class Recorder:
     def measure_weights(self, indices: Sequence[int]) -> None:
         params, wn = self.mm.params, self.state.wn
         for i in indices:
-            wn[i] = sq_norm(params[i].detach())  # detached: no graph
+            wn[i] = sq_norm(local(params[i].detach()))  # detached: no graph
 
     def measure_grads(self, grads: list[torch.Tensor | None]) -> None:
         """Statistics of the gradients as they stand (flow(): p.grad after the backward)."""
         st = self.state
         indices = [i for i, g in enumerate(grads) if g is not None]
-        dense_grads = [dense(grads[i]).detach() for i in indices]
+        dense_grads = [dense(local(grads[i])).detach() for i in indices]
         for i, g in zip(indices, dense_grads):
             st.gn[i] = sq_norm(g)
-            st.glo[i], st.ghi[i] = extremes(g)
+            st.glo[i], st.ghi[i] = shard_extremes(g) if self.ranks else extremes(g)
         st.grads_seen = True
+
+    def _queue_backward_end(self, st: StepState) -> None:
+        """Distributed: read the gradients when the backward is complete. Callbacks queued
+        while the backward runs (DDP's and FSDP's, which wait for their collectives and write
+        .grad) run in order at its end; ours queues a second one from there, which runs after
+        all of them."""
+        st.backward_end_queued = True
+        engine = torch.autograd.Variable._execution_engine
+        engine.queue_callback(lambda: engine.queue_callback(partial(self._backward_end, st)))
+
+    def _backward_end(self, st: StepState) -> None:
+        """The true gradients of this step: .grad after the wrappers' collectives (each rank's
+        shard of an FSDP one); combined across ranks with the rest of the step."""
+
+        def measure() -> None:
+            params = self.mm.params
+            self.measure_grads([p.grad if p.requires_grad else None for p in params])
+            for i, g in enumerate(st.gn):
+                if g is not None and st.wn[i] is None:
+                    st.wn[i] = sq_norm(local(params[i].detach()))
+
+        if st is self.state:
+            self._guard(measure)
 
     def _hook_grads(self, layer: Layer) -> None:
         """Monitor: read each parameter's gradient the moment the backward produces it, while
         it is still in cache, from a pre-hook on its AccumulateGrad node (nothing is put on
         the parameter itself)."""
+        if self.ranks is not None:
+            return  # distributed: read when the backward is complete (_backward_end)
         for i in layer.param_index:
             p = self.mm.params[i]
             if not p.requires_grad or is_lazy(p):
@@ -315,7 +362,7 @@ class Recorder:
             if layer is not None:  # e.g. PReLU: a layer row already has this name
                 base = f"{base}:{spec.name}"
             bounds = saturation_bounds(spec, module, (), {})
-            self._measure(leaves[0], spec, name, type(module).__name__, None, base, bounds)
+            self._measure(leaves[0], spec, name, self.mm.type_names[id(module)], None, base, bounds)
         role = ("out", name, parent, depth, layer is not None)
         for t in leaves:
             # a registered activation maps finite values to finite values: its output needs
@@ -406,6 +453,7 @@ class Recorder:
         else:
             unit_dim, unit = y.dim() - 1, "feature"
         counts = st.act_counts
+        masks = self.ranks is not None  # per-unit masks, combined across ranks before counting
         fields: list[str] = []
         # one reduction over the batch per statistic: a unit is alive when its largest |output|
         # is not 0, active when its largest output is ≥ 0 (counted on the device)
@@ -414,11 +462,18 @@ class Recorder:
         y = y.detach()
         if spec.dead == "zero":
             peak = y if spec.nonnegative else y.abs()
-            counts.append(torch.count_nonzero(peak.amax(dim=dims) if dims != () else peak))
+            peak = peak.amax(dim=dims) if dims != () else peak
+            if masks:  # 1 where the unit fired
+                st.unit_masks.append((peak != 0).to(torch.int64))
+            else:
+                counts.append(torch.count_nonzero(peak))
             fields.append("alive")
         elif spec.dead == "negative":
             peak = y.amax(dim=dims) if dims != () else y
-            counts.append(torch.count_nonzero(peak < 0))
+            if masks:  # 1 where the unit was ever ≥ 0 (or NaN, as a count would leave it)
+                st.unit_masks.append((peak < 0).logical_not_().to(torch.int64))
+            else:
+                counts.append(torch.count_nonzero(peak < 0))
             fields.append("inactive")
         if bounds is not None:
             lo, hi = bounds
@@ -426,11 +481,16 @@ class Recorder:
                 # |y - centre| ≥ half-range - margin: within the margin of either asymptote
                 centre, half = (lo + hi) / 2, (hi - lo) / 2
                 edge = half - self.saturation_margin * (hi - lo)
-                counts.append(torch.count_nonzero((y - centre).abs_() >= edge))
+                saturated = torch.count_nonzero((y - centre).abs_() >= edge)
             elif hi is not None:
-                counts.append(torch.count_nonzero(y >= hi - self.saturation_margin * abs(hi)))
+                saturated = torch.count_nonzero(y >= hi - self.saturation_margin * abs(hi))
             else:
-                counts.append(torch.count_nonzero(y <= lo + self.saturation_margin * abs(lo)))
+                saturated = torch.count_nonzero(y <= lo + self.saturation_margin * abs(lo))
+            if masks:  # with its total: the ranks' batches may differ in size
+                total = torch.full((), y.numel(), dtype=torch.int64, device=y.device)
+                st.saturation_counts.extend((saturated, total))
+            else:
+                counts.append(saturated)
             fields.append("saturated")
         if fields:
             st.acts.append(
@@ -456,6 +516,8 @@ class Recorder:
     def _on_grad(self, index: int, grad: torch.Tensor) -> None:
         try:
             st = self.state
+            if self.ranks is not None and not st.backward_end_queued:
+                self._queue_backward_end(st)
             grad = grad.detach()
             st.bwd.append(index)
             if st.bwd_wants_norm[index]:
@@ -487,6 +549,8 @@ class Recorder:
                 BACKWARD_PROBES.name: st.bwd_flags,
                 BACKWARD_SQ.name: st.bwd_norms,
                 ACTIVATION_COUNTS.name: st.act_counts,
+                UNIT_MASKS.name: st.unit_masks,
+                SATURATION_COUNTS.name: st.saturation_counts,
             }
         )
         pending = PendingStep(
@@ -502,10 +566,20 @@ class Recorder:
             bwd_numel=st.bwd_numel,
             layer_order=st.layer_order,
             layer_calls=st.layer_calls,
+            unit_masks=self.ranks is not None,
         )
         self.detach_tensors()
         self.begin()
         return pending
+
+
+def shard_extremes(g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A shard's (min, max); an empty shard (FSDP pads a small tensor's last ranks) is
+    (+inf, -inf), which the MIN/MAX across ranks leaves out."""
+    if g.numel():
+        return extremes(g)
+    inf = g.new_full((), math.inf, dtype=g.real.dtype if g.is_complex() else g.dtype)
+    return inf, -inf
 
 
 class ActivationCalls(TorchFunctionMode):

@@ -22,21 +22,34 @@ if TYPE_CHECKING:
 
 
 class Reduction(str, Enum):
-    """How the vectors of several processes would combine, segment by segment.
+    """How the vectors of several processes combine, segment by segment (distributed.py).
 
-    Note [reducing a step across ranks]: not used yet (each process measures its own step);
-    declared here so that a cross-process reduction is one `all_reduce` per reduction. Squared
-    norms of sharded tensors add (SUM); a gradient's extremes take MIN/MAX; a finite probe
-    adds (SUM), because a sum is non-finite iff one of its terms is, whereas MAX over a NaN is
-    not defined; the loss is each rank's mean (MEAN). The activation counts cannot be combined
-    as counts (a unit dead on one rank may fire on another): they would need per-unit masks
-    combined with MAX, so they declare none.
+    Note [reducing a step across ranks]: in a distributed job (DDP, FSDP) every rank packs
+    its step as usual; `distributed.reduce_across_ranks` then combines the ranks' vectors
+    with one `all_reduce` per kind of reduction on one packed vector (SUM, then MAX: a MIN is
+    a MAX of the negated numbers), after one small all_reduce of the vectors' sizes and a
+    fingerprint of their layout (a rank whose forward took another path would otherwise hang
+    the job, or mix numbers about different things). Squared norms of sharded tensors add
+    (SUM); a replicated tensor (a DDP parameter, its gradient after DDP's all-reduce) is
+    counted once, from the rank that owns it (`per_parameter`: the others add 0). A
+    gradient's extremes take MIN/MAX; a finite probe adds (SUM), because a sum is non-finite
+    iff one of its terms is (MAX over a NaN is not defined: the extremes carry a NaN flag
+    through the SUM). The loss is the mean of the ranks' losses (MEAN), which is the loss DDP
+    and FSDP optimise: they average gradients. The gradient reaching a layer's output is
+    each rank's own examples' gradient of its own loss, so the job's is 1/W of it
+    (AVERAGED_SQ: Σ/W²). Activation counts cannot be combined as counts (a unit dead on one
+    rank may fire on another): a distributed recorder keeps per-unit masks (UNIT_MASKS,
+    MAX: a unit that fired on any rank fired on the global batch) and saturation as counts
+    with their totals (SATURATION_COUNTS, SUM); the single-process counts declare none.
     """
 
     SUM = "sum"
-    MEAN = "mean"
+    MEAN = "mean"  # SUM / W
     MIN = "min"
     MAX = "max"
+    NORM = "norm"  # a norm: the root of the SUM of its squares
+    MIN_MAX = "min_max"  # (min, max) pairs
+    AVERAGED_SQ = "averaged_sq"  # SUM / W²
 
 
 @dataclass(frozen=True)
@@ -46,17 +59,27 @@ class Segment:
     name: str
     reduction: Reduction | None  # None: cannot be combined across processes as measured
     integer: bool = False  # counts, stacked after the floating segments
+    # one number per parameter (the item's `parameter_indices` say which): a replicated
+    # parameter's number is counted once across ranks, a sharded one's from every rank
+    per_parameter: bool = False
+    vectors: bool = False  # entries are 1-D tensors (concatenated), not 0-d ones
 
 
 LOSS = Segment("loss", Reduction.MEAN)  # 0 or 1 number: the Monitor does not see the loss
-WEIGHT_SQ = Segment("weight_sq", Reduction.SUM)  # per parameter: Σ w²
-GRAD_SQ = Segment("grad_sq", Reduction.SUM)  # per parameter with a gradient: Σ g²
+WEIGHT_SQ = Segment("weight_sq", Reduction.SUM, per_parameter=True)  # per parameter: Σ w²
+# per parameter with a gradient: Σ g²
+GRAD_SQ = Segment("grad_sq", Reduction.SUM, per_parameter=True)
 GRAD_MIN = Segment("grad_min", Reduction.MIN)  # ... its smallest entry
 GRAD_MAX = Segment("grad_max", Reduction.MAX)  # ... its largest entry
 FORWARD_PROBES = Segment("forward_probes", Reduction.SUM)  # finite iff the tensor was
 BACKWARD_PROBES = Segment("backward_probes", Reduction.SUM)  # the same, for gradients
-BACKWARD_SQ = Segment("backward_sq", Reduction.SUM)  # Σ g² at each layer's output
+BACKWARD_SQ = Segment("backward_sq", Reduction.AVERAGED_SQ)  # Σ g² at each layer's output
 ACTIVATION_COUNTS = Segment("activation_counts", None, integer=True)  # alive/inactive/saturated
+# a distributed recorder's activation statistics instead (Note [reducing a step across
+# ranks]): per unit 1 when it fired ("alive") or was ever ≥ 0 ("inactive"), and per
+# saturation field (saturated count, total count)
+UNIT_MASKS = Segment("unit_masks", Reduction.MAX, integer=True, vectors=True)
+SATURATION_COUNTS = Segment("saturation_counts", Reduction.SUM, integer=True)
 
 STEP_SEGMENTS: tuple[Segment, ...] = (
     LOSS,
@@ -67,19 +90,21 @@ STEP_SEGMENTS: tuple[Segment, ...] = (
     FORWARD_PROBES,
     BACKWARD_PROBES,
     BACKWARD_SQ,
+    UNIT_MASKS,
+    SATURATION_COUNTS,
     ACTIVATION_COUNTS,
 )
 
 
 # What the optimizer watch (optim_watch.py) measures around an optimizer step, read back in
 # the same transfer as the steps: per measured parameter ‖Δw‖ (a norm, as torch's foreach
-# norm gives it: across ranks it would combine as squares) and its extremes after the step
+# norm gives it: across ranks it combines as squares) and its extremes after the step
 # (max |w|: whether an update was representable in its dtype), and per parameter whose .grad
 # looked unzeroed at the next backward, Σ g² of that stale gradient.
-UPDATE_NORM = Segment("update_norm", None)
+UPDATE_NORM = Segment("update_norm", Reduction.NORM, per_parameter=True)
 # per measured parameter: its smallest and largest entry after the step (two numbers each)
-WEIGHT_EXTREMES = Segment("weight_extremes", None)
-STALE_SQ = Segment("stale_sq", Reduction.SUM)
+WEIGHT_EXTREMES = Segment("weight_extremes", Reduction.MIN_MAX)
+STALE_SQ = Segment("stale_sq", Reduction.SUM, per_parameter=True)
 OPTIMIZER_SEGMENTS: tuple[Segment, ...] = (UPDATE_NORM, WEIGHT_EXTREMES, STALE_SQ)
 
 
@@ -119,8 +144,9 @@ def pack(
     parts: Mapping[str, Sequence[torch.Tensor]],
     segments: Sequence[Segment] = STEP_SEGMENTS,
 ) -> tuple[StepLayout, list[torch.Tensor]]:
-    """Named groups of 0-d tensors -> the layout and the vector, as one 1-D tensor for the
-    floating segments and one for the integer ones (concatenated when read back).
+    """Named groups of 0-d tensors (1-D ones for a `vectors` segment) -> the layout and the
+    vector, as one 1-D tensor for the floating segments and one for the integer ones
+    (concatenated when read back).
 
     A segment missing from `parts` is empty; a name that is not a segment is an error.
     """
@@ -129,9 +155,21 @@ def pack(
     names = _STEP_NAMES if standard else frozenset(s.name for s in segments)
     if not names.issuperset(parts):
         raise KeyError(f"not a step segment: {', '.join(sorted(set(parts) - names))}")
-    layout = StepLayout(ordered, tuple(len(parts.get(s.name, ())) for s in ordered))
+    lengths = (
+        sum(t.numel() for t in parts.get(s.name, ())) if s.vectors else len(parts.get(s.name, ()))
+        for s in ordered
+    )
+    layout = StepLayout(ordered, tuple(lengths))
     floats = [t for s in ordered if not s.integer for t in parts.get(s.name, ())]
-    counts = [t for s in ordered if s.integer for t in parts.get(s.name, ())]
+    integer = [s for s in ordered if s.integer and parts.get(s.name)]
+    if any(s.vectors for s in integer):  # a distributed recorder's unit masks among them
+        pieces = [
+            piece
+            for s in integer
+            for piece in (parts[s.name] if s.vectors else stack_groups(list(parts[s.name])))
+        ]
+        return layout, [*stack_groups(floats), torch.cat(pieces)]
+    counts = [t for s in integer for t in parts[s.name]]
     return layout, stack_groups(floats, counts)
 
 
@@ -170,6 +208,26 @@ class PendingStep:
     layer_order: dict[int, int]
     layer_calls: dict[int, int]
     host: list[float] | None = None  # once read back: the numbers, in the layout's order
+    unit_masks: bool = False  # activations as UNIT_MASKS/SATURATION_COUNTS (distributed)
+    reduced: bool = False  # combined across ranks (distributed.reduce_across_ranks)
+
+    def parameter_indices(self, segment: str) -> Sequence[int]:
+        """Which parameter each number of a `per_parameter` segment is about."""
+        if segment == WEIGHT_SQ.name:
+            return range(self.layout.lengths[self.layout.segments.index(WEIGHT_SQ)])
+        return [i for i, has in enumerate(self.grads_present or ()) if has]
+
+    def structure(self) -> tuple:
+        """What the numbers are about, for comparing layouts across ranks."""
+        return (
+            self.step,
+            self.layout.lengths,
+            tuple(self.grads_present or ()),
+            tuple((a.base_key, a.units, tuple(a.fields)) for a in self.acts),
+            tuple(self.fwd),
+            tuple(tuple(r) for r in self.bwd_roles),
+            tuple(self.bwd),
+        )
 
     def values(self) -> dict[str, list[float]]:
         """Each segment's numbers, by name (after `read_back`)."""
@@ -184,6 +242,11 @@ class DeviceNumbers(Protocol):
     layout: StepLayout
     parts: list[torch.Tensor]
     host: list[float] | None
+    reduced: bool
+
+    def parameter_indices(self, segment: str) -> Sequence[int]: ...
+
+    def structure(self) -> tuple: ...
 
 
 def read_back(pending: Sequence[DeviceNumbers]) -> None:

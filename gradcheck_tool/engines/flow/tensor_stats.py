@@ -10,6 +10,14 @@ import torch
 from ..._tree import floating_leaves
 
 
+def local(t: torch.Tensor) -> torch.Tensor:
+    """The part of `t` this process holds: a DTensor's local shard (FSDP2 parameters and
+    gradients; their statistics are combined across ranks afterwards, distributed.py), any
+    other tensor itself. (A DTensor op would redistribute, or fail on a sharded dimension.)"""
+    to_local = getattr(t, "to_local", None)
+    return to_local() if to_local is not None and type(t).__name__ == "DTensor" else t
+
+
 def sq_norm(t: torch.Tensor) -> torch.Tensor:
     """Σ t² as a 0-d tensor (the host takes the square root).
 
@@ -18,6 +26,8 @@ def sq_norm(t: torch.Tensor) -> torch.Tensor:
     float32 accumulation. (A float32 sum of squares overflows only for entries beyond ~1e19,
     which no update survives either: that reads as an exploding, non-finite norm.)
     """
+    if type(t) is not torch.Tensor:
+        t = local(t)
     if t.dtype in (torch.float32, torch.float64) and t.is_contiguous() and t.numel():
         flat = t.view(-1)
         return torch.dot(flat, flat)
@@ -28,6 +38,8 @@ def sq_norm(t: torch.Tensor) -> torch.Tensor:
 def extremes(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(min, max) of a tensor in one pass; NaN propagates. (The inf-norm, which would give
     max |t| directly, is an order of magnitude slower on CPU.)"""
+    if type(t) is not torch.Tensor:
+        t = local(t)
     if t.is_complex():
         t = t.abs()
     return torch.aminmax(t)

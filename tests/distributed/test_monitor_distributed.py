@@ -1,0 +1,158 @@
+"""The Monitor in a real 2-process job (torchrun, gloo on CPU) under DDP and under FSDP2:
+rank 0's report equals a single-process Monitor's on the same global batch (the ranks'
+batches concatenated), in as few collectives as the Note [reducing a step across ranks]
+says; ranks whose forwards differ leave their steps out instead of hanging."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from dist_setup import STEPS, build_model, global_batch, rank_batch, train
+
+from gradcheck_tool import Monitor
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+pytestmark = pytest.mark.skipif(
+    not torch.distributed.is_available(), reason="torch.distributed is not available"
+)
+
+
+@pytest.fixture(scope="module")
+def job(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Run the job once (~12 s: two processes importing torch); what each rank wrote."""
+    out = tmp_path_factory.mktemp("job")
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO), str(HERE), os.environ.get("PYTHONPATH", "")]),
+        "OMP_NUM_THREADS": "1",
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",  # a free port of its own
+        "--nproc_per_node",
+        "2",
+        str(HERE / "monitor_job.py"),
+        str(out),
+    ]
+    # its own process group: a hung job is killed whole, ranks included
+    proc = subprocess.Popen(
+        cmd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        output, _ = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        output, _ = proc.communicate()
+    results = {p.stem: json.loads(p.read_text()) for p in out.glob("*.json")}
+    assert proc.returncode == 0 and len(results) == 6, output[-4000:]
+    return results
+
+
+def single_process(x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
+    model = build_model()
+    with Monitor(model) as mon:
+        train(model, x, y)
+    return mon.report()
+
+
+@pytest.fixture(scope="module")
+def reference() -> dict[str, Any]:
+    return single_process(*global_batch())
+
+
+def close(a: float | None, b: float | None, rel: float = 1e-6) -> bool:
+    if a is None or b is None:
+        return a is b
+    return math.isclose(a, b, rel_tol=rel, abs_tol=1e-12)
+
+
+def assert_same_report(got: dict[str, Any], want: dict[str, Any]) -> None:
+    assert [r["key"] for r in got["layers"]] == [r["key"] for r in want["layers"]]
+    for g, w in zip(got["layers"], want["layers"]):
+        where = g["key"]
+        for name in ("type", "kind", "params", "numel", "units", "frozen", "note"):
+            assert g[name] == w[name], (where, name, g[name], w[name])
+        for name in ("grad_norm", "weight_norm", "max_abs_grad", "output_grad_norm"):
+            assert close(g[name], w[name]), (where, name, g[name], w[name])
+        assert close(g["update_ratio"], w["update_ratio"]), (where, g["update_ratio"])
+        for name in ("dead_fraction", "inactive_fraction", "saturated_fraction"):
+            assert g[name] == w[name], (where, name, g[name], w[name])  # exactly
+    assert len(got["history"]) == len(want["history"]) == STEPS
+    for gs, ws in zip(got["history"], want["history"]):
+        assert gs["step"] == ws["step"]
+        for key, w in ws["rows"].items():
+            g = gs["rows"][key]
+            for name, value in w.items():
+                if "fraction" in name:
+                    assert g[name] == value, (gs["step"], key, name)
+                else:
+                    assert close(g[name], value), (gs["step"], key, name, g[name], value)
+    same = ("kind", "layer", "key", "step", "where", "message", "fix")
+    assert [[f[k] for k in same] for f in got["findings"]] == [
+        [f[k] for k in same] for f in want["findings"]
+    ]
+    for g, w in zip(got["findings"], want["findings"]):
+        assert g["evidence"].keys() == w["evidence"].keys()
+        assert all(close(g["evidence"][k], v) for k, v in w["evidence"].items()), g["kind"]
+
+
+@pytest.mark.parametrize("case", ["ddp", "fsdp2"])
+def test_rank0_report_equals_one_process_on_the_global_batch(
+    job: dict[str, Any], reference: dict[str, Any], case: str
+) -> None:
+    got = job[f"{case}_rank0"]["report"]
+    assert got["found_by"].startswith(f"Monitor, {case.upper()} on 2 ranks")
+    assert got["steps"] == STEPS and not got["warnings"]
+    assert_same_report(got, reference)
+    assert reference["findings"]  # (the comparison of findings compares something)
+
+
+def test_the_reference_is_not_what_one_rank_sees(reference: dict[str, Any]) -> None:
+    """The comparison can fail: one rank's own half gives other norms and dead fractions
+    (units 14 and 15 each fire on one half only)."""
+    local = single_process(*rank_batch(0))
+    dead = {r["key"]: r["dead_fraction"] for r in local["layers"] if r["kind"] == "activation"}
+    assert dead["act1"] == 15 / 16 and reference["layers"][1]["dead_fraction"] == 14 / 16
+    assert not close(local["layers"][0]["grad_norm"], reference["layers"][0]["grad_norm"], 1e-2)
+
+
+def test_other_ranks_get_the_same_report_or_none(job: dict[str, Any]) -> None:
+    """all_ranks=True (the DDP case): rank 1's report is rank 0's; by default (FSDP2) None."""
+    ddp0, ddp1 = job["ddp_rank0"]["report"], job["ddp_rank1"]["report"]
+    for g, w in zip(ddp1["layers"], ddp0["layers"]):
+        assert g == w
+    assert job["fsdp2_rank1"]["report"] is None
+
+
+@pytest.mark.parametrize("case", ["ddp", "fsdp2"])
+def test_three_collectives_per_recorded_step(job: dict[str, Any], case: str) -> None:
+    """Each recorded step (with the optimizer step before it) is combined in one layout
+    check, one SUM and one MAX, whatever the number of layers."""
+    for rank in (0, 1):
+        done = job[f"{case}_rank{rank}"]
+        assert done["steps"] == STEPS
+        assert done["all_reduce_calls"] == 3 * STEPS
+
+
+def test_ranks_whose_forwards_differ_leave_their_steps_out(job: dict[str, Any]) -> None:
+    for rank in (0, 1):
+        report = job[f"diverging_rank{rank}"]["report"]
+        assert report["steps"] == 0 and report["layers"] == []
+        assert any("3 recorded step(s) left out" in w for w in report["warnings"])
