@@ -218,6 +218,12 @@ def _plan(target: str, o: dict[str, Any], nproc: int) -> _Plan:
             f"{nproc} processes on cuda need {nproc} GPUs (one each); this machine has "
             f"{torch.cuda.device_count()}",
         )
+    if not any(p.requires_grad for p in model.parameters()):
+        raise InputError(
+            "--nproc runs the model in DistributedDataParallel, which needs a parameter that "
+            "requires grad; every parameter of this model is frozen",
+            hint="Run without --nproc.",
+        )
     first = first_tensor((args, kwargs))
     if first is None or first.dim() == 0:
         raise InputError(
@@ -605,13 +611,10 @@ def _run_rank(job: dict[str, Any], rank: int, world: int, local_rank: int) -> Fl
             model = loaded.obj
             if device is not None:
                 model.to(device)
-            if any(p.requires_grad for p in model.parameters()):
-                # unused parameters keep .grad None, as in one process (and do not stall DDP)
-                model = torch.nn.parallel.DistributedDataParallel(
-                    model,
-                    device_ids=[local_rank] if cuda else None,
-                    find_unused_parameters=True,
-                )
+            # unused parameters keep .grad None, as in one process (and do not stall DDP)
+            model = torch.nn.parallel.DistributedDataParallel(
+                model, device_ids=[local_rank] if cuda else None, find_unused_parameters=True
+            )
             return run_flow(
                 model,
                 args,

@@ -26,6 +26,7 @@ from ...prepare import (
     parse_device,
 )
 from ...results import FlowReport, LayerStats
+from .distributed import RankContext, detect_ranks, reduce_across_ranks
 from .findings import detect_findings
 from .layer_rows import history, parameter_grad_max, resolve_step
 from .model_map import ModelMap, comparable_keys, model_dtype_device
@@ -259,7 +260,9 @@ def _train_and_measure(
     """Measure `steps` steps on the copy, stepping the optimizer between them; stops at the
     first step with a non-finite value."""
     mm = ModelMap(work)
-    recorder = Recorder(mm, functional=functional)
+    # under DDP in several processes (flow --nproc): each step combined across them
+    ranks, note = detect_ranks(work, mm.params)
+    recorder = Recorder(mm, functional=functional, ranks=ranks)
     recorder.saturation_margin = th.saturation_margin
     trainable = [p for p in mm.params if p.requires_grad]
     opt = None
@@ -271,7 +274,7 @@ def _train_and_measure(
         )
     step_loss = _StepLoss(loss_fn, seed, folder, shard)
     samples: list[StepSample] = []
-    warnings: list[str] = []
+    warnings: list[str] = [note] if note is not None else []
     # the update of each step, through the same optimizer hooks as the Monitor's (p.grad is
     # set to None before every step here: no zeroing to check)
     watch = OptimizerWatch(mm)
@@ -294,6 +297,8 @@ def _train_and_measure(
                     ) from exc
             recorder.measure_grads([p.grad for p in mm.params])
             pending = recorder.collect(step, loss)
+            if ranks is not None:
+                _combine_across_ranks([pending], ranks)
             read_back([pending])  # the one host transfer of this step
             sample = resolve_step(pending, mm)
             samples.append(sample)
@@ -308,6 +313,8 @@ def _train_and_measure(
         recorder.close()
         for p in mm.params:
             p.grad = None
+    if ranks is not None:
+        _combine_across_ranks(watch.unread(include_armed=True), ranks)
     read_back(watch.unread(include_armed=True))  # one transfer for every step's update
     samples = [
         apply_record(s, watch.records.get(s.step), mm, grad_max.get(s.step)) for s in samples
@@ -317,6 +324,19 @@ def _train_and_measure(
     warnings.extend(recorder.errors)
     warnings.extend(watch.errors)
     return samples, warnings, comparable_keys(mm)
+
+
+def _combine_across_ranks(items: list[Any], ranks: RankContext) -> None:
+    """A step's numbers (or the optimizer's records) combined across the processes (Note
+    [reducing a step across ranks]); every process calls it at the same point, and all of
+    them stop together when the numbers cannot be combined."""
+    if not reduce_across_ranks(items, ranks):
+        raise UserCodeError(
+            "the processes' forwards took different paths on their parts of the batch (other "
+            "layers or activations ran), so their statistics cannot be combined",
+            hint="Run without --nproc: a forward whose path depends on the data is measured "
+            "on the whole batch in one process.",
+        )
 
 
 def _recorded_forward(
