@@ -102,6 +102,13 @@ def test_an_exception_in_one_rank_is_a_user_error_naming_the_rank():
     assert time.perf_counter() - started < 40  # the waiting rank did not wait for a timeout
 
 
+def test_forwards_that_take_different_paths_are_not_combined():
+    """Rank 0's forward runs a ReLU that rank 1's does not: their numbers are not about the
+    same things, so the run stops instead of mixing them."""
+    with pytest.raises(UserCodeError, match="forwards took different paths"):
+        run_flow_nproc(str(NPROC / "data_dependent.py"), {}, 2)
+
+
 def test_a_hung_rank_is_bounded_by_the_collective_timeout():
     started = time.perf_counter()
     with pytest.raises(UserCodeError, match="rank 1 of 2 stopped responding: rank 0 waited 4 s"):

@@ -114,6 +114,11 @@ def test_batchnorm_is_said_in_the_report():
     assert len(plan.warnings) == 1 and "BatchNorm1d normalizes its 4 examples" in plan.warnings[0]
 
 
+def test_a_model_without_a_trainable_parameter_is_refused():
+    with pytest.raises(InputError, match="every parameter of this model is frozen"):
+        df._plan(str(NPROC / "frozen.py"), {}, 2)
+
+
 def test_options_are_checked_before_any_process_starts():
     dead = str(SAMPLES / "dead_relu_mlp.py")
     with pytest.raises(OptionError, match="at least 1"):
