@@ -379,6 +379,7 @@ def _launch(folder: Path, nproc: int, backend: str) -> int:
         "--standalone",
         f"--nproc-per-node={nproc}",
         "--monitor-interval=0.1",
+        f"--log-dir={folder / 'torchrun'}",  # else it leaves a torchelastic_* folder in /tmp
         "-m",
         WORKER_MODULE,
         str(folder),
