@@ -1,7 +1,8 @@
 """One rank of the 2-process test job (`python -m torch.distributed.run --nproc_per_node 2
-monitor_job.py OUT`, gloo on CPU): the Monitor under DDP and under FSDP2 (fully_shard) on
-each rank's half of the global batch; each rank writes what its Monitor reported, and how
-many all_reduce calls gradtool made, to OUT/<case>_rank<r>.json."""
+monitor_job.py OUT`, gloo on CPU): the Monitor under DDP, FSDP2 (fully_shard) and FSDP1
+(with and without use_orig_params) on each rank's half of the global batch; each rank
+writes what its Monitor reported, and how many all_reduce calls gradtool made, to
+OUT/<case>_rank<r>.json."""
 
 from __future__ import annotations
 
@@ -57,6 +58,17 @@ class Diverging(nn.Module):
         return torch.relu(h) if x[0, 0] > 0 else h
 
 
+def fsdp1(use_orig_params: bool):  # noqa: ANN201
+    def wrap(model: nn.Module) -> nn.Module:
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        return FullyShardedDataParallel(
+            model, use_orig_params=use_orig_params, device_id=torch.device("cpu")
+        )
+
+    return wrap
+
+
 def main() -> None:
     out = Path(sys.argv[1])
     dist.init_process_group("gloo")
@@ -67,6 +79,8 @@ def main() -> None:
     cases = {
         "ddp": (ddp, {"all_ranks": True}),
         "fsdp2": (fsdp2, {}),
+        "fsdp1": (fsdp1(True), {}),
+        "fsdp1flat": (fsdp1(False), {}),
     }
     for case, (wrap, options) in cases.items():
         model = wrap(build_model())

@@ -61,7 +61,7 @@ def job(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         os.killpg(proc.pid, signal.SIGKILL)
         output, _ = proc.communicate()
     results = {p.stem: json.loads(p.read_text()) for p in out.glob("*.json")}
-    assert proc.returncode == 0 and len(results) == 6, output[-4000:]
+    assert proc.returncode == 0 and len(results) == 10, output[-4000:]
     return results
 
 
@@ -113,10 +113,12 @@ def assert_same_report(got: dict[str, Any], want: dict[str, Any]) -> None:
         assert all(close(g["evidence"][k], v) for k, v in w["evidence"].items()), g["kind"]
 
 
-@pytest.mark.parametrize("case", ["ddp", "fsdp2"])
+@pytest.mark.parametrize("case", ["ddp", "fsdp2", "fsdp1"])
 def test_rank0_report_equals_one_process_on_the_global_batch(
     job: dict[str, Any], reference: dict[str, Any], case: str
 ) -> None:
+    """FSDP1 with use_orig_params=True: each rank holds flat pieces of the parameters (and
+    no .grad for a parameter it holds none of); the whole shapes come from FSDP's records."""
     got = job[f"{case}_rank0"]["report"]
     assert got["found_by"].startswith(f"Monitor, {case.upper()} on 2 ranks")
     assert got["steps"] == STEPS and not got["warnings"]
@@ -141,7 +143,23 @@ def test_other_ranks_get_the_same_report_or_none(job: dict[str, Any]) -> None:
     assert job["fsdp2_rank1"]["report"] is None
 
 
-@pytest.mark.parametrize("case", ["ddp", "fsdp2"])
+def test_fsdp1_flat_parameters_are_one_row_per_unit(
+    job: dict[str, Any], reference: dict[str, Any]
+) -> None:
+    """Without use_orig_params the model is one flat parameter per FSDP unit: its row is the
+    whole unit's (every layer's gradient in one norm); the activations are as usual."""
+    got = job["fsdp1flat_rank0"]["report"]
+    layers = [r for r in reference["layers"] if r["kind"] == "layer"]
+    unit = got["layers"][0]
+    assert (unit["key"], unit["type"]) == ("(model)", "MLP")
+    assert unit["numel"] == sum(r["numel"] for r in layers)
+    for name in ("grad_norm", "weight_norm"):
+        assert close(unit[name], math.sqrt(sum(r[name] ** 2 for r in layers))), name
+    acts = [(r["key"], r["dead_fraction"]) for r in reference["layers"] if r["kind"] != "layer"]
+    assert [(r["key"], r["dead_fraction"]) for r in got["layers"][1:]] == acts
+
+
+@pytest.mark.parametrize("case", ["ddp", "fsdp2", "fsdp1"])
 def test_three_collectives_per_recorded_step(job: dict[str, Any], case: str) -> None:
     """Each recorded step (with the optimizer step before it) is combined in one layout
     check, one SUM and one MAX, whatever the number of layers."""

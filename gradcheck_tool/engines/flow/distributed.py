@@ -114,6 +114,23 @@ def model_type_name(model: nn.Module) -> str:
     return original_type(unwrapped(model)).__name__
 
 
+def full_shapes(model: nn.Module, params: Sequence[torch.Tensor]) -> list[torch.Size]:
+    """Each parameter's whole shape: a DTensor's is (FSDP2); an FSDP1 rank holds a flat
+    1-D piece, whose parameter's shape its FlatParameter records (`_shapes`, and the flat
+    parameter's own unsharded size without use_orig_params)."""
+    shapes: dict[int, torch.Size] = {}
+    if _imported("torch.distributed.fsdp._flat_param", "FlatParameter") is None:
+        return [p.shape for p in params]  # (no FSDP1 in this process)
+    for m in model.modules():
+        flat = getattr(m, "_flat_param", None)
+        if flat is None or not hasattr(flat, "_shapes"):
+            continue
+        for q, shape in zip(getattr(flat, "_params", None) or (), flat._shapes):
+            shapes[id(q)] = shape
+        shapes[id(flat)] = getattr(flat, "_unpadded_unsharded_size", flat.shape)
+    return [shapes.get(id(p), p.shape) for p in params]
+
+
 def is_dtensor(t: Any) -> bool:
     return type(t).__name__ == "DTensor" and hasattr(t, "to_local")
 
@@ -273,10 +290,62 @@ def _fingerprint(items: Sequence[DeviceNumbers]) -> int:
     return int.from_bytes(hashlib.blake2b(text, digest_size=7).digest(), "big")
 
 
-def reduce_across_ranks(items: Sequence[DeviceNumbers], ranks: RankContext) -> bool:
+class _Combining:
+    """The SUM and MAX of one reduction, in flight (async: on gloo the training goes on
+    while they run); `wait()` puts the combined numbers in place, once, before they are
+    read back (`step.read_back`)."""
+
+    def __init__(
+        self,
+        works: list[Any],
+        flat: torch.Tensor,
+        plan: list[tuple[int, int, Reduction, int, int | None]],
+        summed: torch.Tensor | None,
+        largest: torch.Tensor | None,
+        ranks: RankContext,
+        items: list[DeviceNumbers],
+    ) -> None:
+        self.works, self.flat, self.plan = works, flat, plan
+        self.summed, self.largest, self.ranks, self.items = summed, largest, ranks, items
+
+    def wait(self) -> None:
+        if self.works is None:
+            return
+        for work in self.works:
+            work.wait()
+        self.works = None
+        summed, largest, flat = self.summed, self.largest, self.flat
+        w = float(self.ranks.world_size)
+        for start, n, red, at, nan_at in self.plan:
+            if red in _SUMMED:
+                r = summed[at : at + n]
+                if red is Reduction.MEAN:
+                    r = r / w
+                elif red is Reduction.AVERAGED_SQ:
+                    r = r / (w * w)
+                elif red is Reduction.NORM:
+                    r = r.sqrt()
+            else:
+                r = largest[at : at + n]
+                if red is Reduction.MIN:
+                    r = -r
+                elif red is Reduction.MIN_MAX:
+                    r = r * self.ranks.min_max_signs(n)
+                if nan_at is not None:
+                    r = torch.where(summed[nan_at : nan_at + n] > 0, math.nan, r)
+            flat[start : start + n] = r
+        for it in self.items:
+            it.combining = None
+        self.items, self.summed, self.largest = [], None, None
+
+
+def reduce_across_ranks(
+    items: Sequence[DeviceNumbers], ranks: RankContext, *, wait: bool = False
+) -> bool:
     """Combine the ranks' numbers of `items` (steps, optimizer records) in place, in three
     collectives whatever their number: the layout check, one SUM, one MAX (Note [reducing a
-    step across ranks]). Every rank must call it with the same items at the same point.
+    step across ranks]). Every rank must call it with the same items at the same point. The
+    SUM and MAX run asynchronously unless `wait`; reading the items back waits for them.
 
     False (nothing combined, nothing changed) when the ranks' layouts differ: their forwards
     took different paths, so their numbers are not about the same things."""
@@ -327,39 +396,29 @@ def reduce_across_ranks(items: Sequence[DeviceNumbers], ranks: RankContext) -> b
     header_group = ranks.header_group
     if header_group is None:
         head = head.to(device)
-    dist.all_reduce(head, op=dist.ReduceOp.MAX, group=header_group or ranks.group)
+    group = header_group if header_group is not None else ranks.group
+    dist.all_reduce(head, op=dist.ReduceOp.MAX, group=group)
     h = head.tolist()
     if h[0] != -h[1] or h[2] != -h[3] or h[4] != -h[5]:
         return False
+    works = []
     summed = torch.cat(sums) if sums else None
     if summed is not None:
-        dist.all_reduce(summed, op=dist.ReduceOp.SUM, group=ranks.group)
+        works.append(
+            dist.all_reduce(summed, op=dist.ReduceOp.SUM, group=ranks.group, async_op=True)
+        )
     largest = torch.cat(maxes) if maxes else None
     if largest is not None:
-        dist.all_reduce(largest, op=dist.ReduceOp.MAX, group=ranks.group)
-    w = float(ranks.world_size)
-    for start, n, red, at, nan_at in plan:
-        if red in _SUMMED:
-            r = summed[at : at + n]
-            if red is Reduction.MEAN:
-                r = r / w
-            elif red is Reduction.AVERAGED_SQ:
-                r = r / (w * w)
-            elif red is Reduction.NORM:
-                r = r.sqrt()
-        else:
-            r = largest[at : at + n]
-            if red is Reduction.MIN:
-                r = -r
-            elif red is Reduction.MIN_MAX:
-                r = r * ranks.min_max_signs(n)
-            if nan_at is not None:
-                r = torch.where(summed[nan_at : nan_at + n] > 0, math.nan, r)
-        flat[start : start + n] = r
+        works.append(
+            dist.all_reduce(largest, op=dist.ReduceOp.MAX, group=ranks.group, async_op=True)
+        )
+    combining = _Combining(works, flat, plan, summed, largest, ranks, todo)
     start = 0
     for it in todo:
         size = it.layout.size
         it.parts = [flat[start : start + size]] if size else []
-        it.reduced = True
+        it.reduced, it.combining = True, combining
         start += size
+    if wait:
+        combining.wait()
     return True

@@ -21,10 +21,11 @@ def resolve_step(p: PendingStep, mm: ModelMap) -> StepSample:
     values = p.values()
     loss = values[step.LOSS.name][0] if values[step.LOSS.name] else None
     weights = [math.sqrt(w) for w in values[step.WEIGHT_SQ.name]]  # squared norms on the device
-    grad_norm, grad_max = _parameter_gradients(values, p.grads_present, len(mm.params))
+    present = p.gradients_present()
+    grad_norm, grad_max = _parameter_gradients(values, p.grads_present, present, len(mm.params))
     bwd_norms = [math.sqrt(n) for n in values[step.BACKWARD_SQ.name]]
     out_sq, out_numel = _output_signal(p, bwd_norms)
-    rows, no_grad = _layer_rows(p, mm, weights, grad_norm, grad_max, out_sq, out_numel)
+    rows, no_grad = _layer_rows(p, mm, present, weights, grad_norm, grad_max, out_sq, out_numel)
     rows.extend(_activation_rows(p.acts, _activation_counts(p, values)))
     rows.sort(key=lambda r: r.order)
 
@@ -35,7 +36,7 @@ def resolve_step(p: PendingStep, mm: ModelMap) -> StepSample:
         values[step.FORWARD_PROBES.name],
         values[step.BACKWARD_PROBES.name],
         grad_max,
-        p.grads_present,
+        present,
         rows,
     )
     loss_grad = math.sqrt(out_sq[""]) if "" in out_sq else None
@@ -44,13 +45,17 @@ def resolve_step(p: PendingStep, mm: ModelMap) -> StepSample:
 
 def parameter_grad_max(p: PendingStep, n_params: int) -> list[float | None]:
     """Per parameter: max |g| of the step's gradient (None: no gradient), once read back."""
-    return _parameter_gradients(p.values(), p.grads_present, n_params)[1]
+    return _parameter_gradients(p.values(), p.grads_present, p.gradients_present(), n_params)[1]
 
 
 def _parameter_gradients(
-    values: dict[str, list[float]], present: list[bool] | None, n_params: int
+    values: dict[str, list[float]],
+    slots: list[bool] | None,
+    present: list[bool] | None,
+    n_params: int,
 ) -> tuple[list[float | None], list[float | None]]:
-    """Per parameter: its gradient's norm and max |g| (None: no gradient)."""
+    """Per parameter: its gradient's norm and max |g| (None: no gradient). `slots`: the
+    parameters with numbers in the gradient segments; `present`: those with a gradient."""
     g2 = [math.sqrt(g) for g in values[step.GRAD_SQ.name]]
     lows, highs = values[step.GRAD_MIN.name], values[step.GRAD_MAX.name]
     # max |g| from the min and max; NaN anywhere makes it NaN
@@ -60,11 +65,12 @@ def _parameter_gradients(
     ]
     grad_norm: list[float | None] = [None] * n_params
     grad_max: list[float | None] = [None] * n_params
-    if present:
+    if slots and present:
         j = 0
-        for i, has in enumerate(present):
+        for i, has in enumerate(slots):
             if has:
-                grad_norm[i], grad_max[i] = g2[j], ginf[j]
+                if present[i]:
+                    grad_norm[i], grad_max[i] = g2[j], ginf[j]
                 j += 1
     return grad_norm, grad_max
 
@@ -88,6 +94,7 @@ def _output_signal(
 def _layer_rows(
     p: PendingStep,
     mm: ModelMap,
+    present: list[bool] | None,
     weights: list[float],
     grad_norm: list[float | None],
     grad_max: list[float | None],
@@ -95,7 +102,6 @@ def _layer_rows(
     out_numel: dict[str, int],
 ) -> tuple[list[LayerStats], list[tuple[str, list[str], str]]]:
     """One row per layer, and the trainable parameters that got no (or a zero) gradient."""
-    present = p.grads_present
     rows: list[LayerStats] = []
     no_grad: list[tuple[str, list[str], str]] = []
     by_layer: dict[int, list[int]] = {}
@@ -133,7 +139,7 @@ def _layer_rows(
                 order=order,
                 calls=calls,
                 params=tuple(mm.param_names[i] for i in idx),
-                numel=sum(mm.params[i].numel() for i in idx),
+                numel=sum(mm.param_numel[i] for i in idx),
                 grad_norm=gn,
                 weight_norm=wn,
                 max_abs_grad=gm,
@@ -158,7 +164,7 @@ def _activation_counts(p: PendingStep, values: dict[str, list[float]]) -> list[t
     """Per field of each activation call, in order: (count, out of how many). A distributed
     step has per-unit masks (combined across ranks, then counted here) and saturated counts
     with their totals; a single process's are counts of its own `units`/`numel`."""
-    if not p.unit_masks:
+    if not p.distributed:
         counts = [round(c) for c in values[step.ACTIVATION_COUNTS.name]]
         out, k = [], 0
         for a in p.acts:

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from .activations import ActivationSpec, activation_for_module
-from .distributed import display_names, original_type, wrapped_attribute
+from .distributed import display_names, full_shapes, original_type, wrapped_attribute
 from .samples import ROOT
 
 # Layers whose parameters index channels in dim 1 of the activations after them (conv maps);
@@ -31,6 +31,7 @@ class Layer:
     params: list[tuple[str, nn.Parameter]]
     index: int
     param_index: list[int] = field(default_factory=list)  # positions in ModelMap.params
+    shapes: list[torch.Size] = field(default_factory=list)  # whole shapes (FSDP: unsharded)
 
     @property
     def sparse_by_design(self) -> bool:
@@ -39,7 +40,7 @@ class Layer:
 
     @property
     def matrix_like(self) -> bool:
-        return any(p.dim() >= 2 for _, p in self.params)
+        return any(len(s) >= 2 for s in self.shapes)
 
 
 def may_call_activations(module: nn.Module) -> bool:
@@ -100,6 +101,11 @@ class ModelMap:
                     self.params.append(p)
                     self.param_names.append(qualname)
                     self.param_layer.append(layer.index)
+        # whole shapes and sizes: a sharded parameter's, not this rank's piece's
+        self.param_shapes = full_shapes(model, self.params)
+        self.param_numel = [s.numel() for s in self.param_shapes]
+        for layer in self.layers:
+            layer.shapes = [self.param_shapes[i] for i in layer.param_index]
         self.modules = [m for _, m in model.named_modules()]
         self.runs_user_code = {id(m): may_call_activations(m) for m in self.modules}
         # torch's own leaf modules never turn a finite gradient into NaN/Inf

@@ -140,6 +140,7 @@ class Monitor:
             check_zeroing=True,
             next_recorded_step=self._next_recorded_step,
             keep_copies=self.every == 1,
+            every_parameter=self._ranks is not None,
         )
         self._root_handles.append(
             self.model.register_forward_pre_hook(_CallHook(self._on_model_call), with_kwargs=True)
@@ -210,14 +211,15 @@ class Monitor:
     def _finish_step(self, final: bool = False) -> None:
         if self._recording is None:
             if final and self._ranks is not None:  # the last optimizer records
-                reduce_across_ranks(self._watch.unread(True), self._ranks)
+                reduce_across_ranks(self._watch.unread(True), self._ranks, wait=True)
             return
         step, self._recording = self._recording, None
         pending = self._recorder.collect(step, None)
         if self._ranks is not None:
             # combined across ranks with the optimizer records complete by now, in the same
             # collectives; a step whose layouts differ across ranks is left out
-            if not reduce_across_ranks([pending, *self._watch.unread(final)], self._ranks):
+            items = [pending, *self._watch.unread(final)]
+            if not reduce_across_ranks(items, self._ranks, wait=final):
                 self._uncombined += 1
                 return
         self._steps.append(pending)

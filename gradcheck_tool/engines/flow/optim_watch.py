@@ -80,6 +80,7 @@ class OptimizerRecord:
     parts: list[torch.Tensor] = field(default_factory=list)
     host: list[float] | None = None
     reduced: bool = False  # combined across ranks (distributed.reduce_across_ranks)
+    combining: Any = None  # that combination while in flight: wait() before reading
 
     def parameter_indices(self, segment: str) -> list[int]:
         """Which parameter each number of a `per_parameter` segment is about."""
@@ -126,6 +127,7 @@ class OptimizerWatch:
         check_zeroing: bool = False,
         next_recorded_step: Callable[[], int | None] = lambda: None,
         keep_copies: bool = True,
+        every_parameter: bool = False,
     ) -> None:
         self.params = mm.params
         self.index = {id(p): i for i, p in enumerate(mm.params)}
@@ -134,6 +136,9 @@ class OptimizerWatch:
         self.next_recorded_step = next_recorded_step
         # keep the copies' memory from one measured step to the next (else freed after each)
         self.keep_copies = keep_copies
+        # distributed (the records are combined across ranks, so their layout must not
+        # depend on this rank's .grad): measure every trainable parameter the step holds
+        self.every_parameter = every_parameter
         self.records: dict[int, OptimizerRecord] = {}
         self.errors: list[str] = []
         self.kind: str | None = None  # the optimizer holding most of the model, once seen
@@ -242,7 +247,7 @@ class OptimizerWatch:
             moving = []
             for i, k in pairs:
                 p = self.params[i]
-                if closure or p.grad is not None:
+                if closure or p.grad is not None or (self.every_parameter and p.requires_grad):
                     if lrs[k] != 0 and p.is_floating_point() and not p.is_sparse:
                         moving.append(i)
             if not closure:
@@ -274,8 +279,9 @@ class OptimizerWatch:
             self.kind, self.lr = optimizer_kind(opt), max(held, default=None)
         for i, k in pairs:
             rec.in_optimizer.setdefault(i, (k, lrs[k]))
-            if self.params[i].grad is None:
-                rec.grad_gone.add(i)
+            p = self.params[i]
+            if p.grad is None and not (self.every_parameter and local(p).numel() == 0):
+                rec.grad_gone.add(i)  # (an FSDP1 rank holding none of p has no .grad)
 
     def _copy_buffer(self, moving: tuple[int, ...], like: list[torch.Tensor]) -> list[torch.Tensor]:
         """The copy's memory, kept while the watch is open and reused at every measured step

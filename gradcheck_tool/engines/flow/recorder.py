@@ -36,6 +36,7 @@ from .step import (
     FORWARD_PROBES,
     GRAD_MAX,
     GRAD_MIN,
+    GRAD_PRESENT,
     GRAD_SQ,
     LOSS,
     SATURATION_COUNTS,
@@ -148,6 +149,7 @@ class Recorder:
         # in a distributed job (distributed.py): gradients read once the backward is complete
         # (after DDP's all-reduce, FSDP's reduce-scatter), activations as per-unit masks
         self.ranks = ranks
+        self._neutral: dict[torch.device, tuple[torch.Tensor, ...]] = {}
         self.functional = functional
         self.check_finite = check_finite
         self.saturation_margin = SATURATION_MARGIN
@@ -207,6 +209,26 @@ class Recorder:
             st.gn[i] = sq_norm(g)
             st.glo[i], st.ghi[i] = shard_extremes(g) if self.ranks else extremes(g)
         st.grads_seen = True
+
+    def _every_parameter(self, st: StepState) -> dict[str, list[torch.Tensor]]:
+        """Distributed: the gradient segments with a number for every parameter, neutral
+        where this rank has no gradient, and the GRAD_PRESENT flags (the same layout on
+        every rank, whichever ranks hold a parameter's gradient)."""
+        like = next((w for w in st.wn if w is not None), None)
+        device = like.device if like is not None else torch.device("cpu")
+        neutral = self._neutral.get(device)
+        if neutral is None:  # made once: no allocation per step
+            neutral = self._neutral[device] = tuple(
+                torch.tensor(v, dtype=torch.float64, device=device)
+                for v in (0.0, math.inf, -math.inf, 1.0)
+            )
+        zero, inf, minus_inf, one = neutral
+        return {
+            GRAD_SQ.name: [zero if v is None else v for v in st.gn],
+            GRAD_MIN.name: [inf if v is None else v for v in st.glo],
+            GRAD_MAX.name: [minus_inf if v is None else v for v in st.ghi],
+            GRAD_PRESENT.name: [zero if v is None else one for v in st.gn],
+        }
 
     def _queue_backward_end(self, st: StepState) -> None:
         """Distributed: read the gradients when the backward is complete. Callbacks queued
@@ -539,13 +561,19 @@ class Recorder:
         missing = [i for i, w in enumerate(st.wn) if w is None]  # layers that never ran
         if missing:
             self.measure_weights(missing)
+        grads = {
+            GRAD_SQ.name: [v for v in st.gn if v is not None],
+            GRAD_MIN.name: [v for v in st.glo if v is not None],
+            GRAD_MAX.name: [v for v in st.ghi if v is not None],
+        }
+        present = [g is not None for g in st.gn] if st.grads_seen else None
+        if self.ranks is not None and st.grads_seen:
+            grads, present = self._every_parameter(st), [True] * len(st.gn)
         layout, parts = pack(
             {
                 LOSS.name: [loss.detach().reshape(())] if loss is not None else [],
                 WEIGHT_SQ.name: st.wn,
-                GRAD_SQ.name: [v for v in st.gn if v is not None],
-                GRAD_MIN.name: [v for v in st.glo if v is not None],
-                GRAD_MAX.name: [v for v in st.ghi if v is not None],
+                **grads,
                 FORWARD_PROBES.name: st.fwd_flags,
                 BACKWARD_PROBES.name: st.bwd_flags,
                 BACKWARD_SQ.name: st.bwd_norms,
@@ -558,7 +586,7 @@ class Recorder:
             step=step,
             layout=layout,
             parts=parts,
-            grads_present=[g is not None for g in st.gn] if st.grads_seen else None,
+            grads_present=present,
             acts=st.acts,
             fwd=st.fwd,
             bwd_roles=st.bwd_roles,
@@ -567,7 +595,7 @@ class Recorder:
             bwd_numel=st.bwd_numel,
             layer_order=st.layer_order,
             layer_calls=st.layer_calls,
-            unit_masks=self.ranks is not None,
+            distributed=self.ranks is not None,
         )
         self.detach_tensors()
         self.begin()

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
-from typing import TYPE_CHECKING, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import torch
 
@@ -71,6 +71,10 @@ WEIGHT_SQ = Segment("weight_sq", Reduction.SUM, per_parameter=True)  # per param
 GRAD_SQ = Segment("grad_sq", Reduction.SUM, per_parameter=True)
 GRAD_MIN = Segment("grad_min", Reduction.MIN)  # ... its smallest entry
 GRAD_MAX = Segment("grad_max", Reduction.MAX)  # ... its largest entry
+# a distributed recorder's gradient segments hold every parameter (0, +inf, -inf where this
+# rank has no gradient: FSDP1 leaves .grad None where its shard holds none of a parameter),
+# and here per parameter 1 where this rank has a gradient: combined, whether any rank had
+GRAD_PRESENT = Segment("grad_present", Reduction.MAX)
 FORWARD_PROBES = Segment("forward_probes", Reduction.SUM)  # finite iff the tensor was
 BACKWARD_PROBES = Segment("backward_probes", Reduction.SUM)  # the same, for gradients
 BACKWARD_SQ = Segment("backward_sq", Reduction.AVERAGED_SQ)  # Σ g² at each layer's output
@@ -87,6 +91,7 @@ STEP_SEGMENTS: tuple[Segment, ...] = (
     GRAD_SQ,
     GRAD_MIN,
     GRAD_MAX,
+    GRAD_PRESENT,
     FORWARD_PROBES,
     BACKWARD_PROBES,
     BACKWARD_SQ,
@@ -208,8 +213,18 @@ class PendingStep:
     layer_order: dict[int, int]
     layer_calls: dict[int, int]
     host: list[float] | None = None  # once read back: the numbers, in the layout's order
-    unit_masks: bool = False  # activations as UNIT_MASKS/SATURATION_COUNTS (distributed)
+    # a distributed recorder's layout: activations as UNIT_MASKS/SATURATION_COUNTS, every
+    # parameter in the gradient segments (`grads_present` all True) with GRAD_PRESENT flags
+    distributed: bool = False
     reduced: bool = False  # combined across ranks (distributed.reduce_across_ranks)
+    combining: Any = None  # that combination while in flight: wait() before reading
+
+    def gradients_present(self) -> list[bool] | None:
+        """Per parameter, whether it got a gradient (None: no backward), once read back;
+        in a distributed step, on any rank."""
+        if not self.distributed or self.grads_present is None:
+            return self.grads_present
+        return [f > 0 for f in self.values()[GRAD_PRESENT.name]]
 
     def parameter_indices(self, segment: str) -> Sequence[int]:
         """Which parameter each number of a `per_parameter` segment is about."""
@@ -243,6 +258,7 @@ class DeviceNumbers(Protocol):
     parts: list[torch.Tensor]
     host: list[float] | None
     reduced: bool
+    combining: Any
 
     def parameter_indices(self, segment: str) -> Sequence[int]: ...
 
@@ -253,6 +269,9 @@ def read_back(pending: Sequence[DeviceNumbers]) -> None:
     """One device→host transfer for any number of pending steps (or optimizer records);
     fills `host`."""
     todo = [p for p in pending if p.host is None]
+    for p in todo:
+        if p.combining is not None:  # combined across ranks: its collectives finish first
+            p.combining.wait()
     parts = [part for p in todo for part in p.parts]
     flat: list[float] = []
     if parts:
