@@ -525,7 +525,11 @@ class _ReportUnpickler(pickle.Unpickler):
 
 def worker_main(argv: Sequence[str]) -> int:
     """One process of `torch.distributed.run` (nproc_worker.py): run its part, write how it
-    ended; rank 0 writes the report. The exit code makes torchrun stop the others at once."""
+    ended; rank 0 writes the report. The exit code makes torchrun stop the others at once.
+    How it ended is written before the process group is torn down (which may abort the
+    process when a collective is still pending after an error)."""
+    import torch.distributed as dist
+
     folder = Path(argv[0])
     rank = int(os.environ["RANK"])
     _write_outcome(folder, rank, {"status": "started", "pid": os.getpid()})
@@ -537,13 +541,13 @@ def worker_main(argv: Sequence[str]) -> int:
             with open(partial, "wb") as f:
                 pickle.dump(report, f, protocol=pickle.HIGHEST_PROTOCOL)
             partial.rename(folder / REPORT_FILE)
-        _write_outcome(folder, rank, {"status": "ok", "pid": os.getpid()})
-        return 0
+        outcome, code = {"status": "ok"}, 0
     except Exception as exc:
-        outcome, code = _ended_by(exc), 2
-        if outcome["status"] != "user":
-            code = 3
+        outcome = _ended_by(exc)
+        code = 2 if outcome["status"] == "user" else 3
     _write_outcome(folder, rank, {**outcome, "pid": os.getpid()})
+    if dist.is_initialized():
+        dist.destroy_process_group()
     return code
 
 
@@ -589,7 +593,7 @@ def _write_outcome(folder: Path, rank: int, outcome: dict[str, Any]) -> None:
 
 def _run_rank(job: dict[str, Any], rank: int, world: int, local_rank: int) -> FlowReport:
     """Load the target as the parent did, take this rank's rows, run flow on the model in
-    DDP; the process group lives only while it runs."""
+    DDP (worker_main tears the process group down)."""
     import torch.distributed as dist
 
     from ...loading import load_target, scope_for
@@ -601,38 +605,33 @@ def _run_rank(job: dict[str, Any], rank: int, world: int, local_rank: int) -> Fl
     if device is not None:
         torch.cuda.set_device(device)
     dist.init_process_group(job["backend"], timeout=timedelta(seconds=job["collective_timeout"]))
-    try:
-        with scope_for(job["target"]):
-            loaded = load_target(job["target"], weights=job["weights"])
-            args, kwargs = resolve_inputs(
-                loaded, job["input_shape"], job["input_dtype"], job["seed"]
-            )
-            shard = Shard(rank, world, job["total"])
-            args, kwargs = shard.rows_of((args, kwargs))
-            model = loaded.obj
-            if device is not None:
-                model.to(device)
-            # unused parameters keep .grad None, as in one process (and do not stall DDP)
-            model = torch.nn.parallel.DistributedDataParallel(
-                model, device_ids=[local_rank] if cuda else None, find_unused_parameters=True
-            )
-            return run_flow(
-                model,
-                args,
-                kwargs,
-                loss_fn=_scaled_loss(loaded.loss_fn, job["loss_scales"]),
-                steps=job["steps"],
-                lr=job["lr"],
-                optimizer=job["optimizer"],
-                seed=job["seed"],
-                device=device,
-                target=loaded.spec,
-                found_by=loaded.found_by,
-                folder=loaded.path.resolve().parent,
-                shard=shard,
-            )
-    finally:
-        dist.destroy_process_group()
+    with scope_for(job["target"]):
+        loaded = load_target(job["target"], weights=job["weights"])
+        args, kwargs = resolve_inputs(loaded, job["input_shape"], job["input_dtype"], job["seed"])
+        shard = Shard(rank, world, job["total"])
+        args, kwargs = shard.rows_of((args, kwargs))
+        model = loaded.obj
+        if device is not None:
+            model.to(device)
+        # unused parameters keep .grad None, as in one process (and do not stall DDP)
+        model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[local_rank] if cuda else None, find_unused_parameters=True
+        )
+        return run_flow(
+            model,
+            args,
+            kwargs,
+            loss_fn=_scaled_loss(loaded.loss_fn, job["loss_scales"]),
+            steps=job["steps"],
+            lr=job["lr"],
+            optimizer=job["optimizer"],
+            seed=job["seed"],
+            device=device,
+            target=loaded.spec,
+            found_by=loaded.found_by,
+            folder=loaded.path.resolve().parent,
+            shard=shard,
+        )
 
 
 def _scaled_loss(
