@@ -61,6 +61,7 @@ def assert_same_report(target: Path, options: dict[str, Any], nproc: int) -> Flo
     many = run_flow_nproc(str(target), options, nproc)
     assert many.processes == nproc and many.batch_size == one.report.batch_size
     assert f"in {nproc} processes (DDP)" in rendered(many)
+    assert many.to_dict()["processes"] == nproc and "processes" not in one.report.to_dict()
     # apart from the seconds and the line that says N processes, the same table
     alike = dataclasses.replace(many, seconds=one.report.seconds, processes=1)
     assert rendered(alike) == rendered(one.report)
