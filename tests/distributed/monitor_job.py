@@ -95,6 +95,19 @@ def main() -> None:
                 default=str,
             )
         )
+    # gradient accumulation: the call under no_sync() is counted, not recorded
+    model = DistributedDataParallel(build_model())
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with Monitor(model) as mon:
+        for _ in range(2):
+            opt.zero_grad()
+            with model.no_sync():
+                torch.nn.functional.cross_entropy(model(x[:4]), y[:4]).backward()
+            torch.nn.functional.cross_entropy(model(x[4:]), y[4:]).backward()
+            opt.step()
+    (out / f"accumulate_rank{rank}.json").write_text(
+        json.dumps({"report": mon.report(), "steps": mon.steps_recorded}, default=str)
+    )
     # ranks whose forwards differ: the steps are left out, named, and nothing hangs
     torch.manual_seed(0)
     model = DistributedDataParallel(Diverging().double())

@@ -61,7 +61,7 @@ def job(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         os.killpg(proc.pid, signal.SIGKILL)
         output, _ = proc.communicate()
     results = {p.stem: json.loads(p.read_text()) for p in out.glob("*.json")}
-    assert proc.returncode == 0 and len(results) == 10, output[-4000:]
+    assert proc.returncode == 0 and len(results) == 12, output[-4000:]
     return results
 
 
@@ -167,6 +167,15 @@ def test_three_collectives_per_recorded_step(job: dict[str, Any], case: str) -> 
         done = job[f"{case}_rank{rank}"]
         assert done["steps"] == STEPS
         assert done["all_reduce_calls"] == 3 * STEPS
+
+
+def test_calls_under_no_sync_are_counted_not_recorded(job: dict[str, Any]) -> None:
+    """Gradient accumulation: the micro-batch under DDP's no_sync() has each rank's own
+    gradients; the synchronised one after it is recorded."""
+    done = job["accumulate_rank0"]
+    assert done["steps"] == 2 and done["report"]["steps_seen"] == 4
+    assert [h["step"] for h in done["report"]["history"]] == [2, 4]
+    assert not done["report"]["warnings"]
 
 
 def test_ranks_whose_forwards_differ_leave_their_steps_out(job: dict[str, Any]) -> None:

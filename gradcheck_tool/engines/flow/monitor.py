@@ -77,7 +77,8 @@ class Monitor:
     batch. Rank 0 gets it; the other ranks get None, or the same report with
     `all_ranks=True`. The report covers the steps finished so far: a step is finished when
     the model is called again or the `with` block ends (a report never runs a collective,
-    so rank 0 alone may ask for one).
+    so rank 0 alone may ask for one). Calls under DDP's `no_sync()` (gradient accumulation)
+    are counted, not recorded: their gradients are each rank's own.
     """
 
     def __init__(
@@ -154,8 +155,10 @@ class Monitor:
         try:
             if self._in_forward:  # left from inside the model's forward
                 self._on_model_return(None)
-            # after an exception no collective: the other ranks may not be here
-            self._finish_step(final=exc[0] is None)
+            if exc[0] is not None and self._ranks is not None:
+                self._recording = None  # no collective after an exception: ranks may be gone
+            else:
+                self._finish_step(final=True)
         finally:
             self._active = False
             while self._root_handles:
@@ -187,6 +190,8 @@ class Monitor:
         self._steps_seen += 1
         if (self._steps_seen - 1) % self.every:
             return
+        if self._ranks is not None and not getattr(module, "require_backward_grad_sync", True):
+            return  # under DDP's no_sync(): each rank's own gradients, not averaged: not recorded
         rec = self._recorder
         self._recording = self._steps_seen
         self._in_forward = True
@@ -225,7 +230,10 @@ class Monitor:
         self._steps.append(pending)
         unread = len(self._steps) - len(self._samples)
         if unread >= self.flush_every:  # bound the device memory held by unread steps
-            read_back([*self._steps[len(self._samples) :], *self._watch.unread(False)])
+            records = self._watch.unread(False)
+            if self._ranks is not None:
+                records = [r for r in records if r.reduced]
+            read_back([*self._steps[len(self._samples) :], *records])
 
     # results
     def flow_report(self) -> FlowReport | None:

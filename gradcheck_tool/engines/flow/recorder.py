@@ -539,8 +539,8 @@ class Recorder:
     def _on_grad(self, index: int, grad: torch.Tensor) -> None:
         try:
             st = self.state
-            if self.ranks is not None and not st.backward_end_queued:
-                self._queue_backward_end(st)
+            if self.ranks is not None and self.hook_param_grads and not st.backward_end_queued:
+                self._queue_backward_end(st)  # (flow() reads .grad after backward() itself)
             grad = grad.detach()
             st.bwd.append(index)
             if st.bwd_wants_norm[index]:
