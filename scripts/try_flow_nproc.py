@@ -1,6 +1,6 @@
 """Try `flow --nproc` before the CLI has the flag: the table of one process, then of N.
 
-    PYTHONPATH=. python scripts/try_flow_nproc.py sample_models/dead_relu_mlp.py 2 [--steps 3]
+PYTHONPATH=. python scripts/try_flow_nproc.py sample_models/dead_relu_mlp.py 2 [--steps 3]
 """
 
 from __future__ import annotations
