@@ -498,6 +498,7 @@ class FlowReport:
     # ("interrupt" for Ctrl-C, "terminated" for SIGTERM, "timeout" for --timeout)
     fail_on: tuple[str, ...] = ()
     interrupted: str | None = None
+    processes: int = 1  # flow --nproc: the processes (DDP) the batch was split across
 
     @property
     def failed_kinds(self) -> tuple[str, ...]:
@@ -582,6 +583,8 @@ class FlowReport:
             "warnings": list(self.warnings),
             "seconds": round(self.seconds, 3),
         }
+        if self.processes > 1:
+            out["processes"] = self.processes
         if self.source == "monitor":
             out["every"] = self.every
             out["steps_seen"] = self.steps_seen

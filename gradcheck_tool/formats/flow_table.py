@@ -365,8 +365,10 @@ def header_lines(report: FlowReport) -> list[str]:
         f"target: {report.target}" + (f"  (found by: {report.found_by})" if report.found_by else "")
     ]
     batch = f", batch {report.batch_size}" if report.batch_size is not None else ""
+    processes = f" in {report.processes} processes (DDP)" if report.processes > 1 else ""
     lines.append(
-        f"model in {report.dtype} on {report.device}, {report.mode} mode{batch}; loss: {loss}"
+        f"model in {report.dtype} on {report.device}{processes}, {report.mode} mode{batch}; "
+        f"loss: {loss}"
     )
     if report.source == "monitor":
         lines.append(

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from .activations import ActivationSpec, activation_for_module
-from .distributed import display_names, original_type, whole_shapes
+from .distributed import display_names, original_type, whole_shapes, wrapped_attribute
 from .samples import ROOT
 
 # Layers whose parameters index channels in dim 1 of the activations after them (conv maps);
@@ -77,12 +77,17 @@ class ModelMap:
         self.param_names: list[str] = []
         self.param_layer: list[int] = []
         self.type_names: dict[int, str] = {}
+        # wrappers (DDP, FSDP1, compile, checkpoint): their calls take no place in the
+        # forward order, so that a wrapped model's rows are numbered as the model's own
+        self.wrappers: set[int] = set()
         seen: set[int] = set()
         shown = display_names(model)
         for _, module in model.named_modules():
             name = shown.get(id(module), "")
             self.names[id(module)] = name
             self.type_names[id(module)] = original_type(module).__name__
+            if wrapped_attribute(module) is not None:
+                self.wrappers.add(id(module))
             self.depth[id(module)] = name.count(".") + 1 if name else 0
             self.specs[id(module)] = activation_for_module(module)
             own = []

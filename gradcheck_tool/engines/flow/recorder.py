@@ -341,7 +341,8 @@ class Recorder:
 
     def on_pre(self, module: nn.Module, args: tuple, kwargs: dict | None) -> None:
         st = self.state
-        st.order += 1
+        if id(module) not in self.mm.wrappers:
+            st.order += 1
         name, depth, _, layer = self.mm.info[id(module)]
         if module is self.mm.root and not self.hook_param_grads:
             # every weight norm, before anything changes them (the Monitor measures each

@@ -7,7 +7,7 @@ import dataclasses
 import math
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 from torch import nn
@@ -28,6 +28,7 @@ from ...prepare import (
 )
 from ...results import FlowReport, LayerStats
 from ...stopping import Interrupted, caught, raise_if_stopped, shielded
+from .distributed import RankContext, detect_ranks, reduce_across_ranks
 from .findings import detect_findings
 from .layer_rows import history, parameter_grad_max, resolve_step
 from .model_map import ModelMap, comparable_keys, model_dtype_device
@@ -37,6 +38,9 @@ from .recorder import Recorder
 from .samples import StepSample, label
 from .step import read_back
 from .thresholds import FlowThresholds
+
+if TYPE_CHECKING:
+    from .distributed_flow import Shard
 
 # flow may run where check can't (no float64 on MPS): on the model's own dtype and device
 ALLOWED_DEVICES = ("cpu", "cuda", "mps")
@@ -102,10 +106,15 @@ def run_flow(
     found_by: str = "",
     folder: Path | None = None,
     device: str | torch.device | None = None,
+    shard: Shard | None = None,
 ) -> FlowReport:
     """flow() on inputs already split into (args, kwargs); the CLI's entry point.
 
     `device` moves the copy and the inputs (default: where the model already lives).
+    `shard` (`flow --nproc`, distributed_flow.py): the inputs are this process's rows of a
+    batch split across processes under DDP; the projection loss is the whole batch's,
+    restricted to these rows, and the report gives the whole batch's size (Note [a batch
+    split across processes]).
     Interrupted as flow() is."""
     optimizer, lr = _checked_options(model, steps, optimizer, lr)
     th = thresholds or FlowThresholds()
@@ -142,10 +151,13 @@ def run_flow(
             th=th,
             functional=functional,
             folder=folder,
+            shard=shard,
         )
 
     first = first_tensor((args, kwargs))
     batch = int(first.shape[0]) if first is not None and first.dim() >= 1 else None
+    if shard is not None:
+        batch = shard.total
     loss_kind = "loss_fn" if loss_fn is not None else "projection"
     overfit = overfit_verdict(samples, loss_kind, th, steps, cut_short=interrupted is not None)
     if len(samples) < steps and interrupted is None:
@@ -256,12 +268,15 @@ def _train_and_measure(
     th: FlowThresholds,
     functional: bool,
     folder: Path | None,
+    shard: Shard | None = None,
 ) -> tuple[list[StepSample], list[str], set[str], str | None]:
     """Measure `steps` steps on the copy, stepping the optimizer between them; stops at the
     first step with a non-finite value. Ctrl-C (or a Stop) after a step was measured keeps
     the steps measured, and the reason is returned last; before that it propagates."""
     mm = ModelMap(work)
-    recorder = Recorder(mm, functional=functional)
+    # under DDP in several processes (flow --nproc): each step combined across them
+    ranks, note = detect_ranks(work, mm.params)
+    recorder = Recorder(mm, functional=functional, ranks=ranks)
     recorder.saturation_margin = th.saturation_margin
     trainable = [p for p in mm.params if p.requires_grad]
     opt = None
@@ -271,9 +286,9 @@ def _train_and_measure(
             if optimizer == "sgd"
             else torch.optim.Adam(trainable, lr=lr)
         )
-    step_loss = _StepLoss(loss_fn, seed, folder)
+    step_loss = _StepLoss(loss_fn, seed, folder, shard)
     samples: list[StepSample] = []
-    warnings: list[str] = []
+    warnings: list[str] = [note] if note is not None else []
     # the update of each step, through the same optimizer hooks as the Monitor's (p.grad is
     # set to None before every step here: no zeroing to check)
     watch = OptimizerWatch(mm)
@@ -299,6 +314,8 @@ def _train_and_measure(
                     ) from exc
             recorder.measure_grads([p.grad for p in mm.params])
             pending = recorder.collect(step, loss)
+            if ranks is not None:
+                _combine_across_ranks([pending], ranks)
             read_back([pending])  # the one host transfer of this step
             sample = resolve_step(pending, mm)
             grad_max[step] = parameter_grad_max(pending, len(mm.params))
@@ -323,6 +340,8 @@ def _train_and_measure(
             recorder.close()
             for p in mm.params:
                 p.grad = None
+    if ranks is not None:
+        _combine_across_ranks(watch.unread(include_armed=True), ranks)
     read_back(watch.unread(include_armed=True))  # one transfer for every step's update
     samples = [
         apply_record(s, watch.records.get(s.step), mm, grad_max.get(s.step)) for s in samples
@@ -332,6 +351,19 @@ def _train_and_measure(
     warnings.extend(recorder.errors)
     warnings.extend(watch.errors)
     return samples, warnings, comparable_keys(mm), interrupted
+
+
+def _combine_across_ranks(items: list[Any], ranks: RankContext) -> None:
+    """A step's numbers (or the optimizer's records) combined across the processes (Note
+    [reducing a step across ranks]); every process calls it at the same point, and all of
+    them stop together when the numbers cannot be combined."""
+    if not reduce_across_ranks(items, ranks):
+        raise UserCodeError(
+            "the processes' forwards took different paths on their parts of the batch (other "
+            "layers or activations ran), so their statistics cannot be combined",
+            hint="Run without --nproc: a forward whose path depends on the data is measured "
+            "on the whole batch in one process.",
+        )
 
 
 def _recorded_forward(
@@ -361,8 +393,15 @@ class _StepLoss:
     """The scalar loss of a step: the user's `loss_fn(output, *inputs)` (its terms summed), or
     a seeded random projection of the output, made at the first step."""
 
-    def __init__(self, loss_fn: Callable[..., Any] | None, seed: int, folder: Path | None):
+    def __init__(
+        self,
+        loss_fn: Callable[..., Any] | None,
+        seed: int,
+        folder: Path | None,
+        shard: Shard | None = None,
+    ):
         self.loss_fn = loss_fn
+        self.shard = shard
         self.seed = seed
         self.folder = folder
         self.user: UserLoss | None = None
@@ -379,8 +418,11 @@ class _StepLoss:
             leaves = [t for _, t in floating_leaves(output)]
             dtype = leaves[0].dtype if leaves else torch.float32
             # the loss flow reports is the plain projection of the output, every output in it
+            reference = output if self.shard is None else self.shard.whole_batch(output)
             self.projection = ProjectionLoss(
-                output, self.seed, dtype, differenced=False, skip_nondifferentiable=False
+                reference, self.seed, dtype, differenced=False, skip_nondifferentiable=False
             )
+            if self.shard is not None:  # this process's rows of the whole batch's projection
+                self.projection.projections = self.shard.own_rows(self.projection.projections)
         loss, _ = self.projection(output, args, kwargs)
         return loss.reshape(())
