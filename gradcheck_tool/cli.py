@@ -195,7 +195,7 @@ CHECK_KEYS = (
 )  # fmt: skip
 FLOW_KEYS = (
     "input_shape", "input_dtype", "weights", "steps", "lr", "optimizer", "plot", "fail_on",
-    "device", "seed",
+    "device", "seed", "nproc",
 )  # fmt: skip
 
 
@@ -496,6 +496,13 @@ def flow(
     ),
     plot: Optional[str] = typer.Option(
         None, "--plot", help="Write the gradient-flow figure to PATH (.png or .svg)."
+    ),
+    nproc: int = typer.Option(
+        1,
+        "--nproc",
+        min=1,
+        help="Run under DistributedDataParallel in N local processes (torch.distributed.run; "
+        "gloo on the CPU, NCCL with --device cuda), the example batch split across them.",
     ),
     fail_on: Optional[str] = typer.Option(
         None,

@@ -152,6 +152,7 @@ OPTIONS: dict[str, tuple[tuple[str, ...], Callable[[Any], Any], bool]] = {
     "skip": (("check",), _names, False),
     "wrt": (("check",), _names, False),
     "steps": (("flow",), _int_at_least(1), False),
+    "nproc": (("flow",), _int_at_least(1), False),
     "lr": (("flow",), _positive, False),
     "optimizer": (("flow",), _one_of("sgd", "adam"), False),
     "plot": (("flow",), _text, True),

@@ -148,11 +148,8 @@ def _check(
 def _flow(
     target: str, options: Mapping[str, Any], on_note: Callable[[str], None] | None
 ) -> tuple[Any, str | None]:
-    from .engines.flow import run_flow
     from .engines.flow.findings import finding_kinds, parse_fail_on
     from .formats.plot import check_plot_path, plot_flow
-    from .loading import load_target
-    from .prepare import resolve_inputs
 
     o = dict(options)
     seed = o.get("seed", 0)
@@ -163,11 +160,32 @@ def _flow(
     plot = o.get("plot")
     if plot:
         check_plot_path(plot)
+    reason = None
+    if (o.get("nproc") or 1) > 1:  # under DDP in N local processes
+        from .engines.flow.distributed_flow import run_flow_nproc
+
+        report = run_flow_nproc(target, o, o["nproc"])
+    else:
+        report, reason = _flow_here(target, o, seed)
+    order = finding_kinds()
+    report = dataclasses.replace(report, fail_on=tuple(k for k in order if k in fatal))
+    if plot and report is not None:
+        written = plot_flow(report, plot)
+        if on_note is not None:
+            on_note(f"plot written to {written}")
+    return report, reason
+
+
+def _flow_here(target: str, o: dict[str, Any], seed: int) -> tuple[Any, str | None]:
+    """flow in this process: the report, and why it stopped early (None: it did not)."""
+    from .engines.flow import run_flow
+    from .loading import load_target
+    from .prepare import resolve_inputs
+
     loaded = load_target(target, weights=o.get("weights"))
     args, kwargs = resolve_inputs(
         loaded, o.get("input_shape"), o.get("input_dtype", "float32"), seed
     )
-    reason = None
     try:
         report = run_flow(
             loaded.obj,
@@ -184,15 +202,8 @@ def _flow(
             folder=loaded.path.resolve().parent,
         )
     except Interrupted as stop:
-        report = stop.report
-        reason = _reason(report.interrupted)
-    order = finding_kinds()
-    report = dataclasses.replace(report, fail_on=tuple(k for k in order if k in fatal))
-    if plot and report is not None:
-        written = plot_flow(report, plot)
-        if on_note is not None:
-            on_note(f"plot written to {written}")
-    return report, reason
+        return stop.report, _reason(stop.report.interrupted)
+    return report, None
 
 
 def _reason(interrupted: Any) -> str:

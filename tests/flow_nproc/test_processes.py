@@ -181,3 +181,21 @@ def _alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
     except OSError:
         return False
+
+
+def test_the_command_line_prints_the_same_table_with_nproc(tmp_path, monkeypatch):
+    """`gradtool flow FILE --nproc 2` (and `nproc = 2` in the config) print the table of one
+    process, apart from the header's "in 2 processes (DDP)" and the seconds."""
+    from conftest import invoke_cli
+
+    def table_of(*args: str) -> list[str]:
+        result = invoke_cli("flow", SAMPLES / "dead_relu_mlp.py", *args)
+        assert result.code == 0, result.output
+        lines = result.stdout.splitlines()
+        return [ln for ln in lines if not re.fullmatch(r"\d+\.\d+s", ln.strip())]
+
+    one, two = table_of(), table_of("--nproc", "2")
+    assert "in 2 processes (DDP)" in " ".join(two)
+    assert [ln for ln in two if "processes" not in ln and "seeded random" not in ln] == [
+        ln for ln in one if "train mode" not in ln and "seeded random" not in ln
+    ]
