@@ -31,7 +31,7 @@ from .options import (
 )
 from .precision import Downcast, downcasts
 from .prepare import Problem, SecondOrderProblem, home_device, normalize_inputs, parse_device
-from .results import CheckReport
+from .results import CheckReport, Unchecked
 from .stopping import STOPPED_BY, caught
 from .targets import resolve_target
 
@@ -311,11 +311,22 @@ def _finished(
 ) -> CheckReport:
     """The report with what the engine does not know: where it ran, what was left out, and
     how the target was checked, and where in the user's code each gradient is made."""
+    # a stopped run names the tensors it never reached (the one that hung among them)
+    judged = {r.name for r in report.results}
+    not_reached = (
+        tuple(
+            Unchecked(c.name, c.kind, f"not reached: the run was stopped ({report.interrupted})")
+            for c in problem.checkables
+            if c.name not in judged
+        )
+        if report.interrupted
+        else ()
+    )
     report = dataclasses.replace(
         report,
         device=str(problem.checkables[0].value.device),
         warnings=(*notes, *report.warnings),
-        unchecked=tuple(problem.unchecked),
+        unchecked=(*not_reached, *problem.unchecked),
         left_out_outputs=problem.left_out_outputs,
         lower_precision=tuple(d.describe() for d in lowered),
         default_dtype=str(problem.dtype).replace("torch.", ""),
@@ -324,9 +335,10 @@ def _finished(
     walk = not report.interrupted
     try:
         located = locate_results(problem, report.results, walk_graph=walk)
-    except KeyboardInterrupt:  # during that forward: the verdicts stand, reported as stopped
+    except KeyboardInterrupt as exc:  # during that forward: the verdicts stand, as stopped
         located = locate_results(problem, report.results, walk_graph=False)
-        raise Interrupted(dataclasses.replace(report, results=located, interrupted=True)) from None
+        stopped = dataclasses.replace(report, results=located, interrupted=caught(exc))
+        raise Interrupted(stopped) from None
     return dataclasses.replace(report, results=located)
 
 

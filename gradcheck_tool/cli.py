@@ -19,7 +19,7 @@ import typer
 
 from ._version import __version__
 from .errors import GradtoolError, OptionError
-from .options import DEFAULT_DIRECTIONS, DEFAULT_SAMPLES, Optimizer, flag_for
+from .options import DEFAULT_DIRECTIONS, DEFAULT_SAMPLES, Optimizer, StdoutFormat, flag_for
 
 EXIT_OK, EXIT_FAIL, EXIT_USER, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 EXIT_TIMEOUT, EXIT_TERMINATED = 124, 143
@@ -52,7 +52,7 @@ TARGET_HELP = (
     "path/to/file.py or path/to/file.py:NAME (a model, autograd.Function or function); "
     "without it, every target configured in pyproject.toml's [tool.gradtool]"
 )
-TargetArg = typer.Argument(None, help=TARGET_HELP, metavar="[TARGET]", show_default=False)
+TargetArg = typer.Argument(None, help=TARGET_HELP, metavar="TARGET", show_default=False)
 InputShapeOpt = typer.Option(
     None,
     "--input-shape",
@@ -69,8 +69,9 @@ WeightsOpt = typer.Option(
 )
 JsonOpt = typer.Option(None, "--json", help="Write a JSON report to PATH ('-' for stdout).")
 FormatOpt = typer.Option(
-    "table",
+    StdoutFormat.TABLE,
     "--format",
+    case_sensitive=False,
     help="What standard output shows: table, json, github (workflow commands: annotations "
     "at the failing line) or markdown.",
 )
@@ -231,7 +232,7 @@ def _interrupted_message(reason: str, timeout: float | None) -> str:
         return f"stopped: --timeout {timeout:g} s ran out" if timeout else "stopped: timeout"
     if reason == "terminated":
         return "stopped: terminated (SIGTERM)"
-    return "interrupted"
+    return "stopped: interrupted (Ctrl-C)"
 
 
 def run_command(
@@ -247,14 +248,12 @@ def run_command(
 
     `options` and `run_options` are keyed by click's parameter names (the function's
     arguments); only those the command line gave override the config."""
-    import os
-
     from . import formats
     from .config import load_config
     from .formats.json import check_path
-    from .results import TargetRun, worst_exit_code
-    from .runner import run_configured
-    from .stopping import EXIT_CODES, bounded, reason_of
+    from .results import worst_exit_code
+    from .runner import NOT_RUN, not_run, run_configured
+    from .stopping import bounded, reason_of, shielded
 
     with user_errors(debug):
         project = load_config(config_path)
@@ -262,15 +261,15 @@ def run_command(
         for key in ("skip", "wrt"):
             if key in given:
                 given[key] = _names(given[key])
-        settings = {
-            **project.run,
-            **{RUN_PARAMS[k]: v for k, v in _given(ctx, run_options).items()},
-        }
+        from_line = {RUN_PARAMS[k]: v for k, v in _given(ctx, run_options).items()}
+        settings = {**project.run, **from_line}
         fmt = formats.OutputFormat(settings.get("format", "table"))
         json_path, junit_path = settings.get("json"), settings.get("junit")
         timeout = settings.get("timeout")
-        if timeout is not None and not timeout > 0:
-            raise OptionError("timeout", f"must be a positive number of seconds, not {timeout}")
+        if timeout is not None:
+            timeout = _timeout(timeout)
+        if junit_path == "-":
+            raise OptionError("junit", "needs a file path ('-' is for --json)")
         for path, option in ((json_path, "json"), (junit_path, "junit")):
             if path and path != "-":
                 _make_folder(path, option)  # as pytest's --junitxml does
@@ -281,11 +280,11 @@ def run_command(
             entries = list(project.of(command))
             if not entries:
                 raise _nothing_configured(command, project)
+    configured = target is None
     json_out = json_path == "-" or fmt is formats.OutputFormat.JSON
     table = fmt is formats.OutputFormat.TABLE and json_path != "-"
     stdout = sys.stdout
     notes = _error_console()
-
     runs: list[Any] = []
 
     def on_done(run: Any) -> None:
@@ -293,9 +292,9 @@ def run_command(
         # a configured run's table shows each target's error in its place; otherwise the
         # message goes to stderr, where a person reads it beside the machine's output
         if run.error and run.report is None and run.interrupted is None:
-            if not (table and target is None):
+            if not (table and configured):
                 _print_error(run)
-        if run.interrupted is not None:
+        if run.interrupted is not None and run.error != NOT_RUN:  # said once, not per target
             notes.print(
                 f"[bold yellow]{_interrupted_message(run.interrupted, timeout)}[/bold yellow]"
             )
@@ -318,41 +317,67 @@ def run_command(
     except KeyboardInterrupt as exc:  # a stop in gradtool's own code, between targets
         reason = reason_of(exc) or "interrupt"
         notes.print(f"[bold yellow]{_interrupted_message(reason, timeout)}[/bold yellow]")
-        runs += [
-            TargetRun(command, e.target, None, EXIT_CODES[reason], interrupted=reason,
-                      error="not run: the run was stopped before it", config=e.where)
-            for e in entries[len(runs) :]
-        ]  # fmt: skip
-    # the reports are written outside the bounded run: a stop no longer cuts them in half
-    with user_errors(debug):
-        # a TARGET that could not run has its message on stderr and no report (as before
-        # there were configured runs); a configured run reports every target, and a
-        # stopped one is reported even before its first result (CI keeps the JSON/JUnit)
-        shown = (
-            [r for r in runs if r.report is not None or r.interrupted is not None]
-            if target is not None
-            else runs
-        )
-        if shown:
-            formats.write_runs(
-                shown, formats.OutputFormat.JSON if json_path == "-" else fmt, stdout
-            )
+        runs += [not_run(command, e, reason) for e in entries[len(runs) :]]
+    # a stop while the reports are written only marks the run: they are written whole, and
+    # the exit code is theirs
+    with shielded(), user_errors(debug):
+        # a TARGET that could not run has its message on stderr and no table or JSON on
+        # stdout (nothing else is there); annotations, files and summaries say it too
+        reported = [r for r in runs if r.report is not None or r.interrupted is not None]
+        for_stdout = runs if configured or not (table or json_out) else reported
+        if for_stdout:
+            out_fmt = formats.OutputFormat.JSON if json_path == "-" else fmt
+            formats.write_runs(for_stdout, out_fmt, stdout, configured=configured)
         if table and command == "flow":
-            failed = [k for r in runs if r.report is not None for k in r.report.failed_kinds]
-            if failed:
-                _console_out().print(
-                    f"[bold red]failing:[/bold red] --fail-on {','.join(dict.fromkeys(failed))}"
-                )
-        if json_path and json_path != "-" and shown:
-            _write_file(shown, formats.OutputFormat.JSON, json_path, "json")
+            _say_failing(runs, "fail_on" in given, project)
+        if json_path and json_path != "-":
+            formats.write_runs_file(
+                runs, formats.OutputFormat.JSON, json_path, "json", configured=configured
+            )
         if junit_path:  # a target that could not run is an <error> test case there
-            _write_file(runs, formats.OutputFormat.JUNIT, junit_path, "junit")
-        summary = os.environ.get("GITHUB_STEP_SUMMARY")
-        if summary:
-            from .formats.markdown import append_step_summary
-
-            append_step_summary(runs, summary)
+            formats.write_runs_file(runs, formats.OutputFormat.JUNIT, junit_path, "junit")
+        _append_step_summary(runs)
     raise typer.Exit(worst_exit_code(runs))
+
+
+MAX_TIMEOUT = 1e7  # seconds (~4 months): beyond what a timer takes
+
+
+def _timeout(value: Any) -> float:
+    from .options import positive
+
+    seconds = positive("timeout", value, "a positive number of seconds")
+    if seconds > MAX_TIMEOUT:
+        raise OptionError("timeout", f"must be at most {MAX_TIMEOUT:g} seconds, not {value}")
+    return seconds
+
+
+def _say_failing(runs: list[Any], from_line: bool, project: Any) -> None:
+    failed = [k for r in runs if r.report is not None for k in r.report.failed_kinds]
+    if failed:
+        where = "--fail-on" if from_line else f"fail_on in {project.label}"
+        _console_out().print(
+            f"[bold red]failing ({_escape(where)}):[/bold red] {','.join(dict.fromkeys(failed))}"
+        )
+
+
+def _append_step_summary(runs: list[Any]) -> None:
+    """The markdown summary, appended to $GITHUB_STEP_SUMMARY when GitHub Actions sets it;
+    a file that can't be written is a warning, not a verdict."""
+    import os
+
+    path = os.environ.get("GITHUB_STEP_SUMMARY")
+    if not path:
+        return
+    from .formats.markdown import append_step_summary
+
+    try:
+        append_step_summary(runs, path)
+    except OSError as exc:
+        _error_console().print(
+            f"[yellow]warning:[/yellow] could not append the summary to GITHUB_STEP_SUMMARY "
+            f"({_escape(path)}): {_escape(exc.strerror or str(exc))}"
+        )
 
 
 def _console_out() -> Any:
@@ -396,16 +421,6 @@ def _make_folder(path: str, option: str) -> None:
             raise OptionError(option, f"{path}: could not make {folder}: {exc.strerror}") from None
 
 
-def _write_file(runs: Any, fmt: Any, path: str, option: str) -> None:
-    from . import formats
-
-    try:
-        with open(path, "w", encoding="utf-8") as fh:
-            formats.write_runs(runs, fmt, fh)
-    except OSError as exc:
-        raise OptionError(option, f"{path}: could not write: {exc.strerror or exc}") from None
-
-
 @app.command()
 def check(
     ctx: typer.Context,
@@ -422,7 +437,9 @@ def check(
     eps: Optional[float] = typer.Option(
         None, "--eps", help="Finite-difference step h (default 1e-6; 1e-3 with --dtype float32)."
     ),
-    full: bool = typer.Option(False, "--full", help="Check every coordinate of every tensor."),
+    full: bool = typer.Option(
+        False, "--full/--no-full", help="Check every coordinate of every tensor."
+    ),
     samples: Optional[int] = typer.Option(
         None,
         "--samples",
@@ -437,20 +454,28 @@ def check(
         "to the sampled tensors until this much time has passed.",
     ),
     second_order: bool = typer.Option(
-        False, "--second-order", help="Also check the double backward (as gradgradcheck)."
+        False,
+        "--second-order/--no-second-order",
+        help="Also check the double backward (as gradgradcheck).",
     ),
     sweep: bool = typer.Option(
-        False, "--sweep", help="Sweep the step size for every tensor (failing ones always are)."
+        False,
+        "--sweep/--no-sweep",
+        help="Sweep the step size for every tensor (failing ones always are).",
     ),
     forward_mode: bool = typer.Option(
-        False, "--forward-mode", help="Check forward-mode derivatives (a Function's jvp)."
+        False,
+        "--forward-mode/--no-forward-mode",
+        help="Check forward-mode derivatives (a Function's jvp).",
     ),
     dtype: str = typer.Option(
         "float64", "--dtype", help="float64, or float32 for code that can't run in float64."
     ),
     device: Optional[str] = DeviceOpt,
     serial: bool = typer.Option(
-        False, "--serial", help="Evaluate one perturbation at a time (no vmap batching)."
+        False,
+        "--serial/--no-serial",
+        help="Evaluate one perturbation at a time (no vmap batching).",
     ),
     skip: Optional[List[str]] = typer.Option(
         None,
@@ -464,7 +489,7 @@ def check(
         help="Check only these tensors (names or patterns, as --skip).",
     ),
     seed: int = SeedOpt,
-    fmt: str = FormatOpt,
+    fmt: StdoutFormat = FormatOpt,
     json_path: Optional[str] = JsonOpt,
     junit: Optional[str] = JunitOpt,
     timeout: Optional[float] = TimeoutOpt,
@@ -512,7 +537,7 @@ def flow(
     ),
     device: Optional[str] = DeviceOpt,
     seed: int = SeedOpt,
-    fmt: str = FormatOpt,
+    fmt: StdoutFormat = FormatOpt,
     json_path: Optional[str] = JsonOpt,
     junit: Optional[str] = JunitOpt,
     timeout: Optional[float] = TimeoutOpt,

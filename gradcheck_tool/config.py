@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .errors import GradtoolError
+from .options import StdoutFormat
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -91,6 +92,34 @@ def _one_of(*choices: str) -> Callable[[Any], str]:
         return value.lower()
 
     return check
+
+
+def _device(value: Any) -> str:
+    """cpu, cuda or cuda:N (whether CUDA is there is told when the target runs)."""
+    import re
+
+    if not isinstance(value, str) or not re.fullmatch(r"cpu|cuda(:\d+)?", value.strip()):
+        raise ValueError("must be cpu, cuda or cuda:N")
+    return value.strip()
+
+
+# the dtypes --input-dtype takes (loading.parse_dtype reads the same names)
+INPUT_DTYPES = (
+    "float32", "float", "float64", "double", "float16", "bfloat16", "int64", "long", "int32",
+    "bool",
+)  # fmt: skip
+
+
+def _input_dtype(value: Any) -> str:
+    if not isinstance(value, str) or value.lower().removeprefix("torch.") not in INPUT_DTYPES:
+        raise ValueError(f"must be one of {', '.join(INPUT_DTYPES)}")
+    return value
+
+
+def _plot(value: Any) -> str:
+    if not isinstance(value, str) or not value.lower().endswith((".png", ".svg")):
+        raise ValueError("must be a .png or .svg path")
+    return value
 
 
 def _names(value: Any) -> list[str]:
@@ -155,17 +184,17 @@ OPTIONS: dict[str, tuple[tuple[str, ...], Callable[[Any], Any], bool]] = {
     "nproc": (("flow",), _int_at_least(1), False),
     "lr": (("flow",), _positive, False),
     "optimizer": (("flow",), _one_of("sgd", "adam"), False),
-    "plot": (("flow",), _text, True),
+    "plot": (("flow",), _plot, True),
     "fail_on": (("flow",), _fail_on, False),
-    "device": (_BOTH, _text, False),
+    "device": (_BOTH, _device, False),
     "seed": (_BOTH, _seed, False),
     "input_shape": (_BOTH, _shapes, False),
-    "input_dtype": (_BOTH, _text, False),
+    "input_dtype": (_BOTH, _input_dtype, False),
     "weights": (_BOTH, _text, True),
 }
 # keys of the whole run: top level only
 RUN_OPTIONS: dict[str, tuple[Callable[[Any], Any], bool]] = {
-    "format": (_one_of("table", "json", "github", "markdown"), False),
+    "format": (_one_of(*(f.value for f in StdoutFormat)), False),
     "junit": (_text, True),
     "json": (_text, True),
     "timeout": (_positive, False),
@@ -342,11 +371,14 @@ def _value(
 
 
 def _unknown(key: str, where: str, known: list[str], command: str | None = None) -> ConfigError:
-    close = difflib.get_close_matches(key.replace("-", "_"), known, n=1)
-    if close:
+    name = key.replace("-", "_")
+    close = difflib.get_close_matches(name, known, n=1)
+    if command is not None and name in OPTIONS:
+        hint = f"{key} is an option of gradtool {', '.join(OPTIONS[name][0])}, not of {command}."
+    elif command is not None and name in RUN_OPTIONS:
+        hint = f"{key} is a key of the whole run: put it in [tool.gradtool]."
+    elif close:
         hint = f"Did you mean {close[0]}?"
-    elif command is not None and key.replace("-", "_") in OPTIONS:
-        hint = f"{key} is not an option of gradtool {command}."
     else:
         hint = f"Known keys: {', '.join(sorted(known))}."
     return ConfigError(f"{where}: unknown key {key!r}", hint=hint)

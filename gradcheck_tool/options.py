@@ -33,6 +33,15 @@ class Optimizer(str, enum.Enum):
     ADAM = "adam"
 
 
+class StdoutFormat(str, enum.Enum):
+    """What `--format` puts on standard output (JUnit goes to a file: `--junit PATH`)."""
+
+    TABLE = "table"
+    JSON = "json"
+    GITHUB = "github"
+    MARKDOWN = "markdown"
+
+
 # other names torch and users give a member: torch.double, torch.float
 ALIASES: dict[type[enum.Enum], dict[str, str]] = {
     CheckDtype: {"double": "float64", "float": "float32"},

@@ -24,18 +24,21 @@ EXIT_OK, EXIT_FAIL, EXIT_USER, EXIT_INTERNAL = 0, 1, 2, 3
 Progress = Callable[[str, int, int], None]
 
 
-def error_text(exc: BaseException) -> str:
-    """The one-screen message of a user error, with its hint; options named by their flag."""
+def error_text(exc: BaseException, where: str | None = None) -> str:
+    """The one-screen message of a user error, with its hint. An option is named by its flag
+    (`--tolerance`), or by its key (`tolerance`) for a configured target, whose entry
+    (`where`) the message then names too."""
     if isinstance(exc, OptionError):
-        message = f"{flag_for(exc.option)} {exc.problem}"
+        message = f"{exc.option if where else flag_for(exc.option)} {exc.problem}"
     elif isinstance(exc, GradtoolError):
         message = exc.message
     elif isinstance(exc, SystemExit):
-        return f"your code called sys.exit({exc.code!r})"
+        message = f"your code called sys.exit({exc.code!r})"
     else:
         return f"internal error in gradtool: {type(exc).__name__}: {exc}"
     hint = getattr(exc, "hint", None)
-    return f"{message}\n{hint}" if hint else message
+    lines = [message, *([f"(the target of {where})"] if where else []), *([hint] if hint else [])]
+    return "\n".join(lines)
 
 
 def run_target(
@@ -95,7 +98,7 @@ def run_target(
             raise
         if debug:
             traceback.print_exc()
-        return done(None, EXIT_USER, error=error_text(exc))
+        return done(None, EXIT_USER, error=error_text(exc, config))
     except Exception as exc:
         if debug:
             traceback.print_exc()
@@ -212,6 +215,17 @@ def _reason(interrupted: Any) -> str:
     return "interrupt"
 
 
+NOT_RUN = "not run: the run was stopped before it"
+
+
+def not_run(command: str, entry: Any, reason: str) -> TargetRun:
+    """A target the run never reached, because it was stopped (`reason`) before it."""
+    return TargetRun(
+        command, entry.target, None, EXIT_CODES[reason], error=NOT_RUN, interrupted=reason,
+        config=entry.where,
+    )  # fmt: skip
+
+
 def run_configured(
     command: str,
     targets: Any,
@@ -232,17 +246,10 @@ def run_configured(
     for entry in targets:
         stopped = stopped or (stop_reason() if stop_reason else None)
         if stopped is not None:
-            runs.append(
-                TargetRun(
-                    command,
-                    entry.target,
-                    None,
-                    EXIT_CODES[stopped],
-                    interrupted=stopped,
-                    error="not run: the run was stopped before it",
-                    config=entry.where,
-                )
-            )
+            run = not_run(command, entry, stopped)
+            runs.append(run)
+            if on_done is not None:
+                on_done(run)
             continue
         if on_start is not None:
             on_start(entry)

@@ -44,8 +44,9 @@ def assert_gradients_match(
     The user's mistakes in the call itself (a bad option, unusable inputs) raise
     `GradtoolError`, as `check` does; Ctrl-C raises KeyboardInterrupt.
     """
+    __tracebackhide__ = True  # pytest: the failure points at the user's test, not here
     from .api import check
-    from .engines.check import Interrupted
+    from .stopping import Interrupted
 
     try:
         report = check(target, inputs, **options)
@@ -74,11 +75,16 @@ def assert_flow_healthy(
     Raises AssertionError (a `ReportAssertionError` carrying the FlowReport) whose message
     is the flow table as plain text when one is found.
     """
+    __tracebackhide__ = True
     from .engines.flow import flow
     from .engines.flow.findings import parse_fail_on
+    from .stopping import Interrupted
 
     kinds = parse_fail_on(_kinds_text(fail_on)) if fail_on is not None else _fatal_kinds()
-    report = flow(model, inputs, **options)
+    try:
+        report = flow(model, inputs, **options)
+    except Interrupted:
+        raise KeyboardInterrupt from None  # the test run stops, as it would without gradtool
     # the registry's order, as the CLI's --fail-on keeps it
     report = dataclasses.replace(report, fail_on=tuple(k for k in _all_kinds() if k in kinds))
     if not report.passed:

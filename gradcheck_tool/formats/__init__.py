@@ -38,19 +38,25 @@ def write(report: Any, fmt: OutputFormat, out: TextIO, width: int | None = None)
     module.write(report, out, width=width)
 
 
-def write_runs(runs: Any, fmt: OutputFormat, out: TextIO, width: int | None = None) -> None:
-    """Write a run of targets (a sequence of `results.TargetRun`) to `out` in format `fmt`."""
+def write_runs(
+    runs: Any, fmt: OutputFormat, out: TextIO, width: int | None = None, *, configured: bool = False
+) -> None:
+    """Write a run of targets (a sequence of `results.TargetRun`) to `out` in format `fmt`.
+    `configured`: the targets of the project's config (not one TARGET): the table titles each
+    and ends with a summary, the JSON is always the envelope of every target, however many."""
     module = importlib.import_module(f"{__name__}.{FORMATS[OutputFormat(fmt)]}")
-    module.write_runs(runs, out, width=width)
+    module.write_runs(runs, out, width=width, configured=configured)
 
 
-def write_runs_file(runs: Any, fmt: OutputFormat, path: str, option: str) -> None:
+def write_runs_file(
+    runs: Any, fmt: OutputFormat, path: str, option: str, *, configured: bool = False
+) -> None:
     """`--json PATH`, `--junit PATH`: `write_runs` into a file; a file that can't be written
     is an OptionError naming `option` (check it first with `json.check_path(path, option)`)."""
     from ..errors import OptionError
 
     try:
         with open(path, "w", encoding="utf-8") as fh:
-            write_runs(runs, fmt, fh)
+            write_runs(runs, fmt, fh, configured=configured)
     except OSError as exc:
         raise OptionError(option, f"{path}: could not write: {exc.strerror or exc}") from None

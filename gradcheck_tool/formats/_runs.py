@@ -69,6 +69,25 @@ def problem_message(run: TargetRun) -> str | None:
 _SPEC = re.compile(r"^(?P<file>.*?\.py)(?::[^/\\]*)?$")
 
 
+def annotation_path(path: str | None) -> str | None:
+    """A file as CI annotations and test reporters need it: relative to the repository root
+    when GitHub Actions says where that is (`GITHUB_WORKSPACE`: the runner reads a relative
+    `file=` from the workspace, not from the step's working directory), else relative to the
+    working directory when under it, else absolute."""
+    import os
+
+    if path is None:
+        return None
+    absolute = os.path.abspath(path)
+    for root in (os.environ.get("GITHUB_WORKSPACE"), os.getcwd()):
+        if not root:
+            continue
+        rel = os.path.relpath(absolute, os.path.abspath(root))
+        if not rel.startswith(".."):
+            return rel
+    return absolute
+
+
 def target_file(target: str) -> str | None:
     """The file a TARGET names: `ops/attn.py:Fused` -> `ops/attn.py` (None if not a .py)."""
     match = _SPEC.match(target)

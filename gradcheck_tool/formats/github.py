@@ -14,12 +14,12 @@ without a location, `file`/`line` are left out (the annotation goes on the run).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator, Sequence
 from typing import TextIO
 
 from ..results import CheckReport, FlowReport, TargetRun
 from ._runs import (
+    annotation_path,
     every_finding,
     finding_line,
     problem_message,
@@ -54,13 +54,6 @@ def command(
     return f"{head}::{escape_data(message)}"
 
 
-def _relative(path: str | None) -> str | None:
-    if path is None or not os.path.isabs(path):
-        return path
-    rel = os.path.relpath(path)
-    return path if rel.startswith("..") else rel
-
-
 def check_annotations(report: CheckReport) -> Iterator[str]:
     for r in report.results:
         if r.status not in ("fail", "inconclusive"):
@@ -70,14 +63,17 @@ def check_annotations(report: CheckReport) -> Iterator[str]:
         yield command(
             level,
             f"{report.target}: {r.name}: {tensor_line(r)}",
-            file=src.display_file if src else None,
+            file=annotation_path(src.file) if src else None,
             line=src.line if src else None,
             title=f"gradtool check: {what} gradient for {r.name}",
         )
 
 
-def flow_annotations(report: FlowReport) -> Iterator[str]:
+def flow_annotations(report: FlowReport, target: str | None = None) -> Iterator[str]:
+    """A finding with no line of its own (a layer of a stock container) goes on the
+    target's file."""
     failing = set(report.failed_kinds)
+    fallback = annotation_path(target_file(target)) if target else None
     for finding, cause in every_finding(report):
         fatal = finding.kind in failing
         if cause is not None and not fatal:  # shown with its cause; only a --fail-on kind
@@ -87,7 +83,7 @@ def flow_annotations(report: FlowReport) -> Iterator[str]:
         yield command(
             "error" if fatal else "warning",
             f"{report.target}: {finding_line(finding, cause)}",
-            file=src.display_file if src else None,
+            file=annotation_path(src.file) if src else fallback,
             line=src.line if src else None,
             title=f"gradtool flow: {finding.kind}{layer}",
         )
@@ -99,7 +95,7 @@ def annotations(run: TargetRun) -> Iterator[str]:
     if isinstance(run.report, CheckReport):
         found = check_annotations(run.report)
     elif isinstance(run.report, FlowReport):
-        found = flow_annotations(run.report)
+        found = flow_annotations(run.report, run.target)
     else:
         found = iter(())
     for line in found:
@@ -112,7 +108,7 @@ def annotations(run: TargetRun) -> Iterator[str]:
         yield command(
             "error",
             f"{run.target}: {problem}",
-            file=_relative(target_file(run.target)),
+            file=annotation_path(target_file(run.target)),
             title=f"gradtool {run.command}: {verdict(run)} {run.target}",
         )
 
@@ -129,7 +125,9 @@ def _unannotated(run: TargetRun) -> str:
     return f"{verdict(run)} (exit code {run.exit_code})"
 
 
-def write_runs(runs: Sequence[TargetRun], out: TextIO, width: int | None = None) -> None:
+def write_runs(
+    runs: Sequence[TargetRun], out: TextIO, width: int | None = None, *, configured: bool = False
+) -> None:
     """Each target's table folded in a log group (the job's log stays readable and the
     numbers stay there), then the annotations."""
     import io

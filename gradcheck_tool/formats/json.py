@@ -27,10 +27,10 @@ def _text(data: dict[str, Any]) -> str:
     return json.dumps(data, indent=2, allow_nan=False) + "\n"
 
 
-def runs_dict(runs: Sequence[TargetRun]) -> dict[str, Any]:
-    """The JSON of a run: the report's own dict for one target with a report, else the
-    envelope with every target."""
-    if len(runs) == 1 and runs[0].report is not None:
+def runs_dict(runs: Sequence[TargetRun], configured: bool = False) -> dict[str, Any]:
+    """The JSON of a run: the report's own dict for one TARGET with a report, else (several
+    targets, a configured run, a target with no report) the envelope with every target."""
+    if len(runs) == 1 and runs[0].report is not None and not configured:
         return runs[0].report.to_dict()
     return {
         "tool": "gradtool",
@@ -47,8 +47,10 @@ def write(report: Any, out: TextIO, width: int | None = None) -> None:
     out.flush()
 
 
-def write_runs(runs: Sequence[TargetRun], out: TextIO, width: int | None = None) -> None:
-    out.write(_text(runs_dict(runs)))
+def write_runs(
+    runs: Sequence[TargetRun], out: TextIO, width: int | None = None, *, configured: bool = False
+) -> None:
+    out.write(_text(runs_dict(runs, configured)))
     out.flush()
 
 

@@ -107,7 +107,9 @@ def _flow_rows(report: FlowReport) -> list[str]:
     return lines
 
 
-def write_runs(runs: Sequence[TargetRun], out: TextIO, width: int | None = None) -> None:
+def write_runs(
+    runs: Sequence[TargetRun], out: TextIO, width: int | None = None, *, configured: bool = False
+) -> None:
     out.write(summary(runs))
     out.flush()
 

@@ -37,9 +37,11 @@ def _render(report: CheckReport | FlowReport, console: Console) -> None:
     render(report, console)
 
 
-def write_runs(runs: Sequence[TargetRun], out: TextIO, width: int | None = None) -> None:
+def write_runs(
+    runs: Sequence[TargetRun], out: TextIO, width: int | None = None, *, configured: bool = False
+) -> None:
     console = make_console(file=out, width=width)
-    several = len(runs) > 1
+    several = len(runs) > 1 or configured  # a configured run: titles and a summary
     for i, run in enumerate(runs):
         if several:
             if i:

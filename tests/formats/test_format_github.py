@@ -142,3 +142,31 @@ def test_a_run_failing_only_by_inconclusive_tensors_still_has_an_error():
     assert [a["level"] for a in found] == ["warning", "error"]
     assert "not verified: 1 of 2 gradient(s) inconclusive (y)" in found[1]["message"]
     assert found[1]["file"] == "ops.py"  # the target's file
+
+
+def test_annotation_files_are_relative_to_the_workspace_github_reads_them_from(
+    tmp_path, monkeypatch
+):
+    """The runner reads a relative `file=` from GITHUB_WORKSPACE (the repository root), not
+    from the step's working directory: a run in a subfolder must still point at the file."""
+    source = tmp_path / "repo" / "examples" / "ci" / "ops" / "attn.py"
+    source.parent.mkdir(parents=True)
+    source.write_text("")
+    import dataclasses
+
+    from gradcheck_tool.results import SourceLocation
+
+    report = check_report(tensor("k", "fail", line=3))
+    where = SourceLocation(str(source), 3, "F.backward")
+    located = dataclasses.replace(report.results[0], source=where)
+    report = dataclasses.replace(report, results=(located,))
+    monkeypatch.chdir(source.parent.parent)  # the step's working-directory: examples/ci
+    assert annotations([run(report)])[0]["file"] == "ops/attn.py"  # no workspace: the cwd
+    monkeypatch.setenv("GITHUB_WORKSPACE", str(tmp_path / "repo"))
+    assert annotations([run(report)])[0]["file"] == "examples/ci/ops/attn.py"
+
+
+def test_a_finding_without_a_line_goes_on_the_target_s_file():
+    report = flow_report(finding("vanishing", "0", line=None), fail_on=("vanishing",))
+    (error,) = annotations([run(report)])
+    assert error["level"] == "error" and error["file"] == "net.py" and "line" not in error
