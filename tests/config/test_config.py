@@ -107,6 +107,20 @@ def test_no_table_is_an_empty_config(tmp_path, monkeypatch):
         ),
         ("[[tool.gradtool.check]]\nskip = ['a']\n", ["[[tool.gradtool.check]] 1", "no target"]),
         ("[[tool.gradtool.check]]\ntarget = 'a.py'\ntimeout = 5\n", ["unknown key 'timeout'"]),
+        ("[tool.gradtool]\ndevice = 'tpu'\n", ["device must be cpu, cuda or cuda:N"]),
+        ("[tool.gradtool]\ninput_dtype = 'floaty'\n", ["input_dtype must be one of float32"]),
+        (
+            "[[tool.gradtool.flow]]\ntarget = 'm.py'\nplot = 'x.txt'\n",
+            ["plot must be a .png or .svg path"],
+        ),
+        (
+            "[[tool.gradtool.check]]\ntarget = 'a.py'\nsteps = 5\n",
+            ["unknown key 'steps'", "an option of gradtool flow, not of check"],
+        ),
+        (
+            "[[tool.gradtool.check]]\ntarget = 'a.py'\njunit = 'r.xml'\n",
+            ["unknown key 'junit'", "put it in [tool.gradtool]"],
+        ),
         ("[tool.gradtool\n", ["not valid TOML"]),
         ("[tool.gradtool]\ncheck = 3\n", ["tool.gradtool.check must be a list of tables"]),
     ],
@@ -210,3 +224,11 @@ def test_config_option_names_the_file(tmp_path, monkeypatch):
     assert result.code == 0, result.output
     assert invoke_cli("check", "--config", tmp_path / "nope.toml").code == 2
     assert invoke_cli("check", CLI_FILES / "plain.py", "--input-shape", "2,3").code == 0
+
+
+def test_the_config_takes_the_input_dtypes_the_loader_does():
+    """config.py cannot import torch (the --help path): its list must be loading's."""
+    from gradcheck_tool.config import INPUT_DTYPES
+    from gradcheck_tool.loading import _DTYPES
+
+    assert sorted(INPUT_DTYPES) == sorted(_DTYPES)
