@@ -16,7 +16,13 @@ from ...errors import InputError
 from ...locations import locate_findings
 from ...options import at_least
 from ...results import FlowReport
-from .distributed import RankContext, detect_ranks, model_type_name, reduce_across_ranks
+from .distributed import (
+    RankContext,
+    detect_ranks,
+    model_type_name,
+    reduce_across_ranks,
+    unwrapped,
+)
 from .findings import detect_findings
 from .findings.nan import skipped_steps
 from .layer_rows import history, parameter_grad_max, resolve_step
@@ -327,7 +333,7 @@ class Monitor:
                         optimizer=self._watch.kind,
                         lr=self._watch.lr,
                     ),
-                    self.model,
+                    unwrapped(self.model),  # the layers' names are the inner module's
                 )
                 if samples
                 else ()

@@ -28,7 +28,7 @@ from ...prepare import (
 )
 from ...results import FlowReport, LayerStats
 from ...stopping import Interrupted, caught, raise_if_stopped, shielded
-from .distributed import RankContext, detect_ranks, reduce_across_ranks
+from .distributed import RankContext, detect_ranks, reduce_across_ranks, unwrapped
 from .findings import detect_findings
 from .layer_rows import history, parameter_grad_max, resolve_step
 from .model_map import ModelMap, comparable_keys, model_dtype_device
@@ -179,7 +179,7 @@ def run_flow(
                 overfit=overfit,
                 loss=loss_kind,
             ),
-            model,
+            unwrapped(model),  # the layers' names are the wrapped module's (DDP: `module.`)
             loss_fn,
         ),
         found_by=found_by,
