@@ -5,7 +5,8 @@
 - `call_user` / `describe_exception`: user code that raises becomes one `UserCodeError`
   message style, "<what> raised ValueError: text (at file.py:12)".
 - `preserved_state`, `RngState`, `init_cuda`, `exact_float32`: RNG (torch CPU and CUDA,
-  Python, numpy), default dtype, grad mode and TF32 flags restored however a block ends.
+  Python, numpy), default dtype, grad mode and TF32 flags restored however a block ends;
+  `seeded_rng`: the RNGs seeded for a block (loading the user's file), then restored.
 """
 
 from __future__ import annotations
@@ -186,6 +187,21 @@ class RngState:
         random.setstate(self.python)
         if np is not None and self.numpy is not None:
             np.random.set_state(self.numpy)
+
+
+@contextlib.contextmanager
+def seeded_rng(seed: int) -> Iterator[None]:
+    """The global RNGs seeded with `seed` while the block runs, and the caller's states
+    restored however it ends: a user's file that builds its model or inputs from the global
+    RNG (at import, in build_model(), in example_inputs()) builds the same ones every run and
+    in every process, and a caller's own RNG (a test under the pytest plugin) is untouched.
+    Only the RNGs: what else the file sets (the default dtype) stays, as the run needs it."""
+    kept = RngState.capture()
+    try:
+        RngState.seeded(seed).restore()
+        yield
+    finally:
+        kept.restore()
 
 
 def init_cuda(device: torch.device | None) -> None:

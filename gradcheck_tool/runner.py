@@ -2,6 +2,11 @@
 load the file, build its inputs, run the check or flow engine with the options, and return a
 `TargetRun` — never raising for what the user caused.
 
+The file is loaded and its inputs built with the global RNGs seeded from `seed` (`--seed`,
+default 0) and restored afterwards (`load_seeded`): a file that builds its model from the
+global RNG without seeding it gets the same weights every run, in every process of
+`flow --nproc`, and leaves the RNGs of a caller (the pytest plugin) as they were.
+
 Options are keyed by the Python names of the command-line options (config.OPTIONS). A user
 error becomes `exit_code=2` and its one-screen message; an internal error 3; Ctrl-C, SIGTERM
 or `--timeout` an interrupted run that keeps the partial report when there is one.
@@ -16,7 +21,7 @@ from collections.abc import Mapping
 from typing import Any, Callable
 
 from .errors import GradtoolError, OptionError
-from .options import flag_for
+from .options import flag_for, valid_seed
 from .results import TargetRun
 from .stopping import EXIT_CODES, Interrupted, caught
 
@@ -109,15 +114,10 @@ def _check(
     target: str, options: Mapping[str, Any], progress: Progress | None
 ) -> tuple[Any, str | None]:
     from .api import check
-    from .loading import load_target
-    from .prepare import resolve_inputs
 
     o = dict(options)
-    seed = o.get("seed", 0)
-    loaded = load_target(target, weights=o.get("weights"))
-    args, kwargs = resolve_inputs(
-        loaded, o.get("input_shape"), o.get("input_dtype", "float32"), seed
-    )
+    seed = valid_seed(o.get("seed", 0))
+    loaded, args, kwargs = load_seeded(target, o, seed)
     try:
         report = check(
             loaded.obj,
@@ -182,13 +182,8 @@ def _flow(
 def _flow_here(target: str, o: dict[str, Any], seed: int) -> tuple[Any, str | None]:
     """flow in this process: the report, and why it stopped early (None: it did not)."""
     from .engines.flow import run_flow
-    from .loading import load_target
-    from .prepare import resolve_inputs
 
-    loaded = load_target(target, weights=o.get("weights"))
-    args, kwargs = resolve_inputs(
-        loaded, o.get("input_shape"), o.get("input_dtype", "float32"), seed
-    )
+    loaded, args, kwargs = load_seeded(target, o, valid_seed(seed))
     try:
         report = run_flow(
             loaded.obj,
@@ -207,6 +202,23 @@ def _flow_here(target: str, o: dict[str, Any], seed: int) -> tuple[Any, str | No
     except Interrupted as stop:
         return stop.report, _reason(stop.report.interrupted)
     return report, None
+
+
+def load_seeded(target: str, o: Mapping[str, Any], seed: int) -> tuple[Any, tuple, dict]:
+    """Load the target and build its inputs with the global RNGs seeded from `seed` (the
+    `--seed` option), restored afterwards: a file that builds its model from the global RNG
+    without seeding it (at import, in build_model()) gets the same weights in every run and
+    in every process of `flow --nproc`. (Used by distributed_flow too.)"""
+    from ._guest import seeded_rng
+    from .loading import load_target
+    from .prepare import resolve_inputs
+
+    with seeded_rng(seed):
+        loaded = load_target(target, weights=o.get("weights"))
+        args, kwargs = resolve_inputs(
+            loaded, o.get("input_shape"), o.get("input_dtype", "float32"), seed
+        )
+    return loaded, args, kwargs
 
 
 def _reason(interrupted: Any) -> str:
