@@ -88,6 +88,13 @@ def test_lstm_and_transformer_trained_three_steps_with_adam():
     assert report.steps == 3 and len(report.history) == 3
 
 
+def test_an_unseeded_model_is_the_same_in_every_process_and_in_one():
+    """build_model() and example_inputs() draw from the global RNG, unseeded: the parent,
+    each process and one process seed it from --seed, so they build the same model."""
+    assert_same_report(NPROC / "unseeded_seq.py", {}, 2)
+    assert_same_report(NPROC / "unseeded_seq.py", {"seed": 7}, 2)
+
+
 def test_a_loss_summed_over_the_examples_trains_as_in_one_process():
     assert_same_report(NPROC / "sum_loss.py", {"steps": 2}, 2)
 
@@ -105,9 +112,10 @@ def test_an_exception_in_one_rank_is_a_user_error_naming_the_rank():
 
 def test_forwards_that_take_different_paths_are_not_combined():
     """Rank 0's forward runs a ReLU that rank 1's does not: their numbers are not about the
-    same things, so the run stops instead of mixing them."""
+    same things, so the run stops instead of mixing them. (A forward that takes its path from
+    another example of the batch, data_dependent.py, is refused before: test_split.py.)"""
     with pytest.raises(UserCodeError, match="forwards took different paths"):
-        run_flow_nproc(str(NPROC / "data_dependent.py"), {}, 2)
+        run_flow_nproc(str(NPROC / "rank_dependent.py"), {}, 2)
 
 
 def test_a_hung_rank_is_bounded_by_the_collective_timeout():

@@ -84,14 +84,91 @@ def test_the_scaled_loss_fn_multiplies_each_term_by_its_factor():
 def test_projection_without_loss_fn_needs_batched_outputs():
     plan = df._plan(str(SAMPLES / "dead_relu_mlp.py"), {}, 4)
     assert plan.loss_scales == {} and plan.total == 16
-    with pytest.raises(InputError, match=r"output \(shape \(2,\)\) is not batched along dim 0"):
+    with pytest.raises(InputError, match=r"no output of the model has them as dim 0") as err:
         df._plan(str(NPROC / "pooled_output.py"), {}, 2)
+    assert "(output has shape (2,)): either dim 0 of x is not the batch" in str(err.value)
+    assert "or the model pools over the batch" in str(err.value)
+    assert "define loss_fn(output, *inputs)" in err.value.hint
 
 
-def test_a_batch_that_does_not_split_evenly_is_refused():
+def test_a_batch_that_does_not_split_evenly_is_refused_with_what_would_split_it(tmp_path):
     with pytest.raises(OptionError, match="cannot split the batch of 16 examples") as err:
         df._plan(str(SAMPLES / "dead_relu_mlp.py"), {}, 3)
     assert err.value.option == "nproc"
+    assert "(dim 0 of x, shape (16, 8))" in err.value.problem
+    assert err.value.hint == (
+        "Use --nproc 2, 4, 8 or 16 (they divide 16), or give a batch that is a multiple of 3 "
+        "(e.g. 18) in example_inputs()."
+    )
+    shaped = tmp_path / "shaped.py"
+    shaped.write_text("import torch\nmodel = torch.nn.Linear(4, 2)\n")
+    with pytest.raises(OptionError) as err:
+        df._plan(str(shaped), {"input_shape": ["7,4"]}, 2)
+    assert err.value.hint == (
+        "Use --nproc 7 (it divides 7), or give a batch that is a multiple of 2 (e.g. 8) with "
+        "--input-shape (its first number)."
+    )
+    with pytest.raises(OptionError) as err:
+        df._plan(str(shaped), {"input_shape": ["1,4"]}, 2)
+    assert err.value.hint.startswith("A batch of 1 cannot be split: give a batch that is a")
+
+
+def _refusal(file: Path) -> str:
+    with pytest.raises(InputError) as err:
+        df._plan(str(file), {}, 2)
+    assert err.value.hint is not None and "batch_first=True" in err.value.hint
+    return err.value.message
+
+
+@pytest.mark.parametrize("file", ["seq_first.py", "seq_first_loss.py"])
+def test_a_sequence_first_input_is_refused_with_or_without_loss_fn(file):
+    """(sequence 4, batch 8, features) into an LSTM with batch_first=False: dim 0 is the
+    sequence, and the output (8, 3) has no dim 0 of 4. With loss_fn each part's loss would
+    equal the whole one's and pass for a mean: refused, and the 4 is not called a batch."""
+    text = _refusal(NPROC / file)
+    assert text.startswith(
+        "--nproc 2 cuts every input along dim 0, taken as the batch: 4 examples by dim 0 of x "
+        "(shape (4, 8, 6)). But no output of the model has them as dim 0 (output has shape "
+        "(8, 3)): either dim 0 of x is not the batch (an RNN or Transformer with "
+        "batch_first=False takes (sequence, batch, features)"
+    )
+    assert "the batch of 4 examples" not in text
+
+
+def test_outputs_of_the_parts_must_put_together_to_the_whole_output():
+    """Every step of a sequence-first LSTM, (sequence, batch, classes): dim 0 of the output is
+    4 as the input's, but the second half of the sequence, run on its own, starts from a zero
+    state; so is a forward whose path depends on another example of the batch."""
+    text = _refusal(NPROC / "seq_first_steps.py")
+    assert "But the model's output on process 1's part (rows 2:4 of x) is not those rows" in text
+    assert "Either dim 0 of x is not the batch" in text
+    text = _refusal(NPROC / "data_dependent.py")
+    assert "or the forward mixes the examples" in text
+
+
+def test_dropout_batchnorm_and_scalar_outputs_still_split(tmp_path):
+    """Train-mode dropout draws other masks on a part, BatchNorm normalizes with the part's
+    statistics: the parts are compared in eval mode. A model that returns only a scalar
+    loss has no rows to compare: said in the report."""
+    dropout = tmp_path / "dropout.py"
+    dropout.write_text(
+        "import torch\nfrom torch import nn\n"
+        "model = nn.Sequential(nn.Linear(4, 8), nn.Dropout(0.5), nn.BatchNorm1d(8), "
+        "nn.Linear(8, 2))\n"
+        "def example_inputs():\n    return torch.randn(8, 4)\n"
+    )
+    assert df._plan(str(dropout), {}, 2).total == 8
+    scalar = tmp_path / "scalar.py"
+    scalar.write_text(
+        "import torch\nfrom torch import nn\n"
+        "class M(nn.Module):\n"
+        "    def __init__(self):\n        super().__init__()\n        self.fc = nn.Linear(4, 1)\n"
+        "    def forward(self, x):\n        return self.fc(x).pow(2).mean()\n"
+        "def example_inputs():\n    return torch.randn(8, 4)\n"
+        "def loss_fn(out, x):\n    return out\n"
+    )
+    plan = df._plan(str(scalar), {}, 2)
+    assert any("every output of the model is a scalar" in w for w in plan.warnings)
 
 
 def test_targets_that_do_not_split_with_the_batch_are_refused():

@@ -23,13 +23,19 @@ rows r·B/N … (r+1)·B/N), every other input goes whole to each process. DDP a
 processes' gradients, so they are the whole batch's when each process's loss is the whole
 batch's loss restricted to its rows, times the factor that makes the mean of the N losses
 the whole batch's: 1 for a loss that is a mean over the examples, N for a sum, N for flow's
-projection (the whole batch's projection, its rows for this process: `Shard.own_rows`). The
-parent runs the forward once on the whole batch and calls loss_fn on the whole output and on
-each part of it, term by term, to tell a mean from a sum; a term that is neither is refused,
-as are outputs the projection cannot split. What still differs from one process: a
-train-mode BatchNorm normalizes each part with its own statistics (said in the report), and
-dropout draws its own masks in each process; a model whose batch is not dim 0 (an RNN with
-`batch_first=False`) would be cut along the wrong dimension.
+projection (the whole batch's projection, its rows for this process: `Shard.own_rows`).
+The parent (on a copy of the model, no grad) checks that dim 0 is the batch: some floating
+output has it as dim 0 (every one without loss_fn, which the projection cuts), and the
+outputs of a forward on each part are those rows of the whole batch's output (in eval mode
+when train mode differs: BatchNorm and dropout differ there by design). An input cut along
+the sequence (an RNN with `batch_first=False`) or a forward that mixes the examples is
+refused, where it would otherwise pass for a batch whose parts' losses each equal the whole
+one. It then calls loss_fn on the whole output and on each part of it, term by term, to tell
+a mean from a sum; a term that is neither is refused. Every process, the parent and one
+process build the model and the inputs with the global RNGs seeded from --seed
+(`runner.load_seeded`), so an unseeded file gives each the same weights. What still differs
+from one process: a train-mode BatchNorm normalizes each part with its own statistics (said
+in the report), and dropout draws its own masks in each process.
 """
 
 from __future__ import annotations
@@ -189,16 +195,13 @@ def _checked_nproc(nproc: Any) -> int:
 def _plan(target: str, o: dict[str, Any], nproc: int) -> _Plan:
     """Load the target once here: the options, the device, and that the batch, the outputs
     and the loss split across `nproc` processes (Note [a batch split across processes])."""
-    from ...loading import load_target
     from ...options import at_least, valid_seed
-    from ...prepare import copy_of_model, home_device, parse_device, resolve_inputs
+    from ...prepare import copy_of_model, home_device, parse_device
+    from ...runner import load_seeded
     from .train import _checked_options
 
     seed = valid_seed(o.get("seed", 0))
-    loaded = load_target(target, weights=o.get("weights"))
-    args, kwargs = resolve_inputs(
-        loaded, o.get("input_shape"), o.get("input_dtype", "float32"), seed
-    )
+    loaded, args, kwargs = load_seeded(target, o, seed)  # as every process will
     model = loaded.obj
     optimizer, lr = _checked_options(
         model, o.get("steps", 1), o.get("optimizer", "sgd"), o.get("lr")
@@ -230,13 +233,16 @@ def _plan(target: str, o: dict[str, Any], nproc: int) -> _Plan:
             "--nproc splits the batch (dim 0 of the inputs) across processes, but the inputs "
             "have no tensor with a batch dimension"
         )
-    total = int(first.shape[0])
+    batch = _Batch(
+        int(first.shape[0]),
+        _input_name(model, args, kwargs),
+        tuple(first.shape),
+        loaded.example_inputs is not None,
+    )
+    total = batch.total
     if total % nproc or total < nproc:
-        raise OptionError(
-            "nproc",
-            f"{nproc} cannot split the batch of {total} examples into equal parts (dim 0 of "
-            f"the inputs); give a batch that is a multiple of {nproc}",
-        )
+        problem, hint = _uneven(nproc, batch)
+        raise OptionError("nproc", problem, hint=hint)
     folder = loaded.path.resolve().parent
     home = home_device(model)
     if home is not None:  # as run_flow does: the inputs go where the model lives
@@ -246,8 +252,10 @@ def _plan(target: str, o: dict[str, Any], nproc: int) -> _Plan:
         work = copy_of_model(model).train()
         with torch.no_grad():
             output = call_user(work, *args, what="the model's forward", folder=folder, **kwargs)
+            split_warnings = _check_outputs_split(
+                work, output, args, kwargs, batch, nproc, seed, folder, loaded.loss_fn is None
+            )
     if loaded.loss_fn is None:
-        _check_projection_splits(output, total, nproc)
         scales: dict[str, float] = {}
         loss_warnings: tuple[str, ...] = ()
     else:
@@ -261,7 +269,7 @@ def _plan(target: str, o: dict[str, Any], nproc: int) -> _Plan:
             if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
         }
     )
-    warnings = loss_warnings
+    warnings = split_warnings + loss_warnings
     if norms:
         warnings += (
             f"--nproc {nproc}: each process's {'/'.join(norms)} normalizes its "
@@ -281,17 +289,210 @@ def _plan(target: str, o: dict[str, Any], nproc: int) -> _Plan:
     )
 
 
-def _check_projection_splits(output: Any, total: int, nproc: int) -> None:
-    """Without loss_fn flow projects every floating output: each must have the batch as
-    dim 0, so that each process projects its own rows."""
-    for path, t in floating_leaves(output):
-        if not batched(t, total):
-            raise InputError(
-                f"--nproc {nproc} splits the batch of {total} examples across processes, but "
-                f"{path} (shape {tuple(t.shape)}) is not batched along dim 0; without "
-                "loss_fn flow's loss projects every output of the model",
-                hint="Define loss_fn(output, *inputs) in the file, or run without --nproc.",
+@dataclasses.dataclass(frozen=True)
+class _Batch:
+    """The batch --nproc splits: dim 0 of the first tensor input, named for messages."""
+
+    total: int
+    name: str  # the input it is dim 0 of: `x`, `batch['ids']`
+    shape: tuple[int, ...]
+    from_file: bool  # the inputs come from example_inputs() (else --input-shape)
+
+    def said(self) -> str:
+        return f"{self.total} examples by dim 0 of {self.name} (shape {self.shape})"
+
+
+BATCH_FIRST_HINT = (
+    "Put the batch first: batch_first=True for an RNN or Transformer, and inputs whose dim 0 "
+    "is the batch (example_inputs() or --input-shape); or run without --nproc."
+)
+SEQUENCE_FIRST = (
+    "an RNN or Transformer with batch_first=False takes (sequence, batch, features), and "
+    "cutting dim 0 would split the sequence across the processes, not the examples"
+)
+NOT_THE_BATCH = "so dim 0 of {name} is probably not the batch: " + SEQUENCE_FIRST
+
+
+def _input_name(model: torch.nn.Module, args: tuple, kwargs: dict) -> str:
+    """The first tensor input as the forward's signature names it (`x`, `batch['ids']`)."""
+    import inspect
+    import re
+
+    path = next(
+        (p for p, t in leaves_with_paths((args, kwargs), writable=True) if _is_tensor(t)), ""
+    )
+    found = re.match(r"\[([01])\]\[([^\]]+)\](.*)", path)
+    if found is None:
+        return "the first input"
+    where, key, rest = found.groups()
+    if where == "1":  # a keyword input
+        return f"{key.strip(chr(39) + chr(34))}{rest}"
+    index = int(key)
+    try:
+        params = [
+            p
+            for p in inspect.signature(model.forward).parameters.values()
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+        ]
+        return f"{params[index].name}{rest}"
+    except (TypeError, ValueError, IndexError):
+        return f"input {index}{rest}"
+
+
+def _uneven(nproc: int, batch: _Batch) -> tuple[str, str]:
+    """The problem and the hint when `nproc` does not divide the batch: the process counts
+    that do, and how to give a batch that `nproc` divides."""
+    total = batch.total
+    fits = [n for n in range(2, total + 1) if total % n == 0]
+    shown = fits[:8]
+    counts = (
+        " or ".join(filter(None, (", ".join(map(str, shown[:-1])), str(shown[-1]))))
+        if shown
+        else ""
+    )
+    where = "in example_inputs()" if batch.from_file else "with --input-shape (its first number)"
+    multiple = nproc * max(1, math.ceil(total / nproc))
+    problem = (
+        f"{nproc} cannot split the batch of {total} examples into equal parts (dim 0 of "
+        f"{batch.name}, shape {batch.shape})"
+    )
+    change = f"give a batch that is a multiple of {nproc} (e.g. {multiple}) {where}"
+    hint = (
+        f"Use --nproc {counts} ({'they divide' if len(shown) > 1 else 'it divides'} {total}), "
+        f"or {change}."
+        if shown
+        else f"A batch of {total} cannot be split: {change}."
+    )
+    return problem, hint
+
+
+def _check_outputs_split(
+    work: torch.nn.Module,
+    output: Any,
+    args: tuple,
+    kwargs: dict,
+    batch: _Batch,
+    nproc: int,
+    seed: int,
+    folder: Path,
+    projected: bool,
+) -> tuple[str, ...]:
+    """That cutting the inputs along dim 0 cuts the examples: some output has the batch as
+    dim 0 (every floating output, without loss_fn: flow projects each), and the model's
+    outputs on the N parts put together are its output on the whole batch (`work`, a copy
+    in train mode, no grad; Note [a batch split across processes]). Returns warnings; raises
+    InputError when the split is not consistent."""
+    total = batch.total
+    leaves = list(floating_leaves(output))
+    rows = [(path, t) for path, t in leaves if batched(t, total)]
+    start = f"--nproc {nproc} cuts every input along dim 0, taken as the batch: {batch.said()}"
+    unbatched = [(path, t) for path, t in leaves if not batched(t, total)]
+    if not rows and unbatched and not all(t.dim() == 0 for _, t in unbatched):
+        path, t = next((p, t) for p, t in unbatched if t.dim() > 0)
+        hint = BATCH_FIRST_HINT
+        if projected:
+            hint += (
+                " If dim 0 is the batch and the model pools over it, define "
+                "loss_fn(output, *inputs) in the file: without it flow's loss projects every "
+                "output, each process its own rows."
             )
+        pooled = (
+            "without loss_fn flow's loss projects every output, each process its own rows"
+            if projected
+            else "which processes that each see their own examples cannot do"
+        )
+        raise InputError(
+            f"{start}. But no output of the model has them as dim 0 ({path} has shape "
+            f"{tuple(t.shape)}): either dim 0 of {batch.name} is not the batch "
+            f"({SEQUENCE_FIRST}), or the model pools over the batch, and {pooled}",
+            hint=hint,
+        )
+    if projected and unbatched:
+        path, t = unbatched[0]
+        raise InputError(
+            f"{start}. But {path} (shape {tuple(t.shape)}) is not batched along dim 0; "
+            "without loss_fn flow's loss projects every output of the model, each process "
+            "its own rows",
+            hint="Define loss_fn(output, *inputs) in the file, or run without --nproc.",
+        )
+    if not rows:  # only scalars (a loss the model computes itself)
+        return (
+            f"--nproc {nproc}: every output of the model is a scalar, so gradtool could not "
+            f"check that dim 0 of {batch.name} is the batch",
+        )
+    mismatch = _parts_mismatch(work, rows, args, kwargs, batch, nproc, seed, folder)
+    if mismatch is not None:
+        # train-mode BatchNorm and dropout differ between the parts and the whole by design:
+        # the same comparison in eval mode, where each example is computed on its own
+        work.eval()
+        RngState.seeded(seed).restore()
+        whole = call_user(work, *args, what="the model's forward", folder=folder, **kwargs)
+        again = [(path, t) for path, t in floating_leaves(whole) if batched(t, total)]
+        if [p for p, _ in again] == [p for p, _ in rows]:
+            if _parts_mismatch(work, again, args, kwargs, batch, nproc, seed, folder) is None:
+                return ()
+        raise InputError(f"{start}. But {mismatch}", hint=BATCH_FIRST_HINT)
+    return ()
+
+
+def _parts_mismatch(
+    work: torch.nn.Module,
+    rows: list[tuple[str, torch.Tensor]],
+    args: tuple,
+    kwargs: dict,
+    batch: _Batch,
+    nproc: int,
+    seed: int,
+    folder: Path,
+) -> str | None:
+    """How the model's outputs on the N parts fail to put together to `rows` (the whole
+    batch's batched outputs), or None when they do."""
+    size = batch.total // nproc
+    got: dict[str, list[torch.Tensor]] = {path: [] for path, _ in rows}
+    shards = [Shard(rank, nproc, batch.total) for rank in range(nproc)]
+    for shard in shards:
+        part_args, part_kwargs = shard.rows_of((args, kwargs))
+        RngState.seeded(seed).restore()
+        part = f"process {shard.rank}'s part (rows {shard.start}:{shard.stop} of {batch.name})"
+        out = call_user(
+            work, *part_args, what=f"the model's forward on {part}", folder=folder, **part_kwargs
+        )
+        leaves = dict(floating_leaves(out))
+        for path, whole in rows:
+            t = leaves.get(path)
+            want = (size, *whole.shape[1:])
+            if t is None or tuple(t.shape) != want:
+                shape = "none" if t is None else f"shape {tuple(t.shape)}"
+                return (
+                    f"the model's {path} on {part} has {shape}, not its {size} rows of the "
+                    f"whole batch's {path} (shape {tuple(whole.shape)}), "
+                    + NOT_THE_BATCH.format(name=batch.name)
+                )
+            got[path].append(t)
+    for path, whole in rows:
+        for shard, t in zip(shards, got[path]):
+            mine = whole[shard.start : shard.stop]
+            if not _same_values(t, mine):
+                diff = float((t.detach().cpu() - mine.detach().cpu()).abs().nan_to_num().max())
+                return (
+                    f"the model's {path} on process {shard.rank}'s part (rows "
+                    f"{shard.start}:{shard.stop} of {batch.name}) is not those rows of its "
+                    f"{path} on the whole batch (they differ by up to {diff:.3g}): the rows "
+                    f"along dim 0 are not computed each on its own. Either dim 0 of "
+                    f"{batch.name} is not the batch ({SEQUENCE_FIRST}), or the forward mixes "
+                    "the examples, which processes that each see their own cannot do"
+                )
+    return None
+
+
+def _same_values(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Equal up to float32 rounding of another batch size (NaN where NaN, Inf where Inf)."""
+    a, b = a.detach().cpu(), b.detach().cpu()
+    if not (a.is_complex() or b.is_complex()):
+        a, b = a.double(), b.double()
+    finite = b[torch.isfinite(b)]
+    scale = float(finite.abs().max()) if finite.numel() else 0.0
+    return torch.allclose(a, b, rtol=1e-3, atol=1e-3 * scale + 1e-12, equal_nan=True)
 
 
 def _loss_scales(
@@ -596,8 +797,8 @@ def _run_rank(job: dict[str, Any], rank: int, world: int, local_rank: int) -> Fl
     DDP (worker_main tears the process group down)."""
     import torch.distributed as dist
 
-    from ...loading import load_target, scope_for
-    from ...prepare import resolve_inputs
+    from ...loading import scope_for
+    from ...runner import load_seeded
     from .train import run_flow
 
     cuda = job["backend"] == "nccl"
@@ -606,8 +807,9 @@ def _run_rank(job: dict[str, Any], rank: int, world: int, local_rank: int) -> Fl
         torch.cuda.set_device(device)
     dist.init_process_group(job["backend"], timeout=timedelta(seconds=job["collective_timeout"]))
     with scope_for(job["target"]):
-        loaded = load_target(job["target"], weights=job["weights"])
-        args, kwargs = resolve_inputs(loaded, job["input_shape"], job["input_dtype"], job["seed"])
+        # the same weights and inputs as the parent's and one process's (DDP would make the
+        # weights rank 0's anyway; the parent checked the split on these)
+        loaded, args, kwargs = load_seeded(job["target"], job, job["seed"])
         shard = Shard(rank, world, job["total"])
         args, kwargs = shard.rows_of((args, kwargs))
         model = loaded.obj
