@@ -91,7 +91,11 @@ DeviceOpt = typer.Option(
 )
 DebugOpt = typer.Option(False, "--debug", help="Show Python tracebacks for errors.")
 SeedOpt = typer.Option(
-    0, "--seed", min=0, max=2**63 - 1, help="Seed for sampling, projections and random layers."
+    0,
+    "--seed",
+    min=0,
+    max=2**63 - 1,
+    help="Seed for sampling, projections, random layers, and a model or inputs your file builds without seeding.",
 )
 
 
