@@ -95,7 +95,8 @@ SeedOpt = typer.Option(
     "--seed",
     min=0,
     max=2**63 - 1,
-    help="Seed for sampling, projections, random layers, and a model or inputs your file builds without seeding.",
+    help="Seed for sampling, projections, random layers, and a model or inputs your file "
+    "builds without seeding.",
 )
 
 
