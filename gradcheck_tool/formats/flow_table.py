@@ -277,7 +277,8 @@ def _no_findings(report: FlowReport) -> str:
     """What "no findings" means for this report: what was looked for."""
     text = (
         "No findings: gradients reach every trainable parameter at a healthy scale (not "
-        "vanishing, not exploding), no dead or saturated units, no NaN/Inf"
+        "vanishing, not exploding), no layer with more dead or saturated units than chance "
+        "explains, no NaN/Inf"
     )
     if report.source == "monitor":
         return (
