@@ -99,6 +99,10 @@ class FlowSession:
                 every=self.every,
                 tensorboard=targets or None,
                 wrapper=wrapper,
+                # every rank of a distributed job gets the job's report, so that every rank
+                # decides fail_on alike and stops at the same step (rank 0 alone would stop
+                # while the others wait for it in DDP's next all-reduce)
+                all_ranks=True,
                 **self.monitor_options,
             )
             self.monitor.__enter__()

@@ -17,7 +17,7 @@ from torch import nn
 from trainer_support import library
 
 L = library("lightning").pytorch
-from gradcheck_tool.integrations.lightning import GradFlowCallback  # noqa: E402
+from gradcheck_tool.integrations.lightning import GradFlowCallback, GradFlowFailed  # noqa: E402
 
 EVERY = 2
 
@@ -25,10 +25,13 @@ EVERY = 2
 class Regressor(L.LightningModule):
     """training_step calls the submodules, not the LightningModule itself."""
 
-    def __init__(self, distributed: bool) -> None:
+    def __init__(self, distributed: bool, dead: bool = False) -> None:
         super().__init__()
         self.enc, self.head = build_layers()
         self.distributed = distributed
+        if dead:
+            with torch.no_grad():
+                self.enc[0].bias.fill_(-100.0)  # every ReLU unit off: a dead_relu finding
 
     def training_step(self, batch, batch_idx):
         x, y = batch
@@ -78,5 +81,34 @@ def run(out: Path, distributed: bool) -> None:
     )
 
 
+def fail(out: Path) -> None:
+    """fail_on a finding the job's report shows (every unit dead): every rank stops at the
+    same step and raises GradFlowFailed (a rank that stopped alone would leave the others
+    waiting in DDP's next all-reduce)."""
+    callback = GradFlowCallback(every=1, fail_on="dead_relu", print_report=False)
+    trainer = L.Trainer(
+        max_steps=BATCHES,
+        callbacks=[callback],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        accelerator="cpu",
+        devices=2,
+        strategy="ddp",
+        use_distributed_sampler=False,
+        log_every_n_steps=1,
+    )
+    raised = None
+    try:
+        trainer.fit(Regressor(distributed=True, dead=True))
+    except GradFlowFailed as exc:
+        raised = str(exc)
+    (out / f"fail_rank{trainer.global_rank}.txt").write_text(
+        f"step {trainer.global_step}: {raised}"
+    )
+
+
 if __name__ == "__main__":
     run(Path(sys.argv[1]), distributed=True)
+    fail(Path(sys.argv[1]))

@@ -2,7 +2,8 @@
 with strategy="ddp" (Lightning launches the second process) and a transformers.Trainer under
 torch.distributed.run. Rank 0's report is the job's: it equals the same callback's in one
 process on the same global batches (norms to 1e-6 relative in float64, dead fractions
-exactly), and no rank warns that it reports its own gradients."""
+exactly), and no rank warns that it reports its own gradients. Every rank gets that
+report, so that fail_on stops every rank at the same step."""
 
 from __future__ import annotations
 
@@ -53,9 +54,11 @@ def launch(args: list[str], out: Path) -> dict[str, Any]:
         output, _ = proc.communicate()
     ranks = {r: out / f"ddp_rank{r}.txt" for r in (0, 1)}
     assert proc.returncode == 0 and all(p.exists() for p in ranks.values()), output[-4000:]
+    fails = {f"fail{r}": out / f"fail_rank{r}.txt" for r in (0, 1)}
     return {
         "report": json.loads((out / "ddp.json").read_text()),
         **{r: p.read_text() for r, p in ranks.items()},
+        **{k: p.read_text() for k, p in fails.items() if p.exists()},
     }
 
 
@@ -63,9 +66,9 @@ def assert_the_jobs_report(job: dict[str, Any], reference: dict[str, Any]) -> No
     got = job["report"]
     assert got["found_by"].startswith("Monitor, DDP on 2 ranks"), got["found_by"]
     assert not got["warnings"]
-    assert job[0].startswith("found_by: Monitor, DDP on 2 ranks")
-    assert job[1] == "found_by: None"  # (rank 1 gets no report, and warned of nothing)
-    assert "warning" not in job[0]
+    # every rank gets the job's report (fail_on is decided alike), and none warned
+    for rank in (0, 1):
+        assert job[rank] == f"found_by: {got['found_by']}", job[rank]
     assert_same_report(got, reference)
 
 
@@ -91,6 +94,10 @@ def test_lightning_ddp_reports_the_jobs_gradients(tmp_path: Path) -> None:
     assert reference["layers"][1]["dead_fraction"] == 12 / 16
     assert [h["step"] for h in reference["history"]] == [1, 3]  # every=2: one step a batch
     assert_the_jobs_report(job, reference)
+    # fail_on (every unit dead): both ranks stop at the same step and raise, instead of
+    # rank 0 stopping alone while rank 1 waits for it in DDP's next all-reduce (a hang)
+    assert job["fail0"] == job["fail1"], (job["fail0"], job["fail1"])
+    assert "training showed dead_relu (fail_on)" in job["fail0"]
 
 
 def test_transformers_ddp_reports_the_jobs_gradients(tmp_path: Path) -> None:
