@@ -82,8 +82,10 @@ class FlowSession:
         self._reported_at = 0  # steps recorded at the last report
 
     # the Monitor on / off
-    def start(self, monitor_cls: type, model: Any, sinks: list[Any]) -> None:
-        """Attach a Monitor to `model`; its scalars go to `sinks` and `tensorboard`."""
+    def start(self, monitor_cls: type, model: Any, sinks: list[Any], wrapper: Any = None) -> None:
+        """Attach a Monitor to `model`; its scalars go to `sinks` and `tensorboard`.
+        `wrapper`: the trainer's DDP (or other) module around `model`, through which a
+        distributed job's steps are combined."""
         if self._active:
             return
         self.disabled = False  # a new run gets a new try, whatever the last one did
@@ -96,6 +98,11 @@ class FlowSession:
                 model,
                 every=self.every,
                 tensorboard=targets or None,
+                wrapper=wrapper,
+                # every rank of a distributed job gets the job's report, so that every rank
+                # decides fail_on alike and stops at the same step (rank 0 alone would stop
+                # while the others wait for it in DDP's next all-reduce)
+                all_ranks=True,
                 **self.monitor_options,
             )
             self.monitor.__enter__()

@@ -11,6 +11,11 @@ Every `every`-th training batch is recorded (Note [a step begins at the first ca
 the recorded steps are logged through the trainer's loggers as `gradtool/...` scalars. When
 training ends the hooks are removed and, on global rank 0, the findings are printed and the
 JSON written. Needs `lightning` (or `pytorch_lightning`): pip install 'gradtool[lightning]'.
+
+Under strategy="ddp" (or FSDP) the LightningModule is still the module watched, and every
+rank's steps are combined through the strategy's wrapper around it (`trainer.strategy.model`):
+rank 0's report is the job's, as a Monitor on the wrapped model gives (the gradients after
+DDP's all-reduce, dead units over the global batch); the other ranks report nothing.
 """
 
 from __future__ import annotations
@@ -120,7 +125,11 @@ class GradFlowCallback(Callback):
             sink = _LoggerSink(trainer)
             sink._first = int(trainer.global_step)
             sinks.append(sink)
-        self._session.start(BatchMonitor, pl_module, sinks)
+        # the LightningModule is monitored (training_step need not call it: its modules'
+        # calls begin the steps), and a distributed job's steps are combined through the
+        # strategy's wrapper around it (DDP: DistributedDataParallel)
+        wrapper = getattr(trainer.strategy, "model", None)
+        self._session.start(BatchMonitor, pl_module, sinks, wrapper=wrapper)
 
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
         s = self._session

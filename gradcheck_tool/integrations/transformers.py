@@ -8,13 +8,13 @@
 
 The Trainer calls the model once per micro-batch: every `every`-th call with grad enabled is
 recorded (with gradient accumulation, a step is a micro-batch and its gradient that
-micro-batch's share). At the Trainer's logging steps (less often late in a long run: Note
-[how often a callback reports]) the latest recorded step's `gradtool/...` scalars join the
-Trainer's record of that log (`state.log_history`, saved with its state) and the number of
-findings joins the log itself. When training ends the hooks are removed (the
-Trainer has no callback for a train() that raises: `callback.close()` removes them then, as
-the next train() does) and, on the main process, the findings are printed and the JSON
-written.
+micro-batch's share; under DDP see below). At the Trainer's logging steps (less often late
+in a long run: Note [how often a callback reports]) the latest recorded step's
+`gradtool/...` scalars join the Trainer's record of that log (`state.log_history`, saved
+with its state) and the number of findings joins the log itself. When training ends the
+hooks are removed (the Trainer has no callback for a train() that raises:
+`callback.close()` removes them then, as the next train() does) and, on the main process,
+the findings are printed and the JSON written.
 
 Note [the Trainer's reporting callbacks come first]: the Trainer puts its reporting
 integrations (TensorBoard, W&B, ...) before the callbacks it is given, so they have sent a
@@ -23,10 +23,19 @@ line per layer would drown the loss. So `logs` gets only the findings counts, an
 per-layer scalars go to `state.log_history`. For TensorBoard pass
 `tensorboard=args.logging_dir` (the folder the Trainer's own TensorBoard writes to), which
 writes every recorded step. Needs `transformers`: pip install 'gradtool[transformers]'.
+
+Under DDP (a `torchrun`ed Trainer) the model is still the module watched, and every rank's
+steps are combined through the Trainer's DistributedDataParallel around it (its
+`model_wrapped`, found at on_train_begin): rank 0's report is the job's, as a Monitor on the
+wrapped model gives; the other ranks report nothing. With gradient accumulation the Trainer
+runs the micro-batches before the last under DDP's no_sync() (unless sync_each_batch): those
+are counted, not recorded, and the last one's step measures `.grad` after the all-reduce,
+the gradient of all the micro-batches (Monitor's docstring).
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -56,6 +65,23 @@ class _LatestScalars:
 
     def close(self) -> None:
         pass
+
+
+def _model_wrapped(model: Any) -> Any:
+    """The Trainer's `model_wrapped` (its DistributedDataParallel) around `model`, or None.
+    Callbacks are given the model, not the Trainer: on_train_begin is called from the
+    Trainer's training loop, whose frame holds the Trainer as `self`."""
+    from transformers import Trainer
+
+    frame = sys._getframe(1)
+    for _ in range(64):  # (the loop is a few frames up; a bound, not a search of the stack)
+        if frame is None:
+            break
+        owner = frame.f_locals.get("self")
+        if isinstance(owner, Trainer) and owner.model is model:
+            return getattr(owner, "model_wrapped", None)
+        frame = frame.f_back
+    return None
 
 
 class GradFlowCallback(TrainerCallback):
@@ -124,7 +150,9 @@ class GradFlowCallback(TrainerCallback):
         # callback): its hooks come off before new ones go on
         self._session.stop()
         self._latest = _LatestScalars()
-        self._session.start(Monitor, model, [self._latest] if self._log else [])
+        # a distributed job's steps are combined through the Trainer's DDP around `model`
+        sinks = [self._latest] if self._log else []
+        self._session.start(Monitor, model, sinks, wrapper=_model_wrapped(model))
 
     def close(self) -> None:
         """Take gradtool's hooks off the model now (after a train() that raised; a train()

@@ -18,6 +18,7 @@ from torch.distributed.fsdp import fully_shard
 from torch.nn.parallel import DistributedDataParallel
 
 from gradcheck_tool import Monitor
+from gradcheck_tool.errors import InputError
 
 OURS = "gradcheck_tool.engines.flow.distributed"
 
@@ -119,7 +120,69 @@ def main() -> None:
     with Monitor(model, all_ranks=True) as mon:
         train(model, x, y, STEPS)
     (out / f"diverging_rank{rank}.json").write_text(json.dumps({"report": mon.report()}))
+    # Monitors that differ across ranks: an InputError on every rank, and the job goes on
+    model = DistributedDataParallel(build_model())
+    renamed = DistributedDataParallel(Renamed(build_model()) if rank == 1 else build_model())
+    mismatches = {
+        "every": lambda: Monitor(model, every=1 + rank),
+        "names": lambda: Monitor(renamed),  # the same shapes (DDP checks those), other names
+    }
+    errors = {}
+    for case, make in mismatches.items():
+        try:
+            with make():
+                train(model, x, y, steps=1)
+        except InputError as exc:
+            errors[case] = str(exc)
+        train(model, x, y, steps=1)  # (the job's own collectives still match)
+    (out / f"mismatch_rank{rank}.json").write_text(json.dumps(errors))
+    (out / f"gloo_group_rank{rank}.json").write_text(json.dumps(gloo_group_again(rank)))
     dist.destroy_process_group()
+
+
+class Renamed(nn.Module):
+    """The MLP's layers under other names."""
+
+    def __init__(self, mlp: nn.Module) -> None:
+        super().__init__()
+        self.first, self.act, self.ln = mlp.fc1, mlp.act1, mlp.norm
+        self.second, self.last = mlp.fc2, mlp.head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.ln(self.act(self.first(x)))
+        return self.last(torch.relu(self.second(h)))
+
+
+def gloo_group_again(rank: int) -> dict[str, object]:
+    """gradtool's gloo group (made beside an NCCL default group; here beside gloo's) after
+    the job destroys its process group and initialises a new one whose default group has
+    the old one's id (as CPython may give it; simulated: every object's id the same in
+    gradtool's module meanwhile): a working group of the new job, the old one destroyed
+    with the job's own."""
+    from gradcheck_tool.engines.flow import distributed as ours
+
+    c10d = dist.distributed_c10d
+    store = c10d._get_default_store()
+    ours.id = lambda obj: 0  # every default group at the same address
+    first = ours._gloo_group(dist)
+    t = torch.ones(1)
+    dist.all_reduce(t, group=first)
+    dist.destroy_process_group()
+    old_destroyed = first not in c10d._world.pg_map
+    # (a store of its own for the new job: the old one's keys would be read again)
+    dist.init_process_group("gloo", store=dist.PrefixStore("again", store), rank=rank, world_size=2)
+    result: dict[str, object] = {"first_sum": t.item(), "old_destroyed": old_destroyed}
+    try:
+        second = ours._gloo_group(dist)
+        u = torch.ones(1)
+        dist.all_reduce(u, group=second)
+        result.update(sum=u.item(), error=None, new_group=second is not first)
+        result["same_again"] = ours._gloo_group(dist) is second
+    except Exception as exc:  # noqa: BLE001 - the test names it
+        result.update(sum=None, error=f"{type(exc).__name__}: {exc}"[:300])
+    finally:
+        del ours.id
+    return result
 
 
 if __name__ == "__main__":

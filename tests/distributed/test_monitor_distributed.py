@@ -61,7 +61,7 @@ def job(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         os.killpg(proc.pid, signal.SIGKILL)
         output, _ = proc.communicate()
     results = {p.stem: json.loads(p.read_text()) for p in out.glob("*.json")}
-    assert proc.returncode == 0 and len(results) == 14, output[-4000:]
+    assert proc.returncode == 0 and len(results) == 18, output[-4000:]
     return results
 
 
@@ -162,11 +162,12 @@ def test_fsdp1_flat_parameters_are_one_row_per_unit(
 @pytest.mark.parametrize("case", ["ddp", "fsdp2", "fsdp1"])
 def test_three_collectives_per_recorded_step(job: dict[str, Any], case: str) -> None:
     """Each recorded step (with the optimizer step before it) is combined in one layout
-    check, one SUM and one MAX, whatever the number of layers."""
+    check, one SUM and one MAX, whatever the number of layers; entering the Monitor checks
+    that the ranks' Monitors agree in one more."""
     for rank in (0, 1):
         done = job[f"{case}_rank{rank}"]
         assert done["steps"] == STEPS
-        assert done["all_reduce_calls"] == 3 * STEPS
+        assert done["all_reduce_calls"] == 3 * STEPS + 1
 
 
 def test_a_nan_on_one_rank_is_found_as_on_the_global_batch(job: dict[str, Any]) -> None:
@@ -198,3 +199,28 @@ def test_ranks_whose_forwards_differ_leave_their_steps_out(job: dict[str, Any]) 
         report = job[f"diverging_rank{rank}"]["report"]
         assert report["steps"] == 0 and report["layers"] == []
         assert any("3 recorded step(s) left out" in w for w in report["warnings"])
+
+
+def test_monitors_that_differ_across_ranks_are_an_error_on_every_rank(
+    job: dict[str, Any],
+) -> None:
+    """Another `every` on rank 1 (rank 0 would combine steps rank 1 does not: gloo aborts
+    the job on the mismatch), or a model of the same shapes under other names: entering
+    raises InputError on both ranks, with the same message, and the job goes on."""
+    for rank in (0, 1):
+        errors = job[f"mismatch_rank{rank}"]
+        assert errors["every"] == job["mismatch_rank0"]["every"]
+        assert "`every` is 1 on some ranks, 2 on others" in errors["every"]
+        assert "the model's parameter names differ between ranks" in errors["names"]
+
+
+def test_gradtools_gloo_group_is_made_again_for_a_new_process_group(
+    job: dict[str, Any],
+) -> None:
+    """After destroy_process_group() and a new init_process_group() whose default group has
+    the old one's id, gradtool's gloo group is a new, working one (not the destroyed one);
+    the old one went with the job's own groups; the new one is kept for the new job."""
+    for rank in (0, 1):
+        done = job[f"gloo_group_rank{rank}"]
+        assert done["error"] is None and done["sum"] == done["first_sum"] == 2.0, done
+        assert done["old_destroyed"] and done["new_group"] and done["same_again"], done

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import math
 import sys
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -218,11 +219,15 @@ def _ddp_inside(model: nn.Module) -> nn.Module:
 
 
 def detect_ranks(
-    model: nn.Module, params: Sequence[torch.Tensor]
+    model: nn.Module, params: Sequence[torch.Tensor], outer: nn.Module | None = None
 ) -> tuple[RankContext | None, str | None]:
     """The job `model` trains in, when a process group of several ranks is initialised and
     the model is wrapped in DDP or FSDP; else None, with a note when a process group is
     initialised but the model is not wrapped (each rank then reports its own gradients).
+
+    `outer`: a wrapper around `model` (the DistributedDataParallel module a trainer made),
+    where the module inside it is the one monitored; ignored unless `model` is among its
+    modules.
 
     Called on every rank at the same point (it may create a gloo group for an NCCL job)."""
     dist = sys.modules.get("torch.distributed")
@@ -231,6 +236,8 @@ def detect_ranks(
     world = dist.get_world_size()
     if world < 2:
         return None, None
+    if outer is not None and outer is not model and any(m is model for m in outer.modules()):
+        model = outer  # (the same parameters: the wrapper's are the module's)
     wrapper = _wrapper_of(model, params)
     if wrapper is None:
         return None, (
@@ -263,19 +270,38 @@ def detect_ranks(
     return ctx, None
 
 
-_GLOO_GROUPS: dict[int, Any] = {}
+# Note [gradtool's gloo group]: made once per default process group and kept in this table,
+# keyed weakly by that group: when the job destroys its process group and initialises a new
+# one, the entry goes with the old group (its id may be reused by the new one, which must not
+# find the old entry). new_group registers the group in torch's own table, so the job's
+# destroy_process_group() destroys it with the job's groups.
+_GLOO_GROUPS: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
 
 
 def _gloo_group(dist: Any) -> Any:
-    """A gloo group beside an NCCL default group, made once per process: the layout check
-    is a few host integers, which NCCL would make a GPU→host synchronisation."""
-    key = id(dist.distributed_c10d._get_default_group())
-    if key not in _GLOO_GROUPS:
-        try:
-            _GLOO_GROUPS[key] = dist.new_group(backend="gloo")
-        except Exception:  # no gloo: the check runs on the device (one sync per step)
-            _GLOO_GROUPS[key] = None
-    return _GLOO_GROUPS[key]
+    """A gloo group beside an NCCL default group, made once per default group (Note
+    [gradtool's gloo group]): the layout check is a few host integers, which NCCL would make
+    a GPU→host synchronisation."""
+    default = dist.distributed_c10d._get_default_group()
+    if default in _GLOO_GROUPS:
+        group = _GLOO_GROUPS[default]
+        if group is None or _registered(dist, group):
+            return group
+        # (destroyed on its own while the default group lives on: made again)
+    try:
+        group = dist.new_group(backend="gloo")
+    except Exception:  # no gloo: the check runs on the device (one sync per step)
+        group = None
+    _GLOO_GROUPS[default] = group
+    return group
+
+
+def _registered(dist: Any, group: Any) -> bool:
+    """Whether torch still knows `group` (destroy_process_group() forgets the groups it
+    destroys)."""
+    world = getattr(dist.distributed_c10d, "_world", None)
+    pg_map = getattr(world, "pg_map", None)
+    return pg_map is None or group in pg_map
 
 
 def _fsdp1_units(model: nn.Module, params: Sequence[torch.Tensor]) -> list[Any]:
@@ -313,6 +339,47 @@ def _owner(p: torch.Tensor, ctx: RankContext, fsdp1_unit: Any) -> float:
             return float(dist.get_rank(inter) == 0)
         return 1.0  # this rank's piece of the flat parameter
     return float(ctx.rank == 0)
+
+
+def check_same_monitor(
+    ranks: RankContext, settings: dict[str, int], names: Sequence[str]
+) -> str | None:
+    """What differs between the ranks' Monitors, or None when nothing does. Every rank's
+    Monitor must make the same collectives at the same points: with another `every`, or
+    another model, one rank would combine a step where another does not, and the job dies
+    (gloo: a collective mismatch and SIGABRT; NCCL: a hang). One all_reduce when the Monitor
+    is entered (the MAX of each number and of its negative: the largest and the smallest),
+    the same answer on every rank. `settings`: integers that must agree (the options that
+    decide the steps); `names`: the model's parameter names, compared as a count and a
+    fingerprint. Called on every rank at the same point."""
+    import torch.distributed as dist
+
+    text = "\n".join(names).encode()
+    values = {
+        **settings,
+        "parameters": len(names),
+        "names": int.from_bytes(hashlib.blake2b(text, digest_size=7).digest(), "big"),
+    }
+    head = torch.tensor([v for x in values.values() for v in (x, -x)], dtype=torch.int64)
+    group = ranks.header_group
+    if group is None:
+        head, group = head.to(ranks.device), ranks.group
+    dist.all_reduce(head, op=dist.ReduceOp.MAX, group=group)
+    h = head.tolist()
+    spread = {key: (-h[2 * i + 1], h[2 * i]) for i, key in enumerate(values)}
+    differ = []
+    for key, (lo, hi) in spread.items():
+        if lo == hi or key == "names":
+            continue
+        if key == "parameters":
+            differ.append(f"the model has {lo} parameter tensors on some ranks, {hi} on others")
+        elif isinstance(settings[key], bool):
+            differ.append(f"`{key}` is {bool(lo)} on some ranks, {bool(hi)} on others")
+        else:
+            differ.append(f"`{key}` is {lo} on some ranks, {hi} on others")
+    if not differ and spread["names"][0] != spread["names"][1]:
+        differ.append("the model's parameter names differ between ranks")
+    return "; ".join(differ) or None
 
 
 # --- the reduction -----------------------------------------------------------------------

@@ -18,6 +18,7 @@ from ...options import at_least
 from ...results import FlowReport
 from .distributed import (
     RankContext,
+    check_same_monitor,
     detect_ranks,
     model_type_name,
     reduce_across_ranks,
@@ -70,22 +71,36 @@ class Monitor:
     that forward and backward only; on the other steps a single forward pre-hook on the model
     counts the call and returns. Measurements stay on the device and are read back at
     `report()` (at most one transfer per recorded step). Each parameter's gradient is measured
-    as the backward produces it (the gradient of this step, before any accumulation), the
-    weights as the model is called. The optimizer step after a recorded step is seen through
-    torch's global optimizer hooks (nothing to pass; optimizers without the model's parameters
-    are ignored): how far it moved each layer, which parameters it left alone, and whether the
-    next backward adds to its gradient (optim_watch.py). On exit the model has no hook left
-    from the monitor, and no optimizer hook either.
+    as the backward produces it (this backward's gradient, before it is added to `.grad`; in
+    a distributed job `.grad` itself, see below), the weights as the model is called. The
+    optimizer step after a recorded step is seen through torch's global optimizer hooks
+    (nothing to pass; optimizers without the model's parameters are ignored): how far it
+    moved each layer, which parameters it left alone, and whether the next backward adds to
+    its gradient (optim_watch.py). On exit the model has no hook left from the monitor, and
+    no optimizer hook either.
 
     In a distributed job (a DistributedDataParallel or FSDP model, every rank entering its
     Monitor), each recorded step is combined across ranks when the next one begins (Note
-    [reducing a step across ranks] in step.py): the report is the job's, the gradients
-    after DDP's all-reduce, the whole of FSDP's sharded tensors, dead units over the global
-    batch. Rank 0 gets it; the other ranks get None, or the same report with
-    `all_ranks=True`. The report covers the steps finished so far: a step is finished when
-    the model is called again or the `with` block ends (a report never runs a collective,
-    so rank 0 alone may ask for one). Calls under DDP's `no_sync()` (gradient accumulation)
-    are counted, not recorded: their gradients are each rank's own.
+    [reducing a step across ranks] in step.py): the report is the job's, with the whole of
+    FSDP's sharded tensors and dead units over the global batch. Rank 0 gets it; the other
+    ranks get None, or the same report with `all_ranks=True`. The report covers the steps
+    finished so far: a step is finished when the model is called again or the `with` block
+    ends (a report never runs a collective, so rank 0 alone may ask for one). The gradient
+    measured there is `.grad` when the backward is complete (after DDP's all-reduce, FSDP's
+    reduce-scatter): the gradient the optimizer will use, which includes whatever `.grad`
+    held before that backward (the earlier micro-batches when gradients are accumulated;
+    the earlier steps when the loop does not zero them). Calls under DDP's `no_sync()` are
+    counted, not recorded (their gradients are each rank's own); the synchronised call
+    after them is recorded, with the gradient of all its micro-batches.
+
+    Every rank must enter a Monitor on the same model with the same options at the same
+    point of its loop: entering checks this in one collective and raises InputError on every
+    rank when `every` or the parameters differ. A Monitor entered on some ranks only cannot
+    be detected (no rank can tell a rank that never enters from a slow one): its check meets
+    the other ranks' own collectives (DDP's), and gloo aborts the job on the mismatch, or it
+    hangs until the process group's timeout. `wrapper`: the DDP or FSDP module around
+    `model`, when your loop calls the wrapper but you monitor the module inside it (as the
+    trainer callbacks do); the steps are combined through it.
 
     `tensorboard`: a folder (a SummaryWriter made there, closed on exit) or your own
     SummaryWriter (left open): each recorded step's per-layer gradient norms, update ratios,
@@ -105,6 +120,7 @@ class Monitor:
         flush_every: int = 64,
         tensorboard: Any = None,
         all_ranks: bool = False,
+        wrapper: nn.Module | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise InputError(f"Monitor needs an nn.Module; got {type(model).__name__}")
@@ -134,6 +150,7 @@ class Monitor:
 
             self._scalars = StepScalars.to(tensorboard)
         self.all_ranks = all_ranks  # distributed: every rank gets the report, not only rank 0
+        self.wrapper = wrapper  # the DDP/FSDP module around `model`, when the loop calls that
         self._ranks: RankContext | None = None
         self._uncombined = 0  # recorded steps left out: the ranks' layouts differed
 
@@ -142,9 +159,11 @@ class Monitor:
         if self._active:
             raise InputError("this Monitor is already active")
         self._mm = ModelMap(self.model)
-        self._ranks, note = detect_ranks(self.model, self._mm.params)
+        self._ranks, note = detect_ranks(self.model, self._mm.params, self.wrapper)
         if note is not None:
             self._errors.append(note)
+        if self._ranks is not None:
+            self._check_same_on_every_rank()
         self._recorder = Recorder(
             self._mm,
             functional=self._functional,
@@ -189,6 +208,23 @@ class Monitor:
                 self._recorder.close()
             if self._scalars is not None:  # the steps not written yet; a folder's writer closed
                 self._scalars.finish(len(self._steps), self.flow_report, exc[0] is not None)
+
+    def _check_same_on_every_rank(self) -> None:
+        """A distributed job's ranks entered Monitors that would combine different steps:
+        an error on every rank now, instead of a collective mismatch that kills the job."""
+        options = {
+            "every": self.every,
+            "functional": self._functional,
+            "check_finite": self._check_finite,
+        }
+        differ = check_same_monitor(self._ranks, options, self._mm.param_names)
+        if differ is not None:
+            self._ranks = None
+            raise InputError(
+                f"the Monitors of this job's ranks differ: {differ}. Every rank must enter a "
+                "Monitor on the same model with the same options (each recorded step is "
+                "combined across the ranks)"
+            )
 
     @property
     def steps_seen(self) -> int:
