@@ -9,7 +9,8 @@ Monitor(every=10)) start from the same initial weights, interleaved and repeated
 figures are medians (rank 0's clock in the job). A monitored loop includes entering the
 monitor, leaving it (where the job combines its last step across ranks) and rank 0's
 `report()`; under DDP each recorded step costs three small all_reduce calls (Note [reducing
-a step across ranks] in step.py), the SUM and MAX asynchronous.
+a step across ranks] in step.py), all three asynchronous (the layout check is waited for at
+the next recorded step: Note [deferring the layout check] in monitor.py).
 
     python benchmarks/bench_monitor_ddp.py [--repeats 11] [--steps 40] [--threads 1]
 

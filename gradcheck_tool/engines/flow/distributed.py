@@ -442,18 +442,27 @@ class _Combining:
 def reduce_across_ranks(
     items: Sequence[DeviceNumbers], ranks: RankContext, *, wait: bool = False
 ) -> bool:
-    """Combine the ranks' numbers of `items` (steps, optimizer records) in place, in three
-    collectives whatever their number: the layout check, one SUM, one MAX (Note [reducing a
-    step across ranks]). Every rank must call it with the same items at the same point. The
-    SUM and MAX run asynchronously unless `wait`; reading the items back waits for them.
+    """`start_reduction` and its `finish` at once: False when the ranks' layouts differ."""
+    started = start_reduction(items, ranks)
+    return True if started is None else started.finish(wait=wait)
 
-    False (nothing combined, nothing changed) when the ranks' layouts differ: their forwards
-    took different paths, so their numbers are not about the same things."""
+
+def start_reduction(items: Sequence[DeviceNumbers], ranks: RankContext) -> Started | None:
+    """Start combining the ranks' numbers of `items` (steps, optimizer records) in place, in
+    three collectives whatever their number: the layout check, one SUM, one MAX (Note
+    [reducing a step across ranks]). Every rank must call it with the same items at the same
+    point. Here the layout check starts (asynchronously); the returned `Started.finish`
+    waits for it and starts the SUM and MAX, asynchronously unless `wait` (reading the items
+    back waits for them), and every rank must call it at the same point too. None when no
+    item is left to combine.
+
+    `finish` gives False (nothing combined, nothing changed) when the ranks' layouts differ:
+    their forwards took different paths, so their numbers are not about the same things."""
     import torch.distributed as dist
 
-    todo = [it for it in items if not it.reduced and it.host is None]
+    todo = [it for it in items if not it.reduced and it.host is None and it.combining is None]
     if not todo:
-        return True
+        return None
     device, f64 = ranks.device, torch.float64
     pieces = [part.to(device=device, dtype=f64) for it in todo for part in it.parts]
     flat = torch.cat(pieces) if pieces else torch.zeros(0, dtype=f64, device=device)
@@ -497,10 +506,65 @@ def reduce_across_ranks(
     if header_group is None:
         head = head.to(device)
     group = header_group if header_group is not None else ranks.group
-    dist.all_reduce(head, op=dist.ReduceOp.MAX, group=group)
-    h = head.tolist()
-    if h[0] != -h[1] or h[2] != -h[3] or h[4] != -h[5]:
-        return False
+    work = dist.all_reduce(head, op=dist.ReduceOp.MAX, group=group, async_op=True)
+    started = Started(work, head, todo, flat, plan, sums, maxes, ranks)
+    for it in todo:
+        it.combining = started
+    return started
+
+
+class Started:
+    """A reduction whose layout check is in flight (`start_reduction`); `finish` waits for
+    it and starts the SUM and MAX, or leaves the items as they were when the layouts
+    differ. Every rank finishes its reductions in the order it started them."""
+
+    def __init__(
+        self,
+        work: Any,
+        head: torch.Tensor,
+        todo: list[DeviceNumbers],
+        flat: torch.Tensor,
+        plan: list[tuple[int, int, Reduction, int, int | None]],
+        sums: list[torch.Tensor],
+        maxes: list[torch.Tensor],
+        ranks: RankContext,
+    ) -> None:
+        self.work, self.head, self.todo, self.flat, self.plan = work, head, todo, flat, plan
+        self.sums, self.maxes, self.ranks = sums, maxes, ranks
+        self.result: bool | None = None
+
+    def wait(self) -> None:  # (read back before it was finished: finished now, in full)
+        self.finish(wait=True)
+        for it in self.todo:
+            if it.combining is not None:
+                it.combining.wait()
+
+    def finish(self, *, wait: bool = False) -> bool:
+        if self.result is not None:
+            return self.result
+        self.work.wait()
+        h = self.head.tolist()
+        if h[0] != -h[1] or h[2] != -h[3] or h[4] != -h[5]:
+            for it in self.todo:
+                it.combining = None
+            self.result = False
+            return False
+        self.result = True
+        _launch(self.todo, self.ranks, self.flat, self.plan, self.sums, self.maxes, wait)
+        return True
+
+
+def _launch(
+    todo: list[DeviceNumbers],
+    ranks: RankContext,
+    flat: torch.Tensor,
+    plan: list[tuple[int, int, Reduction, int, int | None]],
+    sums: list[torch.Tensor],
+    maxes: list[torch.Tensor],
+    wait: bool,
+) -> None:
+    import torch.distributed as dist
+
     works = []
     summed = torch.cat(sums) if sums else None
     if summed is not None:
@@ -521,4 +585,3 @@ def reduce_across_ranks(
         start += size
     if wait:
         combining.wait()
-    return True

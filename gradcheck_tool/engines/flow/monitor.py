@@ -18,10 +18,12 @@ from ...options import at_least
 from ...results import FlowReport
 from .distributed import (
     RankContext,
+    Started,
     check_same_monitor,
     detect_ranks,
     model_type_name,
     reduce_across_ranks,
+    start_reduction,
     unwrapped,
 )
 from .findings import detect_findings
@@ -153,6 +155,8 @@ class Monitor:
         self.wrapper = wrapper  # the DDP/FSDP module around `model`, when the loop calls that
         self._ranks: RankContext | None = None
         self._uncombined = 0  # recorded steps left out: the ranks' layouts differed
+        # a recorded step whose layout check is in flight (Note [deferring the layout check])
+        self._in_flight: tuple[PendingStep, Started] | None = None
 
     # context manager
     def __enter__(self) -> Monitor:
@@ -194,6 +198,7 @@ class Monitor:
                 self._on_model_return(None)
             if exc[0] is not None and self._ranks is not None:
                 self._recording = None  # no collective after an exception: ranks may be gone
+                self._in_flight = None
             else:
                 self._finish_step(final=True)
         finally:
@@ -270,6 +275,10 @@ class Monitor:
             self._recording = None
 
     def _finish_step(self, final: bool = False) -> None:
+        if self._ranks is not None:
+            # the previous recorded step's layout check has had a step's time to finish
+            # (Note [deferring the layout check])
+            self._finish_started(final)
         if self._recording is None:
             if final and self._ranks is not None:  # the last optimizer records
                 reduce_across_ranks(self._watch.unread(True), self._ranks, wait=True)
@@ -280,9 +289,30 @@ class Monitor:
             # combined across ranks with the optimizer records complete by now, in the same
             # collectives; a step whose layouts differ across ranks is left out
             items = [pending, *self._watch.unread(final)]
-            if not reduce_across_ranks(items, self._ranks, wait=final):
-                self._uncombined += 1
-                return
+            started = start_reduction(items, self._ranks)
+            if started is not None:
+                self._in_flight = (pending, started)
+            if final:
+                self._finish_started(final)
+            return
+        self._append_step(pending)
+
+    def _finish_started(self, final: bool) -> None:
+        """Note [deferring the layout check]: a recorded step's layout check (an all_reduce
+        of its sizes and fingerprint, Note [reducing a step across ranks]) is started when
+        the step is packed, and waited for at the next recorded step (or when the Monitor
+        is left), where every rank is at the same point again: its SUM and MAX start then,
+        so that no rank waits for the others at the step itself. Until then the step is not
+        among the Monitor's steps (a report on rank 0 alone must not start a collective)."""
+        if self._in_flight is None:
+            return
+        (pending, started), self._in_flight = self._in_flight, None
+        if not started.finish(wait=final):
+            self._uncombined += 1
+            return
+        self._append_step(pending)
+
+    def _append_step(self, pending: PendingStep) -> None:
         self._steps.append(pending)
         unread = len(self._steps) - len(self._samples)
         if unread >= self.flush_every:  # bound the device memory held by unread steps

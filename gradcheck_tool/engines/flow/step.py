@@ -29,7 +29,9 @@ class Reduction(str, Enum):
     with one `all_reduce` per kind of reduction on one packed vector (SUM, then MAX: a MIN is
     a MAX of the negated numbers), after one small all_reduce of the vectors' sizes and a
     fingerprint of their layout (a rank whose forward took another path would otherwise hang
-    the job, or mix numbers about different things). Squared norms of sharded tensors add
+    the job, or mix numbers about different things); the Monitor starts that check at the
+    step and waits for it at the next recorded step (Note [deferring the layout check] in
+    monitor.py). Squared norms of sharded tensors add
     (SUM); a replicated tensor (a DDP parameter, its gradient after DDP's all-reduce) is
     counted once, from the rank that owns it (`per_parameter`: the others add 0). A
     gradient's extremes take MIN/MAX; a finite probe adds (SUM), because a sum is non-finite
