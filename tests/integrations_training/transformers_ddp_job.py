@@ -83,3 +83,8 @@ def run(out: Path) -> None:
 
 if __name__ == "__main__":
     run(Path(sys.argv[1]))
+    import torch.distributed as dist
+
+    if dist.is_initialized():  # the Trainer leaves its process group: gloo may abort at exit
+        dist.barrier()
+        dist.destroy_process_group()
