@@ -49,7 +49,7 @@ def _root(
 
 TARGET_HELP = (
     "path/to/file.py or path/to/file.py:NAME (a model, autograd.Function or function); "
-    "without it, every target configured in pyproject.toml's [tool.gradtool]"
+    "without it, every target configured in pyproject.toml's \\[tool.gradtool]"
 )
 TargetArg = typer.Argument(None, help=TARGET_HELP, metavar="TARGET", show_default=False)
 InputShapeOpt = typer.Option(
@@ -78,7 +78,7 @@ JunitOpt = typer.Option(None, "--junit", help="Write a JUnit XML report to PATH.
 ConfigOpt = typer.Option(
     None,
     "--config",
-    help="The pyproject.toml to read [tool.gradtool] from (default: the nearest one).",
+    help="The pyproject.toml to read \\[tool.gradtool] from (default: the nearest one).",
 )
 TimeoutOpt = typer.Option(
     None,

@@ -131,3 +131,11 @@ def test_an_error_of_a_configured_target_names_its_entry(tmp_path, monkeypatch):
     assert result.code == 2
     error = json.loads(result.stdout)["runs"][1]["error"]
     assert "file not found" in error and "[[tool.gradtool.check]] 2" in error
+
+
+def test_the_help_names_the_config_table():
+    """rich reads `[tool.gradtool]` in a help text as markup and drops it unless escaped."""
+    for command in ("check", "flow"):
+        text = flat(invoke_cli(command, "--help").stdout)
+        assert text.count("[tool.gradtool]") == 2, text  # TARGET's help and --config's
+        assert "\\[" not in text
