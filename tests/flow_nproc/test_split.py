@@ -157,7 +157,21 @@ def test_dropout_batchnorm_and_scalar_outputs_still_split(tmp_path):
         "nn.Linear(8, 2))\n"
         "def example_inputs():\n    return torch.randn(8, 4)\n"
     )
-    assert df._plan(str(dropout), {}, 2).total == 8
+    plan = df._plan(str(dropout), {}, 2)
+    assert plan.total == 8
+    assert any("BatchNorm1d normalizes" in w for w in plan.warnings)  # the precise warning
+    # dropout alone: the report says it is not the one-process report (a tiny random BERT
+    # in train mode gave other gradient norms under --nproc 2, with no word of it)
+    alone = tmp_path / "dropout_alone.py"
+    alone.write_text(
+        "import torch\nfrom torch import nn\n"
+        "model = nn.Sequential(nn.Linear(4, 8), nn.Dropout(0.5), nn.Linear(8, 2))\n"
+        "def example_inputs():\n    return torch.randn(8, 4)\n"
+    )
+    assert any("dropout draws its own masks" in w for w in df._plan(str(alone), {}, 2).warnings)
+    still = tmp_path / "no_dropout.py"  # and without dropout, no such warning
+    still.write_text(alone.read_text().replace("nn.Dropout(0.5), ", ""))
+    assert not any("dropout" in w for w in df._plan(str(still), {}, 2).warnings)
     scalar = tmp_path / "scalar.py"
     scalar.write_text(
         "import torch\nfrom torch import nn\n"

@@ -262,13 +262,7 @@ def _plan(target: str, o: dict[str, Any], nproc: int) -> _Plan:
         scales, loss_warnings = _loss_scales(
             loaded.loss_fn, output, args, kwargs, total, nproc, folder
         )
-    norms = sorted(
-        {
-            type(m).__name__
-            for m in model.modules()
-            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
-        }
-    )
+    norms = sorted({type(m).__name__ for m in model.modules() if isinstance(m, _BATCHNORM)})
     warnings = split_warnings + loss_warnings
     if norms:
         warnings += (
@@ -430,9 +424,22 @@ def _check_outputs_split(
         again = [(path, t) for path, t in floating_leaves(whole) if batched(t, total)]
         if [p for p, _ in again] == [p for p, _ in rows]:
             if _parts_mismatch(work, again, args, kwargs, batch, nproc, seed, folder) is None:
-                return ()
+                # the split is the batch's, but training differs: say so in the report
+                # (BatchNorm has its own, more precise, warning)
+                if any(isinstance(m, _BATCHNORM) for m in work.modules()):
+                    return ()
+                return (
+                    f"--nproc {nproc}: the model's train-mode forward on a process's "
+                    f"{total // nproc} examples differs from its rows of the whole batch's "
+                    "(dropout draws its own masks in each process, or a layer mixes the "
+                    "examples), so this report is not the one-process report on the "
+                    f"{total} examples",
+                )
         raise InputError(f"{start}. But {mismatch}", hint=BATCH_FIRST_HINT)
     return ()
+
+
+_BATCHNORM = torch.nn.modules.batchnorm._BatchNorm
 
 
 def _parts_mismatch(
