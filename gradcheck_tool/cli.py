@@ -21,7 +21,7 @@ from ._version import __version__
 from .errors import GradtoolError, OptionError
 from .options import DEFAULT_DIRECTIONS, DEFAULT_SAMPLES, Optimizer, StdoutFormat, flag_for
 
-EXIT_OK, EXIT_FAIL, EXIT_USER, EXIT_INTERNAL = 0, 1, 2, 3  # 124/130/143: stopping.EXIT_CODES
+EXIT_USER, EXIT_INTERNAL = 2, 3  # 0/1: the report's exit_code; 124/130/143: stopping.EXIT_CODES
 
 app = typer.Typer(
     name="gradtool",

@@ -31,7 +31,6 @@ if TYPE_CHECKING:
 ROOT = "gradtool"  # the node id of the collector every item hangs off
 COMMANDS = ("check", "flow")
 WIDTH = 80  # the failure's report table: a CI log without wrapping
-EXIT_INTERRUPT, EXIT_TERMINATED = 130, 143
 # why a target failed, by exit code (the report or the error says the rest)
 VERDICTS = {
     1: {"check": "gradients do not match", "flow": "findings of a fail_on kind"},
@@ -191,10 +190,10 @@ class GradtoolItem(pytest.Item):
             run = run_target(
                 self.entry.command, _shown(self.spec), self.entry.options, config=self.entry.where
             )
-        if run.exit_code == EXIT_INTERRUPT:
+        if run.interrupted == "interrupt":
             raise KeyboardInterrupt  # Ctrl-C stops the test session, as it would anyway
-        if run.exit_code == EXIT_TERMINATED:
-            pytest.exit(f"gradtool {run.command} {run.target}: terminated", EXIT_TERMINATED)
+        if run.interrupted == "terminated":
+            pytest.exit(f"gradtool {run.command} {run.target}: terminated", run.exit_code)
         if run.exit_code != 0:
             raise TargetFailed(run)
 

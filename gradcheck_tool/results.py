@@ -18,6 +18,10 @@ RATING_BANDS: tuple[tuple[float, str], ...] = (
 )
 
 
+# The exit code of a run that was cut short, by its reason (a report's `interrupted`).
+EXIT_STOPPED = {"timeout": 124, "interrupt": 130, "terminated": 143}
+
+
 def rating_for(rel_error: float, scale: float = 1.0) -> str:
     """Name the tutorial's band for a relative error; NaN/Inf is always a bug.
 
@@ -213,6 +217,16 @@ class CheckReport:
             and not self.nondeterministic
             and all(r.passed for r in self.results)
         )
+
+    @property
+    def exit_code(self) -> int:
+        """As `gradtool check` exits on this report: the stop's code when it was cut short,
+        2 for a forward that can't be judged (nondeterministic), else 0 or 1."""
+        if self.interrupted:
+            return EXIT_STOPPED.get(self.interrupted, EXIT_STOPPED["interrupt"])
+        if self.nondeterministic:
+            return 2
+        return 0 if self.passed else 1
 
     @property
     def failures(self) -> tuple[TensorResult, ...]:
@@ -513,6 +527,14 @@ class FlowReport:
         return not self.failed_kinds and not self.interrupted
 
     @property
+    def exit_code(self) -> int:
+        """As `gradtool flow` exits on this report: the stop's code when it was cut short,
+        else 1 for a finding of a `fail_on` kind, else 0."""
+        if self.interrupted:
+            return EXIT_STOPPED.get(self.interrupted, EXIT_STOPPED["interrupt"])
+        return 1 if self.failed_kinds else 0
+
+    @property
     def kinds(self) -> tuple[str, ...]:
         """The kinds of finding present, each once, in the order of the findings (which the
         engine lists in the findings registry's order)."""
@@ -641,7 +663,8 @@ def worst_exit_code(runs: Any) -> int:
     """The exit code of a run of several targets: an interruption (124/130/143) first, then
     an internal error (3), a user error (2), a failure (1); 0 when every target passed."""
     codes = [r.exit_code for r in runs]
-    for code in (143, 130, 124, 3, 2, 1):
+    stops = sorted(EXIT_STOPPED.values(), reverse=True)
+    for code in (*stops, 3, 2, 1):
         if code in codes:
             return code
     return 0

@@ -25,7 +25,7 @@ from .options import flag_for, valid_seed
 from .results import TargetRun
 from .stopping import EXIT_CODES, Interrupted, caught
 
-EXIT_OK, EXIT_FAIL, EXIT_USER, EXIT_INTERNAL = 0, 1, 2, 3
+EXIT_USER, EXIT_INTERNAL = 2, 3
 Progress = Callable[[str, int, int], None]
 
 
@@ -77,24 +77,21 @@ def run_target(
 
         with scope_for(target):
             if command == "check":
-                report, reason = _check(target, options, progress)
-                if reason is not None:
-                    return done(report, EXIT_CODES[reason], interrupted=reason)
-                if report.nondeterministic:  # not a gradient verdict: it can't be checked
-                    return done(
-                        report,
-                        EXIT_USER,
-                        error=report.warnings[0]
-                        if report.warnings
-                        else "the forward is nondeterministic",
-                    )
-                return done(report, EXIT_OK if report.passed else EXIT_FAIL)
-            if command == "flow":
-                report, reason = _flow(target, options, on_note)
-                if reason is not None:
-                    return done(report, EXIT_CODES[reason], interrupted=reason)
-                return done(report, EXIT_FAIL if report.failed_kinds else EXIT_OK)
-            raise ValueError(f"unknown command {command!r}")
+                report = _check(target, options, progress)
+            elif command == "flow":
+                report = _flow(target, options, on_note)
+            else:
+                raise ValueError(f"unknown command {command!r}")
+            # the report's own exit code (results.py); a nondeterministic forward is the
+            # user's problem to fix: its message goes with the run
+            nondeterministic = getattr(report, "nondeterministic", False) and not report.interrupted
+            error = report.warnings[0] if report.warnings else "the forward is nondeterministic"
+            return done(
+                report,
+                report.exit_code,
+                interrupted=report.interrupted,
+                error=error if nondeterministic else None,
+            )
     except KeyboardInterrupt as exc:  # before a report existed (loading, the inputs)
         reason = caught(exc)
         return done(None, EXIT_CODES[reason], interrupted=reason)
@@ -110,9 +107,7 @@ def run_target(
         return done(None, EXIT_INTERNAL, error=error_text(exc))
 
 
-def _check(
-    target: str, options: Mapping[str, Any], progress: Progress | None
-) -> tuple[Any, str | None]:
+def _check(target: str, options: Mapping[str, Any], progress: Progress | None) -> Any:
     from .api import check
 
     o = dict(options)
@@ -142,15 +137,12 @@ def _check(
             found_by=loaded.found_by,
             progress=progress,
         )
-    except Interrupted as stop:
-        report = stop.report
-        return report, _reason(report.interrupted)
-    return report, None
+    except Interrupted as stop:  # the partial report; its `interrupted` says why
+        return stop.report
+    return report
 
 
-def _flow(
-    target: str, options: Mapping[str, Any], on_note: Callable[[str], None] | None
-) -> tuple[Any, str | None]:
+def _flow(target: str, options: Mapping[str, Any], on_note: Callable[[str], None] | None) -> Any:
     from .engines.flow.findings import finding_kinds, parse_fail_on
     from .formats.plot import check_plot_path, plot_flow
 
@@ -163,24 +155,23 @@ def _flow(
     plot = o.get("plot")
     if plot:
         check_plot_path(plot)
-    reason = None
     if (o.get("nproc") or 1) > 1:  # under DDP in N local processes
         from .engines.flow.distributed_flow import run_flow_nproc
 
         report = run_flow_nproc(target, o, o["nproc"])
     else:
-        report, reason = _flow_here(target, o, seed)
+        report = _flow_here(target, o, seed)
     order = finding_kinds()
     report = dataclasses.replace(report, fail_on=tuple(k for k in order if k in fatal))
     if plot and report is not None:
         written = plot_flow(report, plot)
         if on_note is not None:
             on_note(f"plot written to {written}")
-    return report, reason
+    return report
 
 
-def _flow_here(target: str, o: dict[str, Any], seed: int) -> tuple[Any, str | None]:
-    """flow in this process: the report, and why it stopped early (None: it did not)."""
+def _flow_here(target: str, o: dict[str, Any], seed: int) -> Any:
+    """flow in this process: the report (partial, with its reason, when it was stopped)."""
     from .engines.flow import run_flow
 
     loaded, args, kwargs = load_seeded(target, o, valid_seed(seed))
@@ -200,8 +191,8 @@ def _flow_here(target: str, o: dict[str, Any], seed: int) -> tuple[Any, str | No
             folder=loaded.path.resolve().parent,
         )
     except Interrupted as stop:
-        return stop.report, _reason(stop.report.interrupted)
-    return report, None
+        return stop.report
+    return report
 
 
 def load_seeded(target: str, o: Mapping[str, Any], seed: int) -> tuple[Any, tuple, dict]:
@@ -219,12 +210,6 @@ def load_seeded(target: str, o: Mapping[str, Any], seed: int) -> tuple[Any, tupl
             loaded, o.get("input_shape"), o.get("input_dtype", "float32"), seed
         )
     return loaded, args, kwargs
-
-
-def _reason(interrupted: Any) -> str:
-    if isinstance(interrupted, str) and interrupted in EXIT_CODES:
-        return interrupted
-    return "interrupt"
 
 
 NOT_RUN = "not run: the run was stopped before it"

@@ -42,9 +42,10 @@ from collections.abc import Iterator
 from typing import Any
 
 from .options import positive
+from .results import EXIT_STOPPED
 
 INTERRUPT, TERMINATED, TIMEOUT = "interrupt", "terminated", "timeout"
-EXIT_CODES = {TIMEOUT: 124, INTERRUPT: 130, TERMINATED: 143}
+EXIT_CODES = EXIT_STOPPED  # reason -> exit code (results.py: a report's exit code uses it too)
 # what stopped a run, in the words a report uses ("partial report, 3 result(s) before ...")
 STOPPED_BY = {INTERRUPT: "Ctrl-C", TERMINATED: "SIGTERM", TIMEOUT: "the timeout"}
 GRACE = 10.0  # seconds the run has to end after it was stopped, before the watchdog ends it

@@ -9,6 +9,7 @@ import re
 from collections.abc import Iterator, Sequence
 
 from ..results import (
+    EXIT_STOPPED,
     CheckReport,
     Finding,
     FlowReport,
@@ -18,9 +19,9 @@ from ..results import (
     WorstEntry,
 )
 
-# exit codes that stop a run before its verdict: the word for each
-STOPPED = {124: "timeout", 130: "interrupted", 143: "terminated"}
+# a stop's reason -> the word for it; by the stop's exit code too
 INTERRUPTIONS = {"timeout": "timeout", "interrupt": "interrupted", "terminated": "terminated"}
+STOPPED = {EXIT_STOPPED[reason]: word for reason, word in INTERRUPTIONS.items()}
 
 
 def verdict(run: TargetRun) -> str:
@@ -165,20 +166,8 @@ def commands(runs: Sequence[TargetRun]) -> str | None:
 
 def run_of(report: CheckReport | FlowReport) -> TargetRun:
     """A report alone as a run of one target, its exit code as the CLI decides it."""
-    # both reports' `interrupted` is the reason a run was cut short (stopping.EXIT_CODES)
-    stopped = {"timeout": 124, "terminated": 143}.get(report.interrupted or "", 130)
-    if isinstance(report, CheckReport):
-        code = (
-            stopped
-            if report.interrupted
-            else 2
-            if report.nondeterministic
-            else int(not report.passed)
-        )
-        command = "check"
-    else:
-        code = stopped if report.interrupted else int(bool(report.failed_kinds))
-        command = "flow"
+    command = "check" if isinstance(report, CheckReport) else "flow"
+    code = report.exit_code
     return TargetRun(
         command, report.target, report, code, interrupted=report.interrupted, seconds=report.seconds
     )

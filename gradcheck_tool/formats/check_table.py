@@ -12,6 +12,7 @@ from rich.text import Text
 
 from ..results import CheckReport, TensorResult
 from ..stopping import STOPPED_BY
+from ._runs import number
 
 RATING_STYLE = {
     "excellent": "green",
@@ -22,14 +23,8 @@ RATING_STYLE = {
 }
 
 
-def format_error(value: float | None) -> str:
-    if value is None:
-        return "-"
-    if math.isnan(value):
-        return "nan"
-    if math.isinf(value):
-        return "inf"
-    return f"{value:.2e}"
+# a relative error as every format writes it (nan, inf, 1.23e-05; "-" for none)
+format_error = number
 
 
 RESULT_STYLE = {
