@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from ._paths import shown_path, split_target
 from .errors import GradtoolError
 from .options import StdoutFormat
 
@@ -394,25 +395,18 @@ def _toml(value: Any) -> str:
 
 def _resolve_spec(spec: str, folder: Path) -> str:
     """`ops/attn.py:Fused` relative to the pyproject's folder, shown from the cwd."""
-    head, sep, tail = spec.rpartition(":")
-    path, name = (head, sep + tail) if sep and head.endswith(".py") else (spec, "")
-    return _display(folder / path) + name
+    path, name = split_target(spec)
+    return _display(folder / path) + (f":{name}" if name is not None else "")
 
 
 def _display(path: Path) -> str:
     """A path relative to the working directory when it lies under it, else absolute."""
-    absolute = Path(os.path.abspath(path))
-    try:
-        return str(absolute.relative_to(Path.cwd()))
-    except ValueError:
-        return str(absolute)
+    return shown_path(path)
 
 
 def _same_target(a: str, b: str) -> bool:
-    def split(spec: str) -> tuple[str, str]:
-        head, sep, tail = spec.rpartition(":")
-        if sep and head.endswith(".py"):
-            return os.path.abspath(head), tail
-        return os.path.abspath(spec), ""
+    def key(spec: str) -> tuple[str, str | None]:
+        path, name = split_target(spec)
+        return os.path.abspath(path), name
 
-    return split(a) == split(b)
+    return key(a) == key(b)

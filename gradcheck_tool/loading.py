@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from ._guest import call_user, describe_exception, user_frame, user_scope
+from ._paths import split_target
 from .errors import CheckpointError, InputError, LoadError
 from .targets import WRAPPERS, unwrap_module
 
@@ -51,15 +52,15 @@ class LoadedTarget:
 
 def split_spec(spec: str) -> tuple[Path, str | None]:
     """`dir/file.py:NAME` -> (Path, NAME); NAME is None when absent."""
-    head, sep, tail = spec.rpartition(":")
-    if sep and head and head.endswith(".py"):
+    head, tail = split_target(spec)
+    if tail is not None:
         if not _IDENTIFIER.match(tail):
             raise LoadError(
                 f"bad NAME {tail!r} in {spec}: NAME must be a top-level name in the file",
                 hint="e.g. gradtool check model.py:Net",
             )
         return Path(head), tail
-    return Path(spec), None
+    return Path(spec), None  # (split_target: the spec itself when it names no NAME)
 
 
 def scope_for(spec: str) -> contextlib.AbstractContextManager[None]:

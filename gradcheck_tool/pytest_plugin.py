@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from ._paths import shown_path, split_target
+
 if TYPE_CHECKING:
     from .config import ConfiguredTarget, ProjectConfig
     from .results import TargetRun
@@ -149,7 +151,7 @@ class GradtoolCommand(pytest.Collector):
     def collect(self) -> Iterator[Any]:
         seen: dict[str, int] = {}
         for entry in self.targets:
-            file, name = _split(entry.target)
+            file, name = split_target(entry.target)
             absolute = Path(os.path.abspath(file))
             label = _relative(absolute, self.root) + (f":{name}" if name else "")
             # the same target twice (different options): told apart as parametrize does
@@ -237,26 +239,13 @@ def failure_text(run: TargetRun, width: int = WIDTH, timeout: float | None = Non
     return "\n".join(lines)
 
 
-def _split(spec: str) -> tuple[str, str | None]:
-    """`dir/file.py:NAME` -> ("dir/file.py", "NAME"), as loading.split_spec (which imports
-    torch) reads it."""
-    head, sep, tail = spec.rpartition(":")
-    if sep and head.endswith(".py"):
-        return head, tail
-    return spec, None
-
-
 def _relative(path: Path, folder: Path) -> str:
     """`path` relative to `folder` with forward slashes, when it lies under it."""
-    try:
-        return path.relative_to(folder).as_posix()
-    except ValueError:
-        return path.as_posix()
+    return Path(shown_path(path, folder)).as_posix()
 
 
 def _shown(spec: str) -> str:
     """The target with its path relative to the working directory when it lies under it,
     as the command line shows it."""
-    file, name = _split(spec)
-    shown = _relative(Path(file), Path(os.path.abspath(os.curdir)))
-    return shown + (f":{name}" if name else "")
+    file, name = split_target(spec)
+    return shown_path(file) + (f":{name}" if name else "")

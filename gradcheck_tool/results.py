@@ -6,9 +6,10 @@ Nothing here imports torch: reports can be built by hand in tests of the rendere
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 from typing import Any
+
+from ._paths import shown_path
 
 # The tutorial's bands for the relative error |a - n| / (|a| + |n|).
 RATING_BANDS: tuple[tuple[float, str], ...] = (
@@ -55,11 +56,7 @@ class SourceLocation:
 
     @property
     def display_file(self) -> str:
-        try:
-            rel = os.path.relpath(self.file)
-        except ValueError:  # another drive (Windows)
-            return self.file
-        return self.file if rel.startswith("..") else rel
+        return shown_path(self.file)
 
     def to_dict(self) -> dict[str, Any]:
         return {"file": self.display_file, "line": self.line, "what": self.what}

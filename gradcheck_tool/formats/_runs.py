@@ -5,9 +5,9 @@ in one line. Plain functions of `results.py`: no rich, no torch."""
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Iterator, Sequence
 
+from .._paths import shown_path, split_target
 from ..results import (
     EXIT_STOPPED,
     CheckReport,
@@ -67,9 +67,6 @@ def problem_message(run: TargetRun) -> str | None:
     return None
 
 
-_SPEC = re.compile(r"^(?P<file>.*?\.py)(?::[^/\\]*)?$")
-
-
 def annotation_path(path: str | None) -> str | None:
     """A file as CI annotations and test reporters need it: relative to the repository root
     when GitHub Actions says where that is (`GITHUB_WORKSPACE`: the runner reads a relative
@@ -79,20 +76,18 @@ def annotation_path(path: str | None) -> str | None:
 
     if path is None:
         return None
-    absolute = os.path.abspath(path)
-    for root in (os.environ.get("GITHUB_WORKSPACE"), os.getcwd()):
-        if not root:
-            continue
-        rel = os.path.relpath(absolute, os.path.abspath(root))
-        if not rel.startswith(".."):
-            return rel
-    return absolute
+    workspace = os.environ.get("GITHUB_WORKSPACE")
+    if workspace:
+        shown = shown_path(path, workspace)
+        if not os.path.isabs(shown):
+            return shown
+    return shown_path(path)
 
 
 def target_file(target: str) -> str | None:
     """The file a TARGET names: `ops/attn.py:Fused` -> `ops/attn.py` (None if not a .py)."""
-    match = _SPEC.match(target)
-    return match.group("file") if match else None
+    file, _ = split_target(target)
+    return file if file.endswith(".py") else None
 
 
 def number(value: float | None) -> str:
