@@ -112,3 +112,8 @@ def fail(out: Path) -> None:
 if __name__ == "__main__":
     run(Path(sys.argv[1]), distributed=True)
     fail(Path(sys.argv[1]))
+    import torch.distributed as dist
+
+    if dist.is_initialized():  # Lightning leaves its process group: gloo may abort at exit
+        dist.barrier()
+        dist.destroy_process_group()
