@@ -19,7 +19,14 @@ import typer
 
 from ._version import __version__
 from .errors import GradtoolError, OptionError
-from .options import DEFAULT_DIRECTIONS, DEFAULT_SAMPLES, Optimizer, StdoutFormat, flag_for
+from .options import (
+    DEFAULT_DIRECTIONS,
+    DEFAULT_SAMPLES,
+    Optimizer,
+    ReportFormat,
+    StdoutFormat,
+    flag_for,
+)
 
 EXIT_USER, EXIT_INTERNAL = 2, 3  # 0/1: the report's exit_code; 124/130/143: stopping.EXIT_CODES
 
@@ -202,6 +209,16 @@ FLOW_KEYS = (
     "input_shape", "input_dtype", "weights", "steps", "lr", "optimizer", "plot", "fail_on",
     "device", "seed", "nproc",
 )  # fmt: skip
+MEMORY_KEYS = (
+    "input_shape", "input_dtype", "weights", "device", "seed", "apply_checkpoint", "checkpoint",
+    "top", "plot",
+)  # fmt: skip
+GRAPH_KEYS = (
+    "input_shape", "input_dtype", "weights", "device", "seed", "depth", "flow", "dot", "svg",
+    "png", "html",
+)  # fmt: skip
+# the commands whose reports are verdicts for CI (github, markdown, JUnit, configured targets)
+CI_COMMANDS = ("check", "flow")
 
 
 def _names(values: list[str] | None) -> list[str]:
@@ -267,6 +284,10 @@ def run_command(
                 given[key] = _names(given[key])
         from_line = {RUN_PARAMS[k]: v for k, v in _given(ctx, run_options).items()}
         settings = {**project.run, **from_line}
+        if command not in CI_COMMANDS:  # a report, not a verdict: table or JSON only
+            settings = {k: v for k, v in settings.items() if k != "junit"}
+            if settings.get("format") not in (None, *(f.value for f in ReportFormat)):
+                settings.pop("format")  # the config's github/markdown is for check and flow
         fmt = formats.OutputFormat(settings.get("format", "table"))
         json_path, junit_path = settings.get("json"), settings.get("junit")
         timeout = settings.get("timeout")
@@ -278,6 +299,11 @@ def run_command(
             if path and path != "-":
                 _make_folder(path, option)  # as pytest's --junitxml does
                 check_path(path, option)
+        if target is None and command not in CI_COMMANDS:
+            raise GradtoolError(
+                f"gradtool {command} needs a TARGET",
+                hint=f"Run gradtool {command} path/to/file.py[:NAME]",
+            )
         if target is not None:
             entries: list[Any] = [_Entry(target, project.options_for(command, target))]
         else:
@@ -340,7 +366,8 @@ def run_command(
             )
         if junit_path:  # a target that could not run is an <error> test case there
             formats.write_runs_file(runs, formats.OutputFormat.JUNIT, junit_path, "junit")
-        _append_step_summary(runs)
+        if command in CI_COMMANDS:
+            _append_step_summary(runs)
     raise typer.Exit(worst_exit_code(runs))
 
 
@@ -554,6 +581,104 @@ def flow(
     options = {k: values[k] for k in FLOW_KEYS}
     run_options = {k: values[k] for k in RUN_PARAMS}
     run_command(ctx, "flow", target, options, run_options, config, debug)
+
+
+MemoryTargetArg = typer.Argument(
+    ..., help="path/to/file.py or path/to/file.py:NAME (a model)", metavar="TARGET"
+)
+ReportFormatOpt = typer.Option(
+    ReportFormat.TABLE, "--format", case_sensitive=False, help="table, or json on stdout."
+)
+
+
+@app.command()
+def memory(
+    ctx: typer.Context,
+    target: str = MemoryTargetArg,
+    input_shape: Optional[List[str]] = InputShapeOpt,
+    input_dtype: str = InputDtypeOpt,
+    weights: Optional[str] = WeightsOpt,
+    apply_checkpoint: bool = typer.Option(
+        False,
+        "--apply-checkpoint/--no-apply-checkpoint",
+        help="Wrap the suggested blocks (or --checkpoint's) in torch.utils.checkpoint on a "
+        "copy, measure again, and check the copy's gradients with gradtool check.",
+    ),
+    checkpoint: Optional[List[str]] = typer.Option(
+        None,
+        "--checkpoint",
+        help="Blocks to checkpoint with --apply-checkpoint instead of the suggested ones "
+        "(module names, repeatable or comma-separated).",
+    ),
+    top: int = typer.Option(
+        3, "--top", min=1, help="How many checkpointing candidates to suggest (and apply)."
+    ),
+    plot: Optional[str] = typer.Option(
+        None,
+        "--plot",
+        help="Write a figure of the memory per module (before and after checkpointing) to "
+        "PATH (.png or .svg).",
+    ),
+    device: Optional[str] = DeviceOpt,
+    seed: int = SeedOpt,
+    fmt: ReportFormat = ReportFormatOpt,
+    json_path: Optional[str] = JsonOpt,
+    timeout: Optional[float] = TimeoutOpt,
+    config: Optional[str] = ConfigOpt,
+    debug: bool = DebugOpt,
+) -> None:
+    """Memory the backward keeps per module, and which blocks to checkpoint."""
+    values = dict(locals())
+    options = {k: values[k] for k in MEMORY_KEYS}
+    options["checkpoint"] = _names(options["checkpoint"])
+    run_options = {k: values[k] for k in RUN_PARAMS if k in values}
+    run_command(ctx, "memory", target, options, run_options, config, debug)
+
+
+@app.command()
+def graph(
+    ctx: typer.Context,
+    target: str = MemoryTargetArg,
+    input_shape: Optional[List[str]] = InputShapeOpt,
+    input_dtype: str = InputDtypeOpt,
+    weights: Optional[str] = WeightsOpt,
+    depth: Optional[int] = typer.Option(
+        None,
+        "--depth",
+        min=0,
+        help="Module levels to expand (0: the model as one box; default: the deepest level "
+        "that stays readable).",
+    ),
+    flow: bool = typer.Option(
+        False,
+        "--flow/--no-flow",
+        help="Colour modules by gradient norm and dead fraction from a gradtool flow run.",
+    ),
+    dot: Optional[str] = typer.Option(None, "--dot", help="Write the graph as DOT to PATH."),
+    svg: Optional[str] = typer.Option(
+        None, "--svg", help="Write an SVG image to PATH (needs Graphviz's dot)."
+    ),
+    png: Optional[str] = typer.Option(
+        None, "--png", help="Write a PNG image to PATH (needs Graphviz's dot)."
+    ),
+    html: Optional[str] = typer.Option(
+        None,
+        "--html",
+        help="Write a self-contained HTML page to PATH: pan, zoom, click a module to expand.",
+    ),
+    device: Optional[str] = DeviceOpt,
+    seed: int = SeedOpt,
+    fmt: ReportFormat = ReportFormatOpt,
+    json_path: Optional[str] = JsonOpt,
+    timeout: Optional[float] = TimeoutOpt,
+    config: Optional[str] = ConfigOpt,
+    debug: bool = DebugOpt,
+) -> None:
+    """The autograd graph by module: where gradient flow is cut, what it never reaches."""
+    values = dict(locals())
+    options = {k: values[k] for k in GRAPH_KEYS}
+    run_options = {k: values[k] for k in RUN_PARAMS if k in values}
+    run_command(ctx, "graph", target, options, run_options, config, debug)
 
 
 def main() -> None:

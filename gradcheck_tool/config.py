@@ -168,6 +168,9 @@ def _shapes(value: Any) -> list[str]:
 
 # key -> (the commands it applies to, its kind, whether it is a path relative to the file)
 _BOTH = ("check", "flow")
+# the keys that say how a target is loaded and run apply to memory and graph too (their
+# TARGET comes from the command line: [[tool.gradtool.memory]] entries do not exist)
+_ALL = ("check", "flow", "memory", "graph")
 OPTIONS: dict[str, tuple[tuple[str, ...], Callable[[Any], Any], bool]] = {
     "tolerance": (("check",), _positive, False),
     "eps": (("check",), _positive, False),
@@ -187,11 +190,11 @@ OPTIONS: dict[str, tuple[tuple[str, ...], Callable[[Any], Any], bool]] = {
     "optimizer": (("flow",), _one_of("sgd", "adam"), False),
     "plot": (("flow",), _plot, True),
     "fail_on": (("flow",), _fail_on, False),
-    "device": (_BOTH, _device, False),
-    "seed": (_BOTH, _seed, False),
-    "input_shape": (_BOTH, _shapes, False),
-    "input_dtype": (_BOTH, _input_dtype, False),
-    "weights": (_BOTH, _text, True),
+    "device": (_ALL, _device, False),
+    "seed": (_ALL, _seed, False),
+    "input_shape": (_ALL, _shapes, False),
+    "input_dtype": (_ALL, _input_dtype, False),
+    "weights": (_ALL, _text, True),
 }
 # keys of the whole run: top level only
 RUN_OPTIONS: dict[str, tuple[Callable[[Any], Any], bool]] = {

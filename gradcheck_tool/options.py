@@ -42,6 +42,13 @@ class StdoutFormat(str, enum.Enum):
     MARKDOWN = "markdown"
 
 
+class ReportFormat(str, enum.Enum):
+    """`--format` of `gradtool memory` and `gradtool graph`: a report, not a verdict for CI."""
+
+    TABLE = "table"
+    JSON = "json"
+
+
 # other names torch and users give a member: torch.double, torch.float
 ALIASES: dict[type[enum.Enum], dict[str, str]] = {
     CheckDtype: {"double": "float64", "float": "float32"},

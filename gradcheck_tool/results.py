@@ -620,6 +620,323 @@ class FlowReport:
         return out
 
 
+# --- gradtool memory: what the backward keeps, per module ------------------------------------
+
+
+@dataclass(frozen=True)
+class ModuleMemory:
+    """One module of the model in forward order, as `gradtool memory` measured it. Bytes and
+    times include the module's submodules; a storage is counted once however many views or
+    modules save it."""
+
+    name: str  # qualified name, "" for the model itself
+    type: str  # class name
+    depth: int  # 0 the model, 1 its children, ...
+    calls: int  # times its forward ran in the step
+    saved_bytes: int  # saved for the backward by its forward (submodules included)
+    own_saved_bytes: int  # by its own operations, not a submodule's
+    param_bytes: int
+    grad_bytes: int  # its parameters' .grad after the backward
+    forward_ms: float
+    backward_ms: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "type": self.type,
+            "depth": self.depth,
+            "calls": self.calls,
+            "saved_bytes": self.saved_bytes,
+            "own_saved_bytes": self.own_saved_bytes,
+            "param_bytes": self.param_bytes,
+            "grad_bytes": self.grad_bytes,
+            "forward_ms": round(self.forward_ms, 4),
+            "backward_ms": round(self.backward_ms, 4),
+        }
+
+
+@dataclass(frozen=True)
+class CheckpointCandidate:
+    """A block worth wrapping in torch.utils.checkpoint: what it would free between the
+    forward and the backward, and what recomputing its forward costs."""
+
+    name: str
+    type: str
+    saved_bytes: int  # saved for the backward inside the block
+    predicted_saving_bytes: int  # of those, freed by checkpointing (its inputs stay saved)
+    recompute_ms: float  # one more forward of the block in the backward
+    extra_compute: float  # recompute_ms as a fraction of the step's forward + backward time
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "type": self.type,
+            "saved_bytes": self.saved_bytes,
+            "predicted_saving_bytes": self.predicted_saving_bytes,
+            "recompute_ms": round(self.recompute_ms, 4),
+            "extra_compute": round(self.extra_compute, 4),
+        }
+
+
+@dataclass(frozen=True)
+class CheckpointResult:
+    """`--apply-checkpoint`: the advice applied to a copy and measured again, and gradtool's
+    check of the checkpointed copy."""
+
+    blocks: tuple[str, ...]
+    predicted_saving_bytes: int
+    measured_saving_bytes: int
+    held_before: int  # bytes alive between the forward and the backward, measured
+    held_after: int
+    peak_before: int | None  # CUDA: torch.cuda.max_memory_allocated over the step
+    peak_after: int | None
+    step_ms_before: float
+    step_ms_after: float
+    check_passed: bool  # gradtool check of the checkpointed copy
+    check_summary: str  # its verdict in one line
+    check_worst_error: float | None = None
+    modules: tuple[ModuleMemory, ...] = ()  # the checkpointed copy, for --plot's after
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "blocks": list(self.blocks),
+            "predicted_saving_bytes": self.predicted_saving_bytes,
+            "measured_saving_bytes": self.measured_saving_bytes,
+            "held_before": self.held_before,
+            "held_after": self.held_after,
+            "peak_before": self.peak_before,
+            "peak_after": self.peak_after,
+            "step_ms_before": round(self.step_ms_before, 3),
+            "step_ms_after": round(self.step_ms_after, 3),
+            "check_passed": self.check_passed,
+            "check_summary": self.check_summary,
+            "check_worst_error": _json_float(self.check_worst_error),
+            "modules": [m.to_dict() for m in self.modules],
+        }
+
+
+@dataclass(frozen=True)
+class MemoryReport:
+    """Everything `gradtool memory` measured on one forward and backward of a model."""
+
+    target: str
+    version: str
+    modules: tuple[ModuleMemory, ...]
+    saved_bytes_total: int  # every storage saved for the backward, once (no parameters)
+    param_bytes_total: int
+    grad_bytes_total: int
+    held_bytes: int  # measured: bytes the forward made that are alive until the backward
+    peak_bytes: int | None
+    peak_source: str  # "torch.cuda.max_memory_allocated" | "saved-tensor accounting"
+    checkpoint_candidates: tuple[CheckpointCandidate, ...] = ()
+    checkpoint: CheckpointResult | None = None
+    found_by: str = ""
+    device: str = ""
+    dtype: str = ""
+    batch_size: int | None = None
+    input_bytes: int = 0
+    warnings: tuple[str, ...] = ()
+    seconds: float = 0.0
+    interrupted: str | None = None
+
+    @property
+    def passed(self) -> bool:
+        return self.exit_code == 0
+
+    @property
+    def exit_code(self) -> int:
+        """The stop's code when cut short; 1 when the checkpointed copy failed its check."""
+        if self.interrupted:
+            return EXIT_STOPPED.get(self.interrupted, EXIT_STOPPED["interrupt"])
+        if self.checkpoint is not None and not self.checkpoint.check_passed:
+            return 1
+        return 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "tool": "gradtool",
+            "version": self.version,
+            "command": "memory",
+            "target": self.target,
+            "found_by": self.found_by,
+            "passed": self.passed,
+            "interrupted": self.interrupted,
+            "device": self.device,
+            "dtype": self.dtype,
+            "batch_size": self.batch_size,
+            "modules": [m.to_dict() for m in self.modules],
+            "saved_bytes_total": self.saved_bytes_total,
+            "param_bytes_total": self.param_bytes_total,
+            "grad_bytes_total": self.grad_bytes_total,
+            "input_bytes": self.input_bytes,
+            "held_bytes": self.held_bytes,
+            "peak_bytes": self.peak_bytes,
+            "peak_source": self.peak_source,
+            "checkpoint_candidates": [c.to_dict() for c in self.checkpoint_candidates],
+            "checkpoint": self.checkpoint.to_dict() if self.checkpoint is not None else None,
+            "warnings": list(self.warnings),
+            "seconds": round(self.seconds, 3),
+        }
+
+
+# --- gradtool graph: the autograd graph, grouped by module -----------------------------------
+
+
+@dataclass(frozen=True)
+class GraphModule:
+    """A module of the model, as the graph groups autograd nodes by it."""
+
+    name: str  # qualified name, "" for the model itself
+    type: str  # class name
+    parent: str | None  # the enclosing module (None for the model)
+    depth: int  # the level --depth counts (0 the model)
+    params: tuple[str, ...] = ()  # its own parameters' qualified names
+    source: SourceLocation | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "type": self.type,
+            "parent": self.parent,
+            "depth": self.depth,
+            "params": list(self.params),
+            "source": self.source.to_dict() if self.source is not None else None,
+        }
+
+
+@dataclass(frozen=True)
+class GraphNode:
+    """One node of the fine graph: an autograd node (op), a parameter, an input, the loss."""
+
+    id: int
+    kind: str  # "op" | "param" | "input" | "loss"
+    label: str  # an op's name without "Backward0" ("Addmm"), a parameter's or input's name
+    module: str  # the innermost module whose forward made it ("" the model / the loss)
+    shape: tuple[int, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "label": self.label,
+            "module": self.module,
+            "shape": list(self.shape),
+        }
+
+
+@dataclass(frozen=True)
+class GraphEdge:
+    """`src`'s value feeds `dst` in the forward (the gradient flows from dst to src); `cut`
+    names how the gradient was stopped on the way ("detach()", ".data", "no_grad", ".item()")."""
+
+    src: int
+    dst: int
+    cut: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"src": self.src, "dst": self.dst, "cut": self.cut}
+
+
+@dataclass(frozen=True)
+class GraphCut:
+    """Where the forward cut the gradient's path: a value of `producer` reached `consumer`
+    without its gradient."""
+
+    kind: str  # "detach()" | ".data" | "no_grad" | ".item()"
+    producer: str  # the module whose value was cut
+    consumer: str | None  # the module that used it (None: nothing on the loss's path did)
+    text: str  # one line for the report
+    location: SourceLocation | None = None  # the user's line that cut it
+    params: tuple[str, ...] = ()  # parameters that no longer reach the loss because of it
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "producer": self.producer,
+            "consumer": self.consumer,
+            "text": self.text,
+            "location": self.location.to_dict() if self.location is not None else None,
+            "params": list(self.params),
+        }
+
+
+@dataclass(frozen=True)
+class Unreached:
+    """A parameter that requires grad but has no path to the loss, and why."""
+
+    name: str
+    module: str
+    reason: str  # "cut by detach() in encoder (model.py:23)", "never used by the forward"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "module": self.module, "reason": self.reason}
+
+
+@dataclass(frozen=True)
+class ModuleFlow:
+    """`graph --flow`: a module's gradient norm and dead fraction from a flow run."""
+
+    module: str
+    grad_norm: float | None
+    dead_fraction: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "module": self.module,
+            "grad_norm": _json_float(self.grad_norm),
+            "dead_fraction": _json_float(self.dead_fraction),
+        }
+
+
+@dataclass(frozen=True)
+class GraphReport:
+    """The autograd graph of one forward and loss, each node with its module; the views
+    (DOT, HTML, the text summary) collapse it by module to a depth."""
+
+    target: str
+    version: str
+    modules: tuple[GraphModule, ...]
+    nodes: tuple[GraphNode, ...]
+    edges: tuple[GraphEdge, ...]
+    cuts: tuple[GraphCut, ...] = ()
+    unreached: tuple[Unreached, ...] = ()
+    depth: int = 1  # the depth the views show by default (--depth, or chosen)
+    flow: tuple[ModuleFlow, ...] = ()
+    found_by: str = ""
+    warnings: tuple[str, ...] = ()
+    seconds: float = 0.0
+    interrupted: str | None = None
+
+    @property
+    def passed(self) -> bool:
+        return self.exit_code == 0
+
+    @property
+    def exit_code(self) -> int:
+        if self.interrupted:
+            return EXIT_STOPPED.get(self.interrupted, EXIT_STOPPED["interrupt"])
+        return 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "tool": "gradtool",
+            "version": self.version,
+            "command": "graph",
+            "target": self.target,
+            "found_by": self.found_by,
+            "interrupted": self.interrupted,
+            "depth": self.depth,
+            "modules": [m.to_dict() for m in self.modules],
+            "nodes": [n.to_dict() for n in self.nodes],
+            "edges": [e.to_dict() for e in self.edges],
+            "cuts": [c.to_dict() for c in self.cuts],
+            "unreached": [u.to_dict() for u in self.unreached],
+            "flow": [f.to_dict() for f in self.flow],
+            "warnings": list(self.warnings),
+            "seconds": round(self.seconds, 3),
+        }
+
+
 # --- a run of one or more targets (the CLI, configured targets, the pytest plugin) -----------
 
 
@@ -629,9 +946,9 @@ class TargetRun:
     code (0 passed, 1 a gradient or a `fail_on` finding failed, 2 the user's file, inputs or
     options could not be used, 3 internal, 124 timeout, 130 Ctrl-C, 143 SIGTERM)."""
 
-    command: str  # "check" | "flow"
+    command: str  # "check" | "flow" | "memory" | "graph"
     target: str  # the TARGET as given or configured ("ops/attn.py:Fused")
-    report: CheckReport | FlowReport | None
+    report: CheckReport | FlowReport | MemoryReport | GraphReport | None
     exit_code: int
     error: str | None = None  # the one-screen message of what stopped it (exit 2 or 3)
     interrupted: str | None = None  # "interrupt" | "terminated" | "timeout"; also when not run

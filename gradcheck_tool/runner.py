@@ -56,7 +56,8 @@ def run_target(
     debug: bool = False,
     on_note: Callable[[str], None] | None = None,
 ) -> TargetRun:
-    """Run `gradtool check` or `gradtool flow` on one target; see the module docstring."""
+    """Run `gradtool check`, `flow`, `memory` or `graph` on one target; see the module
+    docstring."""
     started = time.perf_counter()
 
     def done(report: Any, code: int, **extra: Any) -> TargetRun:
@@ -80,6 +81,10 @@ def run_target(
                 report = _check(target, options, progress)
             elif command == "flow":
                 report = _flow(target, options, on_note)
+            elif command == "memory":
+                report = _memory(target, options, on_note)
+            elif command == "graph":
+                report = _graph(target, options, on_note)
             else:
                 raise ValueError(f"unknown command {command!r}")
             # the report's own exit code (results.py); a nondeterministic forward is the
@@ -192,6 +197,76 @@ def _flow_here(target: str, o: dict[str, Any], seed: int) -> Any:
         )
     except Interrupted as stop:
         return stop.report
+    return report
+
+
+def _memory(target: str, options: Mapping[str, Any], on_note: Callable[[str], None] | None) -> Any:
+    """`gradtool memory`: the report (partial when stopped), and its --plot."""
+    from .engines.memory import run_memory
+
+    o = dict(options)
+    seed = valid_seed(o.get("seed", 0))
+    plot = o.get("plot")
+    if plot:
+        from .formats.plot import check_plot_path
+
+        check_plot_path(plot)
+    loaded, args, kwargs = load_seeded(target, o, seed)
+    try:
+        report = run_memory(
+            loaded.obj,
+            args,
+            kwargs,
+            loss_fn=loaded.loss_fn,
+            device=o.get("device"),
+            seed=seed,
+            apply_checkpoint=o.get("apply_checkpoint", False),
+            checkpoint=list(o.get("checkpoint") or ()),
+            top=o.get("top", 3),
+            target=loaded.spec,
+            found_by=loaded.found_by,
+        )
+    except Interrupted as stop:
+        return stop.report
+    if plot and report is not None:
+        from .formats.plot import plot_memory
+
+        written = plot_memory(report, plot)
+        if on_note is not None:
+            on_note(f"plot written to {written}")
+    return report
+
+
+def _graph(target: str, options: Mapping[str, Any], on_note: Callable[[str], None] | None) -> Any:
+    """`gradtool graph`: the report, and the files it was asked for (--dot, --svg, --png,
+    --html), each named in a note."""
+    from .engines.graph import run_graph
+    from .formats.graph_files import check_outputs, write_outputs
+
+    o = dict(options)
+    seed = valid_seed(o.get("seed", 0))
+    outputs = {k: o[k] for k in ("dot", "svg", "png", "html") if o.get(k)}
+    check_outputs(outputs)  # a bad path or a missing Graphviz before the model runs
+    loaded, args, kwargs = load_seeded(target, o, seed)
+    try:
+        report = run_graph(
+            loaded.obj,
+            args,
+            kwargs,
+            loss_fn=loaded.loss_fn,
+            device=o.get("device"),
+            seed=seed,
+            depth=o.get("depth"),
+            flow=o.get("flow", False),
+            target=loaded.spec,
+            found_by=loaded.found_by,
+        )
+    except Interrupted as stop:
+        return stop.report
+    if report is not None and not report.interrupted:
+        for written in write_outputs(report, outputs):
+            if on_note is not None:
+                on_note(f"graph written to {written}")
     return report
 
 
