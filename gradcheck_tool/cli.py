@@ -299,11 +299,6 @@ def run_command(
             if path and path != "-":
                 _make_folder(path, option)  # as pytest's --junitxml does
                 check_path(path, option)
-        if target is None and command not in CI_COMMANDS:
-            raise GradtoolError(
-                f"gradtool {command} needs a TARGET",
-                hint=f"Run gradtool {command} path/to/file.py[:NAME]",
-            )
         if target is not None:
             entries: list[Any] = [_Entry(target, project.options_for(command, target))]
         else:

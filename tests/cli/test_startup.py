@@ -25,7 +25,15 @@ print('torch imported' if 'torch' in sys.modules else 'no torch', code)
 
 
 @pytest.mark.parametrize(
-    "args", [["--version"], ["--help"], ["check", "--help"], ["flow", "--help"]]
+    "args",
+    [
+        ["--version"],
+        ["--help"],
+        ["check", "--help"],
+        ["flow", "--help"],
+        ["memory", "--help"],
+        ["graph", "--help"],
+    ],
 )
 def test_version_and_help_do_not_import_torch(args):
     proc = subprocess.run(
