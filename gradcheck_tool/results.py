@@ -792,6 +792,11 @@ class GraphModule:
     depth: int  # the level --depth counts (0 the model)
     params: tuple[str, ...] = ()  # its own parameters' qualified names
     source: SourceLocation | None = None
+    # a ModuleList/ModuleDict: never runs, takes no level of its own (its children have its
+    # depth) and is never a box of the collapsed graph
+    container: bool = False
+    numel: int = 0  # elements of its own parameters
+    order: int | None = None  # when its forward first ran (0 the model); None: never ran
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -801,6 +806,9 @@ class GraphModule:
             "depth": self.depth,
             "params": list(self.params),
             "source": self.source.to_dict() if self.source is not None else None,
+            "container": self.container,
+            "numel": self.numel,
+            "order": self.order,
         }
 
 
@@ -906,6 +914,8 @@ class GraphReport:
     warnings: tuple[str, ...] = ()
     seconds: float = 0.0
     interrupted: str | None = None
+    max_depth: int = 0  # the deepest level any module has
+    depth_given: bool = False  # --depth was given (else `depth` was chosen: formats/_graph.py)
 
     @property
     def passed(self) -> bool:
@@ -926,6 +936,8 @@ class GraphReport:
             "found_by": self.found_by,
             "interrupted": self.interrupted,
             "depth": self.depth,
+            "max_depth": self.max_depth,
+            "depth_given": self.depth_given,
             "modules": [m.to_dict() for m in self.modules],
             "nodes": [n.to_dict() for n in self.nodes],
             "edges": [e.to_dict() for e in self.edges],
