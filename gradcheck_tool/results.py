@@ -856,6 +856,7 @@ class GraphCut:
     text: str  # one line for the report
     location: SourceLocation | None = None  # the user's line that cut it
     params: tuple[str, ...] = ()  # parameters that no longer reach the loss because of it
+    module: str | None = None  # the module whose forward made the cutting call
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -865,6 +866,7 @@ class GraphCut:
             "text": self.text,
             "location": self.location.to_dict() if self.location is not None else None,
             "params": list(self.params),
+            "module": self.module,
         }
 
 

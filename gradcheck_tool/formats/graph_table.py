@@ -29,8 +29,8 @@ def header_lines(report: GraphReport, view: Collapsed) -> list[str]:
     return [
         f"gradtool graph {report.target}{found}",
         f"depth {view.depth} of {report.max_depth} ({how})",
-        f"{ops} autograd nodes; {reached} of {reached + len(lost)} parameter tensors that "
-        "require grad reach the loss",
+        f"{ops} autograd nodes; {reached} of {reached + len(lost)} trainable parameter "
+        "tensors reach the loss",
     ]
 
 
@@ -76,24 +76,26 @@ def modules_table(report: GraphReport, view: Collapsed) -> Table:
         pad_edge=False,
         show_edge=False,
     )
-    table.add_column("module", overflow="fold", ratio=3)
-    table.add_column("type", overflow="fold", ratio=2)
+    table.add_column("module", overflow="fold")
+    table.add_column("type", overflow="fold")
     table.add_column("params", justify="right", no_wrap=True)
     if report.flow:
         table.add_column("‖g‖", justify="right", no_wrap=True)
         table.add_column("dead", justify="right", no_wrap=True)
-    table.add_column("from", overflow="fold", ratio=3)
-    table.add_column("to", overflow="fold", ratio=3)
-    for b in view.module_boxes:
-        into = [lk for lk in view.links if lk.dst == b.id]
+    table.add_column("from", overflow="fold")
+    table.add_column("to", overflow="fold")
+    rows = list(view.module_boxes)
+    for i, b in enumerate(rows):
+        into = [lk for lk in view.links if lk.dst == b.id and boxes[lk.src].kind != "params"]
         out = [lk for lk in view.links if lk.src == b.id]
-        src = _ends(into, "src", boxes)
-        dst = _ends(out, "dst", boxes)
-        unreached = any(
-            lk.src == f"u:{b.module}" for lk in into
-        ) or f"u:{b.module}" in boxes and boxes[f"u:{b.module}"].cluster != b.module
+        before = rows[i - 1].id if i else None
+        after = rows[i + 1].id if i + 1 < len(rows) else None
+        # a chain reads down the rows: "from the row above" and "to the row below" are blank
+        src = Text() if [(lk.src, lk.cut) for lk in into] == [(before, None)] else _ends(into, "src", boxes)
+        dst = Text() if [(lk.dst, lk.cut) for lk in out] == [(after, None)] else _ends(out, "dst", boxes)
+        lost = f"u:{b.module}" in boxes
         cells: list[Text | str] = [
-            Text(b.label, style="bold red" if unreached else ""),
+            Text(b.label, style="bold red" if lost else ""),
             b.type,
             count(b.numel) if b.numel else "",
         ]
@@ -102,6 +104,8 @@ def modules_table(report: GraphReport, view: Collapsed) -> Table:
             cells.append("" if b.dead_fraction is None else f"{b.dead_fraction:.0%}")
         cells += [src, dst if out else Text("(nothing)", style="yellow")]
         table.add_row(*cells)
+    table.caption = "from / to: blank where it is just the row above / below"
+    table.caption_justify = "left"
     return table
 
 
@@ -117,18 +121,48 @@ def render_graph(report: GraphReport, console: Console) -> None:
     console.print(modules_table(report, view))
     console.print()
     if report.cuts:
-        console.print(Text(f"gradient cut ({len(report.cuts)})", style="bold red"))
-        for c in report.cuts:
-            console.print(Text(f"  {c.text}", style="red"))
-            if c.params:
-                console.print(Text(f"    costs {_listed(list(c.params))}"))
+        console.print(cuts_table(report))
     else:
         console.print(Text("no gradient cut: every value the loss uses keeps its gradient"))
     if report.unreached:
-        console.print(
-            Text(f"parameters the loss never reaches ({len(report.unreached)})", style="bold red")
-        )
-        for u in report.unreached:
-            console.print(Text(f"  {u.name}: {u.reason}"))
+        console.print()
+        console.print(unreached_table(report))
     else:
         console.print(Text("every parameter that requires grad reaches the loss"))
+
+
+def cuts_table(report: GraphReport) -> Table:
+    table = Table(
+        title=f"gradient cut ({len(report.cuts)})",
+        title_justify="left",
+        title_style="bold red",
+        pad_edge=False,
+        show_edge=False,
+    )
+    table.add_column("cut", no_wrap=True, style="red")
+    table.add_column("value of → used by", overflow="fold")
+    table.add_column("line", overflow="fold")
+    table.add_column("costs", overflow="fold")
+    for c in report.cuts:
+        where = f"{c.location.display_file}:{c.location.line}" if c.location else ""
+        kind = c.kind
+        if c.module is not None and c.kind in ("no_grad", "inference_mode"):
+            kind += f" in {c.module or '(model)'}"
+        used_by = "(nothing)" if c.consumer is None else (c.consumer or "(model)")
+        table.add_row(kind, f"{c.producer or '(model)'} → {used_by}", where, _listed(list(c.params)))
+    return table
+
+
+def unreached_table(report: GraphReport) -> Table:
+    table = Table(
+        title=f"parameters the loss never reaches ({len(report.unreached)})",
+        title_justify="left",
+        title_style="bold red",
+        pad_edge=False,
+        show_edge=False,
+    )
+    table.add_column("parameter", overflow="fold")
+    table.add_column("why", overflow="fold")
+    for u in report.unreached:
+        table.add_row(u.name, u.reason)
+    return table

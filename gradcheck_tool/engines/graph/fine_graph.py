@@ -164,7 +164,7 @@ def build(
         at = f" in {c.module or '(model)'}" if c.kind in ("no_grad", "inference_mode") else ""
         text = f"{c.kind}{at} cuts {c.producer_module or '(model)'}{into}{where}"
         g.cuts.append(
-            GraphCut(c.kind, c.producer_module, consumer, text, c.location, params_lost)
+            GraphCut(c.kind, c.producer_module, consumer, text, c.location, params_lost, c.module)
         )
         _cut_edges(g, c, consumers, ids, params, owner)
         for name in params_lost:
