@@ -43,7 +43,7 @@ def to_dot(report: GraphReport, depth: int | None = None) -> str:
         "  graph [rankdir=BT, newrank=true, nodesep=0.3, ranksep=0.4, fontname=Helvetica,"
         f' fontsize=12, labelloc=t, label="{_q(_title(report, view))}"];',
         "  node [fontname=Helvetica, fontsize=10, margin=\"0.12,0.05\"];",
-        '  edge [color="#555555", arrowsize=0.6];',
+        '  edge [color="#555555", arrowsize=0.6, fontname=Helvetica];',
     ]
     parents = _cluster_parents(report, view)
     inside: dict[str | None, list[Box]] = {}
@@ -59,7 +59,7 @@ def to_dot(report: GraphReport, depth: int | None = None) -> str:
             lines.append(f"{indent}subgraph {_id('cluster_' + child)} {{")
             lines.append(
                 f'{indent}  label="{_q(child)}\\n{_q(m.type)}"; style="rounded,dashed"; '
-                'color="#8c8c8c"; fontsize=10;'
+                'color="#8c8c8c"; fontsize=10; labelloc=b; labeljust=l;'
             )
             emit(child, indent + "  ")
             lines.append(f"{indent}}}")
@@ -136,6 +136,9 @@ def _node(b: Box, scale: _Scale | None) -> str:
             fill = scale.colour(b.grad_norm)
             if b.grad_norm is not None:
                 lines.append(f"‖g‖ {b.grad_norm:.2g}")
+            if b.grad_norm is None and b.numel:  # parameters, and no gradient reached them
+                fill = NO_GRAD_FILL
+                lines.append("no gradient")
             if fill is not None:
                 font = ", fontcolor=white" if fill in DARK else ""
                 style = style.replace('fillcolor="#e8eef7"', f'fillcolor="{fill}"') + font

@@ -140,16 +140,18 @@ def cuts_table(report: GraphReport) -> Table:
         show_edge=False,
     )
     table.add_column("cut", no_wrap=True, style="red")
-    table.add_column("value of → used by", overflow="fold")
-    table.add_column("line", overflow="fold")
-    table.add_column("costs", overflow="fold")
+    table.add_column("value of → used by, the line, the parameters it costs", overflow="fold")
     for c in report.cuts:
-        where = f"{c.location.display_file}:{c.location.line}" if c.location else ""
         kind = c.kind
         if c.module is not None and c.kind in ("no_grad", "inference_mode"):
             kind += f" in {c.module or '(model)'}"
-        used_by = "(nothing)" if c.consumer is None else (c.consumer or "(model)")
-        table.add_row(kind, f"{c.producer or '(model)'} → {used_by}", where, _listed(list(c.params)))
+        used_by = "(nothing found)" if c.consumer is None else (c.consumer or "(model)")
+        lines = [f"{c.producer or '(model)'} → {used_by}"]
+        if c.location is not None:
+            lines.append(f"{c.location.display_file}:{c.location.line}")
+        if c.params:
+            lines.append(f"costs {_listed(list(c.params))}")
+        table.add_row(kind, "\n".join(lines))
     return table
 
 

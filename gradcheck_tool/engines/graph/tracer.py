@@ -18,7 +18,8 @@ result requires grad, that call's node is the cut's consumer. A cut is reported 
 matters (engine): its value reached the loss's graph, or parameters lost their path to the
 loss behind it. A metric computed under `no_grad`, a loss printed with `.item()`: no cut.
 A number taken out with `.item()` and changed by Python arithmetic (`x.item() * 2`) is a new
-object: its consumer is not found (the cut is still reported by the parameters it cost).
+object, and `torch.from_numpy` is not seen by a TorchFunctionMode: there the consumer is not
+found (the cut is still reported by the parameters it cost).
 
 Every handle lives in a side table and is removed in `close()`; nothing is set on the user's
 modules or tensors.
