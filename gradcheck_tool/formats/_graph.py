@@ -229,19 +229,13 @@ def _place_own_ops(
         mine = set(ids)
         root = {i: i for i in ids}
 
-        def find(i: int) -> int:
-            while root[i] != i:
-                root[i] = root[root[i]]
-                i = root[i]
-            return i
-
         for i in ids:
             s = succs.get(i, [])
             if len(s) == 1 and s[0] in mine and len(preds.get(s[0], [])) == 1:
-                root[find(s[0])] = find(i)
+                root[_find(root, s[0])] = _find(root, i)
         members: dict[int, list[int]] = {}
         for i in sorted(ids, reverse=True):  # ids grow from the loss: reversed is forward
-            members.setdefault(find(i), []).append(i)
+            members.setdefault(_find(root, i), []).append(i)
         for head, group_ids in members.items():
             names: list[str] = []
             for i in group_ids:
@@ -254,6 +248,14 @@ def _place_own_ops(
             boxes[bid] = Box(bid, "ops", label, module=module, cluster=module or None)
             for i in group_ids:
                 node_place[i] = bid
+
+
+def _find(root: dict[int, int], i: int) -> int:
+    """Union-find's root of `i` (paths halved)."""
+    while root[i] != i:
+        root[i] = root[root[i]]
+        i = root[i]
+    return i
 
 
 def _links(report: GraphReport, node_place: dict[int, str], boxes: dict[str, Box]) -> list[Link]:
@@ -312,7 +314,9 @@ def _with_numbers(report: GraphReport, boxes: dict[str, Box], tree: _Tree) -> di
 def _forward_order(report: GraphReport, boxes: dict[str, Box], node_place: dict[int, str]):
     """Modules in the order they first ran (never-run ones by definition order), then the
     rest: loss, inputs, op nodes in forward order."""
-    rank = {m.name: (m.order if m.order is not None else 10**9, i) for i, m in enumerate(report.modules)}
+    rank = {
+        m.name: (m.order if m.order is not None else 10**9, i) for i, m in enumerate(report.modules)
+    }
     first_node: dict[str, int] = {}
     for n in report.nodes:
         bid = node_place.get(n.id)

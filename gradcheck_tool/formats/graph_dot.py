@@ -42,7 +42,7 @@ def to_dot(report: GraphReport, depth: int | None = None) -> str:
         "digraph gradtool {",
         "  graph [rankdir=BT, newrank=true, nodesep=0.3, ranksep=0.4, fontname=Helvetica,"
         f' fontsize=12, labelloc=t, label="{_q(_title(report, view))}"];',
-        "  node [fontname=Helvetica, fontsize=10, margin=\"0.12,0.05\"];",
+        '  node [fontname=Helvetica, fontsize=10, margin="0.12,0.05"];',
         '  edge [color="#555555", arrowsize=0.6, fontname=Helvetica];',
     ]
     parents = _cluster_parents(report, view)
@@ -160,9 +160,7 @@ def _legend(scale: _Scale | None, view: Collapsed) -> str:
             value = scale.low + (scale.high - scale.low) * i / (len(PALETTE) - 1)
             rows.append(f'<TD BGCOLOR="{PALETTE[i]}">{10**value:.2g}</TD>')
         rows.append("</TR>")
-        rows.append(
-            f'<TR><TD COLSPAN="3" COLOR="{DEAD}">purple border: dead activations</TD></TR>'
-        )
+        rows.append(f'<TR><TD COLSPAN="3" COLOR="{DEAD}">purple border: dead activations</TD></TR>')
     if any(lk.cut for lk in view.links):
         rows.append(
             f'<TR><TD COLSPAN="3"><FONT COLOR="{CUT}">- - red dashed: gradient cut</FONT></TD></TR>'

@@ -6,6 +6,7 @@ for without Graphviz, is an `OptionError` (exit 2) naming the option."""
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
 import subprocess
 from collections.abc import Iterator, Mapping
@@ -32,6 +33,8 @@ def check_outputs(outputs: Mapping[str, str]) -> None:
     """Refuse, before the model runs, a path that can't be written or an image without dot."""
     for option, path in outputs.items():
         check_path(path, option)
+    if outputs.get("html") and importlib.util.find_spec(f"{__package__}.graph_html") is None:
+        raise OptionError("html", "is not available in this build of gradtool")
     wanted = [o for o in IMAGES if outputs.get(o)]
     if wanted and dot_program() is None:
         raise OptionError(wanted[0], NO_DOT, hint=INSTALL)

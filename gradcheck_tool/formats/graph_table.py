@@ -91,8 +91,16 @@ def modules_table(report: GraphReport, view: Collapsed) -> Table:
         before = rows[i - 1].id if i else None
         after = rows[i + 1].id if i + 1 < len(rows) else None
         # a chain reads down the rows: "from the row above" and "to the row below" are blank
-        src = Text() if [(lk.src, lk.cut) for lk in into] == [(before, None)] else _ends(into, "src", boxes)
-        dst = Text() if [(lk.dst, lk.cut) for lk in out] == [(after, None)] else _ends(out, "dst", boxes)
+        src = (
+            Text()
+            if [(lk.src, lk.cut) for lk in into] == [(before, None)]
+            else _ends(into, "src", boxes)
+        )
+        dst = (
+            Text()
+            if [(lk.dst, lk.cut) for lk in out] == [(after, None)]
+            else _ends(out, "dst", boxes)
+        )
         lost = f"u:{b.module}" in boxes
         cells: list[Text | str] = [
             Text(b.label, style="bold red" if lost else ""),

@@ -121,11 +121,11 @@ def test_collapsed_links_are_deduplicated_and_cuts_kept(detached) -> None:
 def test_dot_marks_cuts_and_unreached_parameters(detached) -> None:
     text = to_dot(detached, 1)
     cut = re.search(r'"m:encoder" -> "m:aux" \[([^\]]*)\]', text)
-    assert cut and 'style=dashed' in cut.group(1) and 'label="detach()"' in cut.group(1)
+    assert cut and "style=dashed" in cut.group(1) and 'label="detach()"' in cut.group(1)
     assert '"#d62728"' in cut.group(1)
     leaf = re.search(r'"u:gate" \[([^\]]*)\]', text)
     assert leaf and 'label="unreached: weight, bias\\n(272)"' in leaf.group(1)
-    assert "rank=max; \"loss\"" in text
+    assert 'rank=max; "loss"' in text
     assert '"m:encoder" [' in text and 'label="encoder\\nSequential\\n416 params"' in text
 
 
@@ -143,9 +143,7 @@ def test_svg_and_png_are_written_by_dot(detached, tmp_path) -> None:
 @needs_dot
 def test_dot_accepts_every_depth_with_flow(tmp_path) -> None:
     model = DETACHED.build_model()
-    report = run_graph(
-        model, (DETACHED.example_inputs(),), {}, loss_fn=DETACHED.loss_fn, flow=True
-    )
+    report = run_graph(model, (DETACHED.example_inputs(),), {}, loss_fn=DETACHED.loss_fn, flow=True)
     for depth in range(report.max_depth + 1):
         render(to_dot(report, depth), "svg", str(tmp_path / f"d{depth}.svg"))
     text = to_dot(report, 2)

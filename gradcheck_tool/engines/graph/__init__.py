@@ -89,15 +89,15 @@ def run_graph(
             except GradtoolError:
                 raise
             except Exception as exc:
-                raise UserCodeError(f"the model's forward raised {describe_exception(exc, None)}") from exc
+                raise UserCodeError(
+                    f"the model's forward raised {describe_exception(exc, None)}"
+                ) from exc
             tracer.end_forward()
             loss = _loss(output, args, kwargs, loss_fn, seed)
         finally:
             tracer.close()
         if not loss.requires_grad:
-            warnings.append(
-                "the loss does not require grad: no gradient reaches any parameter"
-            )
+            warnings.append("the loss does not require grad: no gradient reaches any parameter")
         modules = _modules(work, tracer.ran)
         owner = {n: n.rpartition(".")[0] for n, _ in work.named_parameters()}
         fine = build(loss, tracer, _input_labels(inputs, args, kwargs), owner)
@@ -167,11 +167,11 @@ def _modules(model: nn.Module, ran: dict[str, int]) -> tuple[GraphModule, ...]:
         parent = None if name == "" else name.rpartition(".")[0]
         if name:
             up = level[parent]  # type: ignore[index]
-            parent_is_container = isinstance(model.get_submodule(parent), containers) if parent else False
+            parent_is_container = (
+                isinstance(model.get_submodule(parent), containers) if parent else False
+            )
             level[name] = up if parent_is_container else up + 1
-        own = tuple(
-            f"{name}.{p}" if name else p for p, _ in m.named_parameters(recurse=False)
-        )
+        own = tuple(f"{name}.{p}" if name else p for p, _ in m.named_parameters(recurse=False))
         try:
             source = module_location(m)
         except Exception:  # noqa: BLE001 - a location is best effort
@@ -234,9 +234,7 @@ def _flow(
     own parameters and the largest dead fraction of its activations."""
     from ..flow import run_flow
 
-    report = run_flow(
-        model, args, kwargs, loss_fn=loss_fn, seed=seed, device=device, target=target
-    )
+    report = run_flow(model, args, kwargs, loss_fn=loss_fn, seed=seed, device=device, target=target)
     norms: dict[str, float] = {}
     dead: dict[str, float] = {}
     for row in report.layers:

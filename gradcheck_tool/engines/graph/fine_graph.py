@@ -76,7 +76,9 @@ def build(
     reached_nodes = _walk([loss_root])
     reached = {id(n) for n in reached_nodes}
     # the cuts' producers: the branch behind each is drawn too (its nodes do not reach the loss)
-    producer_nodes = [p for c in tracer.cuts for p in c.producers if not isinstance(p, torch.Tensor)]
+    producer_nodes = [
+        p for c in tracer.cuts for p in c.producers if not isinstance(p, torch.Tensor)
+    ]
     behind = [n for n in _walk(producer_nodes) if id(n) not in reached]
     every = reached_nodes + behind
     behind_of_cut = [
@@ -135,7 +137,10 @@ def build(
 
     # parameters used directly by a cut (a parameter detached, used under no_grad)
     leaf_cut = {
-        id(p): i for i, c in enumerate(tracer.cuts) for p in c.producers if isinstance(p, torch.Tensor)
+        id(p): i
+        for i, c in enumerate(tracer.cuts)
+        for p in c.producers
+        if isinstance(p, torch.Tensor)
     }
     unreached = [n for n, p in params.items() if p.requires_grad and n not in reached_params]
     lost: dict[str, int] = {}  # parameter -> the cut behind which it lies
@@ -160,7 +165,11 @@ def build(
             consumer = consumers[0][1]
             consumer = "(loss)" if consumer == LOSS else consumer
         where = f" ({c.location.display_file}:{c.location.line})" if c.location else ""
-        into = f" → {consumer or '(model)'}" if consumer is not None else " → nothing on the loss's path"
+        into = (
+            f" → {consumer or '(model)'}"
+            if consumer is not None
+            else " → nothing on the loss's path"
+        )
         at = f" in {c.module or '(model)'}" if c.kind in ("no_grad", "inference_mode") else ""
         text = f"{c.kind}{at} cuts {c.producer_module or '(model)'}{into}{where}"
         g.cuts.append(
@@ -207,7 +216,9 @@ def _cut_edges(
                 continue
             if name not in param_node:
                 param_node[name] = len(g.nodes)
-                g.nodes.append(GraphNode(len(g.nodes), "param", name, owner.get(name, ""), _shape(p)))
+                g.nodes.append(
+                    GraphNode(len(g.nodes), "param", name, owner.get(name, ""), _shape(p))
+                )
             leaves.append(param_node[name])
         else:
             nid = ids.get(id(p))
