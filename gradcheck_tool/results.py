@@ -889,12 +889,18 @@ class ModuleFlow:
     module: str
     grad_norm: float | None
     dead_fraction: float | None = None
+    # a functional activation called in the module's own forward (torch.relu), its k-th call:
+    # the dead fraction is that call's (grad_norm None); the views put it on the op's node
+    via: str | None = None
+    call: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "module": self.module,
             "grad_norm": _json_float(self.grad_norm),
             "dead_fraction": _json_float(self.dead_fraction),
+            "via": self.via,
+            "call": self.call,
         }
 
 

@@ -198,6 +198,7 @@ def collapse(report: GraphReport, depth: int, expanded: Iterable[str] = ()) -> C
             params=tuple(names),
         )
 
+    _place_calls(report, node_place, boxes)
     links = _links(report, node_place, boxes)
     for bid, b in list(boxes.items()):
         if b.kind in ("params", "unreached"):
@@ -248,6 +249,35 @@ def _place_own_ops(
             boxes[bid] = Box(bid, "ops", label, module=module, cluster=module or None)
             for i in group_ids:
                 node_place[i] = bid
+
+
+def _op_name(text: str) -> str:
+    """`torch.relu`, `F.leaky_relu`, `LeakyRelu` -> `leakyrelu`: a call's name and its node's
+    label compared."""
+    return text.rpartition(".")[2].replace("_", "").lower()
+
+
+def _place_calls(report: GraphReport, node_place: dict[int, str], boxes: dict[str, Box]) -> None:
+    """--flow's functional activation calls (torch.relu in a forward) on the op nodes that
+    show them: the k-th call of `via` in a module is the k-th node of that name made by the
+    module, in forward order."""
+    from dataclasses import replace
+
+    calls = [f for f in report.flow if f.via is not None and f.dead_fraction is not None]
+    if not calls:
+        return
+    ops_in: dict[tuple[str, str], list[int]] = {}
+    for n in sorted(report.nodes, key=lambda n: -n.id):  # ids grow from the loss
+        if n.kind == "op":
+            ops_in.setdefault((n.module, _op_name(n.label)), []).append(n.id)
+    for f in calls:
+        found = ops_in.get((f.module, _op_name(f.via or "")), [])
+        if f.call is None or not 0 < f.call <= len(found):
+            continue
+        bid = node_place.get(found[f.call - 1])
+        b = boxes.get(bid) if bid is not None else None
+        if b is not None and b.kind == "ops":
+            boxes[b.id] = replace(b, dead_fraction=max(b.dead_fraction or 0.0, f.dead_fraction))
 
 
 def _find(root: dict[int, int], i: int) -> int:

@@ -145,6 +145,9 @@ def _node(b: Box, scale: _Scale | None) -> str:
             if b.dead_fraction:
                 lines.append(f"[dead {b.dead_fraction:.0%}]")
                 style = style.replace('color="#4a6fa5"', f'color="{DEAD}", penwidth=2.5')
+    elif b.kind == "ops" and b.dead_fraction:
+        lines.append(f"[dead {b.dead_fraction:.0%}]")
+        style = style.replace('color="#999999"', f'color="{DEAD}", penwidth=2.5')
     elif b.kind in ("params", "unreached") and b.numel:
         lines.append(f"({count(b.numel)})")
     label = "\\n".join(_q(x) for x in lines)

@@ -194,3 +194,15 @@ def test_frozen_parameters_are_not_leaves() -> None:
     view = collapse(report, 1)
     assert [b.module for b in view.boxes if b.kind == "params"] == ["1"]
     assert report.unreached == ()
+
+
+def test_flow_puts_a_functional_relus_dead_fraction_on_its_node() -> None:
+    """dead_relu_mlp.py calls torch.relu twice in its forward; its docstring counts 25 and 28
+    of 32 units dead on the example batch: the two Relu nodes carry those fractions."""
+    sample = _load(SAMPLES / "dead_relu_mlp.py", "graph_views_dead_relu")
+    report = run_graph(sample.DeadReluMLP(), (sample.example_inputs(),), {}, flow=True)
+    view = collapse(report, 1)
+    relus = [b for b in view.boxes if b.kind == "ops"]
+    assert [b.label for b in relus] == ["Relu", "Relu"]
+    assert [b.dead_fraction for b in relus] == [25 / 32, 28 / 32]
+    assert "[dead 78%]" in to_dot(report, 1) and "[dead 88%]" in to_dot(report, 1)

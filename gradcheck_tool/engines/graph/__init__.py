@@ -237,10 +237,15 @@ def _flow(
     report = run_flow(model, args, kwargs, loss_fn=loss_fn, seed=seed, device=device, target=target)
     norms: dict[str, float] = {}
     dead: dict[str, float] = {}
+    calls: list[ModuleFlow] = []
     for row in report.layers:
         if row.kind == "layer" and row.grad_norm is not None:
             norms[row.name] = math.hypot(norms.get(row.name, 0.0), row.grad_norm)
-        if row.dead_fraction is not None:
+        if row.dead_fraction is None:
+            continue
+        if row.via is not None:  # a functional call: placed on its op node by the views
+            calls.append(ModuleFlow(row.name, None, row.dead_fraction, row.via, row.call or 1))
+        else:
             dead[row.name] = max(dead.get(row.name, 0.0), row.dead_fraction)
     names = sorted(set(norms) | set(dead), key=lambda n: (n.count("."), n))
-    return tuple(ModuleFlow(n, norms.get(n), dead.get(n)) for n in names)
+    return tuple(ModuleFlow(n, norms.get(n), dead.get(n)) for n in names) + tuple(calls)
