@@ -77,6 +77,7 @@ CUT_CASES = [
     ("Tolist", ".tolist()", "a", "b"),
     ("Numpy", ".numpy()", "a", "b"),
     ("NumpyDirect", "detach()", "a", None),
+    ("DecoratedNoGrad", "no_grad", "a", "b"),
 ]
 
 
@@ -115,11 +116,12 @@ def test_a_cut_is_a_red_edge_from_the_producer_to_the_consumer(name) -> None:
     assert "b" in {nodes[i].module for i in after}
 
 
-@pytest.mark.parametrize("name", ["Healthy", "MetricUnderNoGrad"])
+@pytest.mark.parametrize("name", ["Healthy", "MetricUnderNoGrad", "LibraryCuts"])
 def test_no_false_alarm(name) -> None:
     """A healthy model has no cut; a metric under no_grad that never feeds the loss, a number
     printed with .item() and a boolean mask of a detached value are no cuts either (they are
-    counted in a warning)."""
+    counted in a warning); torch's own no_grad and detach (spectral norm, gumbel_softmax's
+    straight-through estimator) are not the user's cuts."""
     model, report = graph_of(CUTS.MODELS[name])
     assert report.cuts == ()
     assert report.unreached == ()

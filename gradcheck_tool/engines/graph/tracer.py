@@ -10,7 +10,11 @@ of the node that consumes them (fine_graph.py).
 
 Note [cuts]: a cut is made where a value that requires grad leaves the graph: `.detach()` /
 `torch.detach`, `.data`, a differentiable op run under `no_grad` / `inference_mode` whose
-inputs require grad, `.item()` / `.tolist()` / `.numpy()` of a tensor that requires grad. The
+inputs require grad, `.item()` / `.tolist()` / `.numpy()` of a tensor that requires grad —
+made by the user: the call comes from the user's code (locations.is_user_file), or, under
+no_grad, the user's code switched gradients off (the outermost switch counts: torch's no_grad inside the user's is the
+user's). torch's own (spectral norm's power iteration, gumbel_softmax's straight-through
+detach) are not cuts. The
 value it returns is *tainted* by the cut; the taint follows floating results that do not
 require grad (an integer or boolean result carries no gradient, so nothing was cut there:
 `x.detach() > 0`, `logits.detach().argmax()`). When a tainted value is used by a call whose
@@ -27,6 +31,7 @@ modules or tensors.
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass, field
 from typing import Any
@@ -49,7 +54,12 @@ _DETACH = {torch.Tensor.detach, torch.detach, torch.Tensor.detach_}
 _TAKE_OUT = {torch.Tensor.item: ".item()", torch.Tensor.tolist: ".tolist()"}
 if hasattr(torch.Tensor, "numpy"):
     _TAKE_OUT[torch.Tensor.numpy] = ".numpy()"
-_LIST_ELEMENTS = 64  # elements of a .tolist() result whose identity is followed
+_LIST_ELEMENTS = 64
+# where torch.no_grad / set_grad_enabled / their decorator call _set_grad_enabled from
+_GRAD_MODE_FILES = (
+    os.path.join("torch", "autograd", "grad_mode.py"),
+    os.path.join("torch", "utils", "_contextlib.py"),
+)  # elements of a .tolist() result whose identity is followed
 
 
 @dataclass
@@ -80,6 +90,7 @@ class Tracer:
         self.cuts: list[CutRecord] = []
         self.taint: dict[int, tuple[Any, tuple[int, ...]]] = {}  # id(obj) -> (obj, cuts)
         self.in_loss = False
+        self.grad_off_by_user = False
         self.handles: list[Any] = []
         self.mode: _Calls | None = None
         self.errors: list[str] = []
@@ -129,7 +140,8 @@ class Tracer:
         return self.stack[-1] if self.stack else ""
 
     # --- one torch call ---------------------------------------------------------------------
-    def on_call(self, func: Any, args: tuple, kwargs: dict, out: Any) -> None:
+    def on_call(self, func: Any, args: tuple, kwargs: dict, out: Any, caller: Any) -> None:
+        """One call the mode saw; `caller`: the frame that made it."""
         inputs, _ = tree_flatten((args, kwargs))
         module = self.current
         grad_on = torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
@@ -145,6 +157,8 @@ class Tracer:
         needing = [x for x in inputs if isinstance(x, torch.Tensor) and x.requires_grad]
         tainted = sorted({c for x in inputs for c in self._cuts_of(x)})
         kind = self._cut_kind(func, grad_on)
+        if kind is not None and not self._users(kind, caller):
+            kind = None  # the library's own (spectral norm's power iteration, straight-through)
         if kind is not None and needing:
             cut = self._cut(kind, needing, module, getattr(func, "__name__", "call"))
             self._taint(out, (cut,), floating_only=kind not in _TAKE_OUT.values())
@@ -157,6 +171,26 @@ class Tracer:
                 self.cuts[c].consumers.extend((t.grad_fn, module) for t in joined)
         else:
             self._taint(out, tuple(tainted), floating_only=True)
+
+    def grad_mode(self, enabled: bool, caller: Any) -> None:
+        """Who turned gradients off: the outermost switch from on to off counts (a library's
+        no_grad nested in the user's is the user's)."""
+        try:
+            if not enabled and torch.is_grad_enabled():
+                self.grad_off_by_user = is_user_file(_outside(caller, _GRAD_MODE_FILES))
+            elif enabled:
+                self.grad_off_by_user = False
+        except Exception as exc:  # noqa: BLE001 - never break the user's forward
+            self.errors.append(f"gradtool internal error in the graph's hook: {exc}")
+
+    def _users(self, kind: str, caller: Any) -> bool:
+        """Whether the user made this cut: under no_grad, the user turned gradients off
+        (inference_mode: always); else the user's code made the call."""
+        if kind == "no_grad":
+            return self.grad_off_by_user
+        if kind == "inference_mode":
+            return True
+        return caller is not None and is_user_file(caller.f_code.co_filename)
 
     def _cut_kind(self, func: Any, grad_on: bool) -> str | None:
         if func in _DETACH:
@@ -221,16 +255,26 @@ class _Calls(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
         kwargs = kwargs or {}
+        if func is torch._C._set_grad_enabled:  # who switches gradients off, seen before
+            self.tracer.grad_mode(bool(args[0]) if args else True, sys._getframe(1))
+            return func(*args, **kwargs)
         out = func(*args, **kwargs)
         try:
             with torch._C.DisableTorchFunction():
-                self.tracer.on_call(func, args, kwargs, out)
+                self.tracer.on_call(func, args, kwargs, out, sys._getframe(1))
         except Exception as exc:  # noqa: BLE001 - never break the user's forward
             if len(self.tracer.errors) < 5:
                 self.tracer.errors.append(
                     f"gradtool internal error in the graph's hook: {type(exc).__name__}: {exc}"
                 )
         return out
+
+
+def _outside(frame: Any, files: tuple[str, ...]) -> str | None:
+    """The file of the first frame from `frame` outward that is not in `files`."""
+    while frame is not None and frame.f_code.co_filename.endswith(files):
+        frame = frame.f_back
+    return frame.f_code.co_filename if frame is not None else None
 
 
 def user_line() -> SourceLocation | None:
