@@ -12,9 +12,9 @@ Note [cuts]: a cut is made where a value that requires grad leaves the graph: `.
 `torch.detach`, `.data`, a differentiable op run under `no_grad` / `inference_mode` whose
 inputs require grad, `.item()` / `.tolist()` / `.numpy()` of a tensor that requires grad —
 made by the user: the call comes from the user's code (locations.is_user_file), or, under
-no_grad, the user's code switched gradients off (the outermost switch counts: torch's no_grad inside the user's is the
-user's). torch's own (spectral norm's power iteration, gumbel_softmax's straight-through
-detach) are not cuts. The
+no_grad, the user's code switched gradients off (the outermost switch counts: torch's
+no_grad inside the user's is the user's). torch's own (spectral norm's power iteration,
+gumbel_softmax's straight-through detach) are not cuts. The
 value it returns is *tainted* by the cut; the taint follows floating results that do not
 require grad (an integer or boolean result carries no gradient, so nothing was cut there:
 `x.detach() > 0`, `logits.detach().argmax()`). When a tainted value is used by a call whose
