@@ -39,7 +39,8 @@ def _name(box_id: str, boxes: dict[str, Box]) -> str:
     if b.kind == "module":
         return b.label
     if b.kind == "ops":
-        return f"({b.label})"
+        dead = f", dead {b.dead_fraction:.0%}" if b.dead_fraction else ""
+        return f"({b.label}{dead})"
     if b.kind == "input":
         return b.label
     return b.label if b.kind == "loss" else ""
