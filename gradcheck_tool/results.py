@@ -821,6 +821,7 @@ class GraphNode:
     label: str  # an op's name without "Backward0" ("Addmm"), a parameter's or input's name
     module: str  # the innermost module whose forward made it ("" the model / the loss)
     shape: tuple[int, ...] = ()
+    reaches_loss: bool = True  # False: behind a cut (drawn to show what the cut left out)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -829,6 +830,7 @@ class GraphNode:
             "label": self.label,
             "module": self.module,
             "shape": list(self.shape),
+            "reaches_loss": self.reaches_loss,
         }
 
 

@@ -255,3 +255,14 @@ def test_an_input_that_requires_grad_is_a_leaf() -> None:
     inputs = [n for n in report.nodes if n.kind == "input"]
     assert [(n.label, n.shape) for n in inputs] == [("args[0]", (4, 3))]
     assert x.grad is None
+
+
+def test_nodes_behind_a_cut_are_marked() -> None:
+    """Detach: module a's nodes are drawn (the branch behind the cut) but reach no loss; b's
+    do. Checked against torch: a's parameters get no .grad, b's do."""
+    model, report = graph_of(CUTS.MODELS["Detach"])
+    by_module = {}
+    for n in report.nodes:
+        by_module.setdefault(n.module, set()).add(n.reaches_loss)
+    assert by_module["a"] == {False} and by_module["b"] == {True}
+    assert torch_unreached(model, (CUTS.example_inputs(),)) == {"a.weight", "a.bias"}

@@ -112,17 +112,20 @@ def build(
         ids[id(node)] = nid
         variable = getattr(node, "variable", None)
         mod = module[id(node)] if module[id(node)] != LOSS else ""
+        on_path = id(node) in reached
         if variable is not None:  # AccumulateGrad: a leaf
             name = tracer.param_names.get(id(variable))
             if name is not None:
                 if id(node) in reached:
                     reached_params.add(name)
-                g.nodes.append(GraphNode(nid, "param", name, owner.get(name, ""), _shape(variable)))
+                g.nodes.append(
+                    GraphNode(nid, "param", name, owner.get(name, ""), _shape(variable), on_path)
+                )
             else:
                 label = inputs.get(id(variable), "input")
-                g.nodes.append(GraphNode(nid, "input", label, "", _shape(variable)))
+                g.nodes.append(GraphNode(nid, "input", label, "", _shape(variable), on_path))
         else:
-            g.nodes.append(GraphNode(nid, "op", _label(node), mod, _out_shape(node)))
+            g.nodes.append(GraphNode(nid, "op", _label(node), mod, _out_shape(node), on_path))
     if loss_root is not None and ids[id(loss_root)] != loss_id:
         g.edges.append(GraphEdge(ids[id(loss_root)], loss_id))  # the loss is the output
     pairs: set[tuple[int, int]] = set()
@@ -217,7 +220,7 @@ def _cut_edges(
             if name not in param_node:
                 param_node[name] = len(g.nodes)
                 g.nodes.append(
-                    GraphNode(len(g.nodes), "param", name, owner.get(name, ""), _shape(p))
+                    GraphNode(len(g.nodes), "param", name, owner.get(name, ""), _shape(p), False)
                 )
             leaves.append(param_node[name])
         else:
@@ -238,7 +241,7 @@ def _cut_edges(
 
     if c.kind in ("no_grad", "inference_mode"):
         made = len(g.nodes)
-        g.nodes.append(GraphNode(made, "op", f"{c.call} ({c.kind})", c.module))
+        g.nodes.append(GraphNode(made, "op", f"{c.call} ({c.kind})", c.module, (), False))
         for s in sources[:4]:
             add(s, made, c.kind)
         for leaf in dict.fromkeys(leaves):
