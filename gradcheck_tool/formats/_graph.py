@@ -131,8 +131,7 @@ def collapse(report: GraphReport, depth: int, expanded: Iterable[str] = ()) -> C
         return chain[-1], True
 
     def enclosing(name: str) -> str | None:
-        p = tree.parent.get(name)
-        return p if p is not None else None
+        return tree.parent.get(name)
 
     node_place: dict[int, str] = {}  # fine node id -> box id
     boxes: dict[str, Box] = {}
@@ -163,10 +162,8 @@ def collapse(report: GraphReport, depth: int, expanded: Iterable[str] = ()) -> C
             boxes.setdefault(bid, Box(bid, "input", n.label))
             node_place[n.id] = bid
         elif n.kind == "param":
-            g, own = group(n.module)
-            kind = "unreached" if n.label in unreached else "params"
-            bid = f"{'u' if kind == 'unreached' else 'p'}:{g}"
-            node_place[n.id] = bid
+            g, _ = group(n.module)
+            node_place[n.id] = f"{'u' if n.label in unreached else 'p'}:{g}"
         else:
             g, own = group(n.module)
             if own:
@@ -177,16 +174,16 @@ def collapse(report: GraphReport, depth: int, expanded: Iterable[str] = ()) -> C
     _place_own_ops(report, own_ops, node_place, boxes)
 
     # parameters: one leaf per group (reached), one for the unreached ones
+    # (frozen parameters, requires_grad=False, are in neither: the graph never has them)
+    in_graph = {n.label for n in report.nodes if n.kind == "param"}
     param_groups: dict[str, list[str]] = {}
     for m in report.modules:
         for p in m.params:
-            g, _ = group(m.name)
-            kind = "u" if p in unreached else "p"
-            param_groups.setdefault(f"{kind}:{g}", []).append(p)
+            if p in unreached or p in in_graph:
+                g, _ = group(m.name)
+                param_groups.setdefault(f"{'u' if p in unreached else 'p'}:{g}", []).append(p)
     for bid, names in param_groups.items():
         kind, _, g = bid.partition(":")
-        if kind == "p" and not any(node_place.get(n.id) == bid for n in report.nodes):
-            continue  # frozen parameters (requires_grad=False) are not in the graph
         if not is_expanded(g):
             module_box(g)  # a module that never ran still shows, with its red leaf
         boxes[bid] = Box(
@@ -205,7 +202,7 @@ def collapse(report: GraphReport, depth: int, expanded: Iterable[str] = ()) -> C
             target = f"m:{b.module}"
             if target in boxes and not any(lk.src == bid for lk in links):
                 links.append(Link(bid, target))
-    boxes = _with_numbers(report, boxes, tree)
+    boxes = _with_numbers(report, boxes)
     order = _forward_order(report, boxes, node_place)
     clusters = tuple(m for m in report.modules if is_expanded(m.name) and m.name and depth)
     return Collapsed(depth, tuple(sorted(boxes.values(), key=order)), tuple(links), clusters)
@@ -315,7 +312,7 @@ def _under(name: str, box: str) -> bool:
     return box == "" or name == box or name.startswith(box + ".")
 
 
-def _with_numbers(report: GraphReport, boxes: dict[str, Box], tree: _Tree) -> dict[str, Box]:
+def _with_numbers(report: GraphReport, boxes: dict[str, Box]) -> dict[str, Box]:
     """Parameter counts, and with --flow the gradient norm and dead fraction, per box."""
     from dataclasses import replace
 

@@ -206,3 +206,14 @@ def test_flow_puts_a_functional_relus_dead_fraction_on_its_node() -> None:
     assert [b.label for b in relus] == ["Relu", "Relu"]
     assert [b.dead_fraction for b in relus] == [25 / 32, 28 / 32]
     assert "[dead 78%]" in to_dot(report, 1) and "[dead 88%]" in to_dot(report, 1)
+
+
+def test_a_leaf_lists_only_the_parameters_in_the_graph() -> None:
+    """A module with one frozen and one trainable parameter: its leaf names the trainable one
+    only, with its own size."""
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(3, 2)
+    layer.bias.requires_grad_(False)
+    report = run_graph(torch.nn.Sequential(layer), (torch.randn(2, 3),), {})
+    [leaf] = [b for b in collapse(report, 1).boxes if b.kind == "params"]
+    assert (leaf.params, leaf.label, leaf.numel) == (("0.weight",), "weight", 6)
