@@ -797,6 +797,7 @@ class GraphModule:
     container: bool = False
     numel: int = 0  # elements of its own parameters
     order: int | None = None  # when its forward first ran (0 the model); None: never ran
+    calls: int = 0  # how often its forward ran (a shared block: more than once)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -809,6 +810,7 @@ class GraphModule:
             "container": self.container,
             "numel": self.numel,
             "order": self.order,
+            "calls": self.calls,
         }
 
 

@@ -37,6 +37,7 @@ class Box:
     cluster: str | None = None  # the expanded module it is drawn inside (None: top level)
     params: tuple[str, ...] = ()  # parameters (params / unreached leaves; a box's, in it)
     numel: int = 0  # parameter elements under it
+    calls: int = 1  # a module box: how often its forward ran
     grad_norm: float | None = None  # --flow: over the parameters under it
     dead_fraction: float | None = None  # --flow: the largest of its activations'
 
@@ -150,6 +151,7 @@ def collapse(report: GraphReport, depth: int, expanded: Iterable[str] = ()) -> C
                 module=name,
                 type=m.type if m else "",
                 cluster=enclosing(name) if depth else None,
+                calls=m.calls if m else 1,
             )
         return bid
 

@@ -132,6 +132,8 @@ def _node(b: Box, scale: _Scale | None) -> str:
         lines = [b.label, b.type] if b.type else [b.label]
         if b.numel:
             lines.append(f"{count(b.numel)} params")
+        if b.calls > 1:
+            lines.append(f"called {b.calls}×")
         if scale is not None:
             fill = scale.colour(b.grad_norm)
             if b.grad_norm is not None:

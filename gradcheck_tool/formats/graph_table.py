@@ -105,7 +105,7 @@ def modules_table(report: GraphReport, view: Collapsed) -> Table:
         lost = f"u:{b.module}" in boxes
         cells: list[Text | str] = [
             Text(b.label, style="bold red" if lost else ""),
-            b.type,
+            b.type + (f" ×{b.calls}" if b.calls > 1 else ""),
             count(b.numel) if b.numel else "",
         ]
         if report.flow:
@@ -113,8 +113,6 @@ def modules_table(report: GraphReport, view: Collapsed) -> Table:
             cells.append("" if b.dead_fraction is None else f"{b.dead_fraction:.0%}")
         cells += [src, dst if out else Text("(nothing)", style="yellow")]
         table.add_row(*cells)
-    table.caption = "from / to: blank where it is just the row above / below"
-    table.caption_justify = "left"
     return table
 
 
@@ -128,6 +126,7 @@ def render_graph(report: GraphReport, console: Console) -> None:
         console.print(Text(f"warning: {w}", style="yellow"))
     console.print()
     console.print(modules_table(report, view))
+    console.print(Text("from / to: blank where it is just the row above / below", style="dim"))
     console.print()
     if report.cuts:
         console.print(cuts_table(report))

@@ -217,3 +217,23 @@ def test_a_leaf_lists_only_the_parameters_in_the_graph() -> None:
     report = run_graph(torch.nn.Sequential(layer), (torch.randn(2, 3),), {})
     [leaf] = [b for b in collapse(report, 1).boxes if b.kind == "params"]
     assert (leaf.params, leaf.label, leaf.numel) == (("0.weight",), "weight", 6)
+
+
+def test_a_shared_block_is_one_box_that_says_how_often_it_ran() -> None:
+    class Shared(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.block = torch.nn.Linear(4, 4)
+
+        def forward(self, x):
+            for _ in range(3):
+                x = torch.tanh(self.block(x))
+            return x
+
+    torch.manual_seed(0)
+    report = run_graph(Shared(), (torch.randn(2, 4),), {})
+    view = collapse(report, 1)
+    assert [(b.label, b.calls) for b in view.module_boxes] == [("block", 3)]
+    assert "called 3×" in to_dot(report, 1)
+    # the three calls made three Addmm nodes of the block
+    assert sum(n.label == "Addmm" and n.module == "block" for n in report.nodes) == 3

@@ -98,7 +98,7 @@ def run_graph(
             tracer.close()
         if not loss.requires_grad:
             warnings.append("the loss does not require grad: no gradient reaches any parameter")
-        modules = _modules(work, tracer.ran)
+        modules = _modules(work, tracer.ran, tracer.calls)
         owner = {n: n.rpartition(".")[0] for n, _ in work.named_parameters()}
         fine = build(loss, tracer, _input_labels(inputs, args, kwargs), owner)
         warnings.extend(tracer.errors)
@@ -155,7 +155,9 @@ def _input_labels(inputs: dict[int, str], args: tuple, kwargs: dict) -> dict[int
     return out
 
 
-def _modules(model: nn.Module, ran: dict[str, int]) -> tuple[GraphModule, ...]:
+def _modules(
+    model: nn.Module, ran: dict[str, int], calls: dict[str, int]
+) -> tuple[GraphModule, ...]:
     """Every module with its parent and level. Containers (ModuleList, ModuleDict) never run:
     they take no level of their own, so a Transformer's layers are one level below it."""
     from ...locations import module_location
@@ -187,6 +189,7 @@ def _modules(model: nn.Module, ran: dict[str, int]) -> tuple[GraphModule, ...]:
                 container=isinstance(m, containers),
                 numel=sum(p.numel() for p in m.parameters(recurse=False)),
                 order=ran.get(name),
+                calls=calls.get(name, 0),
             )
         )
     return tuple(out)

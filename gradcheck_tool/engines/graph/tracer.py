@@ -84,6 +84,7 @@ class Tracer:
         self.param_names = {id(p): n for n, p in model.named_parameters()}
         self.stack: list[str] = []
         self.ran: dict[str, int] = {}  # module -> when it first ran
+        self.calls: dict[str, int] = {}  # module -> how often it ran
         self.used_params: set[str] = set()
         self.node_module: dict[int, str] = {}
         self.nodes_kept: list[Any] = []  # keeps the attributed nodes alive: ids stay unique
@@ -122,6 +123,7 @@ class Tracer:
         if name is not None:
             self.stack.append(name)
             self.ran.setdefault(name, len(self.ran))
+            self.calls[name] = self.calls.get(name, 0) + 1
 
     def _post(self, module: nn.Module, args: tuple, output: Any) -> None:
         name = self.names.get(id(module))
