@@ -129,7 +129,13 @@ def _node(b: Box, scale: _Scale | None) -> str:
     lines = [b.label]
     style = STYLE[b.kind]
     if b.kind == "module":
-        lines = [b.label, b.type] if b.type else [b.label]
+        # inside its parent's cluster a box is named relative to it ("norm2"), unless that is
+        # a bare index of a Sequential ("3": then "encoder.3"); the full name is the tooltip
+        name = b.label
+        if b.cluster and name.startswith(b.cluster + ".") and not name.rpartition(".")[2].isdigit():
+            name = name[len(b.cluster) + 1 :]
+        lines = [name, b.type] if b.type else [name]
+        style += f', tooltip="{_q(b.label)}"'
         if b.numel:
             lines.append(f"{count(b.numel)} params")
         if b.calls > 1:

@@ -237,3 +237,12 @@ def test_a_shared_block_is_one_box_that_says_how_often_it_ran() -> None:
     assert "called 3×" in to_dot(report, 1)
     # the three calls made three Addmm nodes of the block
     assert sum(n.label == "Addmm" and n.module == "block" for n in report.nodes) == 3
+
+
+def test_boxes_inside_a_cluster_are_named_relative_to_it(transformer) -> None:
+    text = to_dot(transformer, 3)
+    assert re.search(r'"m:encoder.layers.0.norm2" \[[^\]]*label="norm2\\nLayerNorm', text)
+    assert 'tooltip="encoder.layers.0.norm2"' in text
+    # a Sequential's index alone says nothing: the full name is kept
+    text = to_dot(run_graph(DETACHED.build_model(), (DETACHED.example_inputs(),), {}), 2)
+    assert re.search(r'"m:encoder.3" \[[^\]]*label="encoder.3\\nReLU"', text)
