@@ -38,6 +38,7 @@ class Box:
     params: tuple[str, ...] = ()  # parameters (params / unreached leaves; a box's, in it)
     numel: int = 0  # parameter elements under it
     calls: int = 1  # a module box: how often its forward ran
+    expandable: bool = False  # a module box with submodules (`collapse(expanded=)` opens it)
     grad_norm: float | None = None  # --flow: over the parameters under it
     dead_fraction: float | None = None  # --flow: the largest of its activations'
 
@@ -152,6 +153,7 @@ def collapse(report: GraphReport, depth: int, expanded: Iterable[str] = ()) -> C
                 type=m.type if m else "",
                 cluster=enclosing(name) if depth else None,
                 calls=m.calls if m else 1,
+                expandable=bool(tree.children.get(name)),
             )
         return bid
 

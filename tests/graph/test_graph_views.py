@@ -94,6 +94,7 @@ def test_depth_zero_is_one_box_and_expanding_a_module_shows_its_children(transfo
     assert [b.label for b in whole.module_boxes] == ["(model)"]
     one = collapse(transformer, 1)
     assert [b.label for b in one.module_boxes] == ["embed", "encoder", "head"]
+    assert [b.expandable for b in one.module_boxes] == [False, True, False]
     opened = collapse(transformer, 1, expanded=["encoder"])
     assert len(opened.module_boxes) == 14
     assert [m.name for m in opened.clusters] == ["encoder"]
