@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..results import GraphModule, GraphReport
 
@@ -39,6 +39,7 @@ class Box:
     numel: int = 0  # parameter elements under it
     calls: int = 1  # a module box: how often its forward ran
     expandable: bool = False  # a module box with submodules (`collapse(expanded=)` opens it)
+    reaches_loss: bool = True  # False: every node in it lies behind a cut
     grad_norm: float | None = None  # --flow: over the parameters under it
     dead_fraction: float | None = None  # --flow: the largest of its activations'
 
@@ -199,6 +200,10 @@ def collapse(report: GraphReport, depth: int, expanded: Iterable[str] = ()) -> C
             params=tuple(names),
         )
 
+    on_path = {node_place.get(n.id) for n in report.nodes if n.reaches_loss}
+    for bid, b in list(boxes.items()):
+        if b.kind in ("module", "ops") and bid not in on_path:
+            boxes[bid] = replace(b, reaches_loss=False)
     _place_calls(report, node_place, boxes)
     links = _links(report, node_place, boxes)
     for bid, b in list(boxes.items()):
@@ -262,7 +267,6 @@ def _place_calls(report: GraphReport, node_place: dict[int, str], boxes: dict[st
     """--flow's functional activation calls (torch.relu in a forward) on the op nodes that
     show them: the k-th call of `via` in a module is the k-th node of that name made by the
     module, in forward order."""
-    from dataclasses import replace
 
     calls = [f for f in report.flow if f.via is not None and f.dead_fraction is not None]
     if not calls:
@@ -318,7 +322,6 @@ def _under(name: str, box: str) -> bool:
 
 def _with_numbers(report: GraphReport, boxes: dict[str, Box]) -> dict[str, Box]:
     """Parameter counts, and with --flow the gradient norm and dead fraction, per box."""
-    from dataclasses import replace
 
     numel = {m.name: m.numel for m in report.modules}
     flows = list(report.flow)

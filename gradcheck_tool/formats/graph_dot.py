@@ -136,6 +136,9 @@ def _node(b: Box, scale: _Scale | None) -> str:
             name = name[len(b.cluster) + 1 :]
         lines = [name, b.type] if b.type else [name]
         style += f', tooltip="{_q(b.label)}"'
+        if not b.reaches_loss:  # only behind a cut: no gradient from the loss gets here
+            style = style.replace('"rounded,filled"', '"rounded,filled,dashed"')
+            style = style.replace('fillcolor="#e8eef7"', f'fillcolor="{NO_GRAD_FILL}"')
         if b.numel:
             lines.append(f"{count(b.numel)} params")
         if b.calls > 1:

@@ -247,3 +247,12 @@ def test_boxes_inside_a_cluster_are_named_relative_to_it(transformer) -> None:
     # a Sequential's index alone says nothing: the full name is kept
     text = to_dot(run_graph(DETACHED.build_model(), (DETACHED.example_inputs(),), {}), 2)
     assert re.search(r'"m:encoder.3" \[[^\]]*label="encoder.3\\nReLU"', text)
+
+
+def test_a_box_behind_a_cut_is_marked() -> None:
+    cuts = _load(FIXTURES / "graph" / "cuts.py", "graph_views_cuts")
+    torch.manual_seed(0)
+    report = run_graph(cuts.Detach(), (cuts.example_inputs(),), {})
+    boxes = {b.label: b for b in collapse(report, 1).module_boxes}
+    assert (boxes["a"].reaches_loss, boxes["b"].reaches_loss) == (False, True)
+    assert re.search(r'"m:a" \[[^\]]*"rounded,filled,dashed"', to_dot(report, 1))
