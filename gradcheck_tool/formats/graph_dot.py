@@ -78,7 +78,9 @@ def to_dot(report: GraphReport, depth: int | None = None) -> str:
                 f'label="{_q(lk.cut)}", fontsize=9]'
             )
         lines.append(f"  {_id(lk.src)} -> {_id(lk.dst)}{attrs};")
-    marked = any(lk.cut for lk in view.links) or any(b.kind == "unreached" for b in view.boxes)
+    marked = any(lk.cut for lk in view.links) or any(
+        b.kind == "unreached" or not b.reaches_loss for b in view.boxes
+    )
     if scale is not None or marked:
         lines.append(f"  legend [shape=plaintext, margin=0, label=<{_legend(scale, view)}>];")
     lines.append("}")
@@ -178,6 +180,10 @@ def _legend(scale: _Scale | None, view: Collapsed) -> str:
     if any(lk.cut for lk in view.links):
         rows.append(
             f'<TR><TD COLSPAN="3"><FONT COLOR="{CUT}">- - red dashed: gradient cut</FONT></TD></TR>'
+        )
+    if any(not b.reaches_loss for b in view.boxes):
+        rows.append(
+            f'<TR><TD COLSPAN="3" BGCOLOR="{NO_GRAD_FILL}">grey dashed box: only behind a cut</TD></TR>'
         )
     if any(b.kind == "unreached" for b in view.boxes):
         rows.append(
