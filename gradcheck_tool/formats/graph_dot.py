@@ -183,7 +183,8 @@ def _legend(scale: _Scale | None, view: Collapsed) -> str:
         )
     if any(not b.reaches_loss for b in view.boxes):
         rows.append(
-            f'<TR><TD COLSPAN="3" BGCOLOR="{NO_GRAD_FILL}">grey dashed box: only behind a cut</TD></TR>'
+            f'<TR><TD COLSPAN="3" BGCOLOR="{NO_GRAD_FILL}">'
+            "grey dashed box: only behind a cut</TD></TR>"
         )
     if any(b.kind == "unreached" for b in view.boxes):
         rows.append(
