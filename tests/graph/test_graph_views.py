@@ -56,6 +56,7 @@ def test_a_12_layer_transformer_shows_one_box_per_layer(transformer) -> None:
     assert [b.label for b in view.module_boxes] == ["embed", *layers, "head"]
     assert [b.type for b in view.module_boxes][1:-1] == ["TransformerEncoderLayer"] * 12
     assert transformer.depth == 2 and not transformer.depth_given
+    assert transformer.cuts == () and transformer.unreached == ()
     # the deepest readable level: one more would show each layer's insides
     assert view.size <= MAX_BOXES < collapse(transformer, transformer.depth + 1).size
     # each layer's parameters are one leaf, with every one of its 12 tensors
@@ -78,6 +79,7 @@ def test_a_12_layer_bert_shows_one_box_per_layer() -> None:
     assert len(view.module_boxes) <= MAX_BOXES
     # the pooler is not in this loss: torch leaves its gradients None, and so does the graph
     assert {u.name for u in report.unreached} == {"pooler.dense.weight", "pooler.dense.bias"}
+    assert report.cuts == ()  # the library's own no_grad/detach are not the user's cuts
 
 
 def test_containers_take_no_level(transformer) -> None:
