@@ -1,9 +1,254 @@
-"""`gradtool graph`: the autograd graph of a loss, grouped by module (being built: #15)."""
+"""`gradtool graph`: the autograd graph of a loss, grouped by module.
+
+One forward and the loss on a private copy of the model (train mode), watched by the tracer
+(tracer.py: the module of every autograd node, the cuts, Note [cuts]); the loss's graph is
+walked (fine_graph.py) into the report's fine graph. The views (DOT, HTML, the text summary)
+collapse it by module to a depth (formats/_graph.py, which also picks the default depth).
+With `flow`, gradtool flow runs on the same target and inputs and each module gets its
+gradient norm and dead fraction. The engine never prints; the user's model, RNG state, grad
+mode and default dtype are left as found.
+"""
 
 from __future__ import annotations
 
+import math
+import time
+from collections.abc import Callable
 from typing import Any
 
+import torch
+from torch import nn
 
-def run_graph(model: Any, args: tuple, kwargs: dict, **options: Any) -> Any:
-    raise NotImplementedError("gradtool graph is being built (#15)")
+from ..._guest import RngState, describe_exception, init_cuda, preserved_state
+from ..._tree import floating_leaves, leaves_with_paths, map_tensors
+from ..._version import __version__
+from ...errors import GradtoolError, InputError, UserCodeError
+from ...losses import call_loss, loss_terms
+from ...options import at_least
+from ...prepare import copy_of_model, home_device, no_room_on_gpu, parse_device
+from ...results import GraphModule, GraphReport, ModuleFlow
+from .fine_graph import build
+from .tracer import Tracer
+
+ALLOWED_DEVICES = ("cpu", "cuda", "mps")
+
+
+def run_graph(
+    model: Any,
+    args: tuple,
+    kwargs: dict,
+    *,
+    loss_fn: Callable[..., Any] | None = None,
+    device: str | torch.device | None = None,
+    seed: int = 0,
+    depth: int | None = None,
+    flow: bool = False,
+    target: str = "model",
+    found_by: str = "",
+) -> GraphReport:
+    """The autograd graph of one forward and loss of `model` on (args, kwargs)."""
+    from ...formats._graph import default_depth, max_depth
+
+    if not isinstance(model, nn.Module):
+        raise InputError(
+            "gradtool graph needs an nn.Module (modules to group the graph by); got "
+            + (f"the class {model.__name__}" if isinstance(model, type) else type(model).__name__),
+            hint="For a function or autograd.Function, `gradtool check` verifies its gradients.",
+        )
+    if depth is not None:
+        at_least("depth", depth, 0)
+    started = time.perf_counter()
+    move = device is not None
+    device = parse_device(device, ALLOWED_DEVICES) if move else home_device(model)
+    init_cuda(device)
+    with preserved_state():
+        RngState.seeded(seed).restore()
+        torch.set_grad_enabled(True)
+        try:
+            work = copy_of_model(model)
+            work.train()
+            if move:
+                work.to(device)
+            if device is not None:
+                args, kwargs = map_tensors(lambda t: t.to(device), (args, kwargs))
+        except torch.cuda.OutOfMemoryError:
+            raise no_room_on_gpu(torch.float32) from None
+        # the inputs as given (those that require grad stay leaves that do)
+        args, kwargs = map_tensors(_fresh, (args, kwargs))
+        inputs = {
+            id(t): path or "input"
+            for path, t in leaves_with_paths((args, kwargs))
+            if isinstance(t, torch.Tensor) and t.requires_grad
+        }
+        tracer = Tracer(work)
+        warnings: list[str] = []
+        try:
+            tracer.open()
+            try:
+                output = work(*args, **kwargs)
+            except GradtoolError:
+                raise
+            except Exception as exc:
+                raise UserCodeError(
+                    f"the model's forward raised {describe_exception(exc, None)}"
+                ) from exc
+            tracer.end_forward()
+            loss = _loss(output, args, kwargs, loss_fn, seed)
+        finally:
+            tracer.close()
+        if not loss.requires_grad:
+            warnings.append("the loss does not require grad: no gradient reaches any parameter")
+        modules = _modules(work, tracer.ran, tracer.calls)
+        owner = {n: n.rpartition(".")[0] for n, _ in work.named_parameters()}
+        fine = build(loss, tracer, _input_labels(inputs, args, kwargs), owner)
+        warnings.extend(tracer.errors)
+        if fine.dropped_cuts:
+            warnings.append(
+                f"{fine.dropped_cuts} value(s) taken out of the graph (detach, no_grad, .item(), "
+                "...) never reached the loss and cost no parameter its gradient: not cuts"
+            )
+        del loss, output, tracer
+
+    flows: tuple[ModuleFlow, ...] = ()
+    if flow:
+        flows = _flow(model, args, kwargs, loss_fn, seed, device if move else None, target)
+    report = GraphReport(
+        target=target,
+        version=__version__,
+        modules=modules,
+        nodes=tuple(fine.nodes),
+        edges=tuple(fine.edges),
+        cuts=tuple(fine.cuts),
+        unreached=tuple(fine.unreached),
+        depth=0,
+        flow=flows,
+        found_by=found_by,
+        warnings=tuple(warnings),
+    )
+    chosen = depth if depth is not None else default_depth(report)
+    from dataclasses import replace
+
+    return replace(
+        report,
+        depth=chosen,
+        max_depth=max_depth(report),
+        depth_given=depth is not None,
+        seconds=time.perf_counter() - started,
+    )
+
+
+def _fresh(t: torch.Tensor) -> torch.Tensor:
+    """A copy of an input tensor; one that requires grad is a leaf that does."""
+    copy = t.detach().clone()
+    return copy.requires_grad_(True) if t.requires_grad and copy.is_floating_point() else copy
+
+
+def _input_labels(inputs: dict[int, str], args: tuple, kwargs: dict) -> dict[int, str]:
+    """`((args, kwargs))[0][1]` paths read as the user's: `args[1]`, `kwargs['mask']`."""
+    out = {}
+    for key, path in inputs.items():
+        if path.startswith("[0]"):
+            path = "args" + path[3:]
+        elif path.startswith("[1]"):
+            path = "kwargs" + path[3:]
+        out[key] = path
+    return out
+
+
+def _modules(
+    model: nn.Module, ran: dict[str, int], calls: dict[str, int]
+) -> tuple[GraphModule, ...]:
+    """Every module with its parent and level. Containers (ModuleList, ModuleDict) never run:
+    they take no level of their own, so a Transformer's layers are one level below it."""
+    from ...locations import module_location
+
+    containers = (nn.ModuleList, nn.ModuleDict, nn.ParameterList, nn.ParameterDict)
+    level: dict[str, int] = {"": 0}
+    out = []
+    for name, m in model.named_modules():
+        parent = None if name == "" else name.rpartition(".")[0]
+        if name:
+            up = level[parent]  # type: ignore[index]
+            parent_is_container = (
+                isinstance(model.get_submodule(parent), containers) if parent else False
+            )
+            level[name] = up if parent_is_container else up + 1
+        own = tuple(f"{name}.{p}" if name else p for p, _ in m.named_parameters(recurse=False))
+        try:
+            source = module_location(m)
+        except Exception:  # noqa: BLE001 - a location is best effort
+            source = None
+        out.append(
+            GraphModule(
+                name,
+                type(m).__name__,
+                parent,
+                level[name],
+                own,
+                source,
+                container=isinstance(m, containers),
+                numel=sum(p.numel() for p in m.parameters(recurse=False)),
+                order=ran.get(name),
+                calls=calls.get(name, 0),
+            )
+        )
+    return tuple(out)
+
+
+def _loss(
+    output: Any, args: tuple, kwargs: dict, loss_fn: Callable[..., Any] | None, seed: int
+) -> torch.Tensor:
+    """The user's loss_fn (its terms summed), else a seeded projection Σ⟨R, out⟩ of the
+    floating outputs that require grad (as flow's, without the differencing a check needs)."""
+    if loss_fn is not None:
+        value = call_loss(loss_fn, output, args, kwargs)
+        terms = loss_terms(value)
+        total = sum(t.sum() for t in terms.values())
+        if not isinstance(total, torch.Tensor):
+            raise UserCodeError("loss_fn returned no tensor")
+        return total
+    leaves = [t for _, t in floating_leaves(output)]
+    if not leaves:
+        raise UserCodeError(
+            "the output has no floating-point tensor to differentiate",
+            hint="Return a tensor (or a tuple/dict of tensors), or define loss_fn(output, "
+            "*inputs) returning a scalar tensor.",
+        )
+    used = [t for t in leaves if t.requires_grad] or leaves
+    gen = torch.Generator().manual_seed(seed + 7919)
+    total = None
+    for t in used:
+        r = torch.randn(t.shape, generator=gen, dtype=torch.float64).to(t.device, t.real.dtype)
+        term = (t.real * r).sum()
+        total = term if total is None else total + term
+    return total  # type: ignore[return-value]
+
+
+def _flow(
+    model: nn.Module,
+    args: tuple,
+    kwargs: dict,
+    loss_fn: Callable[..., Any] | None,
+    seed: int,
+    device: Any,
+    target: str,
+) -> tuple[ModuleFlow, ...]:
+    """gradtool flow on the same target and inputs: per module, the gradient norm over its
+    own parameters and the largest dead fraction of its activations."""
+    from ..flow import run_flow
+
+    report = run_flow(model, args, kwargs, loss_fn=loss_fn, seed=seed, device=device, target=target)
+    norms: dict[str, float] = {}
+    dead: dict[str, float] = {}
+    calls: list[ModuleFlow] = []
+    for row in report.layers:
+        if row.kind == "layer" and row.grad_norm is not None:
+            norms[row.name] = math.hypot(norms.get(row.name, 0.0), row.grad_norm)
+        if row.dead_fraction is None:
+            continue
+        if row.via is not None:  # a functional call: placed on its op node by the views
+            calls.append(ModuleFlow(row.name, None, row.dead_fraction, row.via, row.call or 1))
+        else:
+            dead[row.name] = max(dead.get(row.name, 0.0), row.dead_fraction)
+    names = sorted(set(norms) | set(dead), key=lambda n: (n.count("."), n))
+    return tuple(ModuleFlow(n, norms.get(n), dead.get(n)) for n in names) + tuple(calls)
