@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from ..results import CheckReport, FlowReport, TargetRun, worst_exit_code
+from ..results import CheckReport, FlowReport, MemoryReport, TargetRun, worst_exit_code
 from ._runs import problem_message, verdict
 from .console import make_console
 
@@ -22,6 +22,7 @@ from .console import make_console
 RENDERERS = {
     CheckReport: ("check_table", "render_check"),
     FlowReport: ("flow_table", "render_flow"),
+    MemoryReport: ("memory_table", "render_memory"),
 }
 
 VERDICT_STYLE = {"pass": "green", "FAIL": "bold red", "not judged": "yellow"}

@@ -151,20 +151,23 @@ def apply_and_verify(
         name="checkpointed copy",
         found_by="gradtool memory --apply-checkpoint",
     )
-    failed = [r.name for r in report.results if not r.passed]
+    failed = [r.name for r in report.failures]
+    unresolved = len(report.inconclusive)
     check_worst = max((r.rel_error for r in report.results), default=None)
-    parts = [
-        f"gradtool check: {len(report.results) - len(failed)}/{len(report.results)} tensors pass"
-    ]
+    counts = f"{len(report.results) - len(failed) - unresolved} pass"
+    if unresolved:  # finite differences could not resolve them: neither verified nor refuted
+        counts += f", {unresolved} inconclusive"
+    parts = [f"gradtool check {counts}, {len(failed)} fail"]
     if failed:
-        parts.append("fail: " + ", ".join(failed[:5]) + ("…" if len(failed) > 5 else ""))
+        parts.append("failing: " + ", ".join(failed[:5]) + ("…" if len(failed) > 5 else ""))
     if differ:
         parts.append(
-            "gradients differ from the plain model's in " + ", ".join(differ[:5])
+            "gradients differ from the plain copy's: "
+            + ", ".join(differ[:5])
             + ("…" if len(differ) > 5 else "")
         )
     else:
-        parts.append(f"gradients as the plain model's (max rel. diff {grad_worst:.1e})")
+        parts.append(f"grads = plain copy's (max diff {grad_worst:.0e})")
     result = CheckpointResult(
         blocks=tuple(blocks),
         predicted_saving_bytes=predicted,
@@ -175,7 +178,7 @@ def apply_and_verify(
         peak_after=peak_after,
         step_ms_before=step_ms_before,
         step_ms_after=step_ms_after,
-        check_passed=report.passed and not differ,
+        check_passed=not failed and not differ and not report.interrupted,
         check_summary="; ".join(parts),
         check_worst_error=check_worst,
         grad_difference=grad_worst,

@@ -45,14 +45,15 @@ def predicted_saving(rec: StepRecord, blocks: Iterable[str]) -> int:
 def rank_candidates(
     model: nn.Module, rec: StepRecord, rows: Sequence[ModuleMemory]
 ) -> list[CheckpointCandidate]:
-    """Blocks worth checkpointing, most bytes freed per millisecond of recompute first: the
-    repeated blocks (siblings of one type with submodules: layers of a stack) and single
-    modules saving a large share; any module saving something when there are neither."""
+    """Blocks worth checkpointing: the repeated blocks (siblings of one type with submodules:
+    the layers of a stack) first, then single modules that would free a large share, then
+    any module that would free something; within each, most bytes freed per millisecond of
+    recompute first."""
     step_ms = rec.forward_total_ms + rec.backward_total_ms
     total = sum(r.saved_bytes for r in rows if r.name == "")
     named = dict(model.named_modules())
     siblings = Counter((n.rpartition(".")[0], type(m)) for n, m in named.items() if n)
-    found: list[tuple[bool, CheckpointCandidate]] = []
+    found: list[tuple[int, CheckpointCandidate]] = []
     for row in rows:
         if not row.name or row.calls != 1 or row.saved_bytes == 0:
             continue
@@ -64,10 +65,10 @@ def rank_candidates(
             siblings[(row.name.rpartition(".")[0], type(module))] > 1
             and next(module.children(), None) is not None
         )
-        preferred = repeated or saving >= BIG_SHARE * total
+        tier = 0 if repeated else 1 if saving >= BIG_SHARE * total else 2
         found.append(
             (
-                preferred,
+                tier,
                 CheckpointCandidate(
                     name=row.name,
                     type=row.type,
@@ -78,8 +79,8 @@ def rank_candidates(
                 ),
             )
         )
-    pool = [c for preferred, c in found if preferred] or [c for _, c in found]
-    return sorted(pool, key=lambda c: (-c.predicted_saving_bytes / max(c.recompute_ms, 1e-3)))
+    found.sort(key=lambda tc: (tc[0], -tc[1].predicted_saving_bytes / max(tc[1].recompute_ms, 1e-3)))
+    return [c for _, c in found]
 
 
 def choose(ranked: Sequence[CheckpointCandidate], top: int) -> list[CheckpointCandidate]:
