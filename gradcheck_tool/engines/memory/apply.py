@@ -79,7 +79,11 @@ def wrap_blocks(model: nn.Module, blocks: Sequence[str]) -> None:
 
 def gradients(session: Any) -> dict[str, torch.Tensor]:
     session.step()
-    return {n: p.grad.detach().clone() for n, p in session.model.named_parameters() if p.grad is not None}
+    return {
+        n: p.grad.detach().clone()
+        for n, p in session.model.named_parameters()
+        if p.grad is not None
+    }
 
 
 def compare_gradients(plain: dict, checkpointed: dict) -> tuple[float, list[str]]:

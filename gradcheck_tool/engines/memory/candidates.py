@@ -79,7 +79,9 @@ def rank_candidates(
                 ),
             )
         )
-    found.sort(key=lambda tc: (tc[0], -tc[1].predicted_saving_bytes / max(tc[1].recompute_ms, 1e-3)))
+    found.sort(
+        key=lambda tc: (tc[0], -tc[1].predicted_saving_bytes / max(tc[1].recompute_ms, 1e-3))
+    )
     return [c for _, c in found]
 
 
