@@ -87,6 +87,8 @@ def render_memory(report: MemoryReport, console: Console) -> None:
         f"inputs {human(report.input_bytes)}"
     )
     console.print(f"peak {human(report.peak_bytes)} ({report.peak_source})")
+    if report.held_cuda_bytes is not None:
+        console.print(f"CUDA memory_allocated over the forward {human(report.held_cuda_bytes)}")
     if report.checkpoint_candidates:
         console.print(Text("checkpointing candidates", style="bold"))
         cands = Table(box=None, pad_edge=False, show_edge=False, header_style="bold")
