@@ -157,3 +157,32 @@ def test_an_unknown_block_names_the_choices():
     with pytest.raises(OptionError) as caught:
         run_memory(model, (torch.randn(1, 2),), {}, apply_checkpoint=True, checkpoint=["nope"])
     assert "nope" in str(caught.value) and "Choose among: 0, 1" in str(caught.value)
+
+
+class Shifty(nn.Module):
+    """Saves a tensor whose shape changes every call: the recomputation cannot match."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        k = 2 + self.calls % 2
+        return torch.tanh(self.lin(x)[:, :k]).sum(1, keepdim=True)
+
+
+def test_a_recomputation_that_cannot_match_fails_the_check():
+    torch.manual_seed(0)
+    model = nn.Sequential(Shifty(), nn.Linear(1, 1))
+    report = run_memory(model, (torch.randn(3, 4),), {}, apply_checkpoint=True, checkpoint=["0"])
+    assert not report.checkpoint.check_passed
+    assert "recomputation differs" in report.checkpoint.check_summary
+    assert report.exit_code == 1
+
+
+def test_checkpoint_names_need_apply_checkpoint():
+    model = nn.Sequential(nn.Linear(2, 2), nn.ReLU())
+    with pytest.raises(OptionError, match="apply_checkpoint is off"):
+        run_memory(model, (torch.randn(1, 2),), {}, checkpoint=["0"])

@@ -27,7 +27,8 @@ from torch import nn
 from ..._guest import RngState, call_user, init_cuda, preserved_state
 from ..._tree import first_tensor, map_tensors
 from ..._version import __version__
-from ...errors import InputError
+from ...errors import InputError, OptionError
+from ...options import at_least
 from ...prepare import copy_of_model, home_device, no_room_on_gpu, parse_device
 from ...results import MemoryReport, ModuleMemory
 from ..flow.train import _StepLoss
@@ -191,6 +192,13 @@ def run_memory(
         raise InputError(
             f"gradtool memory measures an nn.Module; got {type(model).__name__}",
             hint="Point TARGET at a module (or a build_model() that returns one).",
+        )
+    top = at_least("top", top, 1)
+    if checkpoint and not apply_checkpoint:
+        raise OptionError(
+            "checkpoint",
+            "names the blocks apply_checkpoint wraps, and apply_checkpoint is off",
+            hint="Add --apply-checkpoint, or leave --checkpoint out.",
         )
     where = parse_device(device, ("cpu", "cuda")) if device is not None else home_device(model)
     init_cuda(where)

@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import CheckpointError
 from torch.utils.checkpoint import checkpoint as torch_checkpoint
 
 from ...errors import GradtoolError, OptionError
@@ -125,11 +126,27 @@ def apply_and_verify(
     warnings: list[str] = []
     session = Session(model, args, kwargs, loss_fn=loss_fn, device=device, seed=seed, folder=folder)
     wrap_blocks(session.model, blocks)
-    session.step()  # warm-up, as the plain copy had
-    step_ms_after, peak_after = session.peak_step()
-    rec_after, held_by, _ = session.held_step()
-    held_after = sum(held_by.values())
     predicted = predicted_saving(rec_before, blocks)
+    try:
+        session.step()  # warm-up, as the plain copy had
+        step_ms_after, peak_after = session.peak_step()
+        rec_after, held_by, _ = session.held_step()
+    except CheckpointError as exc:  # the recomputation made other tensors than the forward
+        first = str(exc).strip().splitlines()[0]
+        return CheckpointResult(
+            blocks=tuple(blocks),
+            predicted_saving_bytes=predicted,
+            measured_saving_bytes=0,
+            held_before=held_before,
+            held_after=held_before,
+            peak_before=peak_before,
+            peak_after=None,
+            step_ms_before=step_ms_before,
+            step_ms_after=0.0,
+            check_passed=False,
+            check_summary=f"the recomputation differs from the forward ({first})",
+        ), warnings
+    held_after = sum(held_by.values())
     measured = held_before - held_after
     if predicted and abs(measured - predicted) > DISAGREEMENT * abs(predicted):
         warnings.append(
