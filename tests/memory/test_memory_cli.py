@@ -85,3 +85,25 @@ def test_an_unknown_block_exits_2_naming_the_choices():
 )
 def test_human_bytes(n, text):
     assert human(n) == text
+
+
+def test_a_big_model_is_shown_to_the_depth_that_fits():
+    import io
+
+    import torch
+    from torch import nn
+
+    from gradcheck_tool.engines.memory import run_memory
+    from gradcheck_tool.formats.table import write
+
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(16, 2, 32, batch_first=True)
+    report = run_memory(nn.TransformerEncoder(layer, 12), (torch.randn(2, 8, 16),), {})
+    assert len(report.modules) > 100  # every module in the report
+    out = io.StringIO()
+    write(report, out, width=80)
+    lines = out.getvalue().splitlines()
+    assert max(map(len, lines)) <= 80
+    assert "modules to depth 2 of 4 shown" in out.getvalue()
+    table = [line for line in lines if "TransformerEncoderLayer" in line]
+    assert len(table) == 12 + 3  # the 12 layers, and the 3 candidates below the table

@@ -221,7 +221,8 @@ def run_memory(
         chosen = choose(ranked, top)
         result = None
         if apply_checkpoint:
-            blocks = list(checkpoint) or [c.name for c in chosen]
+            place = {m.name: i for i, m in enumerate(modules)}
+            blocks = list(checkpoint) or sorted((c.name for c in chosen), key=place.get)
             if not blocks:
                 warnings.append("no block to checkpoint: nothing saved inside a submodule")
             else:
