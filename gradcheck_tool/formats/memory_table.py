@@ -105,7 +105,7 @@ def render_memory(report: MemoryReport, console: Console) -> None:
             )
         console.print(cands)
     else:
-        console.print("no checkpointing candidate: no submodule saves what it could free")
+        console.print("no checkpointing candidate: checkpointing no submodule would free memory")
     ck = report.checkpoint
     if ck is not None:
         style = "green" if ck.check_passed else "bold red"

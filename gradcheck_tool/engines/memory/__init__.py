@@ -224,7 +224,10 @@ def run_memory(
             place = {m.name: i for i, m in enumerate(modules)}
             blocks = list(checkpoint) or sorted((c.name for c in chosen), key=place.get)
             if not blocks:
-                warnings.append("no block to checkpoint: nothing saved inside a submodule")
+                warnings.append(
+                    "no block to checkpoint: checkpointing no submodule called once would "
+                    "free anything (name blocks with --checkpoint)"
+                )
             else:
                 result = apply_and_verify(
                     model,
