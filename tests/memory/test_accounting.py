@@ -137,3 +137,19 @@ def test_the_users_model_and_state_are_left_as_found():
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert torch.equal(torch.get_rng_state(), rng)
     assert torch.is_grad_enabled() == grad_mode
+
+
+class WritesItsInput(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(3, 3)
+
+    def forward(self, x):
+        x.mul_(2.0)  # in place, on the input it was given
+        return self.lin(x)
+
+
+def test_a_forward_that_writes_into_its_input_leaves_the_users_tensor_alone():
+    x = torch.ones(2, 3)
+    run_memory(WritesItsInput(), (x,), {}, apply_checkpoint=True, checkpoint=["lin"])
+    assert torch.equal(x, torch.ones(2, 3))

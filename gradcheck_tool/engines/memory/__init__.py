@@ -61,7 +61,9 @@ class Session:
             self.model = copy_of_model(model).train()
             if device is not None:
                 self.model.to(device)
-                args, kwargs = map_tensors(lambda t: t.to(device), (args, kwargs))
+            # gradtool's own inputs: a forward that writes into its input must not change
+            # the user's tensors
+            args, kwargs = map_tensors(lambda t: _own_copy(t, device), (args, kwargs))
         except torch.cuda.OutOfMemoryError:
             raise no_room_on_gpu(torch.float32) from None
         self.args, self.kwargs = args, kwargs
@@ -162,6 +164,11 @@ class Session:
         ms = self.step()
         peak = torch.cuda.max_memory_allocated(self.device) if self.on_cuda else None
         return ms, peak
+
+
+def _own_copy(t: torch.Tensor, device: torch.device | None) -> torch.Tensor:
+    copy = t.detach().to(device if device is not None else t.device, copy=True)
+    return copy.requires_grad_(t.requires_grad)
 
 
 def _bytes(t: torch.Tensor) -> int:
