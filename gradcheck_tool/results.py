@@ -639,6 +639,9 @@ class ModuleMemory:
     grad_bytes: int  # its parameters' .grad after the backward
     forward_ms: float
     backward_ms: float
+    # made by its forward's operations and still alive when the backward starts (the held
+    # measurement, submodules included); the checkpointed copy's rows have only this
+    held_bytes: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -652,6 +655,7 @@ class ModuleMemory:
             "grad_bytes": self.grad_bytes,
             "forward_ms": round(self.forward_ms, 4),
             "backward_ms": round(self.backward_ms, 4),
+            "held_bytes": self.held_bytes,
         }
 
 
@@ -696,6 +700,9 @@ class CheckpointResult:
     check_summary: str  # its verdict in one line
     check_worst_error: float | None = None
     modules: tuple[ModuleMemory, ...] = ()  # the checkpointed copy, for --plot's after
+    # the checkpointed copy's autograd gradients against the plain copy's: the largest
+    # difference relative to each gradient's largest entry
+    grad_difference: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -711,6 +718,7 @@ class CheckpointResult:
             "check_passed": self.check_passed,
             "check_summary": self.check_summary,
             "check_worst_error": _json_float(self.check_worst_error),
+            "grad_difference": _json_float(self.grad_difference),
             "modules": [m.to_dict() for m in self.modules],
         }
 
@@ -735,6 +743,9 @@ class MemoryReport:
     dtype: str = ""
     batch_size: int | None = None
     input_bytes: int = 0
+    loss_saved_bytes: int = 0  # saved by the loss (not a module; in saved_bytes_total)
+    held_cuda_bytes: int | None = None  # CUDA: memory_allocated after the forward minus before
+    step_ms: float = 0.0  # the probed step's forward + backward
     warnings: tuple[str, ...] = ()
     seconds: float = 0.0
     interrupted: str | None = None
@@ -769,7 +780,10 @@ class MemoryReport:
             "param_bytes_total": self.param_bytes_total,
             "grad_bytes_total": self.grad_bytes_total,
             "input_bytes": self.input_bytes,
+            "loss_saved_bytes": self.loss_saved_bytes,
             "held_bytes": self.held_bytes,
+            "held_cuda_bytes": self.held_cuda_bytes,
+            "step_ms": round(self.step_ms, 3),
             "peak_bytes": self.peak_bytes,
             "peak_source": self.peak_source,
             "checkpoint_candidates": [c.to_dict() for c in self.checkpoint_candidates],

@@ -14,7 +14,14 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from ..results import CheckReport, FlowReport, GraphReport, TargetRun, worst_exit_code
+from ..results import (
+    CheckReport,
+    FlowReport,
+    GraphReport,
+    MemoryReport,
+    TargetRun,
+    worst_exit_code,
+)
 from ._runs import problem_message, verdict
 from .console import make_console
 
@@ -22,6 +29,7 @@ from .console import make_console
 RENDERERS = {
     CheckReport: ("check_table", "render_check"),
     FlowReport: ("flow_table", "render_flow"),
+    MemoryReport: ("memory_table", "render_memory"),
     GraphReport: ("graph_table", "render_graph"),
 }
 

@@ -1,9 +1,357 @@
-"""`gradtool memory`: what one forward and backward keeps, per module (being built: #15)."""
+"""`gradtool memory`: what one forward and backward keeps, per module, and which blocks to
+checkpoint (verified with `--apply-checkpoint`).
+
+The orchestrator reads as its list of steps, all on gradtool's copy of the model, in train
+mode, at the model's own dtype, each from the same seeded RNG state:
+
+1. a warm-up step (lazy modules initialise, caches fill);
+2. a plain step: its time, and on CUDA the peak (`torch.cuda.max_memory_allocated`);
+3. two probed steps (measure.StepProbe): saved bytes per module, forward and backward
+   times (the faster of the two);
+4. a held step (measure.HeldStorages): the independent measurement of what the forward
+   leaves alive for the backward;
+5. the checkpointing candidates (candidates.py), and with `apply_checkpoint` the advice
+   applied to a fresh copy, measured again and checked (apply.py).
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from ..._guest import RngState, call_user, init_cuda, preserved_state
+from ..._tree import first_tensor, map_tensors
+from ..._version import __version__
+from ...errors import InputError, OptionError
+from ...options import at_least
+from ...prepare import copy_of_model, home_device, no_room_on_gpu, parse_device
+from ...results import MemoryReport, ModuleMemory
+from ..flow.train import _StepLoss
+from .measure import LOSS, HeldStorages, StepProbe, StepRecord, fixed_keys
+
+PEAK_CUDA = "torch.cuda.max_memory_allocated"
+PEAK_CPU = "saved-tensor accounting"
 
 
-def run_memory(model: Any, args: tuple, kwargs: dict, **options: Any) -> Any:
-    raise NotImplementedError("gradtool memory is being built (#15)")
+class Session:
+    """gradtool's copy of the model with its inputs, loss and device; `step()` runs one
+    seeded forward and backward."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        args: tuple,
+        kwargs: dict,
+        *,
+        loss_fn: Callable | None,
+        device: torch.device | None,
+        seed: int,
+        folder: Path | None = None,
+    ) -> None:
+        self.seed = seed
+        self.device = device
+        self.folder = folder
+        try:
+            self.model = copy_of_model(model).train()
+            if device is not None:
+                self.model.to(device)
+            # gradtool's own inputs: a forward that writes into its input must not change
+            # the user's tensors
+            args, kwargs = map_tensors(lambda t: _own_copy(t, device), (args, kwargs))
+        except torch.cuda.OutOfMemoryError:
+            raise no_room_on_gpu(torch.float32) from None
+        self.args, self.kwargs = args, kwargs
+        self.loss = _StepLoss(loss_fn, seed, folder)
+        self.on_cuda = device is not None and device.type == "cuda"
+
+    def sync(self) -> None:
+        if self.on_cuda:
+            torch.cuda.synchronize(self.device)
+
+    def forward(self) -> Any:
+        RngState.seeded(self.seed).restore()  # the same dropout masks in every step
+        return call_user(self.model, *self.args, what="the model", **self.kwargs)
+
+    def loss_of(self, out: Any) -> torch.Tensor:
+        return self.loss(out, self.args, self.kwargs)
+
+    def clear_grads(self) -> None:
+        for p in self.model.parameters():
+            p.grad = None
+
+    def step(self) -> float:
+        """One plain forward and backward; its milliseconds."""
+        self.clear_grads()
+        self.sync()
+        began = time.perf_counter()
+        self.loss_of(self.forward()).backward()
+        self.sync()
+        return (time.perf_counter() - began) * 1e3
+
+    def probed_step(self, *, backward_times: bool = True) -> StepRecord:
+        """The step with every probe on; `backward_times=False` leaves out the function mode
+        that maps autograd nodes to modules: a checkpointed block recomputes its forward
+        outside any mode, and must take the code path its forward took."""
+        probe = StepProbe(self.model, self.sync)
+        self.clear_grads()
+        try:
+            probe.attach()
+            probe.note_inputs(self.args, self.kwargs)
+            nodes = probe.nodes() if backward_times else contextlib.nullcontext()
+            with probe.saving(), nodes:
+                probe.phase = "forward"
+                self.sync()
+                began = time.perf_counter()
+                out = self.forward()
+                self.sync()
+                probe.rec.forward_total_ms = (time.perf_counter() - began) * 1e3
+                probe.phase = "loss"
+                loss = self.loss_of(out)
+                del out
+                probe.phase = "backward"
+            probe.time_backward(loss)
+            began = time.perf_counter()
+            loss.backward()
+            self.sync()
+            probe.rec.backward_total_ms = (time.perf_counter() - began) * 1e3
+        finally:
+            probe.phase = "idle"
+            probe.close()
+        probe.rec.grad_bytes = {
+            name: _bytes(p.grad) for name, p in self.model.named_parameters() if p.grad is not None
+        }
+        return probe.rec
+
+    def held_step(self) -> tuple[StepRecord, dict[str, int], int | None]:
+        """The independent measurement: the step's record (calls, forward times), the bytes
+        the forward's operations made that are alive until the backward by the module that
+        made them, and on CUDA memory_allocated after the forward and loss minus before.
+        No saved-tensors hook: with one, some operations take another path (the attention
+        kernels), which a checkpointed block's recomputation would not take."""
+        self.clear_grads()
+        probe = StepProbe(self.model, self.sync)
+        mode = HeldStorages(fixed_keys(self.model, self.args, self.kwargs), probe.owner)
+        try:
+            probe.attach()
+            self.sync()
+            before = torch.cuda.memory_allocated(self.device) if self.on_cuda else None
+            probe.phase = "forward"
+            with mode:
+                out = self.forward()
+            probe.phase = "backward"
+            loss = self.loss_of(out)
+            del out
+            held = mode.alive()
+            self.sync()
+            grew = torch.cuda.memory_allocated(self.device) - before if self.on_cuda else None
+            loss.backward()
+        finally:
+            probe.phase = "idle"
+            probe.close()
+        self.clear_grads()
+        return probe.rec, held, grew
+
+    def peak_step(self) -> tuple[float, int | None]:
+        """A plain step's milliseconds, and on CUDA its peak allocation."""
+        if self.on_cuda:
+            torch.cuda.reset_peak_memory_stats(self.device)
+        ms = self.step()
+        peak = torch.cuda.max_memory_allocated(self.device) if self.on_cuda else None
+        return ms, peak
+
+
+def _own_copy(t: torch.Tensor, device: torch.device | None) -> torch.Tensor:
+    copy = t.detach().to(device if device is not None else t.device, copy=True)
+    return copy.requires_grad_(t.requires_grad)
+
+
+def _bytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()
+
+
+def run_memory(
+    model: Any,
+    args: tuple,
+    kwargs: dict,
+    *,
+    loss_fn: Callable | None = None,
+    device: str | torch.device | None = None,
+    seed: int = 0,
+    apply_checkpoint: bool = False,
+    checkpoint: Sequence[str] = (),
+    top: int = 3,
+    target: str = "model",
+    found_by: str = "",
+    folder: Path | None = None,
+) -> MemoryReport:
+    """Measure one training step of `model(*args, **kwargs)` per module (see the module
+    docstring). The user's model, RNG state, grad mode and default dtype are left as found."""
+    from .apply import apply_and_verify, check_block_names
+    from .candidates import choose, rank_candidates
+
+    started = time.perf_counter()
+    if not isinstance(model, nn.Module):
+        raise InputError(
+            f"gradtool memory measures an nn.Module; got {type(model).__name__}",
+            hint="Point TARGET at a module (or a build_model() that returns one).",
+        )
+    top = at_least("top", top, 1)
+    if checkpoint and not apply_checkpoint:
+        raise OptionError(
+            "checkpoint",
+            "names the blocks apply_checkpoint wraps, and apply_checkpoint is off",
+            hint="Add --apply-checkpoint, or leave --checkpoint out.",
+        )
+    where = parse_device(device, ("cpu", "cuda")) if device is not None else home_device(model)
+    init_cuda(where)
+    warnings: list[str] = []
+    with preserved_state():
+        torch.set_grad_enabled(True)
+        s = Session(model, args, kwargs, loss_fn=loss_fn, device=where, seed=seed, folder=folder)
+        if checkpoint:
+            check_block_names(s.model, checkpoint)
+        s.step()  # warm-up: lazy modules, caches
+        step_ms, peak = s.peak_step()
+        # times are the faster of two probed steps: one step's time can carry a pause of the
+        # machine's, and the candidates are ranked by it
+        rec = fastest(s.probed_step(), s.probed_step())
+        _, held_by, held_cuda = s.held_step()
+        held = sum(held_by.values())
+        modules = module_rows(s.model, rec, held_by)
+        ranked = rank_candidates(s.model, rec, modules)
+        chosen = choose(ranked, top)
+        result = None
+        if apply_checkpoint:
+            place = {m.name: i for i, m in enumerate(modules)}
+            blocks = list(checkpoint) or sorted((c.name for c in chosen), key=place.get)
+            if not blocks:
+                warnings.append(
+                    "no block to checkpoint: checkpointing no submodule called once would "
+                    "free anything (name blocks with --checkpoint)"
+                )
+            else:
+                result = apply_and_verify(
+                    model,
+                    args,
+                    kwargs,
+                    blocks=blocks,
+                    loss_fn=loss_fn,
+                    device=where,
+                    seed=seed,
+                    before=(rec, held, peak, step_ms),
+                    module_rows=module_rows,
+                    folder=folder,
+                )
+                warnings.extend(result[1])
+                result = result[0]
+    param_total = sum(_bytes(p) for p in s.model.parameters())
+    grad_total = sum(rec.grad_bytes.values())
+    saved_total = _sum(rec, set().union(*rec.own_saved.values()) if rec.own_saved else set())
+    first = first_tensor((args, kwargs))
+    dtype = next((str(p.dtype) for p in s.model.parameters()), "")
+    return MemoryReport(
+        target=target,
+        version=__version__,
+        modules=tuple(modules),
+        saved_bytes_total=saved_total,
+        param_bytes_total=param_total,
+        grad_bytes_total=grad_total,
+        held_bytes=held,
+        peak_bytes=peak if peak is not None else param_total + grad_total + saved_total,
+        peak_source=PEAK_CUDA if peak is not None else PEAK_CPU,
+        checkpoint_candidates=tuple(chosen),
+        checkpoint=result,
+        found_by=found_by,
+        device=str(where or "cpu"),
+        dtype=dtype.replace("torch.", ""),
+        batch_size=int(first.shape[0]) if first is not None and first.dim() >= 1 else None,
+        input_bytes=_sum(rec, rec.step_inputs),
+        loss_saved_bytes=_sum(rec, rec.own_saved.get(LOSS, set())),
+        held_cuda_bytes=held_cuda,
+        step_ms=rec.forward_total_ms + rec.backward_total_ms,
+        warnings=tuple(warnings),
+        seconds=time.perf_counter() - started,
+    )
+
+
+def fastest(first: StepRecord, second: StepRecord) -> StepRecord:
+    """`first`, with each time the smaller of the two steps' (the bytes are the same)."""
+    for times in ("forward_ms", "own_backward_ms"):
+        mine, other = getattr(first, times), getattr(second, times)
+        for name in mine:
+            mine[name] = min(mine[name], other.get(name, mine[name]))
+    first.forward_total_ms = min(first.forward_total_ms, second.forward_total_ms)
+    first.backward_total_ms = min(first.backward_total_ms, second.backward_total_ms)
+    return first
+
+
+def _sum(rec: StepRecord, storages: set[int]) -> int:
+    return sum(rec.sizes[s] for s in storages)
+
+
+def inside(name: str, block: str) -> bool:
+    """`name` is the module `block` or one of its submodules ("" is the model)."""
+    return block == "" or name == block or name.startswith(block + ".")
+
+
+def module_rows(
+    model: nn.Module, rec: StepRecord, held: dict[str, int] | None = None
+) -> list[ModuleMemory]:
+    """Every module, in forward order (a container that is never called itself, such as a
+    ModuleList, comes just before its first called submodule); bytes and times inclusive."""
+    named = dict(model.named_modules())
+    first = {name: i for i, name in enumerate(rec.order)}
+    never = len(first)
+
+    def subtree(name: str) -> list[str]:
+        return [n for n in named if inside(n, name)]
+
+    def order_key(name: str) -> tuple[int, int]:
+        start = min((first[n] for n in subtree(name) if n in first), default=never)
+        return (start, 0 if name == "" else name.count(".") + 1)
+
+    rows = []
+    for name in sorted(named, key=order_key):
+        members = subtree(name)
+        saved = set().union(*(rec.own_saved.get(n, set()) for n in members))
+        params = {id(p): p for n in members for p in named[n].parameters(recurse=False)}
+        grads = {pn: b for pn, b in rec.grad_bytes.items() if inside(pn.rpartition(".")[0], name)}
+        forward = rec.forward_ms.get(name)
+        if forward is None:  # never called itself: its called submodules' time
+            forward = sum(
+                rec.forward_ms.get(n, 0.0)
+                for n in members
+                if n != name and n in rec.calls and _parent_called(n, name, rec)
+            )
+        rows.append(
+            ModuleMemory(
+                name=name,
+                type=type(named[name]).__name__,
+                depth=0 if name == "" else name.count(".") + 1,
+                calls=rec.calls.get(name, 0),
+                saved_bytes=_sum(rec, saved),
+                own_saved_bytes=_sum(rec, rec.own_saved.get(name, set())),
+                param_bytes=sum(_bytes(p) for p in params.values()),
+                grad_bytes=sum(grads.values()),
+                forward_ms=forward,
+                backward_ms=sum(rec.own_backward_ms.get(n, 0.0) for n in members),
+                held_bytes=sum((held or {}).get(n, 0) for n in members),
+            )
+        )
+    return rows
+
+
+def _parent_called(name: str, container: str, rec: StepRecord) -> bool:
+    """`name` is outermost among the called modules between it and `container`."""
+    parts = name.split(".")
+    prefix = container.split(".") if container else []
+    for i in range(len(prefix) + 1, len(parts)):
+        if ".".join(parts[:i]) in rec.calls:
+            return False
+    return True

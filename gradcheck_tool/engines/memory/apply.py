@@ -1,0 +1,208 @@
+"""`--apply-checkpoint`: the advice applied to a fresh copy, measured again, and verified.
+
+Note [verifying a checkpointed copy]
+    Checkpointing must not change a gradient, and two things can make it do so: a block
+    whose forward is not a pure function of its inputs and parameters (it draws randomness
+    the RNG state does not capture, or has a side effect, so the recomputation differs), and
+    a recomputation that never happens (a check that bypassed the checkpoint would verify
+    the plain model). So the checkpointed copy is judged twice: its autograd gradients
+    against the plain copy's, from the same seeded step, and by gradtool's own check, whose
+    analytic pass runs the backward with the checked values substituted
+    (prepare.Problem.substituted): the recomputation sees them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import CheckpointError
+from torch.utils.checkpoint import checkpoint as torch_checkpoint
+
+from ...errors import GradtoolError, OptionError
+from ...results import CheckpointResult
+from .candidates import predicted_saving
+
+GRAD_TOLERANCE = 1e-4  # relative to the gradient's largest entry: rounding, not a change
+DISAGREEMENT = 0.20  # predicted and measured savings further apart than this: a warning
+
+
+class CheckpointedForward:
+    """A block's forward through torch.utils.checkpoint (non-reentrant; the RNG state is
+    preserved, so dropout draws the same mask when recomputed). Set on gradtool's copy as
+    the instance's `forward`; holds the module itself, so a deep copy of the model (the
+    check's float64 copy) gets a forward of its own copy."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.module = module
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        plain = type(self.module).forward
+        return torch_checkpoint(
+            plain, self.module, *args, use_reentrant=False, preserve_rng_state=True, **kwargs
+        )
+
+
+def check_block_names(model: nn.Module, names: Sequence[str]) -> None:
+    """Every name is a submodule of the model, and none contains another."""
+    known = [n for n, _ in model.named_modules() if n]
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        shown = ", ".join(known[:20]) + (f", … ({len(known)} modules)" if len(known) > 20 else "")
+        raise OptionError(
+            "checkpoint",
+            f"names no module of the model: {', '.join(unknown)}",
+            hint=f"Choose among: {shown}",
+        )
+    for a in names:
+        for b in names:
+            if a != b and a.startswith(b + "."):
+                raise OptionError(
+                    "checkpoint", f"names {a!r} inside {b!r}", hint="Name blocks that don't nest."
+                )
+
+
+def wrap_blocks(model: nn.Module, blocks: Sequence[str]) -> None:
+    """Checkpoint each block of gradtool's copy (never the user's model)."""
+    named = dict(model.named_modules())
+    for name in blocks:
+        module = named[name]
+        if "forward" in vars(module):
+            raise GradtoolError(
+                f"cannot checkpoint {name}: its forward is set on the instance",
+                hint="Choose another block with --checkpoint.",
+            )
+        module.forward = CheckpointedForward(module)
+
+
+def gradients(session: Any) -> dict[str, torch.Tensor]:
+    session.step()
+    return {
+        n: p.grad.detach().clone()
+        for n, p in session.model.named_parameters()
+        if p.grad is not None
+    }
+
+
+def compare_gradients(plain: dict, checkpointed: dict) -> tuple[float, list[str]]:
+    """The largest relative difference, and the parameters beyond GRAD_TOLERANCE."""
+    worst, differ = 0.0, []
+    for name in sorted(set(plain) | set(checkpointed)):
+        a, b = plain.get(name), checkpointed.get(name)
+        if a is None or b is None:
+            differ.append(name)
+            worst = float("inf")
+            continue
+        scale = float(a.abs().max()) or 1.0
+        rel = float((a - b).abs().max()) / scale
+        worst = max(worst, rel)
+        if not rel <= GRAD_TOLERANCE:
+            differ.append(name)
+    return worst, differ
+
+
+def apply_and_verify(
+    model: nn.Module,
+    args: tuple,
+    kwargs: dict,
+    *,
+    blocks: Sequence[str],
+    loss_fn: Callable | None,
+    device: torch.device | None,
+    seed: int,
+    before: tuple,
+    module_rows: Callable,
+    folder: Path | None = None,
+) -> tuple[CheckpointResult, list[str]]:
+    """Checkpoint `blocks` on a fresh copy, measure it as the plain one was, and verify its
+    gradients (Note [verifying a checkpointed copy])."""
+    from ...api import check
+    from . import Session
+
+    rec_before, held_before, peak_before, step_ms_before = before
+    warnings: list[str] = []
+    session = Session(model, args, kwargs, loss_fn=loss_fn, device=device, seed=seed, folder=folder)
+    wrap_blocks(session.model, blocks)
+    predicted = predicted_saving(rec_before, blocks)
+    try:
+        session.step()  # warm-up, as the plain copy had
+        step_ms_after, peak_after = session.peak_step()
+        rec_after, held_by, _ = session.held_step()
+    except CheckpointError as exc:  # the recomputation made other tensors than the forward
+        first = str(exc).strip().splitlines()[0]
+        return CheckpointResult(
+            blocks=tuple(blocks),
+            predicted_saving_bytes=predicted,
+            measured_saving_bytes=0,
+            held_before=held_before,
+            held_after=held_before,
+            peak_before=peak_before,
+            peak_after=None,
+            step_ms_before=step_ms_before,
+            step_ms_after=0.0,
+            check_passed=False,
+            check_summary=f"the recomputation differs from the forward ({first})",
+        ), warnings
+    held_after = sum(held_by.values())
+    measured = held_before - held_after
+    if predicted and abs(measured - predicted) > DISAGREEMENT * abs(predicted):
+        warnings.append(
+            f"checkpointing saved {measured} bytes, {predicted} predicted: more than "
+            f"{DISAGREEMENT:.0%} apart"
+        )
+
+    plain = Session(model, args, kwargs, loss_fn=loss_fn, device=device, seed=seed, folder=folder)
+    plain.step()
+    try:
+        grad_worst, differ = compare_gradients(gradients(plain), gradients(session))
+    except GradtoolError:
+        raise
+    except Exception as exc:  # torch.utils.checkpoint's own complaint about a recomputation
+        grad_worst, differ = float("inf"), [f"the recomputation failed: {exc}"]
+    report = check(
+        session.model,
+        args,
+        kwargs=kwargs,
+        loss_fn=loss_fn,
+        seed=seed,
+        device=device,
+        name="checkpointed copy",
+        found_by="gradtool memory --apply-checkpoint",
+    )
+    failed = [r.name for r in report.failures]
+    unresolved = len(report.inconclusive)
+    check_worst = max((r.rel_error for r in report.results), default=None)
+    counts = f"{len(report.results) - len(failed) - unresolved} pass"
+    if unresolved:  # finite differences could not resolve them: neither verified nor refuted
+        counts += f", {unresolved} inconclusive"
+    parts = [f"gradtool check {counts}, {len(failed)} fail"]
+    if failed:
+        parts.append("failing: " + ", ".join(failed[:5]) + ("…" if len(failed) > 5 else ""))
+    if differ:
+        parts.append(
+            "gradients differ from the plain copy's: "
+            + ", ".join(differ[:5])
+            + ("…" if len(differ) > 5 else "")
+        )
+    else:
+        parts.append(f"grads = plain copy's (max diff {grad_worst:.0e})")
+    result = CheckpointResult(
+        blocks=tuple(blocks),
+        predicted_saving_bytes=predicted,
+        measured_saving_bytes=measured,
+        held_before=held_before,
+        held_after=held_after,
+        peak_before=peak_before,
+        peak_after=peak_after,
+        step_ms_before=step_ms_before,
+        step_ms_after=step_ms_after,
+        check_passed=not failed and not differ and not report.interrupted,
+        check_summary="; ".join(parts),
+        check_worst_error=check_worst,
+        grad_difference=grad_worst,
+        modules=tuple(module_rows(session.model, rec_after, held_by)),
+    )
+    return result, warnings
