@@ -1,0 +1,887 @@
+// gradtool graph --html: the autograd graph of one loss, collapsed by module, drawn as SVG.
+// The report (GraphReport.to_dict()) sits in <script id="graph-data">; nothing is fetched.
+// Steps: collapse the fine graph to the expanded modules -> layered layout (longest-path
+// layers, barycentre ordering sweeps, x by isotonic regression) -> SVG -> pan/zoom/expand.
+(function () {
+  "use strict";
+
+  var SVGNS = "http://www.w3.org/2000/svg";
+  var DATA = JSON.parse(document.getElementById("graph-data").textContent);
+  var FONT = '"DejaVu Sans", system-ui, "Segoe UI", Helvetica, Arial, sans-serif';
+  var RANK_SEP = 46; // vertical gap between layers
+  var NODE_GAP = 22; // horizontal gap between neighbours in a layer
+  var DUMMY_W = 6; // a long edge's waypoint
+  var DEAD_BADGE = 0.5; // dead fraction from which a box carries the "dead" badge
+
+  // ---- the report as a module tree ------------------------------------------------------
+
+  var modules = new Map(); // name -> module record (+ children, own nodes)
+  DATA.modules.forEach(function (m) {
+    modules.set(m.name, Object.assign({ children: [], own: [] }, m));
+  });
+  function parentName(name) {
+    if (name === "") return null;
+    var i = name.lastIndexOf(".");
+    return i < 0 ? "" : name.slice(0, i);
+  }
+  function ensureModule(name) {
+    // a node may name a module the report does not list: give it a place in the tree
+    if (modules.has(name)) return modules.get(name);
+    var parent = parentName(name);
+    if (parent !== null) ensureModule(parent);
+    var rec = {
+      name: name, type: "", parent: parent, children: [], own: [], params: [], source: null,
+      depth: parent === null ? 0 : modules.get(parent).depth + 1,
+    };
+    modules.set(name, rec);
+    return rec;
+  }
+  ensureModule("");
+  DATA.nodes.forEach(function (n) { ensureModule(n.module); });
+  (DATA.unreached || []).forEach(function (u) { ensureModule(u.module); });
+  (DATA.flow || []).forEach(function (f) { ensureModule(f.module); });
+  var ROOT = null;
+  modules.forEach(function (m) {
+    if (m.parent !== null && m.parent !== undefined && modules.has(m.parent)) {
+      modules.get(m.parent).children.push(m.name);
+    } else if (ROOT === null || m.name === "") {
+      ROOT = m.name;
+    }
+  });
+
+  var chainCache = new Map();
+  function chain(name) {
+    // the module's ancestors, the root first, the module last
+    var hit = chainCache.get(name);
+    if (hit) return hit;
+    var m = modules.get(name);
+    var out = m.parent !== null && modules.has(m.parent) ? chain(m.parent).concat([name]) : [name];
+    chainCache.set(name, out);
+    return out;
+  }
+  function isUnder(name, ancestor) {
+    return chain(name).indexOf(ancestor) >= 0;
+  }
+
+  // parameters: a node's qualified name, and those that have no path to the loss
+  var unreached = new Map();
+  (DATA.unreached || []).forEach(function (u) { unreached.set(u.name, u); });
+  function paramName(n) {
+    if (n.module === "" || n.label.indexOf(n.module + ".") === 0) return n.label;
+    return n.module + "." + n.label;
+  }
+  var nodes = DATA.nodes.map(function (n) { return Object.assign({}, n); });
+  var seenParams = new Set();
+  nodes.forEach(function (n) {
+    if (n.kind === "param") {
+      n.qualified = paramName(n);
+      n.unreached = unreached.has(n.qualified);
+      seenParams.add(n.qualified);
+    }
+  });
+  // an unreached parameter the forward never used has no node: give it a leaf of its own
+  unreached.forEach(function (u) {
+    if (seenParams.has(u.name)) return;
+    var short = u.module && u.name.indexOf(u.module + ".") === 0 ? u.name.slice(u.module.length + 1) : u.name;
+    nodes.push({ id: "unused:" + u.name, kind: "param", label: short, module: u.module, shape: [],
+      qualified: u.name, unreached: true });
+  });
+  var nodeById = new Map();
+  nodes.forEach(function (n) {
+    nodeById.set(String(n.id), n);
+    if (n.kind !== "input" && n.kind !== "loss") modules.get(n.module).own.push(n);
+  });
+
+  var subtreeParamsCache = new Map();
+  function subtreeParams(name) {
+    var hit = subtreeParamsCache.get(name);
+    if (hit) return hit;
+    var m = modules.get(name);
+    var out = (m.params || []).slice();
+    m.children.forEach(function (c) { out = out.concat(subtreeParams(c)); });
+    subtreeParamsCache.set(name, out);
+    return out;
+  }
+  function unreachedUnder(name) {
+    var out = [];
+    unreached.forEach(function (u) { if (modules.has(u.module) && isUnder(u.module, name)) out.push(u); });
+    return out;
+  }
+  function expandable(name) {
+    var m = modules.get(name);
+    return m.children.length > 0 || m.own.length > 0;
+  }
+
+  // ---- gradient flow (graph --flow) --------------------------------------------------------
+
+  var flowBy = new Map();
+  (DATA.flow || []).forEach(function (f) { flowBy.set(f.module, f); });
+  var hasFlow = flowBy.size > 0;
+  var flowCache = new Map();
+  function flowOf(name) {
+    // a module's own row, else its subtree's: the norm over all their parameters (root of the
+    // sum of squares of disjoint parameter sets), the worst dead fraction
+    if (flowCache.has(name)) return flowCache.get(name);
+    var out = null;
+    var own = flowBy.get(name);
+    if (own && own.grad_norm !== null) {
+      out = { norm: own.grad_norm, dead: own.dead_fraction, rows: 1, combined: false };
+    } else {
+      var sq = 0, rows = 0, dead = own ? own.dead_fraction : null;
+      modules.get(name).children.forEach(function (c) {
+        var f = flowOf(c);
+        if (!f) return;
+        if (f.norm !== null) { sq += f.norm * f.norm; rows += f.rows; }
+        if (f.dead !== null && f.dead !== undefined) dead = dead === null || dead === undefined ? f.dead : Math.max(dead, f.dead);
+      });
+      if (rows > 0 || (dead !== null && dead !== undefined)) {
+        out = { norm: rows > 0 ? Math.sqrt(sq) : null, dead: dead, rows: rows, combined: true };
+      }
+    }
+    flowCache.set(name, out);
+    return out;
+  }
+  var logLo = 0, logHi = 0;
+  (function () {
+    var logs = [];
+    flowBy.forEach(function (f) { if (f.grad_norm > 0) logs.push(Math.log10(f.grad_norm)); });
+    if (logs.length) {
+      logLo = Math.min.apply(null, logs);
+      logHi = Math.max.apply(null, logs);
+      if (logHi - logLo < 1e-9) { logLo -= 0.5; logHi += 0.5; }
+    }
+  })();
+  // viridis, 9 stops
+  var RAMP = ["#440154", "#472d7b", "#3b528b", "#2c728e", "#21918c", "#28ae80", "#5ec962", "#addc30", "#fde725"];
+  function rampColor(t) {
+    t = Math.max(0, Math.min(1, t)) * (RAMP.length - 1);
+    var i = Math.min(RAMP.length - 2, Math.floor(t)), f = t - i;
+    var a = hex(RAMP[i]), b = hex(RAMP[i + 1]);
+    return "rgb(" + [0, 1, 2].map(function (k) { return Math.round(a[k] + (b[k] - a[k]) * f); }).join(",") + ")";
+  }
+  function hex(h) { return [1, 3, 5].map(function (i) { return parseInt(h.slice(i, i + 2), 16); }); }
+  function normColor(norm) {
+    if (norm === null || norm === undefined) return null;
+    if (!(norm > 0)) return "rgb(90,90,90)";
+    return rampColor((Math.log10(norm) - logLo) / (logHi - logLo));
+  }
+  function inkFor(rgb) {
+    var c = rgb.match(/\d+/g).map(Number);
+    return 0.299 * c[0] + 0.587 * c[1] + 0.114 * c[2] > 140 ? "#111" : "#fff";
+  }
+  function sci(x) {
+    if (x === null || x === undefined) return "–";
+    if (x === 0) return "0";
+    return Math.abs(Math.log10(Math.abs(x))) < 3 ? x.toPrecision(3) : x.toExponential(2);
+  }
+  function pct(x) { return Math.round(100 * x) + "%"; }
+
+  // ---- which modules are open -------------------------------------------------------------
+
+  var expanded = new Set();
+  function expandToDepth(depth) {
+    expanded = new Set();
+    modules.forEach(function (m) {
+      if (m.depth < depth && m.children.length > 0) expanded.add(m.name);
+    });
+  }
+  expandToDepth(DATA.depth);
+
+  function unitKeyOf(n) {
+    if (n.kind === "input" || n.kind === "loss") return "n:" + n.id;
+    var c = chain(n.module);
+    for (var i = 0; i < c.length; i++) if (!expanded.has(c[i])) return "m:" + c[i];
+    return "n:" + n.id;
+  }
+
+  // ---- the collapsed graph ----------------------------------------------------------------
+
+  var measureCtx = document.createElement("canvas").getContext("2d");
+  var widthCache = new Map();
+  function textWidth(text, font) {
+    var key = font + "|" + text;
+    var hit = widthCache.get(key);
+    if (hit === undefined) {
+      measureCtx.font = font;
+      hit = measureCtx.measureText(text).width;
+      widthCache.set(key, hit);
+    }
+    return hit;
+  }
+  function moduleTitle(name) { return name === "" ? "(model)" : name; }
+  function boxText(name) {
+    var m = modules.get(name);
+    var title = moduleTitle(name);
+    if (title.length > 30) title = "…" + title.slice(title.length - 29);
+    return { title: title, type: m.type || "" };
+  }
+  function paramPillText(name) {
+    var params = subtreeParams(name);
+    if (!params.length) return null;
+    var bad = unreachedUnder(name).length;
+    if (params.length <= 2) {
+      return params.map(function (p) { return p.slice(p.lastIndexOf(".") + 1); }).join(", ");
+    }
+    return params.length + " params" + (bad ? " · " + bad + " unreached" : "");
+  }
+
+  function buildGraph() {
+    var units = new Map();
+    var unitOfNode = new Map();
+    nodes.forEach(function (n) {
+      var key = unitKeyOf(n);
+      unitOfNode.set(String(n.id), key);
+      var u = units.get(key);
+      if (!u) {
+        u = key.charAt(0) === "m"
+          ? { key: key, kind: "module", module: key.slice(2), members: 0, innerCuts: new Set() }
+          : { key: key, kind: n.kind, node: n, module: n.module, members: 0, innerCuts: new Set() };
+        units.set(key, u);
+      }
+      u.members += 1;
+    });
+    var edgeMap = new Map();
+    DATA.edges.forEach(function (e) {
+      var a = unitOfNode.get(String(e.src)), b = unitOfNode.get(String(e.dst));
+      if (a === undefined || b === undefined) return;
+      if (a === b) {
+        if (e.cut) units.get(a).innerCuts.add(e.cut);
+        return;
+      }
+      var key = a + "\u0000" + b + "\u0000" + (e.cut || "");
+      var rec = edgeMap.get(key);
+      if (!rec) edgeMap.set(key, (rec = { src: a, dst: b, cut: e.cut || null, count: 0 }));
+      rec.count += 1;
+    });
+    units.forEach(sizeUnit);
+    return { units: Array.from(units.values()), edges: Array.from(edgeMap.values()) };
+  }
+
+  function cutLabelWidth(cut) { return textWidth("✂ " + cut, "600 11px " + FONT) + 10; }
+
+  function sizeUnit(u) {
+    if (u.kind === "module") {
+      var t = boxText(u.module);
+      u.text = t;
+      var boxW = Math.max(textWidth(t.title, "600 13px " + FONT), textWidth(t.type, "11px " + FONT)) + 26;
+      if (expandable(u.module)) boxW += 12;
+      u.boxW = Math.max(96, Math.ceil(boxW));
+      u.h = 40;
+      u.pill = paramPillText(u.module);
+      u.pillW = u.pill ? Math.ceil(textWidth(u.pill, "10px " + FONT)) + 14 : 0;
+      u.w = u.boxW + (u.pill ? u.pillW + 12 : 0);
+      u.ax = u.pill ? (u.w - u.boxW) / 2 : 0; // the box's centre, right of the unit's
+    } else {
+      var n = u.node;
+      u.text = n.kind === "param" ? n.label : n.kind === "loss" ? n.label || "loss" : n.label;
+      var font = n.kind === "op" ? "11px " + FONT : "600 11px " + FONT;
+      u.boxW = Math.ceil(textWidth(u.text, font)) + (n.kind === "op" ? 14 : 22);
+      u.h = n.kind === "op" ? 22 : 26;
+      u.w = u.boxW;
+      u.ax = 0;
+    }
+  }
+
+  // ---- layered layout ----------------------------------------------------------------------
+
+  function layout(g) {
+    var V = g.units.length;
+    var index = new Map();
+    g.units.forEach(function (u, i) { index.set(u.key, i); });
+    var out = [], inn = [];
+    for (var i = 0; i < V; i++) { out.push([]); inn.push([]); }
+    // 1. break cycles (a module called twice makes one): depth-first, back edges reversed
+    var E = g.edges.map(function (e) { return { s: index.get(e.src), t: index.get(e.dst), e: e, reversed: false }; });
+    var adj = [];
+    for (i = 0; i < V; i++) adj.push([]);
+    E.forEach(function (d, k) { adj[d.s].push(k); });
+    var state = new Uint8Array(V); // 0 new, 1 on stack, 2 done
+    for (var root = 0; root < V; root++) {
+      if (state[root]) continue;
+      var stack = [[root, 0]];
+      state[root] = 1;
+      while (stack.length) {
+        var top = stack[stack.length - 1];
+        if (top[1] < adj[top[0]].length) {
+          var d = E[adj[top[0]][top[1]++]];
+          if (state[d.t] === 1) d.reversed = true;
+          else if (state[d.t] === 0) { state[d.t] = 1; stack.push([d.t, 0]); }
+        } else {
+          state[top[0]] = 2;
+          stack.pop();
+        }
+      }
+    }
+    E.forEach(function (d) {
+      if (d.reversed) { var s = d.s; d.s = d.t; d.t = s; }
+      if (d.s !== d.t) { out[d.s].push(d); inn[d.t].push(d); }
+    });
+    // 2. layers: longest path from the sources; a source that is not an input sits just above
+    // its first consumer (a parameter leaf next to the op that uses it)
+    var rank = new Int32Array(V), indeg = new Int32Array(V), order = [];
+    for (i = 0; i < V; i++) indeg[i] = inn[i].length;
+    var queue = [];
+    for (i = 0; i < V; i++) if (!indeg[i]) queue.push(i);
+    while (queue.length) {
+      var v = queue.shift();
+      order.push(v);
+      out[v].forEach(function (d) {
+        rank[d.t] = Math.max(rank[d.t], rank[v] + 1);
+        if (--indeg[d.t] === 0) queue.push(d.t);
+      });
+    }
+    for (i = order.length - 1; i >= 0; i--) {
+      v = order[i];
+      if (inn[v].length || !out[v].length || g.units[v].kind === "input") continue;
+      var lowest = Infinity;
+      out[v].forEach(function (d) { lowest = Math.min(lowest, rank[d.t]); });
+      rank[v] = lowest - 1;
+    }
+    var maxRank = 0;
+    for (i = 0; i < V; i++) maxRank = Math.max(maxRank, rank[i]);
+    // 3. long edges get a waypoint per layer they cross
+    var verts = g.units.map(function (u, k) { return { unit: u, rank: rank[k], w: u.w, h: u.h, up: [], down: [] }; });
+    E.forEach(function (d) {
+      if (d.s === d.t) { d.path = null; return; }
+      var prev = d.s;
+      d.path = [d.s];
+      // a cut edge's label rides on its middle waypoint, which is as wide as the label
+      var labelRank = d.e.cut ? Math.floor((rank[d.s] + rank[d.t]) / 2) : -1;
+      for (var r = rank[d.s] + 1; r < rank[d.t]; r++) {
+        var w = verts.length;
+        var wide = r === labelRank ? cutLabelWidth(d.e.cut) : DUMMY_W;
+        verts.push({ unit: null, rank: r, w: wide, h: r === labelRank ? 18 : 0, up: [], down: [], label: r === labelRank });
+        verts[prev].down.push(w);
+        verts[w].up.push(prev);
+        d.path.push(w);
+        prev = w;
+      }
+      verts[prev].down.push(d.t);
+      verts[d.t].up.push(prev);
+      d.path.push(d.t);
+    });
+    var layers = [];
+    for (var r = 0; r <= maxRank; r++) layers.push([]);
+    // initial order: first seen in a depth-first walk from the sources, in the report's order
+    var seen = new Uint8Array(verts.length);
+    function visit(s) {
+      var st = [s];
+      while (st.length) {
+        var x = st.pop();
+        if (seen[x]) continue;
+        seen[x] = 1;
+        layers[verts[x].rank].push(x);
+        for (var j = verts[x].down.length - 1; j >= 0; j--) st.push(verts[x].down[j]);
+      }
+    }
+    for (i = 0; i < verts.length; i++) if (!verts[i].up.length) visit(i);
+    for (i = 0; i < verts.length; i++) visit(i);
+    // 4. ordering: barycentre sweeps, down and up, keeping the order with fewest crossings
+    var pos = new Float64Array(verts.length);
+    function number() { layers.forEach(function (L) { L.forEach(function (x, j) { pos[x] = j; }); }); }
+    number();
+    function sweep(down) {
+      var from = down ? 1 : layers.length - 2, to = down ? layers.length : -1, step = down ? 1 : -1;
+      for (var r = from; r !== to; r += step) {
+        var L = layers[r];
+        var bary = new Map();
+        L.forEach(function (x) {
+          var nb = down ? verts[x].up : verts[x].down;
+          if (!nb.length) { bary.set(x, pos[x]); return; }
+          var sum = 0;
+          nb.forEach(function (y) { sum += pos[y]; });
+          bary.set(x, sum / nb.length);
+        });
+        L.sort(function (a, b) { return bary.get(a) - bary.get(b) || pos[a] - pos[b]; });
+        L.forEach(function (x, j) { pos[x] = j; });
+      }
+    }
+    function crossings() {
+      var total = 0;
+      for (var r = 0; r + 1 < layers.length; r++) {
+        var pairs = [];
+        layers[r].forEach(function (x) { verts[x].down.forEach(function (y) { pairs.push([pos[x], pos[y]]); }); });
+        pairs.sort(function (a, b) { return a[0] - b[0] || a[1] - b[1]; });
+        var n = layers[r + 1].length, tree = new Int32Array(n + 1), seenCount = 0;
+        pairs.forEach(function (p) {
+          // Fenwick tree: edges seen so far that end right of this one
+          var s = 0;
+          for (var k = p[1] + 1; k > 0; k -= k & -k) s += tree[k];
+          total += seenCount - s;
+          for (k = p[1] + 1; k <= n; k += k & -k) tree[k] += 1;
+          seenCount += 1;
+        });
+      }
+      return total;
+    }
+    var best = crossings(), bestLayers = layers.map(function (L) { return L.slice(); });
+    for (var it = 0; it < 8 && best > 0; it++) {
+      sweep(it % 2 === 0);
+      var c = crossings();
+      if (c < best) { best = c; bestLayers = layers.map(function (L) { return L.slice(); }); }
+    }
+    layers = bestLayers;
+    number();
+    // 5. x: each vertex as near the mean of its neighbours as the gaps allow (isotonic
+    // regression of the wished positions, pool-adjacent-violators), sweeps down and up
+    var xs = new Float64Array(verts.length);
+    function gap(a, b) {
+      var real = (verts[a].unit ? 1 : 0) + (verts[b].unit ? 1 : 0);
+      var g2 = real === 2 ? NODE_GAP : real === 1 ? 16 : 8;
+      return verts[a].w / 2 + verts[b].w / 2 + g2;
+    }
+    layers.forEach(function (L) {
+      var x = 0;
+      L.forEach(function (v, j) { if (j) x += gap(L[j - 1], v); xs[v] = x; });
+      L.forEach(function (v) { xs[v] -= x / 2; });
+    });
+    function centre(v) { return xs[v] + (verts[v].unit ? verts[v].unit.ax : 0); }
+    function place(L, wish) {
+      var n = L.length, offs = new Float64Array(n);
+      for (var j = 1; j < n; j++) offs[j] = offs[j - 1] + gap(L[j - 1], L[j]);
+      var blocks = []; // [sum, weight, count]
+      for (j = 0; j < n; j++) {
+        blocks.push([wish[j] - offs[j], 1, 1]);
+        while (blocks.length > 1) {
+          var b = blocks[blocks.length - 1], a = blocks[blocks.length - 2];
+          if (a[0] / a[1] <= b[0] / b[1]) break;
+          a[0] += b[0]; a[1] += b[1]; a[2] += b[2];
+          blocks.pop();
+        }
+      }
+      j = 0;
+      blocks.forEach(function (bl) {
+        for (var k = 0; k < bl[2]; k++, j++) xs[L[j]] = bl[0] / bl[1] + offs[j];
+      });
+    }
+    function align(useUp, useDown) {
+      layers.forEach(function (L) {
+        var wish = L.map(function (v) {
+          var sum = 0, n = 0;
+          if (useUp) verts[v].up.forEach(function (y) { sum += centre(y); n++; });
+          if (useDown) verts[v].down.forEach(function (y) { sum += centre(y); n++; });
+          var ax = verts[v].unit ? verts[v].unit.ax : 0;
+          return n ? sum / n - ax : xs[v];
+        });
+        place(L, wish);
+      });
+    }
+    for (it = 0; it < 6; it++) {
+      if (it % 2 === 0) align(true, false);
+      else { layers.reverse(); align(false, true); layers.reverse(); }
+    }
+    align(true, true);
+    // 6. y by layer, and the whole drawing moved to positive coordinates
+    var ys = new Float64Array(maxRank + 1), y = 0;
+    layers.forEach(function (L, r) {
+      var h = 0;
+      L.forEach(function (v) { h = Math.max(h, verts[v].h); });
+      if (r) y += RANK_SEP;
+      ys[r] = y + h / 2;
+      y += h;
+    });
+    var minX = Infinity;
+    verts.forEach(function (v, k) { minX = Math.min(minX, xs[k] - v.w / 2); });
+    verts.forEach(function (v, k) { v.x = xs[k] - minX + 20; v.y = ys[v.rank] + 30; });
+    g.units.forEach(function (u, k) { u.x = verts[k].x; u.y = verts[k].y; u.cx = u.x + u.ax; });
+    // 7. each edge as the points it passes, in the forward's direction
+    E.forEach(function (d) {
+      if (!d.path) return;
+      var pts = d.path.map(function (k) {
+        var v = verts[k];
+        return { x: v.unit ? v.unit.cx : v.x, y: v.y, h: v.unit ? v.h : 0 };
+      });
+      pts[0] = { x: pts[0].x, y: pts[0].y + pts[0].h / 2 };
+      var last = pts[pts.length - 1];
+      pts[pts.length - 1] = { x: last.x, y: last.y - last.h / 2 };
+      d.e.labelAt = null;
+      d.path.forEach(function (k) { if (verts[k].label) d.e.labelAt = { x: verts[k].x, y: verts[k].y }; });
+      d.e.points = d.reversed ? pts.reverse() : pts;
+      d.e.reversed = d.reversed;
+    });
+    return { crossings: best, layers: layers.length };
+  }
+
+  // ---- drawing -------------------------------------------------------------------------------
+
+  function el(tag, attrs, parent) {
+    var e = document.createElementNS(SVGNS, tag);
+    for (var k in attrs) if (attrs[k] !== null && attrs[k] !== undefined) e.setAttribute(k, attrs[k]);
+    if (parent) parent.appendChild(e);
+    return e;
+  }
+  function text(parent, x, y, s, cls) {
+    var t = el("text", { x: x, y: y, class: cls }, parent);
+    t.textContent = s;
+    return t;
+  }
+  function pathOf(pts) {
+    var d = "M" + pts[0].x.toFixed(1) + "," + pts[0].y.toFixed(1);
+    for (var i = 1; i < pts.length; i++) {
+      var p = pts[i - 1], q = pts[i], my = ((p.y + q.y) / 2).toFixed(1);
+      d += " C" + p.x.toFixed(1) + "," + my + " " + q.x.toFixed(1) + "," + my + " " + q.x.toFixed(1) + "," + q.y.toFixed(1);
+    }
+    return d;
+  }
+
+  var svg = document.getElementById("graph");
+  var viewport = document.getElementById("viewport");
+  var tip = document.getElementById("tip");
+  var current = null; // the drawn graph
+
+  function render() {
+    var g = buildGraph();
+    var info = layout(g);
+    current = g;
+    while (viewport.firstChild) viewport.removeChild(viewport.firstChild);
+    var frameLayer = el("g", { class: "frames" }, viewport);
+    var edgeLayer = el("g", { class: "edges" }, viewport);
+    var nodeLayer = el("g", { class: "nodes" }, viewport);
+    var labelLayer = el("g", { class: "edge-labels" }, viewport);
+    drawFrames(g, frameLayer);
+    g.edges.forEach(function (e) {
+      if (!e.points) return;
+      var p = el("path", {
+        d: pathOf(e.points),
+        class: e.cut ? "edge cut" : "edge",
+        "marker-end": e.cut ? "url(#arrow-cut)" : "url(#arrow)",
+        "data-src": e.src, "data-dst": e.dst, "data-cut": e.cut,
+      }, edgeLayer);
+      if (e.cut) {
+        var mid = e.labelAt || p.getPointAtLength(p.getTotalLength() / 2);
+        var lg = el("g", { class: "edge-label", "data-cut": e.cut }, labelLayer);
+        var label = "✂ " + e.cut;
+        var w = cutLabelWidth(e.cut);
+        el("rect", { x: mid.x - w / 2, y: mid.y - 9, width: w, height: 18, rx: 4 }, lg);
+        text(lg, mid.x, mid.y + 4, label, "");
+      }
+    });
+    g.units.forEach(function (u) { (u.kind === "module" ? drawBox : drawNode)(u, nodeLayer); });
+    var bbox = { w: 0, h: 0 };
+    g.units.forEach(function (u) { bbox.w = Math.max(bbox.w, u.x + u.w / 2 + 20); bbox.h = Math.max(bbox.h, u.y + u.h / 2 + 20); });
+    g.bbox = bbox;
+    svg.dataset.boxes = String(g.units.filter(function (u) { return u.kind === "module"; }).length);
+    svg.dataset.units = String(g.units.length);
+    svg.dataset.crossings = String(info.crossings);
+    document.getElementById("view-summary").textContent =
+      g.units.length + " shown · " + g.edges.length + " edges · " + info.layers + " layers";
+    document.getElementById("depth-value").textContent = String(shownDepth());
+  }
+
+  function drawFrames(g, layer) {
+    var boxes = new Map(); // expanded module -> bbox of what it contains
+    function grow(name, x0, y0, x1, y1) {
+      var b = boxes.get(name);
+      if (!b) boxes.set(name, { x0: x0, y0: y0, x1: x1, y1: y1 });
+      else { b.x0 = Math.min(b.x0, x0); b.y0 = Math.min(b.y0, y0); b.x1 = Math.max(b.x1, x1); b.y1 = Math.max(b.y1, y1); }
+    }
+    g.units.forEach(function (u) {
+      var owner = u.kind === "module" ? modules.get(u.module).parent : u.node.module;
+      if (u.kind === "input" || u.kind === "loss" || owner === null || !expanded.has(owner)) return;
+      grow(owner, u.x - u.w / 2, u.y - u.h / 2, u.x + u.w / 2, u.y + u.h / 2);
+    });
+    var names = Array.from(expanded).filter(function (n) { return n !== ROOT; });
+    names.sort(function (a, b) { return modules.get(b).depth - modules.get(a).depth; });
+    var frames = [];
+    names.forEach(function (name) {
+      var b = boxes.get(name);
+      if (!b) return;
+      var f = { x0: b.x0 - 8, y0: b.y0 - 20, x1: b.x1 + 8, y1: b.y1 + 8 };
+      var parent = modules.get(name).parent;
+      if (parent !== null && expanded.has(parent) && parent !== ROOT) grow(parent, f.x0, f.y0, f.x1, f.y1);
+      frames.push([name, f]);
+    });
+    // drawn outermost first, so an inner frame's title is never under an outer frame
+    frames.reverse().forEach(function (pair) {
+      var name = pair[0], f = pair[1];
+      var fg = el("g", { class: "frame", "data-module": name }, layer);
+      el("rect", { x: f.x0, y: f.y0, width: f.x1 - f.x0, height: f.y1 - f.y0, rx: 8 }, fg);
+      var head = el("g", { class: "frame-head", "data-module": name }, fg);
+      var label = "▾ " + moduleTitle(name) + (modules.get(name).type ? "  " + modules.get(name).type : "");
+      el("rect", { x: f.x0, y: f.y0, width: textWidth(label, "600 11px " + FONT) + 14, height: 17, rx: 6 }, head);
+      text(head, f.x0 + 7, f.y0 + 12.5, label, "");
+      head.addEventListener("click", function (ev) { onClick(ev, function () { collapse(name); }); });
+      hoverable(head, name);
+    });
+  }
+
+  function drawBox(u, layer) {
+    var m = modules.get(u.module);
+    var g = el("g", { class: "box", "data-module": u.module, transform: "translate(" + (u.x - u.w / 2).toFixed(1) + "," + (u.y - u.h / 2).toFixed(1) + ")" }, layer);
+    var bx = u.w - u.boxW; // the box sits right of its parameter leaf
+    var bad = unreachedUnder(u.module);
+    if (u.pill) {
+      var pg = el("g", { class: bad.length ? "param-leaf unreached" : "param-leaf" }, g);
+      el("line", { x1: u.pillW, y1: u.h / 2, x2: bx, y2: u.h / 2 }, pg);
+      el("rect", { x: 0, y: u.h / 2 - 9, width: u.pillW, height: 18, rx: 9 }, pg);
+      text(pg, u.pillW / 2, u.h / 2 + 3.5, u.pill, "");
+    }
+    var flow = hasFlow ? flowOf(u.module) : null;
+    var fill = flow ? normColor(flow.norm) : null;
+    var rect = el("rect", { class: "box-rect", x: bx, y: 0, width: u.boxW, height: u.h, rx: 6 }, g);
+    if (fill) { rect.style.fill = fill; g.classList.add("flow"); }
+    var ink = fill ? inkFor(fill) : null;
+    var t1 = text(g, bx + u.boxW / 2, 17, u.text.title, "box-title");
+    var t2 = text(g, bx + u.boxW / 2, 31, u.text.type, "box-type");
+    if (ink) { t1.style.fill = ink; t2.style.fill = ink; }
+    if (expandable(u.module)) {
+      g.classList.add("expandable");
+      var plus = text(g, bx + u.boxW - 9, 13, "+", "box-plus");
+      if (ink) plus.style.fill = ink;
+    }
+    if (flow && flow.dead !== null && flow.dead !== undefined && flow.dead >= DEAD_BADGE) {
+      var label = "dead " + pct(flow.dead);
+      var w = textWidth(label, "600 10px " + FONT) + 10;
+      var bg = el("g", { class: "badge dead" }, g);
+      el("rect", { x: bx + 4, y: -11, width: w, height: 14, rx: 7 }, bg);
+      text(bg, bx + 4 + w / 2, -0.5, label, "");
+    }
+    if (u.innerCuts.size) {
+      var cl = "✂ " + Array.from(u.innerCuts).join(", ");
+      var cw = textWidth(cl, "600 10px " + FONT) + 10;
+      var cg = el("g", { class: "badge inner-cut" }, g);
+      el("rect", { x: bx - 4, y: u.h - 7, width: cw, height: 15, rx: 7 }, cg);
+      text(cg, bx - 4 + cw / 2, u.h + 4, cl, "");
+    }
+    if (bad.length && bad.length === subtreeParams(u.module).length) g.classList.add("all-unreached");
+    g.addEventListener("click", function (ev) {
+      onClick(ev, function () {
+        if (expandable(u.module)) expand(u.module);
+        select(u.module);
+      });
+    });
+    hoverable(g, m.name);
+  }
+
+  function drawNode(u, layer) {
+    var n = u.node;
+    var cls = "fine " + n.kind + (n.unreached ? " unreached" : "");
+    var g = el("g", { class: cls, "data-node": String(n.id), "data-module": n.module, transform: "translate(" + (u.x - u.w / 2).toFixed(1) + "," + (u.y - u.h / 2).toFixed(1) + ")" }, layer);
+    el("rect", { x: 0, y: 0, width: u.w, height: u.h, rx: n.kind === "op" ? 4 : u.h / 2 }, g);
+    text(g, u.w / 2, u.h / 2 + 4, u.text, "");
+    g.addEventListener("mouseenter", function (ev) { showTip(ev, nodeTip(n)); });
+    g.addEventListener("mousemove", moveTip);
+    g.addEventListener("mouseleave", hideTip);
+  }
+
+  // ---- interaction: pan, zoom, expand -------------------------------------------------------
+
+  var view = { x: 0, y: 0, k: 1 };
+  function applyView() {
+    viewport.setAttribute("transform", "translate(" + view.x.toFixed(2) + "," + view.y.toFixed(2) + ") scale(" + view.k.toFixed(4) + ")");
+    document.getElementById("zoom-value").textContent = Math.round(view.k * 100) + "%";
+  }
+  function zoomAt(factor, px, py) {
+    var k = Math.max(0.03, Math.min(6, view.k * factor));
+    view.x = px - (px - view.x) * (k / view.k);
+    view.y = py - (py - view.y) * (k / view.k);
+    view.k = k;
+    applyView();
+  }
+  function fit(readable) {
+    // the whole graph; `readable`: never so small that labels can't be read, top-aligned
+    var r = svg.getBoundingClientRect(), b = current.bbox;
+    var kw = (r.width - 20) / b.w, kh = (r.height - 20) / b.h;
+    var k = Math.min(kw, kh, 1.25);
+    if (readable && k < 0.7) k = Math.min(kw, 0.7, 1.25);
+    view.k = k;
+    view.x = (r.width - b.w * k) / 2;
+    view.y = b.h * k <= r.height ? (r.height - b.h * k) / 2 : 10;
+    applyView();
+  }
+  function centreOf() { var r = svg.getBoundingClientRect(); return [r.width / 2, r.height / 2]; }
+
+  var drag = null, dragged = false;
+  svg.addEventListener("pointerdown", function (ev) {
+    if (ev.button !== 0) return;
+    drag = { x: ev.clientX, y: ev.clientY, vx: view.x, vy: view.y, id: ev.pointerId };
+    dragged = false;
+  });
+  window.addEventListener("pointermove", function (ev) {
+    if (!drag) return;
+    var dx = ev.clientX - drag.x, dy = ev.clientY - drag.y;
+    if (!dragged && Math.abs(dx) + Math.abs(dy) < 4) return;
+    dragged = true;
+    svg.classList.add("panning");
+    view.x = drag.vx + dx;
+    view.y = drag.vy + dy;
+    applyView();
+  });
+  window.addEventListener("pointerup", function () { drag = null; svg.classList.remove("panning"); });
+  svg.addEventListener("wheel", function (ev) {
+    ev.preventDefault();
+    var r = svg.getBoundingClientRect();
+    zoomAt(Math.exp(-ev.deltaY * 0.0015), ev.clientX - r.left, ev.clientY - r.top);
+  }, { passive: false });
+  function onClick(ev, action) {
+    ev.stopPropagation();
+    if (dragged) return; // the end of a pan, not a click
+    action();
+  }
+  document.getElementById("zoom-in").addEventListener("click", function () { var c = centreOf(); zoomAt(1.25, c[0], c[1]); });
+  document.getElementById("zoom-out").addEventListener("click", function () { var c = centreOf(); zoomAt(0.8, c[0], c[1]); });
+  document.getElementById("zoom-fit").addEventListener("click", function () { fit(false); });
+  document.getElementById("depth-less").addEventListener("click", function () { setDepth(shownDepth() - 1); });
+  document.getElementById("depth-more").addEventListener("click", function () { setDepth(shownDepth() + 1); });
+  document.getElementById("depth-reset").addEventListener("click", function () { setDepth(DATA.depth); });
+
+  function shownDepth() {
+    // the deepest level of boxes on screen
+    var d = 0;
+    expanded.forEach(function (n) { d = Math.max(d, modules.get(n).depth + 1); });
+    return d;
+  }
+  function rerender(keepAnchor) {
+    // keep the clicked module where it was, so the view does not jump
+    var before = keepAnchor ? anchorPoint(keepAnchor) : null;
+    render();
+    var after = keepAnchor ? anchorPoint(keepAnchor) : null;
+    if (before && after) {
+      view.x += (before[0] - after[0]) * view.k;
+      view.y += (before[1] - after[1]) * view.k;
+      applyView();
+    }
+  }
+  function anchorPoint(name) {
+    // where the module (or its first shown descendant) is drawn
+    var best = null;
+    current.units.forEach(function (u) {
+      var m = u.kind === "module" ? u.module : u.node.module;
+      if (m !== undefined && isUnder(m, name) && (!best || u.y < best[1])) best = [u.cx !== undefined ? u.cx : u.x, u.y];
+    });
+    return best;
+  }
+  function expand(name) { expanded.add(name); rerender(name); }
+  function collapse(name) {
+    expanded.forEach(function (n) { if (isUnder(n, name)) expanded.delete(n); });
+    rerender(name);
+    select(name);
+  }
+  function setDepth(d) {
+    d = Math.max(0, d);
+    expandToDepth(d);
+    render();
+    fit(true);
+  }
+
+  // ---- the side panel and tooltips ----------------------------------------------------------
+
+  function hoverable(g, name) {
+    g.addEventListener("mouseenter", function (ev) { showTip(ev, moduleTip(name)); });
+    g.addEventListener("mousemove", moveTip);
+    g.addEventListener("mouseleave", hideTip);
+  }
+  function moduleLines(name) {
+    var m = modules.get(name);
+    var lines = [[moduleTitle(name), "strong"], [m.type || "module", "type"]];
+    var params = subtreeParams(name);
+    if (params.length) {
+      var shown = params.slice(0, 8).map(function (p) { return name && p.indexOf(name + ".") === 0 ? p.slice(name.length + 1) : p; });
+      lines.push([params.length + " parameter" + (params.length > 1 ? "s" : "") + ": " + shown.join(", ") + (params.length > 8 ? ", …" : ""), ""]);
+    }
+    var bad = unreachedUnder(name);
+    if (bad.length) lines.push([bad.length + " with no path to the loss", "bad"]);
+    if (m.source) lines.push([m.source.file + ":" + m.source.line, "loc"]);
+    var f = hasFlow ? flowOf(name) : null;
+    if (f) {
+      lines.push(["gradient norm " + sci(f.norm) + (f.combined ? " (" + f.rows + " layers)" : ""), ""]);
+      if (f.dead !== null && f.dead !== undefined) lines.push(["dead " + pct(f.dead), f.dead >= DEAD_BADGE ? "bad" : ""]);
+    }
+    if (expandable(name)) lines.push([expanded.has(name) ? "click the frame's title to collapse" : "click to expand", "hint"]);
+    return lines;
+  }
+  function moduleTip(name) { return moduleLines(name); }
+  function nodeTip(n) {
+    var lines = [[n.kind === "param" ? n.qualified : n.label, "strong"], [n.kind + " in " + moduleTitle(n.module), "type"]];
+    if (n.shape && n.shape.length) lines.push(["shape (" + n.shape.join(", ") + ")", ""]);
+    if (n.unreached) lines.push([unreached.get(n.qualified).reason, "bad"]);
+    return lines;
+  }
+  function fillLines(box, lines) {
+    while (box.firstChild) box.removeChild(box.firstChild);
+    lines.forEach(function (l) {
+      var d = document.createElement("div");
+      d.className = l[1];
+      d.textContent = l[0];
+      box.appendChild(d);
+    });
+  }
+  function showTip(ev, lines) { fillLines(tip, lines); tip.hidden = false; moveTip(ev); }
+  function moveTip(ev) {
+    var x = ev.clientX + 14, y = ev.clientY + 14;
+    var w = tip.offsetWidth, h = tip.offsetHeight;
+    if (x + w > window.innerWidth) x = ev.clientX - w - 10;
+    if (y + h > window.innerHeight) y = ev.clientY - h - 10;
+    tip.style.left = x + "px";
+    tip.style.top = y + "px";
+  }
+  function hideTip() { tip.hidden = true; }
+  function select(name) {
+    var box = document.getElementById("selected");
+    fillLines(box, moduleLines(name));
+    document.getElementById("selected-section").hidden = false;
+  }
+
+  function panel() {
+    document.getElementById("target").textContent = DATA.target;
+    var meta = ["gradtool " + DATA.version, DATA.nodes.length + " autograd nodes", DATA.modules.length + " modules"];
+    if (DATA.found_by) meta.push(DATA.found_by);
+    document.getElementById("meta").textContent = meta.join(" · ");
+    var cuts = DATA.cuts || [];
+    document.getElementById("cuts-count").textContent = String(cuts.length);
+    var list = document.getElementById("cuts");
+    if (!cuts.length) list.appendChild(li("no cut: every value reaches the loss with its gradient", "none"));
+    cuts.forEach(function (c) {
+      var item = li("", "cut");
+      var head = document.createElement("div");
+      var kind = document.createElement("span");
+      kind.className = "kind";
+      kind.textContent = c.kind;
+      head.appendChild(kind);
+      head.appendChild(document.createTextNode(" " + moduleTitle(c.producer) + " → " + (c.consumer === null ? "(nothing)" : moduleTitle(c.consumer))));
+      item.appendChild(head);
+      if (c.location) item.appendChild(div(c.location.file + ":" + c.location.line + (c.location.what ? "  " + c.location.what : ""), "loc"));
+      if (c.text) item.appendChild(div(c.text, "text"));
+      if (c.params && c.params.length) item.appendChild(div("cuts off " + c.params.join(", "), "text"));
+      list.appendChild(item);
+    });
+    var un = DATA.unreached || [];
+    document.getElementById("unreached-count").textContent = String(un.length);
+    var ul = document.getElementById("unreached");
+    if (!un.length) ul.appendChild(li("every parameter reaches the loss", "none"));
+    un.forEach(function (u) {
+      var item = li("", "unreached");
+      item.appendChild(div(u.name, "name"));
+      item.appendChild(div(u.reason, "text"));
+      ul.appendChild(item);
+    });
+    var warn = DATA.warnings || [];
+    if (warn.length) {
+      document.getElementById("warnings-section").hidden = false;
+      var wl = document.getElementById("warnings");
+      warn.forEach(function (w) { wl.appendChild(li(w, "")); });
+    }
+    if (hasFlow) {
+      document.getElementById("legend-section").hidden = false;
+      var stops = [];
+      for (var i = 0; i <= 10; i++) stops.push(rampColor(i / 10));
+      document.getElementById("legend-ramp").style.background = "linear-gradient(to right," + stops.join(",") + ")";
+      document.getElementById("legend-lo").textContent = sci(Math.pow(10, logLo));
+      document.getElementById("legend-hi").textContent = sci(Math.pow(10, logHi));
+      document.getElementById("legend-dead").textContent = "dead ≥ " + pct(DEAD_BADGE);
+    }
+  }
+  function li(s, cls) { var e = document.createElement("li"); e.className = cls; if (s) e.textContent = s; return e; }
+  function div(s, cls) { var e = document.createElement("div"); e.className = cls; e.textContent = s; return e; }
+
+  panel();
+  render();
+  fit(true);
+  window.addEventListener("resize", function () { fit(true); });
+  svg.dataset.ready = "true";
+  // for a console: the state behind the drawing
+  window.gradtoolGraph = {
+    data: DATA, view: view, setDepth: setDepth, expand: expand, collapse: collapse,
+    expanded: function () { return Array.from(expanded); },
+  };
+})();

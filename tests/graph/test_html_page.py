@@ -1,0 +1,295 @@
+"""`gradtool graph --html`: the page, in a real headless browser (Debian's chromium and
+chromedriver, driven by selenium), opened from file:// on hand-made reports
+(graph_reports.py). Screenshots go to test-artifacts/ (or $GRADTOOL_TEST_ARTIFACTS)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import re
+import shutil
+from pathlib import Path
+
+import graph_reports
+import pytest
+
+from gradcheck_tool.formats.graph_html import to_html, write_html
+
+REPO = Path(__file__).resolve().parents[2]
+ARTIFACTS = Path(os.environ.get("GRADTOOL_TEST_ARTIFACTS", REPO / "test-artifacts"))
+CHROMIUM = os.environ.get("GRADTOOL_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+CHROMEDRIVER = (
+    os.environ.get("GRADTOOL_CHROMEDRIVER") or shutil.which("chromedriver") or "/usr/bin/chromedriver"
+)
+INSTALL = "Debian: apt-get install chromium chromium-driver (.ci/run does it on CI)"
+
+
+# --- the page as text (no browser) -----------------------------------------------------------
+
+
+def _embedded(page: str) -> dict:
+    m = re.search(r'<script type="application/json" id="graph-data">(.*?)</script>', page, re.S)
+    assert m, "no embedded data"
+    return json.loads(m.group(1))
+
+
+def test_the_page_embeds_the_report_and_loads_nothing():
+    report = graph_reports.detached_branch()
+    page = to_html(report)
+    assert _embedded(page) == json.loads(json.dumps(report.to_dict()))
+    # every script and style inline: no src/href, no <link>, no URL but the SVG namespace
+    assert not re.search(r"\b(src|href)\s*=", page)
+    assert "<link" not in page
+    urls = set(re.findall(r"https?://[^\s\"')]+", page))
+    assert urls <= {"http://www.w3.org/2000/svg"}, urls
+
+
+def test_a_target_that_looks_like_html_stays_data():
+    report = dataclasses.replace(
+        graph_reports.detached_branch(), target="m.py:</script><script>alert(1)</script>"
+    )
+    page = to_html(report)
+    assert page.count("</script>") == 2  # the data's and the page's own
+    assert _embedded(page)["target"] == report.target
+
+
+# --- the page in headless Chromium -----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def browser():
+    pytest.importorskip("selenium", reason="pip install -e '.[test]' installs selenium")
+    if not (os.access(CHROMIUM, os.X_OK) and os.access(CHROMEDRIVER, os.X_OK)):
+        pytest.skip(f"no chromium/chromedriver at {CHROMIUM}, {CHROMEDRIVER}: {INSTALL}")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common import selenium_manager
+
+    def offline(*args, **kwargs):
+        raise AssertionError("Selenium Manager would download a driver: no network in tests")
+
+    # the driver and the browser are named, so Selenium Manager has nothing to find; if it
+    # is ever asked, the test fails instead of reaching the network
+    saved = selenium_manager.SeleniumManager.binary_paths
+    selenium_manager.SeleniumManager.binary_paths = offline
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
+                "--window-size=1400,900", "--hide-scrollbars", "--disable-gpu"):  # fmt: skip
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+        selenium_manager.SeleniumManager.binary_paths = saved
+
+
+def _open(browser, report, name: str) -> None:
+    path = write_html(report, ARTIFACTS / f"graph_{name}.html")
+    browser.get(path.resolve().as_uri())
+    assert browser.execute_script("return document.getElementById('graph').dataset.ready")
+    _assert_no_console_errors(browser)
+
+
+def _assert_no_console_errors(browser) -> None:
+    bad = [e for e in browser.get_log("browser") if e["level"] in ("SEVERE", "WARNING")]
+    assert not bad, bad
+
+
+def _boxes(browser) -> list[str]:
+    return browser.execute_script(
+        "return Array.from(document.querySelectorAll('g.box')).map(g => g.dataset.module)"
+    )
+
+
+def _scale(browser) -> float:
+    transform = browser.find_element("id", "viewport").get_attribute("transform")
+    return float(re.search(r"scale\(([-\d.e]+)\)", transform).group(1))
+
+
+def _screenshot(browser, name: str) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    assert browser.save_screenshot(str(ARTIFACTS / f"graph_{name}.png"))
+
+
+def _click(browser, css: str) -> None:
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    ActionChains(browser).move_to_element(browser.find_element("css selector", css)).click().perform()
+
+
+def test_a_12_layer_transformer_is_one_box_per_block(browser):
+    report = graph_reports.transformer(12)
+    _open(browser, report, "transformer12")
+    boxes = _boxes(browser)
+    # embed, pos, 12 Blocks, norm, head: counted by hand, and by the definition
+    assert len(boxes) == 16 == graph_reports.expected_boxes(report)
+    assert sorted(boxes) == sorted(
+        ["embed", "pos", "norm", "head"] + [f"layers.{i}" for i in range(12)]
+    )
+    # the forward's order top to bottom: each Block below the one before
+    ys = browser.execute_script(
+        "return Array.from({length: 12}, (_, i) => document.querySelector("
+        "`g.box[data-module='layers.${i}']`).getBoundingClientRect().top)"
+    )
+    assert ys == sorted(ys) and len(set(ys)) == 12
+    assert browser.find_element("css selector", ".frame[data-module='layers']")  # the ModuleList
+    _screenshot(browser, "transformer12")
+
+
+def test_clicking_a_box_expands_it_and_its_frame_title_collapses_it(browser):
+    report = graph_reports.transformer(12)
+    _open(browser, report, "transformer12")
+    _click(browser, "g.box[data-module='layers.3']")
+    boxes = _boxes(browser)
+    children = ["layers.3.ln1", "layers.3.attn", "layers.3.ln2", "layers.3.mlp"]
+    assert len(boxes) == 16 - 1 + 4 and set(children) <= set(boxes)
+    assert "layers.3" not in boxes
+    # the Block's own residual Adds are drawn as autograd nodes inside its frame
+    adds = browser.find_elements("css selector", "g.fine.op[data-module='layers.3']")
+    assert [a.text for a in adds] == ["Add", "Add"]
+    assert browser.find_element("css selector", "#selected .strong").text == "layers.3"
+    _screenshot(browser, "transformer12_expanded")
+    _click(browser, "g.box[data-module='layers.3.attn']")  # one level deeper
+    assert {"layers.3.attn.qkv", "layers.3.attn.proj"} <= set(_boxes(browser))
+    _click(browser, ".frame-head[data-module='layers.3']")  # collapses it and all below
+    assert sorted(_boxes(browser)) == sorted(
+        ["embed", "pos", "norm", "head"] + [f"layers.{i}" for i in range(12)]
+    )
+    assert not browser.find_elements("css selector", ".frame[data-module^='layers.3']")
+    _assert_no_console_errors(browser)
+
+
+def test_zoom_and_pan_change_the_transform(browser):
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.actions.wheel_input import ScrollOrigin
+
+    _open(browser, graph_reports.transformer(12), "transformer12")
+    before = _scale(browser)
+    browser.find_element("id", "zoom-in").click()
+    assert _scale(browser) == pytest.approx(before * 1.25, rel=1e-3)
+    browser.find_element("id", "zoom-out").click()
+    assert _scale(browser) == pytest.approx(before, rel=1e-3)
+    svg = browser.find_element("id", "graph")
+    ActionChains(browser).scroll_from_origin(ScrollOrigin.from_element(svg), 0, -200).perform()
+    assert _scale(browser) == pytest.approx(before * math.exp(200 * 0.0015), rel=1e-2)
+    # a drag on the background moves the drawing and keeps the scale
+    viewport = browser.find_element("id", "viewport")
+    moved_from = viewport.get_attribute("transform")
+    scale = _scale(browser)
+    ActionChains(browser).move_to_element_with_offset(svg, -450, 300).click_and_hold().move_by_offset(
+        120, -80
+    ).release().perform()
+    assert viewport.get_attribute("transform") != moved_from
+    assert _scale(browser) == pytest.approx(scale)
+    assert len(_boxes(browser)) == 16  # the drag was not a click on a box
+    # fit: the whole drawing inside the window
+    browser.find_element("id", "zoom-fit").click()
+    inside = browser.execute_script(
+        "const s = document.getElementById('graph').getBoundingClientRect();"
+        "const v = document.getElementById('viewport').getBoundingClientRect();"
+        "return v.left >= s.left - 1 && v.right <= s.right + 1 && v.top >= s.top - 1"
+        " && v.bottom <= s.bottom + 1"
+    )
+    assert inside
+    _screenshot(browser, "transformer12_fit")
+    _assert_no_console_errors(browser)
+
+
+def test_the_detached_branch_shows_its_cuts_and_unreached_parameters(browser):
+    report = graph_reports.detached_branch()
+    _open(browser, report, "detached_branch")
+    assert sorted(_boxes(browser)) == ["aux", "encoder", "gate", "head", "spare"]
+    assert len(_boxes(browser)) == graph_reports.expected_boxes(report)
+    cuts = browser.find_elements("css selector", "path.edge.cut")
+    assert sorted(c.get_attribute("data-cut") for c in cuts) == [".item()", "detach()"]
+    assert browser.find_element("css selector", "path.edge.cut[data-src='m:aux']")
+    labels = browser.find_elements("css selector", "g.edge-label")
+    assert sorted(lb.text for lb in labels) == ["✂ .item()", "✂ detach()"]
+    # a cut's label covers no box or node
+    overlaps = browser.execute_script(
+        "const r = e => e.getBoundingClientRect();"
+        "const hit = (a, b) => a.left < b.right && b.left < a.right && a.top < b.bottom"
+        " && b.top < a.bottom;"
+        "const labels = Array.from(document.querySelectorAll('g.edge-label rect')).map(r);"
+        "const things = Array.from(document.querySelectorAll('.box-rect, g.fine rect')).map(r);"
+        "return labels.filter(l => things.some(t => hit(l, t))).length"
+    )
+    assert overlaps == 0
+    panel_cuts = [li.text for li in browser.find_elements("css selector", "#cuts li")]
+    assert len(panel_cuts) == 2
+    assert "detach()" in panel_cuts[0] and "aux → (model)" in panel_cuts[0]
+    assert "tests/graph/detached_branch.py:23" in panel_cuts[0]
+    assert ".item()" in panel_cuts[1] and "tests/graph/detached_branch.py:25" in panel_cuts[1]
+    names = [e.text for e in browser.find_elements("css selector", "#unreached li .name")]
+    assert names == [u.name for u in report.unreached]
+    # the spare Linear never ran: its box is there, marked, with its parameters as red leaves
+    assert browser.find_element("css selector", "g.box.all-unreached[data-module='spare']")
+    red = browser.find_elements("css selector", "g.box .param-leaf.unreached")
+    assert len(red) == 3  # aux, gate, spare
+    _screenshot(browser, "detached_branch")
+    # a leaf module expands into its autograd nodes and parameters, the unreached ones red
+    _click(browser, "g.box[data-module='spare']")
+    params = browser.find_elements("css selector", "g.fine.param.unreached[data-module='spare']")
+    assert sorted(p.text for p in params) == ["bias", "weight"]
+    _click(browser, "g.box[data-module='aux']")
+    assert browser.find_element("css selector", "path.edge.cut[data-cut='detach()']")
+    _screenshot(browser, "detached_branch_expanded")
+    _assert_no_console_errors(browser)
+
+
+def test_flow_colours_boxes_by_gradient_norm(browser):
+    report = graph_reports.transformer(12, flow=True)
+    _open(browser, report, "transformer12_flow")
+    norms = {f.module: f.grad_norm for f in report.flow if f.grad_norm is not None}
+    # the legend spans the rows' norms
+    low, high = (float(browser.find_element("id", i).text) for i in ("legend-lo", "legend-hi"))
+    assert low == pytest.approx(min(norms.values()), rel=1e-2)
+    assert high == pytest.approx(max(norms.values()), rel=1e-2)
+    fills = browser.execute_script(
+        "const out = {}; document.querySelectorAll('g.box').forEach(g => {"
+        " out[g.dataset.module] = getComputedStyle(g.querySelector('.box-rect')).fill; });"
+        "return out"
+    )
+
+    def lightness(rgb: str) -> float:  # viridis brightens as the norm grows
+        r, g, b = (int(v) for v in re.findall(r"\d+", rgb)[:3])
+        return 0.299 * r + 0.587 * g + 0.114 * b
+
+    # a Block's norm is over all its parameters: the root of the sum of its rows' squares
+    block = {
+        i: math.sqrt(sum(n * n for m, n in norms.items() if m.startswith(f"layers.{i}.")))
+        for i in range(12)
+    }
+    by_norm = sorted(range(12), key=lambda i: block[i])
+    assert [lightness(fills[f"layers.{i}"]) for i in by_norm] == sorted(
+        lightness(fills[f"layers.{i}"]) for i in range(12)
+    )
+    assert lightness(fills["layers.0"]) < lightness(fills["layers.11"])
+    dead = browser.execute_script(
+        "return Array.from(document.querySelectorAll('g.box .badge.dead'))"
+        ".map(b => [b.closest('g.box').dataset.module, b.textContent])"
+    )
+    assert sorted(dead) == [["layers.7", "dead 90%"], ["layers.8", "dead 90%"]]
+    _screenshot(browser, "transformer12_flow")
+    _assert_no_console_errors(browser)
+
+
+def test_a_graph_of_2000_nodes_renders_and_expands(browser):
+    report = graph_reports.wide(60)
+    assert len(report.nodes) >= 2000
+    _open(browser, report, "wide60")
+    assert len(_boxes(browser)) == graph_reports.expected_boxes(report) == 64
+    browser.find_element("id", "depth-more").click()
+    deeper = dataclasses.replace(report, depth=3)
+    assert len(_boxes(browser)) == graph_reports.expected_boxes(deeper) == 4 + 60 * 4
+    browser.find_element("id", "depth-more").click()
+    deepest = dataclasses.replace(report, depth=4)
+    assert len(_boxes(browser)) == graph_reports.expected_boxes(deepest)
+    browser.find_element("id", "depth-reset").click()
+    assert len(_boxes(browser)) == 64
+    _assert_no_console_errors(browser)
