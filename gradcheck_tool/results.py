@@ -792,6 +792,11 @@ class GraphModule:
     depth: int  # the level --depth counts (0 the model)
     params: tuple[str, ...] = ()  # its own parameters' qualified names
     source: SourceLocation | None = None
+    # a ModuleList/ModuleDict: never runs, takes no level of its own (its children have its
+    # depth) and is never a box of the collapsed graph
+    container: bool = False
+    numel: int = 0  # elements of its own parameters
+    order: int | None = None  # when its forward first ran (0 the model); None: never ran
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -801,6 +806,9 @@ class GraphModule:
             "depth": self.depth,
             "params": list(self.params),
             "source": self.source.to_dict() if self.source is not None else None,
+            "container": self.container,
+            "numel": self.numel,
+            "order": self.order,
         }
 
 
@@ -848,6 +856,7 @@ class GraphCut:
     text: str  # one line for the report
     location: SourceLocation | None = None  # the user's line that cut it
     params: tuple[str, ...] = ()  # parameters that no longer reach the loss because of it
+    module: str | None = None  # the module whose forward made the cutting call
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -857,6 +866,7 @@ class GraphCut:
             "text": self.text,
             "location": self.location.to_dict() if self.location is not None else None,
             "params": list(self.params),
+            "module": self.module,
         }
 
 
@@ -879,12 +889,18 @@ class ModuleFlow:
     module: str
     grad_norm: float | None
     dead_fraction: float | None = None
+    # a functional activation called in the module's own forward (torch.relu), its k-th call:
+    # the dead fraction is that call's (grad_norm None); the views put it on the op's node
+    via: str | None = None
+    call: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "module": self.module,
             "grad_norm": _json_float(self.grad_norm),
             "dead_fraction": _json_float(self.dead_fraction),
+            "via": self.via,
+            "call": self.call,
         }
 
 
@@ -906,6 +922,8 @@ class GraphReport:
     warnings: tuple[str, ...] = ()
     seconds: float = 0.0
     interrupted: str | None = None
+    max_depth: int = 0  # the deepest level any module has
+    depth_given: bool = False  # --depth was given (else `depth` was chosen: formats/_graph.py)
 
     @property
     def passed(self) -> bool:
@@ -926,6 +944,8 @@ class GraphReport:
             "found_by": self.found_by,
             "interrupted": self.interrupted,
             "depth": self.depth,
+            "max_depth": self.max_depth,
+            "depth_given": self.depth_given,
             "modules": [m.to_dict() for m in self.modules],
             "nodes": [n.to_dict() for n in self.nodes],
             "edges": [e.to_dict() for e in self.edges],

@@ -8,7 +8,7 @@
   var SVGNS = "http://www.w3.org/2000/svg";
   var DATA = JSON.parse(document.getElementById("graph-data").textContent);
   var FONT = '"DejaVu Sans", system-ui, "Segoe UI", Helvetica, Arial, sans-serif';
-  var RANK_SEP = 46; // vertical gap between layers
+  var RANK_SEP = 36; // vertical gap between layers
   var NODE_GAP = 22; // horizontal gap between neighbours in a layer
   var DUMMY_W = 6; // a long edge's waypoint
   var DEAD_BADGE = 0.5; // dead fraction from which a box carries the "dead" badge
@@ -40,6 +40,21 @@
   DATA.nodes.forEach(function (n) { ensureModule(n.module); });
   (DATA.unreached || []).forEach(function (u) { ensureModule(u.module); });
   (DATA.flow || []).forEach(function (f) { ensureModule(f.module); });
+  // a container (ModuleList, ModuleDict) never runs: it is never a box or a frame; what is
+  // under it hangs on its nearest ancestor that is not one, as in the DOT view
+  var hostOf = new Map();
+  modules.forEach(function (m) {
+    if (!m.container) return;
+    var h = m;
+    while (h.container && h.parent !== null && modules.has(h.parent)) h = modules.get(h.parent);
+    hostOf.set(m.name, h.name);
+  });
+  hostOf.forEach(function (h, c) {
+    modules.get(h).params = (modules.get(h).params || []).concat(modules.get(c).params || []);
+  });
+  hostOf.forEach(function (h, c) { modules.delete(c); });
+  function home(name) { return hostOf.has(name) ? hostOf.get(name) : name; }
+  modules.forEach(function (m) { if (m.parent !== null && hostOf.has(m.parent)) m.parent = hostOf.get(m.parent); });
   var ROOT = null;
   modules.forEach(function (m) {
     if (m.parent !== null && m.parent !== undefined && modules.has(m.parent)) {
@@ -65,12 +80,12 @@
 
   // parameters: a node's qualified name, and those that have no path to the loss
   var unreached = new Map();
-  (DATA.unreached || []).forEach(function (u) { unreached.set(u.name, u); });
+  (DATA.unreached || []).forEach(function (u) { unreached.set(u.name, Object.assign({}, u, { module: home(u.module) })); });
   function paramName(n) {
     if (n.module === "" || n.label.indexOf(n.module + ".") === 0) return n.label;
     return n.module + "." + n.label;
   }
-  var nodes = DATA.nodes.map(function (n) { return Object.assign({}, n); });
+  var nodes = DATA.nodes.map(function (n) { return Object.assign({}, n, { module: home(n.module) }); });
   var seenParams = new Set();
   nodes.forEach(function (n) {
     if (n.kind === "param") {
@@ -114,37 +129,62 @@
 
   // ---- gradient flow (graph --flow) --------------------------------------------------------
 
-  var flowBy = new Map();
-  (DATA.flow || []).forEach(function (f) { flowBy.set(f.module, f); });
-  var hasFlow = flowBy.size > 0;
+  // a module's row: the gradient norm over its own parameters, the largest dead fraction of
+  // its activation modules; rows with `via`: a functional activation its forward called
+  var flowBy = new Map(), callsBy = new Map();
+  (DATA.flow || []).forEach(function (f) {
+    var name = home(f.module);
+    if (f.via) {
+      if (!callsBy.has(name)) callsBy.set(name, []);
+      callsBy.get(name).push(f);
+    } else if (flowBy.has(name)) { // a container's row joins its host's
+      var a = flowBy.get(name);
+      flowBy.set(name, { module: name, grad_norm: rss(a.grad_norm, f.grad_norm), dead_fraction: worst(a.dead_fraction, f.dead_fraction) });
+    } else {
+      flowBy.set(name, f);
+    }
+  });
+  function rss(a, b) {
+    if (a === null || a === undefined) return b === undefined ? null : b;
+    if (b === null || b === undefined) return a;
+    return Math.hypot(a, b);
+  }
+  function worst(a, b) {
+    if (a === null || a === undefined) return b === undefined ? null : b;
+    if (b === null || b === undefined) return a;
+    return Math.max(a, b);
+  }
+  var hasFlow = DATA.flow && DATA.flow.length > 0;
   var flowCache = new Map();
   function flowOf(name) {
-    // a module's own row, else its subtree's: the norm over all their parameters (root of the
-    // sum of squares of disjoint parameter sets), the worst dead fraction
+    // a box: the norm over every parameter under it (the root of the sum of the squares of
+    // its modules' norms: their parameters are disjoint), the worst dead fraction under it
     if (flowCache.has(name)) return flowCache.get(name);
-    var out = null;
     var own = flowBy.get(name);
-    if (own && own.grad_norm !== null) {
-      out = { norm: own.grad_norm, dead: own.dead_fraction, rows: 1, combined: false };
-    } else {
-      var sq = 0, rows = 0, dead = own ? own.dead_fraction : null;
-      modules.get(name).children.forEach(function (c) {
-        var f = flowOf(c);
-        if (!f) return;
-        if (f.norm !== null) { sq += f.norm * f.norm; rows += f.rows; }
-        if (f.dead !== null && f.dead !== undefined) dead = dead === null || dead === undefined ? f.dead : Math.max(dead, f.dead);
-      });
-      if (rows > 0 || (dead !== null && dead !== undefined)) {
-        out = { norm: rows > 0 ? Math.sqrt(sq) : null, dead: dead, rows: rows, combined: true };
-      }
-    }
+    var out = { norm: own ? own.grad_norm : null, dead: own ? own.dead_fraction : null, rows: own && own.grad_norm !== null ? 1 : 0 };
+    (callsBy.get(name) || []).forEach(function (c) { out.dead = worst(out.dead, c.dead_fraction); });
+    modules.get(name).children.forEach(function (c) {
+      var f = flowOf(c);
+      if (!f) return;
+      out.norm = rss(out.norm, f.norm);
+      out.dead = worst(out.dead, f.dead);
+      out.rows += f.rows;
+    });
+    if (out.norm === null && (out.dead === null || out.dead === undefined)) out = null;
     flowCache.set(name, out);
     return out;
   }
   var logLo = 0, logHi = 0;
   (function () {
+    // the scale spans what a box can show: every module's norm but the whole model's (which
+    // is largest, and a box only at depth 0), so a box keeps its colour when others expand
     var logs = [];
-    flowBy.forEach(function (f) { if (f.grad_norm > 0) logs.push(Math.log10(f.grad_norm)); });
+    if (hasFlow) {
+      modules.forEach(function (m) {
+        var f = m.name === ROOT ? null : flowOf(m.name);
+        if (f && f.norm > 0) logs.push(Math.log10(f.norm));
+      });
+    }
     if (logs.length) {
       logLo = Math.min.apply(null, logs);
       logHi = Math.max.apply(null, logs);
@@ -316,8 +356,8 @@
       if (d.reversed) { var s = d.s; d.s = d.t; d.t = s; }
       if (d.s !== d.t) { out[d.s].push(d); inn[d.t].push(d); }
     });
-    // 2. layers: longest path from the sources; a source that is not an input sits just above
-    // its first consumer (a parameter leaf next to the op that uses it)
+    // 2. layers: longest path from the sources; then every vertex but an input moves down to
+    // just above its first consumer (a parameter and its transpose next to the op using them)
     var rank = new Int32Array(V), indeg = new Int32Array(V), order = [];
     for (i = 0; i < V; i++) indeg[i] = inn[i].length;
     var queue = [];
@@ -332,7 +372,7 @@
     }
     for (i = order.length - 1; i >= 0; i--) {
       v = order[i];
-      if (inn[v].length || !out[v].length || g.units[v].kind === "input") continue;
+      if (!out[v].length || g.units[v].kind === "input") continue;
       var lowest = Infinity;
       out[v].forEach(function (d) { lowest = Math.min(lowest, rank[d.t]); });
       rank[v] = lowest - 1;
@@ -374,8 +414,8 @@
         for (var j = verts[x].down.length - 1; j >= 0; j--) st.push(verts[x].down[j]);
       }
     }
-    for (i = 0; i < verts.length; i++) if (!verts[i].up.length) visit(i);
-    for (i = 0; i < verts.length; i++) visit(i);
+    for (i = 0; i < verts.length; i++) if (!verts[i].up.length && verts[i].down.length) visit(i);
+    for (i = 0; i < verts.length; i++) visit(i); // unconnected ones (an unused parameter) last
     // 4. ordering: barycentre sweeps, down and up, keeping the order with fewest crossings
     var pos = new Float64Array(verts.length);
     function number() { layers.forEach(function (L) { L.forEach(function (x, j) { pos[x] = j; }); }); }
@@ -439,9 +479,12 @@
     function place(L, wish) {
       var n = L.length, offs = new Float64Array(n);
       for (var j = 1; j < n; j++) offs[j] = offs[j - 1] + gap(L[j - 1], L[j]);
-      var blocks = []; // [sum, weight, count]
+      var blocks = []; // [weighted sum, weight, count]
       for (j = 0; j < n; j++) {
-        blocks.push([wish[j] - offs[j], 1, 1]);
+        // a leaf (one neighbour: a parameter, an input) gives way to the chain beside it,
+        // else the chain drifts sideways by half a leaf at every layer
+        var v = verts[L[j]], wt = v.up.length + v.down.length > 1 || !v.unit ? 1 : 0.05;
+        blocks.push([(wish[j] - offs[j]) * wt, wt, 1]);
         while (blocks.length > 1) {
           var b = blocks[blocks.length - 1], a = blocks[blocks.length - 2];
           if (a[0] / a[1] <= b[0] / b[1]) break;
@@ -457,9 +500,13 @@
     function align(useUp, useDown) {
       layers.forEach(function (L) {
         var wish = L.map(function (v) {
-          var sum = 0, n = 0;
-          if (useUp) verts[v].up.forEach(function (y) { sum += centre(y); n++; });
-          if (useDown) verts[v].down.forEach(function (y) { sum += centre(y); n++; });
+          // the real neighbours when there are any: an op joining a long edge (a residual
+          // Add) stays in line with the op before it, and the long edge bends instead
+          var nb = (useUp ? verts[v].up : []).concat(useDown ? verts[v].down : []);
+          var real = nb.filter(function (y) { return verts[y].unit; });
+          if (real.length) nb = real;
+          var sum = 0, n = nb.length;
+          nb.forEach(function (y) { sum += centre(y); });
           var ax = verts[v].unit ? verts[v].unit.ax : 0;
           return n ? sum / n - ax : xs[v];
         });
@@ -683,7 +730,7 @@
     var r = svg.getBoundingClientRect(), b = current.bbox;
     var kw = (r.width - 20) / b.w, kh = (r.height - 20) / b.h;
     var k = Math.min(kw, kh, 1.25);
-    if (readable && k < 0.7) k = Math.min(kw, 0.7, 1.25);
+    if (readable && k < 0.85) k = Math.min(kw, 0.85, 1.25);
     view.k = k;
     view.x = (r.width - b.w * k) / 2;
     view.y = b.h * k <= r.height ? (r.height - b.h * k) / 2 : 10;
@@ -784,7 +831,7 @@
     if (m.source) lines.push([m.source.file + ":" + m.source.line, "loc"]);
     var f = hasFlow ? flowOf(name) : null;
     if (f) {
-      lines.push(["gradient norm " + sci(f.norm) + (f.combined ? " (" + f.rows + " layers)" : ""), ""]);
+      lines.push(["gradient norm " + sci(f.norm) + (f.rows > 1 ? " (over " + f.rows + " modules' parameters)" : ""), ""]);
       if (f.dead !== null && f.dead !== undefined) lines.push(["dead " + pct(f.dead), f.dead >= DEAD_BADGE ? "bad" : ""]);
     }
     if (expandable(name)) lines.push([expanded.has(name) ? "click the frame's title to collapse" : "click to expand", "hint"]);
@@ -883,5 +930,7 @@
   window.gradtoolGraph = {
     data: DATA, view: view, setDepth: setDepth, expand: expand, collapse: collapse,
     expanded: function () { return Array.from(expanded); },
+    expandAll: function () { modules.forEach(function (m) { if (expandable(m.name)) expanded.add(m.name); }); render(); fit(false); },
+    timeRender: function () { var t = performance.now(); render(); return performance.now() - t; },
   };
 })();
