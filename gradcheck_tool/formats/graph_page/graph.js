@@ -11,6 +11,7 @@
   var RANK_SEP = 36; // vertical gap between layers
   var NODE_GAP = 22; // horizontal gap between neighbours in a layer
   var DUMMY_W = 6; // a long edge's waypoint
+  var FRAME_HEAD = 22, FRAME_PAD = 8; // an expanded module's frame: its title, its border
   var DEAD_BADGE = 0.5; // dead fraction from which a box carries the "dead" badge
 
   // ---- the report as a module tree ------------------------------------------------------
@@ -250,8 +251,10 @@
   }
   function moduleTitle(name) { return name === "" ? "(model)" : name; }
   function boxText(name) {
+    // inside a frame, the name below the frame's ("attention.self" in encoder.layer.0)
     var m = modules.get(name);
     var title = moduleTitle(name);
+    if (m.parent && m.parent !== ROOT && name.indexOf(m.parent + ".") === 0) title = name.slice(m.parent.length + 1);
     if (title.length > 30) title = "…" + title.slice(title.length - 29);
     return { title: title, type: m.type || "" };
   }
@@ -356,6 +359,8 @@
       if (d.reversed) { var s = d.s; d.s = d.t; d.t = s; }
       if (d.s !== d.t) { out[d.s].push(d); inn[d.t].push(d); }
     });
+    // a cut edge spans two layers at least: its label gets a layer of its own between them
+    function span(d) { return d.e.cut ? 2 : 1; }
     // 2. layers: longest path from the sources; then every vertex but an input moves down to
     // just above its first consumer (a parameter and its transpose next to the op using them)
     var rank = new Int32Array(V), indeg = new Int32Array(V), order = [];
@@ -366,7 +371,7 @@
       var v = queue.shift();
       order.push(v);
       out[v].forEach(function (d) {
-        rank[d.t] = Math.max(rank[d.t], rank[v] + 1);
+        rank[d.t] = Math.max(rank[d.t], rank[v] + span(d));
         if (--indeg[d.t] === 0) queue.push(d.t);
       });
     }
@@ -374,8 +379,8 @@
       v = order[i];
       if (!out[v].length || g.units[v].kind === "input") continue;
       var lowest = Infinity;
-      out[v].forEach(function (d) { lowest = Math.min(lowest, rank[d.t]); });
-      rank[v] = lowest - 1;
+      out[v].forEach(function (d) { lowest = Math.min(lowest, rank[d.t] - span(d)); });
+      rank[v] = lowest;
     }
     var maxRank = 0;
     for (i = 0; i < V; i++) maxRank = Math.max(maxRank, rank[i]);
@@ -390,7 +395,8 @@
       for (var r = rank[d.s] + 1; r < rank[d.t]; r++) {
         var w = verts.length;
         var wide = r === labelRank ? cutLabelWidth(d.e.cut) : DUMMY_W;
-        verts.push({ unit: null, rank: r, w: wide, h: r === labelRank ? 18 : 0, up: [], down: [], label: r === labelRank });
+        verts.push({ unit: null, rank: r, w: wide, h: r === labelRank ? 18 : 0, up: [], down: [], label: r === labelRank,
+          ends: [verts[d.s], verts[d.t]] });
         verts[prev].down.push(w);
         verts[w].up.push(prev);
         d.path.push(w);
@@ -462,12 +468,16 @@
     }
     layers = bestLayers;
     number();
+    layers = layers.map(function (L) { return keepFramesTogether(L, verts, pos); });
+    number();
     // 5. x: each vertex as near the mean of its neighbours as the gaps allow (isotonic
     // regression of the wished positions, pool-adjacent-violators), sweeps down and up
     var xs = new Float64Array(verts.length);
     function gap(a, b) {
       var real = (verts[a].unit ? 1 : 0) + (verts[b].unit ? 1 : 0);
       var g2 = real === 2 ? NODE_GAP : real === 1 ? 16 : 8;
+      var fa = framesOf(verts[a]), fb = framesOf(verts[b]);
+      if (fa[fa.length - 1] !== fb[fb.length - 1]) g2 += 14; // room for a frame's border
       return verts[a].w / 2 + verts[b].w / 2 + g2;
     }
     layers.forEach(function (L) {
@@ -519,11 +529,29 @@
     }
     align(true, true);
     // 6. y by layer, and the whole drawing moved to positive coordinates
+    // a frame that opens in a layer needs room above it for its title, one that closes room
+    // below for its border (nested frames: one each)
+    var first = new Map(), last = new Map();
+    verts.forEach(function (v) {
+      if (!v.unit) return;
+      framesOf(v).forEach(function (f) {
+        first.set(f, Math.min(first.has(f) ? first.get(f) : Infinity, v.rank));
+        last.set(f, Math.max(last.has(f) ? last.get(f) : -1, v.rank));
+      });
+    });
+    var opens = new Int32Array(maxRank + 1), closes = new Int32Array(maxRank + 1);
+    verts.forEach(function (v) {
+      if (!v.unit) return;
+      var o = 0, c = 0;
+      framesOf(v).forEach(function (f) { if (first.get(f) === v.rank) o++; if (last.get(f) === v.rank) c++; });
+      opens[v.rank] = Math.max(opens[v.rank], o);
+      closes[v.rank] = Math.max(closes[v.rank], c);
+    });
     var ys = new Float64Array(maxRank + 1), y = 0;
     layers.forEach(function (L, r) {
       var h = 0;
       L.forEach(function (v) { h = Math.max(h, verts[v].h); });
-      if (r) y += RANK_SEP;
+      y += opens[r] * FRAME_HEAD + (r ? RANK_SEP + closes[r - 1] * FRAME_PAD : 0);
       ys[r] = y + h / 2;
       y += h;
     });
@@ -547,6 +575,44 @@
       d.e.reversed = d.reversed;
     });
     return { crossings: best, layers: layers.length };
+  }
+
+  function framesOf(v) {
+    // the expanded modules a vertex is drawn inside, outermost first; a long edge's waypoint:
+    // those its two ends share
+    if (v.frames) return v.frames;
+    if (v.unit) {
+      var u = v.unit;
+      if (u.kind === "input" || u.kind === "loss") v.frames = [];
+      else {
+        var c = chain(u.module);
+        v.frames = (u.kind === "module" ? c.slice(0, -1) : c).filter(function (m) { return m !== ROOT; });
+      }
+    } else {
+      var a = framesOf(v.ends[0]), b = framesOf(v.ends[1]), k = 0;
+      while (k < a.length && k < b.length && a[k] === b[k]) k++;
+      v.frames = a.slice(0, k);
+    }
+    return v.frames;
+  }
+  function keepFramesTogether(L, verts, pos) {
+    // a layer's vertices in the same frame made contiguous (each frame, and each vertex outside
+    // one, where its members sit on average), frame inside frame
+    function arrange(items, level) {
+      var groups = new Map(), blocks = [];
+      items.forEach(function (x) {
+        var f = framesOf(verts[x]);
+        if (f.length <= level) { blocks.push({ at: pos[x], items: [x] }); return; }
+        var g = groups.get(f[level]);
+        if (!g) { g = { at: 0, items: [] }; groups.set(f[level], g); blocks.push(g); }
+        g.items.push(x);
+        g.at += pos[x];
+      });
+      groups.forEach(function (g) { g.at /= g.items.length; g.items = arrange(g.items, level + 1); });
+      blocks.sort(function (a, b) { return a.at - b.at; });
+      return [].concat.apply([], blocks.map(function (b) { return b.items; }));
+    }
+    return arrange(L, 0);
   }
 
   // ---- drawing -------------------------------------------------------------------------------
@@ -633,7 +699,7 @@
     names.forEach(function (name) {
       var b = boxes.get(name);
       if (!b) return;
-      var f = { x0: b.x0 - 8, y0: b.y0 - 20, x1: b.x1 + 8, y1: b.y1 + 8 };
+      var f = { x0: b.x0 - FRAME_PAD, y0: b.y0 - FRAME_HEAD + 2, x1: b.x1 + FRAME_PAD, y1: b.y1 + FRAME_PAD };
       var parent = modules.get(name).parent;
       if (parent !== null && expanded.has(parent) && parent !== ROOT) grow(parent, f.x0, f.y0, f.x1, f.y1);
       frames.push([name, f]);
@@ -644,7 +710,7 @@
       var fg = el("g", { class: "frame", "data-module": name }, layer);
       el("rect", { x: f.x0, y: f.y0, width: f.x1 - f.x0, height: f.y1 - f.y0, rx: 8 }, fg);
       var head = el("g", { class: "frame-head", "data-module": name }, fg);
-      var label = "▾ " + moduleTitle(name) + (modules.get(name).type ? "  " + modules.get(name).type : "");
+      var label = "▾ " + boxText(name).title + (modules.get(name).type ? "  " + modules.get(name).type : "");
       el("rect", { x: f.x0, y: f.y0, width: textWidth(label, "600 11px " + FONT) + 14, height: 17, rx: 6 }, head);
       text(head, f.x0 + 7, f.y0 + 12.5, label, "");
       head.addEventListener("click", function (ev) { onClick(ev, function () { collapse(name); }); });
@@ -727,13 +793,14 @@
   }
   function fit(readable) {
     // the whole graph; `readable`: never so small that labels can't be read, top-aligned
-    var r = svg.getBoundingClientRect(), b = current.bbox;
-    var kw = (r.width - 20) / b.w, kh = (r.height - 20) / b.h;
+    var TOP = 44; // below the toolbar
+    var r = svg.getBoundingClientRect(), b = current.bbox, room = r.height - TOP - 10;
+    var kw = (r.width - 20) / b.w, kh = room / b.h;
     var k = Math.min(kw, kh, 1.25);
     if (readable && k < 0.85) k = Math.min(kw, 0.85, 1.25);
     view.k = k;
     view.x = (r.width - b.w * k) / 2;
-    view.y = b.h * k <= r.height ? (r.height - b.h * k) / 2 : 10;
+    view.y = TOP + (b.h * k <= room ? (room - b.h * k) / 2 : 0);
     applyView();
   }
   function centreOf() { var r = svg.getBoundingClientRect(); return [r.width / 2, r.height / 2]; }
