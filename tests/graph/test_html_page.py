@@ -150,8 +150,19 @@ def test_a_12_layer_transformer_is_one_box_per_block(browser):
 
 
 def test_clicking_a_box_expands_it_and_its_frame_title_collapses_it(browser):
+    from selenium.webdriver.common.action_chains import ActionChains
+
     report = graph_reports.transformer(12)
     _open(browser, report, "transformer12")
+    # hovering a box names it, its type and parameters
+    box = browser.find_element("css selector", "g.box[data-module='layers.3']")
+    ActionChains(browser).move_to_element(box).perform()
+    tip = browser.find_element("id", "tip")
+    assert tip.is_displayed()
+    assert tip.text.splitlines()[:3] == [
+        "layers.3", "Block", "12 parameters: ln1.weight, ln1.bias, attn.qkv.weight, "
+        "attn.qkv.bias, attn.proj.weight, attn.proj.bias, ln2.weight, ln2.bias, …",
+    ]  # fmt: skip
     _click(browser, "g.box[data-module='layers.3']")
     boxes = _boxes(browser)
     children = ["layers.3.ln1", "layers.3.attn", "layers.3.ln2", "layers.3.mlp"]
@@ -310,4 +321,7 @@ def test_a_graph_of_2000_nodes_renders_and_expands(browser):
     assert len(_boxes(browser)) == graph_reports.expected_boxes(deepest)
     browser.find_element("id", "depth-reset").click()
     assert len(_boxes(browser)) == 64
+    for _ in range(2):
+        browser.find_element("id", "depth-less").click()
+    assert _boxes(browser) == [""]  # depth 0: the model as one box, between input and loss
     _assert_no_console_errors(browser)
