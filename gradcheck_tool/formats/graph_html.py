@@ -84,7 +84,9 @@ _TEMPLATE = """<!DOCTYPE html>
 
 
 def _asset(name: str) -> str:
-    return resources.files(__package__).joinpath(PAGE_DIR, name).read_text(encoding="utf-8")
+    return (
+        resources.files(__package__).joinpath(PAGE_DIR).joinpath(name).read_text(encoding="utf-8")
+    )
 
 
 def _embedded_json(data: dict[str, Any]) -> str:

@@ -6,6 +6,8 @@ by construction (`expected_boxes`)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from gradcheck_tool.results import (
     GraphCut,
     GraphEdge,
@@ -174,6 +176,7 @@ def expected_boxes(report: GraphReport) -> int:
     return len({shown_as(m) for m in used} - {None})
 
 
+REPO_FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 HERE = "tests/graph/detached_branch.py"
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import graph_reports
 import pytest
+from conftest import SAMPLES, invoke_cli
 
 from gradcheck_tool.formats.graph_html import to_html, write_html
 
@@ -96,6 +97,8 @@ def _open(browser, report, name: str) -> None:
     path = write_html(report, ARTIFACTS / f"graph_{name}.html")
     browser.get(path.resolve().as_uri())
     assert browser.execute_script("return document.getElementById('graph').dataset.ready")
+    # self-contained: the page asked for nothing (no script, style, font or image to fetch)
+    assert browser.execute_script("return performance.getEntriesByType('resource').length") == 0
     _assert_no_console_errors(browser)
 
 
@@ -325,3 +328,43 @@ def test_a_graph_of_2000_nodes_renders_and_expands(browser):
         browser.find_element("id", "depth-less").click()
     assert _boxes(browser) == [""]  # depth 0: the model as one box, between input and loss
     _assert_no_console_errors(browser)
+
+
+# --- `gradtool graph --html` on real models (the graph engine: another part of #15) ----------
+
+
+def _real_page(browser, tmp_path, target: Path, name: str) -> dict:
+    """Run the command as a user would, open its page; the report is the --json of the run."""
+    pytest.importorskip("gradcheck_tool.formats._graph", reason="the graph engine is absent")
+    page, report = tmp_path / f"{name}.html", tmp_path / f"{name}.json"
+    result = invoke_cli("graph", target, "--html", page, "--json", report)
+    assert result.code == 0, result.stdout + result.stderr
+    data = json.loads(report.read_text())
+    assert _embedded(page.read_text()) == data  # the page shows the run's report
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    shutil.copy(page, ARTIFACTS / f"graph_{name}.html")
+    browser.get(page.resolve().as_uri())
+    assert browser.execute_script("return document.getElementById('graph').dataset.ready")
+    _assert_no_console_errors(browser)
+    _screenshot(browser, name)
+    return data
+
+
+def test_the_detached_branch_sample_from_the_command_line(browser, tmp_path):
+    data = _real_page(browser, tmp_path, SAMPLES / "detached_branch.py", "sample_detached_branch")
+    cuts = browser.find_elements("css selector", "path.edge.cut")
+    assert sorted(c.get_attribute("data-cut") for c in cuts) == sorted(
+        c["kind"] for c in data["cuts"]
+    )
+    assert len(data["cuts"]) >= 1
+    shown = [li.text for li in browser.find_elements("css selector", "#unreached li .name")]
+    assert shown == [u["name"] for u in data["unreached"]]
+
+
+def test_a_12_layer_transformer_encoder_from_the_command_line(browser, tmp_path):
+    deep = graph_reports.REPO_FIXTURES / "graph" / "deep_models.py"
+    if not deep.exists():
+        pytest.skip("tests/fixtures/graph/deep_models.py (the graph engine's tests) is absent")
+    _real_page(browser, tmp_path, deep, "transformer_encoder12")
+    boxes = _boxes(browser)
+    assert sorted(boxes) == sorted(["embed", "head"] + [f"encoder.layers.{i}" for i in range(12)])
