@@ -116,7 +116,12 @@ def _script() -> str:
 
 
 def write_html(report: Any, path: str | Path) -> Path:
+    """Write the page; a path that can't be written is the user's `--html` error (exit 2)."""
+    from ..errors import OptionError
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(to_html(report), encoding="utf-8")
+    try:
+        path.write_text(to_html(report), encoding="utf-8")
+    except OSError as exc:
+        raise OptionError("html", f"{path}: could not write: {exc.strerror or exc}") from None
     return path

@@ -49,6 +49,15 @@ def test_the_page_embeds_the_report_and_loads_nothing():
     assert urls <= {"http://www.w3.org/2000/svg"}, urls
 
 
+def test_a_page_that_cannot_be_written_is_the_users_html_error(tmp_path):
+    from gradcheck_tool.errors import OptionError
+
+    with pytest.raises(OptionError) as caught:
+        write_html(graph_reports.detached_branch(), tmp_path / "no-such-folder" / "g.html")
+    assert caught.value.option == "html"
+    assert "could not write" in str(caught.value)
+
+
 def test_a_target_that_looks_like_html_stays_data():
     report = dataclasses.replace(
         graph_reports.detached_branch(), target="m.py:</script><script>alert(1)</script>"
@@ -94,6 +103,7 @@ def browser():
 
 
 def _open(browser, report, name: str) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
     path = write_html(report, ARTIFACTS / f"graph_{name}.html")
     browser.get(path.resolve().as_uri())
     assert browser.execute_script("return document.getElementById('graph').dataset.ready")
