@@ -343,11 +343,11 @@ def test_a_graph_of_2000_nodes_renders_and_expands(browser):
 # --- `gradtool graph --html` on real models (the graph engine: another part of #15) ----------
 
 
-def _real_page(browser, tmp_path, target: Path, name: str) -> dict:
+def _real_page(browser, tmp_path, target: Path, name: str, *options: str) -> dict:
     """Run the command as a user would, open its page; the report is the --json of the run."""
     pytest.importorskip("gradcheck_tool.formats._graph", reason="the graph engine is absent")
     page, report = tmp_path / f"{name}.html", tmp_path / f"{name}.json"
-    result = invoke_cli("graph", target, "--html", page, "--json", report)
+    result = invoke_cli("graph", target, *options, "--html", page, "--json", report)
     assert result.code == 0, result.stdout + result.stderr
     data = json.loads(report.read_text())
     assert _embedded(page.read_text()) == data  # the page shows the run's report
@@ -378,3 +378,20 @@ def test_a_12_layer_transformer_encoder_from_the_command_line(browser, tmp_path)
     _real_page(browser, tmp_path, deep, "transformer_encoder12")
     boxes = _boxes(browser)
     assert sorted(boxes) == sorted(["embed", "head"] + [f"encoder.layers.{i}" for i in range(12)])
+
+
+def test_dead_relus_of_a_forward_are_marked_on_their_nodes(browser, tmp_path):
+    # dead_relu_mlp calls torch.relu in its own forward: flow's rows carry `via`, and the page
+    # puts each on the Relu node of that call
+    data = _real_page(
+        browser, tmp_path, SAMPLES / "dead_relu_mlp.py", "sample_dead_relu_mlp_flow", "--flow"
+    )
+    dead = [f for f in data["flow"] if f.get("via") and (f["dead_fraction"] or 0) >= 0.5]
+    assert dead, "the sample's flow run finds no dead functional ReLU"
+    badges = browser.execute_script(
+        "return Array.from(document.querySelectorAll('g.fine.op .badge.dead'))"
+        ".map(b => [b.closest('g.fine').textContent.split('dead')[0], b.textContent])"
+    )
+    assert sorted(badges) == sorted(
+        ["Relu", f"dead {round(100 * f['dead_fraction'])}%"] for f in dead
+    )

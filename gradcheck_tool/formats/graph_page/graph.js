@@ -175,6 +175,29 @@
     flowCache.set(name, out);
     return out;
   }
+  // a functional activation's call on the op node that shows it: the k-th call of `via` in a
+  // module is the k-th op of that name the module made, in forward order (ids grow from the
+  // loss, as the engine numbers them); `torch.relu`, `F.leaky_relu` ~ "Relu", "LeakyRelu"
+  function opName(text) { text = String(text); return text.slice(text.lastIndexOf(".") + 1).replace(/_/g, "").toLowerCase(); }
+  (function () {
+    if (!callsBy.size) return;
+    var opsIn = new Map();
+    nodes.filter(function (n) { return n.kind === "op"; })
+      .sort(function (a, b) { return Number(b.id) - Number(a.id); })
+      .forEach(function (n) {
+        var key = n.module + "\u0000" + opName(n.label);
+        if (!opsIn.has(key)) opsIn.set(key, []);
+        opsIn.get(key).push(n);
+      });
+    callsBy.forEach(function (calls, name) {
+      calls.forEach(function (c) {
+        var found = opsIn.get(name + "\u0000" + opName(c.via)) || [];
+        var n = c.call ? found[c.call - 1] : null;
+        if (n && c.dead_fraction !== null && c.dead_fraction !== undefined) n.dead = worst(n.dead, c.dead_fraction);
+      });
+    });
+  })();
+
   var logLo = 0, logHi = 0;
   (function () {
     // the scale spans what a box can show: every module's norm but the whole model's (which
@@ -185,6 +208,8 @@
         var f = m.name === ROOT ? null : flowOf(m.name);
         if (f && f.norm > 0) logs.push(Math.log10(f.norm));
       });
+      var whole = flowOf(ROOT); // a model without submodules: its own norm is the scale
+      if (!logs.length && whole && whole.norm > 0) logs.push(Math.log10(whole.norm));
     }
     if (logs.length) {
       logLo = Math.min.apply(null, logs);
@@ -195,7 +220,7 @@
   // viridis, 9 stops
   var RAMP = ["#440154", "#472d7b", "#3b528b", "#2c728e", "#21918c", "#28ae80", "#5ec962", "#addc30", "#fde725"];
   function rampColor(t) {
-    t = Math.max(0, Math.min(1, t)) * (RAMP.length - 1);
+    t = (isFinite(t) ? Math.max(0, Math.min(1, t)) : 0.5) * (RAMP.length - 1);
     var i = Math.min(RAMP.length - 2, Math.floor(t)), f = t - i;
     var a = hex(RAMP[i]), b = hex(RAMP[i + 1]);
     return "rgb(" + [0, 1, 2].map(function (k) { return Math.round(a[k] + (b[k] - a[k]) * f); }).join(",") + ")";
@@ -772,6 +797,13 @@
     var g = el("g", { class: cls, "data-node": String(n.id), "data-module": n.module, transform: "translate(" + (u.x - u.w / 2).toFixed(1) + "," + (u.y - u.h / 2).toFixed(1) + ")" }, layer);
     el("rect", { x: 0, y: 0, width: u.w, height: u.h, rx: n.kind === "op" ? 4 : u.h / 2 }, g);
     text(g, u.w / 2, u.h / 2 + 4, u.text, "");
+    if (n.dead !== undefined && n.dead !== null && n.dead >= DEAD_BADGE) {
+      var label = "dead " + pct(n.dead);
+      var w = textWidth(label, "600 10px " + FONT) + 10;
+      var bg = el("g", { class: "badge dead" }, g);
+      el("rect", { x: u.w - 6, y: -9, width: w, height: 14, rx: 7 }, bg);
+      text(bg, u.w - 6 + w / 2, 1.5, label, "");
+    }
     g.addEventListener("mouseenter", function (ev) { showTip(ev, nodeTip(n)); });
     g.addEventListener("mousemove", moveTip);
     g.addEventListener("mouseleave", hideTip);
@@ -909,6 +941,7 @@
     var lines = [[n.kind === "param" ? n.qualified : n.label, "strong"], [n.kind + " in " + moduleTitle(n.module), "type"]];
     if (n.shape && n.shape.length) lines.push(["shape (" + n.shape.join(", ") + ")", ""]);
     if (n.unreached) lines.push([unreached.get(n.qualified).reason, "bad"]);
+    if (n.dead !== undefined && n.dead !== null) lines.push(["dead " + pct(n.dead) + " (zero for every example)", n.dead >= DEAD_BADGE ? "bad" : ""]);
     return lines;
   }
   function fillLines(box, lines) {
