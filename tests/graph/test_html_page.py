@@ -321,6 +321,15 @@ def test_flow_colours_boxes_by_gradient_norm(browser):
     _assert_no_console_errors(browser)
 
 
+def test_a_graph_with_nothing_to_draw_still_renders(browser):
+    from gradcheck_tool.results import GraphModule, GraphReport
+
+    empty = GraphReport("m.py", "0.1.0", (GraphModule("", "M", None, 0),), (), ())
+    _open(browser, empty, "empty")
+    assert _boxes(browser) == []
+    assert browser.find_element("id", "cuts-count").text == "0"
+
+
 def test_a_graph_of_2000_nodes_renders_and_expands(browser):
     report = graph_reports.wide(60)
     assert len(report.nodes) >= 2000
