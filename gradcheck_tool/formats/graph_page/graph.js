@@ -51,7 +51,9 @@
     hostOf.set(m.name, h.name);
   });
   hostOf.forEach(function (h, c) {
-    modules.get(h).params = (modules.get(h).params || []).concat(modules.get(c).params || []);
+    var host = modules.get(h), box = modules.get(c);
+    host.params = (host.params || []).concat(box.params || []);
+    host.numel = (host.numel || 0) + (box.numel || 0);
   });
   hostOf.forEach(function (h, c) { modules.delete(c); });
   function home(name) { return hostOf.has(name) ? hostOf.get(name) : name; }
@@ -283,14 +285,25 @@
     if (title.length > 30) title = "…" + title.slice(title.length - 29);
     return { title: title, type: m.type || "" };
   }
+  function subtreeNumel(name) {
+    var m = modules.get(name), n = m.numel || 0;
+    m.children.forEach(function (c) { n += subtreeNumel(c); });
+    return n;
+  }
+  function count(n) {
+    // as the DOT view writes it: 12, 1.2k, 3.4M
+    return n < 1000 ? String(n) : n < 1e6 ? (n / 1000).toFixed(1) + "k" : (n / 1e6).toFixed(1) + "M";
+  }
   function paramPillText(name) {
+    // the parameter leaf: how many parameters (elements) as the DOT view says, else the
+    // tensors' names or number
     var params = subtreeParams(name);
     if (!params.length) return null;
-    var bad = unreachedUnder(name).length;
-    if (params.length <= 2) {
-      return params.map(function (p) { return p.slice(p.lastIndexOf(".") + 1); }).join(", ");
-    }
-    return params.length + " params" + (bad ? " · " + bad + " unreached" : "");
+    var bad = unreachedUnder(name).length, numel = subtreeNumel(name);
+    var text = numel ? count(numel) + " params"
+      : params.length <= 2 ? params.map(function (p) { return p.slice(p.lastIndexOf(".") + 1); }).join(", ")
+      : params.length + " tensors";
+    return text + (bad && (numel || params.length > 2) ? " · " + bad + " unreached" : "");
   }
 
   function buildGraph() {
@@ -336,7 +349,8 @@
       u.boxW = Math.max(96, Math.ceil(boxW));
       u.h = 40;
       u.pill = paramPillText(u.module);
-      u.pillW = u.pill ? Math.ceil(textWidth(u.pill, "10px " + FONT)) + 14 : 0;
+      var pillFont = (unreachedUnder(u.module).length ? "600 " : "") + "10px " + FONT; // red: bold
+      u.pillW = u.pill ? Math.ceil(textWidth(u.pill, pillFont)) + 14 : 0;
       u.w = u.boxW + (u.pill ? u.pillW + 12 : 0);
       u.ax = u.pill ? (u.w - u.boxW) / 2 : 0; // the box's centre, right of the unit's
     } else {
@@ -923,7 +937,8 @@
     var params = subtreeParams(name);
     if (params.length) {
       var shown = params.slice(0, 8).map(function (p) { return name && p.indexOf(name + ".") === 0 ? p.slice(name.length + 1) : p; });
-      lines.push([params.length + " parameter" + (params.length > 1 ? "s" : "") + ": " + shown.join(", ") + (params.length > 8 ? ", …" : ""), ""]);
+      var numel = subtreeNumel(name);
+      lines.push([params.length + " parameter" + (params.length > 1 ? "s" : "") + (numel ? " (" + count(numel) + " elements)" : "") + ": " + shown.join(", ") + (params.length > 8 ? ", …" : ""), ""]);
     }
     var bad = unreachedUnder(name);
     if (bad.length) lines.push([bad.length + " with no path to the loss", "bad"]);
