@@ -2,6 +2,11 @@
 // The report (GraphReport.to_dict()) sits in <script id="graph-data">; nothing is fetched.
 // Steps: collapse the fine graph to the expanded modules -> layered layout (longest-path
 // layers, barycentre ordering sweeps, x by isotonic regression) -> SVG -> pan/zoom/expand.
+window.addEventListener("error", function (ev) {
+  // a page that fails says so where the graph would be (the console has the details)
+  var box = document.getElementById("view-summary");
+  if (box) box.textContent = "the page failed to draw the graph: " + ev.message;
+});
 (function () {
   "use strict";
 
