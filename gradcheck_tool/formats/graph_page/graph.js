@@ -687,6 +687,7 @@ window.addEventListener("error", function (ev) {
   var current = null; // the drawn graph
 
   function render() {
+    tip.hidden = true; // its element may be gone, and with it the mouseleave
     var g = buildGraph();
     var info = layout(g);
     current = g;
