@@ -109,9 +109,7 @@ window.addEventListener("error", function (ev) {
     nodes.push({ id: "unused:" + u.name, kind: "param", label: short, module: u.module, shape: [],
       qualified: u.name, unreached: true });
   });
-  var nodeById = new Map();
   nodes.forEach(function (n) {
-    nodeById.set(String(n.id), n);
     if (n.kind !== "input" && n.kind !== "loss") modules.get(n.module).own.push(n);
   });
 
