@@ -797,6 +797,7 @@ class GraphModule:
     container: bool = False
     numel: int = 0  # elements of its own parameters
     order: int | None = None  # when its forward first ran (0 the model); None: never ran
+    calls: int = 0  # how often its forward ran (a shared block: more than once)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -809,6 +810,7 @@ class GraphModule:
             "container": self.container,
             "numel": self.numel,
             "order": self.order,
+            "calls": self.calls,
         }
 
 
@@ -821,6 +823,7 @@ class GraphNode:
     label: str  # an op's name without "Backward0" ("Addmm"), a parameter's or input's name
     module: str  # the innermost module whose forward made it ("" the model / the loss)
     shape: tuple[int, ...] = ()
+    reaches_loss: bool = True  # False: behind a cut (drawn to show what the cut left out)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -829,6 +832,7 @@ class GraphNode:
             "label": self.label,
             "module": self.module,
             "shape": list(self.shape),
+            "reaches_loss": self.reaches_loss,
         }
 
 

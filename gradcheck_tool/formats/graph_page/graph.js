@@ -286,7 +286,8 @@ window.addEventListener("error", function (ev) {
     var title = moduleTitle(name);
     if (m.parent && m.parent !== ROOT && name.indexOf(m.parent + ".") === 0) title = name.slice(m.parent.length + 1);
     if (title.length > 30) title = "…" + title.slice(title.length - 29);
-    return { title: title, type: m.type || "" };
+    // a module whose forward ran more than once (a shared block, a cell in a loop): ×N
+    return { title: title, type: (m.type || "") + (m.calls > 1 ? "  ×" + m.calls : "") };
   }
   function subtreeNumel(name) {
     var m = modules.get(name), n = m.numel || 0;
@@ -323,6 +324,7 @@ window.addEventListener("error", function (ev) {
         units.set(key, u);
       }
       u.members += 1;
+      if (n.reaches_loss === false) u.behindCut = (u.behindCut || 0) + 1;
     });
     var edgeMap = new Map();
     DATA.edges.forEach(function (e) {
@@ -800,6 +802,7 @@ window.addEventListener("error", function (ev) {
       text(cg, bx - 4 + cw / 2, u.h + 4, cl, "");
     }
     if (bad.length && bad.length === subtreeParams(u.module).length) g.classList.add("all-unreached");
+    if (u.behindCut && u.behindCut === u.members) g.classList.add("behind-cut"); // nothing of it reaches the loss
     g.addEventListener("click", function (ev) {
       onClick(ev, function () {
         if (expandable(u.module)) expand(u.module);
@@ -811,7 +814,7 @@ window.addEventListener("error", function (ev) {
 
   function drawNode(u, layer) {
     var n = u.node;
-    var cls = "fine " + n.kind + (n.unreached ? " unreached" : "");
+    var cls = "fine " + n.kind + (n.unreached ? " unreached" : "") + (n.reaches_loss === false ? " behind-cut" : "");
     var g = el("g", { class: cls, "data-node": String(n.id), "data-module": n.module, transform: "translate(" + (u.x - u.w / 2).toFixed(1) + "," + (u.y - u.h / 2).toFixed(1) + ")" }, layer);
     el("rect", { x: 0, y: 0, width: u.w, height: u.h, rx: n.kind === "op" ? 4 : u.h / 2 }, g);
     text(g, u.w / 2, u.h / 2 + 4, u.text, "");
@@ -947,6 +950,7 @@ window.addEventListener("error", function (ev) {
     var bad = unreachedUnder(name);
     if (bad.length) lines.push([bad.length + " with no path to the loss", "bad"]);
     if (m.source) lines.push([m.source.file + ":" + m.source.line, "loc"]);
+    if (m.calls > 1) lines.push(["its forward ran " + m.calls + " times", ""]);
     var f = hasFlow ? flowOf(name) : null;
     if (f) {
       lines.push(["gradient norm " + sci(f.norm) + (f.rows > 1 ? " (over " + f.rows + " modules' parameters)" : ""), ""]);
