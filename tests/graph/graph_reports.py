@@ -6,6 +6,7 @@ by construction (`expected_boxes`)."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from gradcheck_tool.results import (
@@ -221,6 +222,14 @@ def detached_branch() -> GraphReport:
         )
         for p in ("weight", "bias")
     )
+    # what the cuts left out, as the engine marks it: aux's and gate's nodes (and the Mean of
+    # gate's output, before its .item()) never reach the loss
+    g.nodes = [
+        dataclasses.replace(n, reaches_loss=False)
+        if n.module in ("aux", "gate") or n.id == gate
+        else n
+        for n in g.nodes
+    ]
     return g.report(f"{HERE}:DetachedBranch", depth=1, cuts=cuts, unreached=unreached)
 
 

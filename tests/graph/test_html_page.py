@@ -270,6 +270,9 @@ def test_the_detached_branch_shows_its_cuts_and_unreached_parameters(browser):
     assert browser.find_element("css selector", "g.box.all-unreached[data-module='spare']")
     red = browser.find_elements("css selector", "g.box .param-leaf.unreached")
     assert len(red) == 3  # aux, gate, spare
+    # the boxes whose every node is behind a cut are faded; the path to the loss is not
+    faded = browser.find_elements("css selector", "g.box.behind-cut, g.fine.behind-cut")
+    assert sorted(f.get_attribute("data-module") for f in faded) == ["", "aux", "gate"]
     _screenshot(browser, "detached_branch")
     # a leaf module expands into its autograd nodes and parameters, the unreached ones red
     _click(browser, "g.box[data-module='spare']")
