@@ -91,6 +91,7 @@ def import_user_file(path: Path) -> types.ModuleType:
         except ImportError as exc:
             raise LoadError(
                 f"import error while loading {path}: {describe_exception(exc, folder)}"
+                + _root_cause(exc)
             ) from None
         except SystemExit as exc:
             raise LoadError(
@@ -300,6 +301,21 @@ def _without_wrapper_prefixes(
             break
         state = {k[len(prefix) :]: v for k, v in state.items()}
     return state
+
+
+def _root_cause(exc: BaseException) -> str:
+    """The first error behind an import error, when the import error hides it: libraries that
+    import lazily (transformers) raise 'Could not import module X' from the real failure (a
+    broken torchvision, say)."""
+    root, seen = exc, {id(exc)}
+    while True:
+        nxt = root.__cause__ or root.__context__
+        if nxt is None or id(nxt) in seen:
+            break
+        root, seen = nxt, seen | {id(nxt)}
+    if root is exc or str(root) in str(exc):
+        return ""
+    return f"\ncaused by {type(root).__name__}: {root}"
 
 
 def load_weights(model: nn.Module, weights: str) -> None:

@@ -30,6 +30,10 @@ BAD_TARGETS = {
         lambda tmp: [BAD / "import_error.py"],
         ["import_error.py", "No module named 'gradtool_fixture_no_such_package'"],
     ),
+    "import error hiding its cause": (
+        lambda tmp: [BAD / "lazy_import_error.py"],
+        ["Could not import module 'BertModel'", "caused by RuntimeError: operator torchvision::nms"],
+    ),
     "no target": (lambda tmp: [BAD / "no_target.py"], ["no_target.py", "no_target.py:NAME"]),
     "ambiguous": (
         lambda tmp: [BAD / "ambiguous.py"],
