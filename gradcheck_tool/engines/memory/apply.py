@@ -77,12 +77,11 @@ def resolve_blocks(model: nn.Module, names: Sequence[str]) -> list[str]:
     if unknown:
         shown = ", ".join(known[:20]) + (f", … ({len(known)} modules)" if len(known) > 20 else "")
         ranges = list(stacks(model))
+        hint = f"Choose among: {shown}"
         if ranges:
-            shown += "; or a stack of layers: " + ", ".join(ranges[:5])
+            hint = f"Choose a stack of layers ({', '.join(ranges[:5])}) or among: {shown}"
         raise OptionError(
-            "checkpoint",
-            f"names no module of the model: {', '.join(unknown)}",
-            hint=f"Choose among: {shown}",
+            "checkpoint", f"names no module of the model: {', '.join(unknown)}", hint=hint
         )
     for a in modules:
         for b in modules:

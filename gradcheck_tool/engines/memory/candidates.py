@@ -20,7 +20,8 @@ from torch import nn
 from ...results import CheckpointCandidate, ModuleMemory
 from .measure import StepRecord
 
-BIG_SHARE = 0.10  # a single module saving this share of the step's total is a candidate
+BIG_SHARE = 0.10  # a single module freeing this share of the step's saved bytes comes first
+SMALL_SHARE = 0.01  # one freeing less is no candidate (a dropout's mask: not worth a wrap)
 
 
 def _inside(name: str, block: str) -> bool:
@@ -87,7 +88,7 @@ def rank_candidates(
 ) -> list[CheckpointCandidate]:
     """Blocks worth checkpointing: the stacks of repeated layers first (one candidate each:
     every layer wrapped), then single modules outside any stack that would free a large
-    share, then any other module outside a stack that would free something; within each,
+    share, then any other module outside a stack that would free at least 1%; within each,
     most bytes freed per millisecond of recompute first."""
     step_ms = rec.forward_total_ms + rec.backward_total_ms
     total = sum(r.saved_bytes for r in rows if r.name == "")
@@ -125,7 +126,7 @@ def rank_candidates(
         if not row.name or any(_inside(row.name, b) for b in in_stack):
             continue
         c = candidate(row.name, row.type, (row.name,))
-        if c is not None:
+        if c is not None and c.predicted_saving_bytes >= SMALL_SHARE * total:
             tier = 1 if c.predicted_saving_bytes >= BIG_SHARE * total else 2
             found.append((tier, c))
     found.sort(
