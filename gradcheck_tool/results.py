@@ -670,11 +670,19 @@ class CheckpointCandidate:
     predicted_saving_bytes: int  # of those, freed by checkpointing (its inputs stay saved)
     recompute_ms: float  # one more forward of the block in the backward
     extra_compute: float  # recompute_ms as a fraction of the step's forward + backward time
+    # the modules it wraps: (name,) for a single module; for a stack of repeated layers
+    # ("encoder.layers.0-11") each layer, every one wrapped on its own
+    blocks: tuple[str, ...] = ()
+
+    @property
+    def modules(self) -> tuple[str, ...]:
+        return self.blocks or (self.name,)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,
             "type": self.type,
+            "blocks": list(self.modules),
             "saved_bytes": self.saved_bytes,
             "predicted_saving_bytes": self.predicted_saving_bytes,
             "recompute_ms": round(self.recompute_ms, 4),
@@ -687,7 +695,7 @@ class CheckpointResult:
     """`--apply-checkpoint`: the advice applied to a copy and measured again, and gradtool's
     check of the checkpointed copy."""
 
-    blocks: tuple[str, ...]
+    blocks: tuple[str, ...]  # as named (a stack as "encoder.layers.0-11")
     predicted_saving_bytes: int
     measured_saving_bytes: int
     held_before: int  # bytes alive between the forward and the backward, measured
@@ -703,10 +711,13 @@ class CheckpointResult:
     # the checkpointed copy's autograd gradients against the plain copy's: the largest
     # difference relative to each gradient's largest entry
     grad_difference: float | None = None
+    wrapped: tuple[str, ...] = ()  # the modules wrapped in torch.utils.checkpoint, each
+    check_seconds: float | None = None  # the wall time of gradtool check of the copy
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "blocks": list(self.blocks),
+            "wrapped": list(self.wrapped or self.blocks),
             "predicted_saving_bytes": self.predicted_saving_bytes,
             "measured_saving_bytes": self.measured_saving_bytes,
             "held_before": self.held_before,
@@ -719,6 +730,7 @@ class CheckpointResult:
             "check_summary": self.check_summary,
             "check_worst_error": _json_float(self.check_worst_error),
             "grad_difference": _json_float(self.grad_difference),
+            "check_seconds": None if self.check_seconds is None else round(self.check_seconds, 2),
             "modules": [m.to_dict() for m in self.modules],
         }
 

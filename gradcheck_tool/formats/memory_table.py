@@ -1,6 +1,7 @@
 """The memory report as text: the modules as a tree in forward order, the totals and the
 peak, the checkpointing candidates, and with --apply-checkpoint the advice verified. A pure
-function of the result dataclasses; 80 columns without cutting a number."""
+function of the result dataclasses; 80 columns without cutting a number or a name: a
+module's type goes on a line of its own, below its name, where the two do not fit on one."""
 
 from __future__ import annotations
 
@@ -12,7 +13,10 @@ from ..results import MemoryReport, ModuleMemory
 from ..stopping import STOPPED_BY
 
 MAX_ROWS = 40  # deeper levels are left out beyond this many modules (the JSON has them all)
-NAME_WIDTH = 30
+LEGEND = (  # two lines at 80 columns
+    "saved: bytes its operations saved for the backward; held: bytes its forward made "
+    "that are still alive at the backward (each charged to the module that made it)"
+)
 
 
 def human(n: int | None) -> str:
@@ -22,7 +26,8 @@ def human(n: int | None) -> str:
     size = float(abs(n))
     for unit in ("B", "KiB", "MiB", "GiB"):
         if size < 1024 or unit == "GiB":
-            text = f"{size:.0f} {unit}" if unit == "B" else f"{size:.3g} {unit}"
+            # three figures, never an exponent: 1000 MiB is "1000 MiB", not "1e+03 MiB"
+            text = f"{size:.0f} {unit}" if unit == "B" or size >= 999.5 else f"{size:.3g} {unit}"
             return ("-" if n < 0 else "") + text
         size /= 1024
     return str(n)  # unreachable
@@ -37,12 +42,30 @@ def shown_depth(modules: tuple[ModuleMemory, ...]) -> int | None:
     return 0
 
 
-def _label(m: ModuleMemory) -> str:
-    last = m.name.rpartition(".")[2] if m.name else "(model)"
-    text = "  " * m.depth + f"{last} {m.type}"
-    if len(text) > NAME_WIDTH:
-        text = text[: NAME_WIDTH - 1] + "…"
-    return text
+def label(indent: int, name: str, kind: str, width: int) -> str:
+    """`name kind` indented; where that is wider than `width`, the kind on a line of its own
+    below the name, indented two more (or less, where that makes it fit; a word longer than
+    the column is folded by the table, never cut)."""
+    one = " " * indent + f"{name} {kind}"
+    if len(one) <= width:
+        return one
+    below = max(min(indent + 2, width - len(kind)), 0)  # less indented where that fits it
+    return " " * indent + name + "\n" + " " * below + kind
+
+
+def _rest_width(rows: list[list[str]], titles: tuple[str, ...]) -> int:
+    """The width the right-aligned columns take: each its widest cell and 2 of padding."""
+    return sum(
+        max([len(title)] + [len(row[i]) for row in rows]) + 2 for i, title in enumerate(titles)
+    )
+
+
+def _table(first: str, width: int, titles: tuple[str, ...]) -> Table:
+    table = Table(box=None, pad_edge=False, show_edge=False, header_style="bold")
+    table.add_column(first, overflow="fold", min_width=min(len(first), width), max_width=width)
+    for title in titles:
+        table.add_column(title, justify="right", no_wrap=True)
+    return table
 
 
 def render_memory(report: MemoryReport, console: Console) -> None:
@@ -56,22 +79,25 @@ def render_memory(report: MemoryReport, console: Console) -> None:
     batch = f", batch {report.batch_size}" if report.batch_size is not None else ""
     console.print(f"{report.device}, {report.dtype}{batch}; one training step, train mode")
     depth = shown_depth(report.modules)
-    table = Table(box=None, pad_edge=False, show_edge=False, header_style="bold")
-    table.add_column("module", no_wrap=True, max_width=NAME_WIDTH)
-    for title in ("saved", "held", "params", "fwd ms", "bwd ms"):
-        table.add_column(title, justify="right", no_wrap=True)
-    for m in report.modules:
-        if depth is not None and m.depth > depth:
-            continue
-        table.add_row(
-            _label(m),
+    shown = [m for m in report.modules if depth is None or m.depth <= depth]
+    titles = ("saved", "held", "params", "fwd ms", "bwd ms")
+    numbers = [
+        [
             human(m.saved_bytes),
             human(m.held_bytes),
             human(m.param_bytes),
             f"{m.forward_ms:.2f}",
             f"{m.backward_ms:.2f}",
-        )
+        ]
+        for m in shown
+    ]
+    width = max(console.width - _rest_width(numbers, titles), 12)
+    table = _table("module", width, titles)
+    for m, row in zip(shown, numbers):
+        last = m.name.rpartition(".")[2] if m.name else "(model)"
+        table.add_row(label(2 * m.depth, last, m.type, width), *row)
     console.print(table)
+    console.print(Text(LEGEND, style="dim"))
     if depth is not None:
         console.print(
             f"[dim]modules to depth {depth} of {max(m.depth for m in report.modules)} "
@@ -91,18 +117,22 @@ def render_memory(report: MemoryReport, console: Console) -> None:
         console.print(f"CUDA memory_allocated over the forward {human(report.held_cuda_bytes)}")
     if report.checkpoint_candidates:
         console.print(Text("checkpointing candidates", style="bold"))
-        cands = Table(box=None, pad_edge=False, show_edge=False, header_style="bold")
-        cands.add_column("block", no_wrap=True, overflow="fold")
-        for title in ("saved", "frees", "recompute", "extra"):
-            cands.add_column(title, justify="right", no_wrap=True)
-        for c in report.checkpoint_candidates:
-            cands.add_row(
-                c.name if len(c.name) + len(c.type) > NAME_WIDTH + 5 else f"{c.name} {c.type}",
+        titles = ("saved", "frees", "recompute", "extra")
+        numbers = [
+            [
                 human(c.saved_bytes),
                 human(c.predicted_saving_bytes),
                 f"{c.recompute_ms:.2f} ms",
                 f"{100 * c.extra_compute:.1f}%",
-            )
+            ]
+            for c in report.checkpoint_candidates
+        ]
+        width = max(console.width - _rest_width(numbers, titles), 12)
+        cands = _table("block", width, titles)
+        for c, row in zip(report.checkpoint_candidates, numbers):
+            count = len(c.modules)
+            kind = f"{count} × {c.type}" if count > 1 else c.type
+            cands.add_row(label(0, c.name, kind, width), *row)
         console.print(cands)
     else:
         console.print("no checkpointing candidate: checkpointing no submodule would free memory")
@@ -121,6 +151,15 @@ def render_memory(report: MemoryReport, console: Console) -> None:
         console.print(Text("PASS" if ck.check_passed else "FAIL", style), end=" ")
         for line in ck.check_summary.split("; "):  # a line each: 80 columns
             console.print(Text(line, style))
+        if ck.check_seconds is not None:
+            share = (
+                f" of the run's {report.seconds:.0f} s"
+                if report.seconds >= ck.check_seconds
+                else ""
+            )
+            console.print(
+                f"gradtool check of the checkpointed copy: {ck.check_seconds:.0f} s{share}"
+            )
     for w in report.warnings:
         console.print(Text(f"warning: {w}", style="yellow"))
     if report.interrupted:

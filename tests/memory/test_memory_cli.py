@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from runpy import run_path
 
 import pytest
@@ -11,6 +12,7 @@ from typer.testing import CliRunner
 
 from gradcheck_tool.cli import app
 from gradcheck_tool.formats.memory_table import human
+from gradcheck_tool.results import CheckpointCandidate, MemoryReport, ModuleMemory
 
 
 def at_80(*args):
@@ -33,6 +35,10 @@ def test_table_fits_80_columns_with_the_candidates_and_the_verdict(tmp_path):
     assert "stem Sequential" in text and "checkpointing candidates" in text
     assert "checkpointed: stem" in text and "PASS gradtool check" in text
     assert "saved-tensor accounting" in text
+    # what the columns are, under the table
+    assert "saved: bytes its operations saved for the backward; held: bytes its forward" in text
+    assert "(each charged to the module that made it)" in text
+    assert re.search(r"gradtool check of the checkpointed copy: \d+ s of the run's \d+ s", text)
     assert plot.stat().st_size > 10_000  # the figure, written
 
 
@@ -81,7 +87,14 @@ def test_an_unknown_block_exits_2_naming_the_choices():
 
 @pytest.mark.parametrize(
     "n, text",
-    [(0, "0 B"), (1023, "1023 B"), (1024, "1 KiB"), (1536, "1.5 KiB"), (5 << 20, "5 MiB")],
+    [
+        (0, "0 B"),
+        (1023, "1023 B"),
+        (1024, "1 KiB"),
+        (1536, "1.5 KiB"),
+        (5 << 20, "5 MiB"),
+        (1000 << 20, "1000 MiB"),
+    ],
 )
 def test_human_bytes(n, text):
     assert human(n) == text
@@ -105,5 +118,91 @@ def test_a_big_model_is_shown_to_the_depth_that_fits():
     lines = out.getvalue().splitlines()
     assert max(map(len, lines)) <= 80
     assert "modules to depth 2 of 4 shown" in out.getvalue()
-    table = [line for line in lines if "TransformerEncoderLayer" in line]
-    assert len(table) == 12 + 3  # the 12 layers, and the 3 candidates below the table
+    text = out.getvalue()
+    assert "…" not in text  # no name cut
+    for i in range(12):  # every layer's name and type whole, on one line at 80
+        assert re.search(rf"^ {{4}}{i} TransformerEncoderLayer +\d", text, re.M)
+    # the stack is one candidate
+    assert re.search(r"^layers\.0-11 12 × TransformerEncoderLayer +[\d.]+ [KM]iB", text, re.M)
+
+
+def _row(name, kind, depth, saved):
+    return ModuleMemory(
+        name=name,
+        type=kind,
+        depth=depth,
+        calls=1,
+        saved_bytes=saved,
+        own_saved_bytes=saved,
+        param_bytes=123 << 20,
+        grad_bytes=0,
+        forward_ms=1234.56,
+        backward_ms=9876.54,
+        held_bytes=saved,
+    )
+
+
+def _report(modules, candidates=()):
+    return MemoryReport(
+        target="m.py",
+        version="0",
+        modules=tuple(modules),
+        saved_bytes_total=0,
+        param_bytes_total=0,
+        grad_bytes_total=0,
+        held_bytes=0,
+        peak_bytes=0,
+        peak_source="saved-tensor accounting",
+        checkpoint_candidates=tuple(candidates),
+    )
+
+
+def _long_names(kind, width):
+    import io
+
+    from gradcheck_tool.formats.table import write
+
+    rows = [_row("", "Model", 0, 1000 << 20)]
+    path = ""
+    for depth, part in enumerate(["encoder", "layer", "0", "attention", "self"], 1):
+        path = f"{path}.{part}" if path else part
+        rows.append(_row(path, kind if part == "self" else "Module", depth, 999 << 20))
+    cand = CheckpointCandidate(
+        name="encoder.layer.0-23",
+        type=kind,
+        saved_bytes=999 << 20,
+        predicted_saving_bytes=998 << 20,
+        recompute_ms=1234.5,
+        extra_compute=0.5,
+        blocks=tuple(f"encoder.layer.{i}" for i in range(24)),
+    )
+    out = io.StringIO()
+    write(_report(rows, [cand]), out, width=width)
+    text = out.getvalue()
+    assert max(map(len, text.splitlines())) <= width
+    assert "…" not in text
+    for number in ("1000 MiB", "999 MiB", "123 MiB", "1234.56", "9876.54", "998 MiB"):
+        assert number in text
+    assert "1234.50 ms" in text
+    return text
+
+
+@pytest.mark.parametrize("width", [80, 200])
+def test_long_names_are_never_cut(width):
+    """A deep module with a long type (an HF attention's): at 80 columns its type goes below
+    its name, at 200 both stay on one line; no name or number is cut either way."""
+    kind = "RobertaSdpaSelfAttention"
+    text = _long_names(kind, width)
+    if width == 80:
+        assert re.search(r"^ {10}self +999 MiB", text, re.M)
+        assert re.search(rf"^ {{6,12}}{kind} *$", text, re.M)
+        assert re.search(rf"^  24 × {kind} *$", text, re.M)
+    else:
+        assert re.search(rf"^ {{10}}self {kind} +999 MiB", text, re.M)
+        assert re.search(rf"^encoder.layer.0-23 24 × {kind} +999 MiB", text, re.M)
+
+
+def test_a_type_wider_than_the_column_is_folded_not_cut():
+    kind = "VeryLongRobertaSelfAttentionWithRotaryEmbeddingsAndMore"
+    text = _long_names(kind, 80)
+    assert kind in re.sub(r"\s", "", text)  # every letter, across the folded lines

@@ -192,7 +192,7 @@ def run_memory(
 ) -> MemoryReport:
     """Measure one training step of `model(*args, **kwargs)` per module (see the module
     docstring). The user's model, RNG state, grad mode and default dtype are left as found."""
-    from .apply import apply_and_verify, check_block_names
+    from .apply import apply_and_verify, resolve_blocks
     from .candidates import choose, rank_candidates
 
     started = time.perf_counter()
@@ -215,7 +215,7 @@ def run_memory(
         torch.set_grad_enabled(True)
         s = Session(model, args, kwargs, loss_fn=loss_fn, device=where, seed=seed, folder=folder)
         if checkpoint:
-            check_block_names(s.model, checkpoint)
+            resolve_blocks(s.model, checkpoint)  # a bad name fails before the measuring
         s.step()  # warm-up: lazy modules, caches
         step_ms, peak = s.peak_step()
         # times are the faster of two probed steps: one step's time can carry a pause of the
@@ -229,7 +229,8 @@ def run_memory(
         result = None
         if apply_checkpoint:
             place = {m.name: i for i, m in enumerate(modules)}
-            blocks = list(checkpoint) or sorted((c.name for c in chosen), key=place.get)
+            ordered = sorted(chosen, key=lambda c: place[c.modules[0]])
+            blocks = list(checkpoint) or [c.name for c in ordered]
             if not blocks:
                 warnings.append(
                     "no block to checkpoint: checkpointing no submodule called once would "
@@ -241,6 +242,7 @@ def run_memory(
                     args,
                     kwargs,
                     blocks=blocks,
+                    wrapped=resolve_blocks(s.model, blocks),
                     loss_fn=loss_fn,
                     device=where,
                     seed=seed,

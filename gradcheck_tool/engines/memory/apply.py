@@ -13,6 +13,8 @@ Note [verifying a checkpointed copy]
 
 from __future__ import annotations
 
+import re
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Callable
@@ -46,23 +48,53 @@ class CheckpointedForward:
         )
 
 
-def check_block_names(model: nn.Module, names: Sequence[str]) -> None:
-    """Every name is a submodule of the model, and none contains another."""
+RANGE = re.compile(r"^(?:(?P<parent>.+)\.)?(?P<first>\d+)-(?P<last>\d+)$")
+
+
+def resolve_blocks(model: nn.Module, names: Sequence[str]) -> list[str]:
+    """The modules that `names` wrap: each a submodule's name, or a range of a stack's layers
+    ("encoder.layers.0-11": each of encoder.layers.0 ... 11); none may contain another."""
+    from .candidates import stacks
+
     known = [n for n, _ in model.named_modules() if n]
-    unknown = [n for n in names if n not in known]
+    present = set(known)
+    unknown, modules = [], []
+    for name in names:
+        if name in present:
+            modules.append(name)
+            continue
+        match = RANGE.match(name)
+        if match is None:
+            unknown.append(name)
+            continue
+        prefix = match["parent"] + "." if match["parent"] else ""
+        first, last = int(match["first"]), int(match["last"])
+        layers = [f"{prefix}{i}" for i in range(first, last + 1)]
+        if first >= last or any(layer not in present for layer in layers):
+            unknown.append(name)
+            continue
+        modules.extend(layers)
     if unknown:
         shown = ", ".join(known[:20]) + (f", … ({len(known)} modules)" if len(known) > 20 else "")
+        ranges = list(stacks(model))
+        hint = f"Choose among: {shown}"
+        if ranges:
+            hint = f"Choose a stack of layers ({', '.join(ranges[:5])}) or among: {shown}"
         raise OptionError(
-            "checkpoint",
-            f"names no module of the model: {', '.join(unknown)}",
-            hint=f"Choose among: {shown}",
+            "checkpoint", f"names no module of the model: {', '.join(unknown)}", hint=hint
         )
-    for a in names:
-        for b in names:
+    for a in modules:
+        for b in modules:
             if a != b and a.startswith(b + "."):
                 raise OptionError(
                     "checkpoint", f"names {a!r} inside {b!r}", hint="Name blocks that don't nest."
                 )
+    if len(set(modules)) < len(modules):
+        twice = sorted({m for m in modules if modules.count(m) > 1})
+        raise OptionError(
+            "checkpoint", f"names {', '.join(twice)} twice", hint="Name each block once."
+        )
+    return modules
 
 
 def wrap_blocks(model: nn.Module, blocks: Sequence[str]) -> None:
@@ -110,6 +142,7 @@ def apply_and_verify(
     kwargs: dict,
     *,
     blocks: Sequence[str],
+    wrapped: Sequence[str],
     loss_fn: Callable | None,
     device: torch.device | None,
     seed: int,
@@ -117,16 +150,16 @@ def apply_and_verify(
     module_rows: Callable,
     folder: Path | None = None,
 ) -> tuple[CheckpointResult, list[str]]:
-    """Checkpoint `blocks` on a fresh copy, measure it as the plain one was, and verify its
-    gradients (Note [verifying a checkpointed copy])."""
+    """Checkpoint `wrapped` (the modules `blocks` name) on a fresh copy, measure it as the
+    plain one was, and verify its gradients (Note [verifying a checkpointed copy])."""
     from ...api import check
     from . import Session
 
     rec_before, held_before, peak_before, step_ms_before = before
     warnings: list[str] = []
     session = Session(model, args, kwargs, loss_fn=loss_fn, device=device, seed=seed, folder=folder)
-    wrap_blocks(session.model, blocks)
-    predicted = predicted_saving(rec_before, blocks)
+    wrap_blocks(session.model, wrapped)
+    predicted = predicted_saving(rec_before, wrapped)
     try:
         session.step()  # warm-up, as the plain copy had
         step_ms_after, peak_after = session.peak_step()
@@ -145,6 +178,7 @@ def apply_and_verify(
             step_ms_after=0.0,
             check_passed=False,
             check_summary=f"the recomputation differs from the forward ({first})",
+            wrapped=tuple(wrapped),
         ), warnings
     held_after = sum(held_by.values())
     measured = held_before - held_after
@@ -162,6 +196,7 @@ def apply_and_verify(
         raise
     except Exception as exc:  # torch.utils.checkpoint's own complaint about a recomputation
         grad_worst, differ = float("inf"), [f"the recomputation failed: {exc}"]
+    began = time.perf_counter()
     report = check(
         session.model,
         args,
@@ -172,6 +207,7 @@ def apply_and_verify(
         name="checkpointed copy",
         found_by="gradtool memory --apply-checkpoint",
     )
+    check_seconds = time.perf_counter() - began
     failed = [r.name for r in report.failures]
     unresolved = len(report.inconclusive)
     check_worst = max((r.rel_error for r in report.results), default=None)
@@ -204,5 +240,7 @@ def apply_and_verify(
         check_worst_error=check_worst,
         grad_difference=grad_worst,
         modules=tuple(module_rows(session.model, rec_after, held_by)),
+        wrapped=tuple(wrapped),
+        check_seconds=check_seconds,
     )
     return result, warnings

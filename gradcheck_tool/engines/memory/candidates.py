@@ -13,7 +13,6 @@ Note [predicted saving of checkpointing]
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Iterable, Sequence
 
 from torch import nn
@@ -21,7 +20,8 @@ from torch import nn
 from ...results import CheckpointCandidate, ModuleMemory
 from .measure import StepRecord
 
-BIG_SHARE = 0.10  # a single module saving this share of the step's total is a candidate
+BIG_SHARE = 0.10  # a single module freeing this share of the step's saved bytes comes first
+SMALL_SHARE = 0.01  # one freeing less is no candidate (a dropout's mask: not worth a wrap)
 
 
 def _inside(name: str, block: str) -> bool:
@@ -42,47 +42,101 @@ def predicted_saving(rec: StepRecord, blocks: Iterable[str]) -> int:
     return sum(rec.sizes[s] for s in freed) - sum(rec.sizes[s] for s in newly_kept)
 
 
+GENERIC = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
+
+
+def _shape(module: nn.Module) -> tuple:
+    """What makes two layers the same layer: their submodules' names and types, and their
+    parameters' names and shapes."""
+    return (
+        tuple((n, type(m)) for n, m in module.named_modules()),
+        tuple((n, tuple(p.shape)) for n, p in module.named_parameters()),
+    )
+
+
+def stacks(model: nn.Module) -> dict[str, tuple[str, ...]]:
+    """The model's stacks of repeated layers: runs of at least two siblings with consecutive
+    indices (a ModuleList's or a Sequential's children: `encoder.layers.0` ... `11`, HF
+    `encoder.layer.*`, timm `blocks.*`) of one type that have submodules (a generic
+    container, such as a Sequential, also of one shape). Named by the range:
+    "encoder.layers.0-11" -> ("encoder.layers.0", ..., "encoder.layers.11")."""
+    found: dict[str, tuple[str, ...]] = {}
+    for parent, container in model.named_modules():
+        run: list[tuple[int, nn.Module]] = []
+        for child, module in [*container.named_children(), ("", None)]:
+            same = (
+                run
+                and module is not None
+                and child.isdigit()
+                and int(child) == run[-1][0] + 1
+                and type(module) is type(run[-1][1])
+                and (not isinstance(module, GENERIC) or _shape(module) == _shape(run[-1][1]))
+            )
+            if same:
+                run.append((int(child), module))
+                continue
+            if len(run) > 1:
+                prefix = parent + "." if parent else ""
+                found[f"{prefix}{run[0][0]}-{run[-1][0]}"] = tuple(f"{prefix}{i}" for i, _ in run)
+            has_children = module is not None and next(module.children(), None) is not None
+            run = [(int(child), module)] if child.isdigit() and has_children else []
+    return found
+
+
 def rank_candidates(
     model: nn.Module, rec: StepRecord, rows: Sequence[ModuleMemory]
 ) -> list[CheckpointCandidate]:
-    """Blocks worth checkpointing: the repeated blocks (siblings of one type with submodules:
-    the layers of a stack) first, then single modules that would free a large share, then
-    any module that would free something; within each, most bytes freed per millisecond of
-    recompute first."""
+    """Blocks worth checkpointing: the stacks of repeated layers first (one candidate each:
+    every layer wrapped), then single modules outside any stack that would free a large
+    share, then any other module outside a stack that would free at least 1%; within each,
+    most bytes freed per millisecond of recompute first."""
     step_ms = rec.forward_total_ms + rec.backward_total_ms
     total = sum(r.saved_bytes for r in rows if r.name == "")
-    named = dict(model.named_modules())
-    siblings = Counter((n.rpartition(".")[0], type(m)) for n, m in named.items() if n)
+    by_name = {r.name: r for r in rows}
     found: list[tuple[int, CheckpointCandidate]] = []
+
+    def candidate(name: str, type_: str, blocks: tuple[str, ...]) -> CheckpointCandidate | None:
+        members = [by_name[b] for b in blocks]
+        if any(m.calls != 1 for m in members):
+            return None
+        saved = set().union(
+            *(s for owner, s in rec.own_saved.items() if any(_inside(owner, b) for b in blocks))
+        )
+        saving = predicted_saving(rec, blocks)
+        if not saved or saving <= 0:
+            return None
+        recompute = sum(m.forward_ms for m in members)
+        return CheckpointCandidate(
+            name=name,
+            type=type_,
+            saved_bytes=sum(rec.sizes[s] for s in saved),
+            predicted_saving_bytes=saving,
+            recompute_ms=recompute,
+            extra_compute=recompute / step_ms if step_ms > 0 else 0.0,
+            blocks=blocks if len(blocks) > 1 else (),
+        )
+
+    layered = stacks(model)
+    for name, blocks in layered.items():
+        c = candidate(name, by_name[blocks[0]].type, blocks)
+        if c is not None:
+            found.append((0, c))
+    in_stack = [b for blocks in layered.values() for b in blocks]
     for row in rows:
-        if not row.name or row.calls != 1 or row.saved_bytes == 0:
+        if not row.name or any(_inside(row.name, b) for b in in_stack):
             continue
-        module = named[row.name]
-        saving = predicted_saving(rec, [row.name])
-        if saving <= 0:
-            continue
-        repeated = (
-            siblings[(row.name.rpartition(".")[0], type(module))] > 1
-            and next(module.children(), None) is not None
-        )
-        tier = 0 if repeated else 1 if saving >= BIG_SHARE * total else 2
-        found.append(
-            (
-                tier,
-                CheckpointCandidate(
-                    name=row.name,
-                    type=row.type,
-                    saved_bytes=row.saved_bytes,
-                    predicted_saving_bytes=saving,
-                    recompute_ms=row.forward_ms,
-                    extra_compute=row.forward_ms / step_ms if step_ms > 0 else 0.0,
-                ),
-            )
-        )
+        c = candidate(row.name, row.type, (row.name,))
+        if c is not None and c.predicted_saving_bytes >= SMALL_SHARE * total:
+            tier = 1 if c.predicted_saving_bytes >= BIG_SHARE * total else 2
+            found.append((tier, c))
     found.sort(
         key=lambda tc: (tc[0], -tc[1].predicted_saving_bytes / max(tc[1].recompute_ms, 1e-3))
     )
     return [c for _, c in found]
+
+
+def _overlap(a: CheckpointCandidate, b: CheckpointCandidate) -> bool:
+    return any(_inside(x, y) or _inside(y, x) for x in a.modules for y in b.modules)
 
 
 def choose(ranked: Sequence[CheckpointCandidate], top: int) -> list[CheckpointCandidate]:
@@ -91,6 +145,6 @@ def choose(ranked: Sequence[CheckpointCandidate], top: int) -> list[CheckpointCa
     for c in ranked:
         if len(chosen) == top:
             break
-        if not any(_inside(c.name, o.name) or _inside(o.name, c.name) for o in chosen):
+        if not any(_overlap(c, o) for o in chosen):
             chosen.append(c)
     return chosen
