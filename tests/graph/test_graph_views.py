@@ -11,6 +11,7 @@ import re
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 import torch
@@ -57,8 +58,8 @@ def test_a_12_layer_transformer_shows_one_box_per_layer(transformer) -> None:
     assert [b.type for b in view.module_boxes][1:-1] == ["TransformerEncoderLayer"] * 12
     assert transformer.depth == 2 and not transformer.depth_given
     assert transformer.cuts == () and transformer.unreached == ()
-    # the deepest readable level: one more would show each layer's insides
-    assert view.size <= MAX_BOXES < collapse(transformer, transformer.depth + 1).size
+    # one more level would show each layer's insides
+    assert len(collapse(transformer, transformer.depth + 1).module_boxes) > 14
     # each layer's parameters are one leaf, with every one of its 12 tensors
     leaves = [b for b in view.boxes if b.kind == "params" and b.module == "encoder.layers.3"]
     assert len(leaves) == 1 and len(leaves[0].params) == 12
@@ -67,15 +68,19 @@ def test_a_12_layer_transformer_shows_one_box_per_layer(transformer) -> None:
     )
 
 
-def test_a_12_layer_bert_shows_one_box_per_layer() -> None:
-    model, inputs = DEEP.bert()
+@pytest.mark.parametrize("n", [2, 6, 12])
+def test_a_bert_shows_one_box_per_layer_whatever_its_size(n) -> None:
+    """The default depth keeps a repeated stack's members one box each, with 2 layers as with
+    12 (BertModel: encoder.layer is a ModuleList of BertLayer)."""
+    model, inputs = DEEP.bert(n)
     report = run_graph(
         model, (), inputs, loss_fn=lambda out, **kw: out.last_hidden_state.pow(2).mean()
     )
     view = collapse(report, report.depth)
     labels = [b.label for b in view.module_boxes]
     layers = [x for x in labels if x.startswith("encoder.")]
-    assert layers == [f"encoder.layer.{i}" for i in range(DEEP.LAYERS)]
+    assert layers == [f"encoder.layer.{i}" for i in range(n)]
+    assert {b.type for b in view.module_boxes if b.label in layers} == {"BertLayer"}
     assert len(view.module_boxes) <= MAX_BOXES
     # the pooler is not in this loss: torch leaves its gradients None, and so does the graph
     assert {u.name for u in report.unreached} == {"pooler.dense.weight", "pooler.dense.bias"}
@@ -102,9 +107,21 @@ def test_depth_zero_is_one_box_and_expanding_a_module_shows_its_children(transfo
     assert [m.name for m in opened.clusters] == ["encoder"]
 
 
-def test_default_depth_grows_with_the_limit(transformer) -> None:
-    assert default_depth(transformer, limit=3) == 1
-    assert default_depth(transformer, limit=10_000) == transformer.max_depth
+def test_default_depth_is_the_stack_s_level_whatever_the_limit(transformer) -> None:
+    assert default_depth(transformer, limit=3) == 2 == default_depth(transformer, limit=10_000)
+
+
+def test_without_a_repeated_stack_the_default_depth_grows_with_the_limit(transformer) -> None:
+    # the same report with the ModuleList renamed: no repeated stack left
+    plain = replace(
+        transformer,
+        modules=tuple(
+            replace(m, type="Holder") if m.type == "ModuleList" else m
+            for m in transformer.modules
+        ),
+    )
+    assert default_depth(plain, limit=3) == 1
+    assert default_depth(plain, limit=10_000) == plain.max_depth
 
 
 def test_collapsed_links_are_deduplicated_and_cuts_kept(detached) -> None:
@@ -127,7 +144,7 @@ def test_dot_marks_cuts_and_unreached_parameters(detached) -> None:
     assert cut and "style=dashed" in cut.group(1) and 'label="detach()"' in cut.group(1)
     assert '"#d62728"' in cut.group(1)
     leaf = re.search(r'"u:gate" \[([^\]]*)\]', text)
-    assert leaf and 'label="unreached: weight, bias\\n(272)"' in leaf.group(1)
+    assert leaf and 'label="weight, bias\\n272 params · 2 of 2 tensors unreached"' in leaf.group(1)
     assert 'rank=max; "loss"' in text
     assert '"m:encoder" [' in text and 'label="encoder\\nSequential\\n416 params"' in text
 
@@ -139,7 +156,7 @@ def test_svg_and_png_are_written_by_dot(detached, tmp_path) -> None:
     render(to_dot(detached), "png", str(png))
     image = svg.read_text()
     assert "detach()" in image and "no_grad" in image and "stroke-dasharray" in image
-    assert "unreached: weight, bias" in image
+    assert "2 of 2 tensors unreached" in image
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -170,8 +187,9 @@ def test_summary_of_a_transformer_lists_the_layers_in_order(transformer) -> None
     table.write(transformer, out, width=80)
     text = out.getvalue()
     assert max(len(line) for line in text.splitlines()) <= 80
-    rows = [line.split("│")[0].strip() for line in text.splitlines() if "│" in line]
-    assert rows == ["embed", *[f"encoder.layers.{i}" for i in range(12)], "head"]
+    rows = [line.split("│")[0].rstrip() for line in text.splitlines() if "│" in line]
+    # the layers under their parent's heading, named relative to it
+    assert rows == ["embed", "encoder.", *[f"  layers.{i}" for i in range(12)], "head"]
     assert "no gradient cut" in text
 
 
