@@ -338,7 +338,7 @@ def _params_label(names: list[str], group: str, unreached: dict | None) -> str:
     head = "unreached: " if unreached is not None else ""
     if len(short) <= 3:
         return head + ", ".join(short)
-    return f"{head}{len(short)} parameters"
+    return f"{head}{len(short)} tensors"
 
 
 def _under(name: str, box: str) -> bool:

@@ -82,8 +82,17 @@ def to_dot(report: GraphReport, depth: int | None = None) -> str:
                 f'label="{_q(lk.cut)}", fontsize=9]'
             )
         lines.append(f"  {_id(lk.src)} -> {_id(lk.dst)}{attrs};")
+    # a parameter leaf beside its box (same rank), not a rank below it: otherwise each leaf
+    # pushes the next box sideways and a chain of blocks reads as a diagonal staircase
+    by_id = {b.id: b for b in view.boxes}
+    for lk in view.links:
+        leaf, box = by_id.get(lk.src), by_id.get(lk.dst)
+        if leaf is not None and box is not None and leaf.kind in ("params", "unreached"):
+            if box.kind == "module" and box.module == leaf.module and lk.cut is None:
+                lines.append(f"  {{ rank=same; {_id(leaf.id)}; {_id(box.id)} }}")
     marked = any(lk.cut for lk in view.links) or any(
-        b.kind == "unreached" or not b.reaches_loss for b in view.boxes
+        b.kind == "unreached" or not b.reaches_loss or (b.kind == "module" and b.calls == 0)
+        for b in view.boxes
     )
     if scale is not None or marked:
         lines.append(f"  legend [shape=plaintext, margin=0, label=<{_legend(scale, view)}>];")

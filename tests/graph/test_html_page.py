@@ -195,6 +195,8 @@ def test_clicking_a_box_expands_it_and_its_frame_title_collapses_it(browser):
     _screenshot(browser, "transformer12_expanded")
     _click(browser, "g.box[data-module='layers.3.attn']")  # one level deeper
     assert {"layers.3.attn.qkv", "layers.3.attn.proj"} <= set(_boxes(browser))
+    # the expand kept layers.3.attn in view, which may have panned layers.3's head off it
+    browser.find_element("id", "zoom-fit").click()
     _click(browser, ".frame-head[data-module='layers.3']")  # collapses it and all below
     assert sorted(_boxes(browser)) == sorted(
         ["embed", "pos", "norm", "head"] + [f"layers.{i}" for i in range(12)]
@@ -414,3 +416,53 @@ def test_dead_relus_of_a_forward_are_marked_on_their_nodes(browser, tmp_path):
     assert sorted(badges) == sorted(
         ["Relu", f"dead {round(100 * f['dead_fraction'])}%"] for f in dead
     )
+
+
+_INSIDE = (
+    "const s = document.getElementById('graph').getBoundingClientRect();"
+    "const inside = e => { const r = e.getBoundingClientRect(); return r.left >= s.left - 1"
+    " && r.right <= s.right + 1 && r.top >= s.top - 1 && r.bottom <= s.bottom + 1; };"
+)
+
+
+def test_on_load_a_12_layer_graph_is_whole_in_view_at_a_legible_zoom(browser):
+    _open(browser, graph_reports.transformer(12), "transformer12_load")
+    # the loss (last) and the input (first) and every box inside the window
+    assert browser.execute_script(
+        _INSIDE + "return inside(document.querySelector('g.fine.loss'))"
+        " && inside(document.querySelector('g.fine.input'))"
+        " && Array.from(document.querySelectorAll('g.box')).every(inside)"
+    )
+    assert _scale(browser) >= 0.45
+
+
+def test_on_load_a_graph_too_tall_to_read_whole_shows_its_top_at_full_width(browser):
+    _open(browser, graph_reports.transformer(48), "transformer48_load")
+    assert 0.45 <= _scale(browser) <= 1  # legible, not shrunk to fit 48 layers
+    # the top (the input and the first layer) in view, the loss below the window
+    assert browser.execute_script(
+        _INSIDE + "return inside(document.querySelector('g.fine.input'))"
+        " && inside(document.querySelector(\"g.box[data-module='layers.0']\"))"
+        " && !inside(document.querySelector('g.fine.loss'))"
+    )
+    # the full width: the drawing's left and right edges inside the window
+    assert browser.execute_script(
+        "const s = document.getElementById('graph').getBoundingClientRect();"
+        "const v = document.getElementById('viewport').getBoundingClientRect();"
+        "return v.left >= s.left - 1 && v.right <= s.right + 1"
+    )
+
+
+def test_an_expanded_box_stays_in_view(browser):
+    _open(browser, graph_reports.transformer(12), "transformer12_expand_last")
+    _click(browser, "g.box[data-module='layers.11']")
+    # every unit of the expanded Block (its frame, children and own nodes) inside the window,
+    # none hidden under the side panel or below the window's edge
+    shown = browser.execute_script(
+        _INSIDE + "const mine = Array.from(document.querySelectorAll("
+        "\"g.box[data-module^='layers.11.'], g.fine[data-module='layers.11']\"));"
+        "return [mine.length, mine.filter(inside).length]"
+    )
+    assert shown[0] >= 4 and shown == [shown[0], shown[0]]
+    _screenshot(browser, "transformer12_expand_last")
+    _assert_no_console_errors(browser)

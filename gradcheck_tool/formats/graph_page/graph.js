@@ -846,14 +846,14 @@ window.addEventListener("error", function (ev) {
     applyView();
   }
   var TOP = 44; // below the toolbar
-  var LEGIBLE = 0.6; // the smallest zoom whose labels still read (11px text at 6.6px)
+  var LEGIBLE = 0.45; // the smallest zoom whose labels still read (12px titles at 5.4px)
   function fit(readable) {
     // the whole graph; `readable`: when the whole graph would need a zoom below LEGIBLE, the
     // full width (still at least LEGIBLE) and the top of the graph instead
     var r = svg.getBoundingClientRect(), b = current.bbox, room = r.height - TOP - 10;
     var kw = (r.width - 20) / b.w, kh = room / b.h;
     var k = Math.min(kw, kh, 1.25);
-    if (readable && k < LEGIBLE) k = Math.max(Math.min(kw, 1.25), LEGIBLE);
+    if (readable && k < LEGIBLE) k = Math.max(Math.min(kw, 1), LEGIBLE);
     view.k = k;
     view.x = b.w * k <= r.width - 20 ? (r.width - b.w * k) / 2 : 10;
     view.y = TOP + (b.h * k <= room ? (room - b.h * k) / 2 : 0);
@@ -865,7 +865,7 @@ window.addEventListener("error", function (ev) {
     current.units.forEach(function (u) {
       var m = u.kind === "module" ? u.module : u.node && u.node.module;
       if (m === undefined || !isUnder(m, name) || u.x === undefined) return;
-      var b = [u.x, u.y, u.x + u.w, u.y + u.h];
+      var b = [u.x - u.w / 2, u.y - u.h / 2, u.x + u.w / 2, u.y + u.h / 2]; // x, y: the centre
       box = box ? [Math.min(box[0], b[0]), Math.min(box[1], b[1]), Math.max(box[2], b[2]), Math.max(box[3], b[3])] : b;
     });
     return box;
