@@ -97,14 +97,14 @@ def _ends(links: list, end: str, boxes: dict[str, Box], prefix: str = "") -> Tex
 NAME_WIDTH = 26  # the module column: longer names break after a dot
 
 
-def wrap_at_dots(text: Text | str, width: int) -> Text:
-    """`text` in lines of at most `width`, broken only after a dot, a comma or a space: a
-    module name is never cut mid-word (a piece longer than `width` stays whole)."""
+def wrap_at_dots(text: Text | str, width: int, at: str = ". ,") -> Text:
+    """`text` in lines of at most `width`, broken only after one of `at` (a dot, a comma, a
+    space): a module name is never cut mid-word (a piece longer than `width` stays whole)."""
     text = Text(text) if isinstance(text, str) else text
     plain = text.plain
     if len(plain) <= width:
         return text
-    breaks = _breaks(plain)
+    breaks = _breaks(plain, at)
     cuts: list[int] = []
     start = 0
     last = None
@@ -126,9 +126,9 @@ def wrap_at_dots(text: Text | str, width: int) -> Text:
     return out
 
 
-def _breaks(plain: str) -> list[int]:
-    """Where a line may break: after a dot, a comma or a space not followed by a space."""
-    out = [i + 1 for i, ch in enumerate(plain[:-1]) if ch in ". ," and plain[i + 1] != " "]
+def _breaks(plain: str, at: str = ". ,") -> list[int]:
+    """Where a line may break: after one of `at` not followed by a space."""
+    out = [i + 1 for i, ch in enumerate(plain[:-1]) if ch in at and plain[i + 1] != " "]
     return out + [len(plain)]
 
 
@@ -196,7 +196,7 @@ def modules_table(report: GraphReport, view: Collapsed, width: int = 80) -> Tabl
     fixed = ncols - 2
     widths = [0] * fixed
     for cells in all_cells:
-        cells[0] = wrap_at_dots(cells[0], NAME_WIDTH)
+        cells[0] = wrap_at_dots(cells[0], NAME_WIDTH, at=".")
         for k in range(min(fixed, len(cells))):
             plain = cells[k].plain if isinstance(cells[k], Text) else cells[k]
             widths[k] = max([widths[k], len(str(table.columns[k].header))])

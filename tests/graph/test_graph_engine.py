@@ -301,3 +301,12 @@ def test_nodes_behind_a_cut_are_marked() -> None:
         by_module.setdefault(n.module, set()).add(n.reaches_loss)
     assert by_module["a"] == {False} and by_module["b"] == {True}
     assert torch_unreached(model, (CUTS.example_inputs(),)) == {"a.weight", "a.bias"}
+
+
+def test_the_item_round_trip_names_the_ops_of_the_forward() -> None:
+    """Item's forward: `self.s(h).mean().item()` (a Mean made in Item.forward) and
+    `self.b(h) * scale` (a Mul there): neither is a module's."""
+    _, report = graph_of(CUTS.MODELS["Item"])
+    (cut,) = report.cuts
+    assert (cut.producer_text, cut.consumer_text) == ("Mean in Item.forward", "Mul in Item.forward")
+    assert cut.text.startswith(".item() cuts Mean in Item.forward → Mul in Item.forward (")

@@ -15,6 +15,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+from torch import nn
 from conftest import FIXTURES, REPO, SAMPLES
 
 from gradcheck_tool.engines.graph import run_graph
@@ -276,3 +277,55 @@ def test_a_box_behind_a_cut_is_marked() -> None:
     boxes = {b.label: b for b in collapse(report, 1).module_boxes}
     assert (boxes["a"].reaches_loss, boxes["b"].reaches_loss) == (False, True)
     assert re.search(r'"m:a" \[[^\]]*"rounded,filled,dashed"', to_dot(report, 1))
+
+
+class _LongEmbeddings(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.word_embeddings_of_the_vocabulary = nn.Linear(4, 4)
+        self.token_type_embeddings = nn.Linear(4, 4)
+        self.position_embeddings_for_long_inputs = nn.Linear(4, 4)
+
+
+class _LongNames(nn.Module):
+    """Names longer than an 80-column table's module column (BERT-like, longer)."""
+
+    def __init__(self):
+        super().__init__()
+        self.embeddings_with_a_rather_long_name = _LongEmbeddings()
+        self.classifier_head_with_a_long_name = nn.Linear(4, 1000)
+
+    def forward(self, x):
+        e = self.embeddings_with_a_rather_long_name
+        h = e.word_embeddings_of_the_vocabulary(x) + e.token_type_embeddings(x)
+        return self.classifier_head_with_a_long_name(h + e.position_embeddings_for_long_inputs(x))
+
+
+def test_at_80_columns_no_module_name_or_number_is_cut() -> None:
+    torch.manual_seed(0)
+    model = _LongNames()
+    report = run_graph(model, (torch.randn(2, 4),), {}, target="long_names.py", depth=2)
+    out = io.StringIO()
+    table.write(report, out, width=80)
+    text = out.getvalue()
+    assert max(len(line) for line in text.splitlines()) <= 80
+    assert "…" not in text
+    words = set(re.findall(r"[A-Za-z_][\w]*", text))
+    for name, _ in model.named_modules():
+        for part in name.split(".") if name else ():
+            assert part in words, part  # each piece of every name whole on some line
+    assert "5.0k" in text  # the head's 4 * 1000 + 1000 parameters, whole
+    # a module's row starts with (the end of) its name: no row of a type without a name
+    rows = [ln.split("│") for ln in text.splitlines() if "│ Linear" in ln]
+    assert len(rows) == 4 and all(r[0].strip() for r in rows)
+    assert f"{report.autograd_nodes} autograd nodes" in text
+
+
+def test_one_count_of_autograd_nodes_in_every_view(detached) -> None:
+    data = json.loads(json.dumps(detached.to_dict()))
+    out = io.StringIO()
+    table.write(detached, out, width=80)
+    assert data["autograd_nodes"] == detached.autograd_nodes
+    assert f"{detached.autograd_nodes} autograd nodes" in out.getvalue()
+    # the op nodes of the report, counted here: no leaf, no loss, no input
+    assert detached.autograd_nodes == len([n for n in data["nodes"] if n["kind"] == "op"])

@@ -426,7 +426,12 @@ _INSIDE = (
 
 
 def test_on_load_a_12_layer_graph_is_whole_in_view_at_a_legible_zoom(browser):
-    _open(browser, graph_reports.transformer(12), "transformer12_load")
+    report = graph_reports.transformer(12)
+    _open(browser, report, "transformer12_load")
+    # the page counts autograd nodes as the text and JSON do
+    meta = browser.find_element("id", "meta").text
+    assert f"· {report.autograd_nodes} autograd nodes ·" in meta
+    assert report.autograd_nodes == sum(n.kind == "op" for n in report.nodes) < len(report.nodes)
     # the loss (last) and the input (first) and every box inside the window
     assert browser.execute_script(
         _INSIDE + "return inside(document.querySelector('g.fine.loss'))"
