@@ -155,7 +155,9 @@ def _node(b: Box, scale: _Scale | None, sibling: Box | None = None) -> str:
         if b.calls == 0:  # never ran: white, dotted (not "behind a cut")
             style = style.replace('"rounded,filled"', '"rounded,filled,dotted"')
             style = style.replace('fillcolor="#e8eef7"', 'fillcolor="white"')
-            style = style.replace('color="#4a6fa5"', f'color="{NEVER_RAN}", fontcolor="{NEVER_RAN}"')
+            style = style.replace(
+                'color="#4a6fa5"', f'color="{NEVER_RAN}", fontcolor="{NEVER_RAN}"'
+            )
             lines.append("never ran")
         elif not b.reaches_loss:  # only behind a cut: no gradient from the loss gets here
             style = style.replace('"rounded,filled"', '"rounded,filled,dashed"')

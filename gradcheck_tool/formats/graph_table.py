@@ -32,16 +32,15 @@ def header_lines(report: GraphReport, view: Collapsed) -> list[str]:
     return [
         f"gradtool graph {report.target}{found}",
         f"depth {view.depth} of {report.max_depth} ({how})",
-        f"{report.autograd_nodes} autograd nodes; {reached} of {reached + len(lost)} trainable parameter "
-        "tensors reach the loss",
+        f"{report.autograd_nodes} autograd nodes; {reached} of {reached + len(lost)} "
+        "trainable parameter tensors reach the loss",
     ]
 
 
 def not_cuts_note(not_cuts: tuple[str, ...]) -> str:
     """Values taken out of the graph that the loss never used: fine, said once."""
-    return (
-        "note: not cuts (values taken out of the graph that the loss never uses): "
-        + ", ".join(not_cuts)
+    return "note: not cuts (values taken out of the graph that the loss never uses): " + ", ".join(
+        not_cuts
     )
 
 
@@ -181,7 +180,10 @@ def modules_table(report: GraphReport, view: Collapsed, width: int = 80) -> Tabl
         )
         lost = f"u:{b.module}" in boxes
         cells: list[Text | str] = [
-            Text(("  " if prefix else "") + _relative(b.label, prefix), style="bold red" if lost else ""),
+            Text(
+                ("  " if prefix else "") + _relative(b.label, prefix),
+                style="bold red" if lost else "",
+            ),
             b.type + (f" ×{b.calls}" if b.calls > 1 else ""),
             count(b.numel) if b.numel else "",
         ]
@@ -255,7 +257,9 @@ def cuts_table(report: GraphReport) -> Table:
         if c.module and c.kind in ("no_grad", "inference_mode"):
             kind += f" in {c.module}"
         used_by = (
-            "(nothing found)" if c.consumer is None else (c.consumer_text or c.consumer or "(model)")
+            "(nothing found)"
+            if c.consumer is None
+            else (c.consumer_text or c.consumer or "(model)")
         )
         lines = [f"{c.producer_text or c.producer or '(model)'} → {used_by}"]
         if c.location is not None:

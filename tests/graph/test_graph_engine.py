@@ -117,9 +117,7 @@ def test_a_cut_is_a_red_edge_from_the_producer_to_the_consumer(name) -> None:
     assert "b" in {nodes[i].module for i in after}
 
 
-@pytest.mark.parametrize(
-    "name", ["Healthy", "MetricUnderNoGrad", "LibraryCuts", "FunctionDetach"]
-)
+@pytest.mark.parametrize("name", ["Healthy", "MetricUnderNoGrad", "LibraryCuts", "FunctionDetach"])
 def test_no_false_alarm(name) -> None:
     """A healthy model has no cut; a metric under no_grad that never feeds the loss, a number
     printed with .item() and a boolean mask of a detached value are no cuts either (named in

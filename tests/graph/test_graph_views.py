@@ -15,8 +15,8 @@ from dataclasses import replace
 
 import pytest
 import torch
-from torch import nn
 from conftest import FIXTURES, REPO, SAMPLES
+from torch import nn
 
 from gradcheck_tool.engines.graph import run_graph
 from gradcheck_tool.formats import table
@@ -117,8 +117,7 @@ def test_without_a_repeated_stack_the_default_depth_grows_with_the_limit(transfo
     plain = replace(
         transformer,
         modules=tuple(
-            replace(m, type="Holder") if m.type == "ModuleList" else m
-            for m in transformer.modules
+            replace(m, type="Holder") if m.type == "ModuleList" else m for m in transformer.modules
         ),
     )
     assert default_depth(plain, limit=3) == 1
@@ -329,3 +328,24 @@ def test_one_count_of_autograd_nodes_in_every_view(detached) -> None:
     assert f"{detached.autograd_nodes} autograd nodes" in out.getvalue()
     # the op nodes of the report, counted here: no leaf, no loss, no input
     assert detached.autograd_nodes == len([n for n in data["nodes"] if n["kind"] == "op"])
+
+
+class _NeverRuns(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.used = nn.Linear(4, 4)
+        self.unused = nn.Linear(4, 4)
+
+    def forward(self, x):
+        return self.used(x)
+
+
+def test_a_module_that_never_ran_has_its_own_style_and_legend_entry() -> None:
+    report = run_graph(_NeverRuns(), (torch.randn(2, 4),), {}, target="never.py")
+    text = to_dot(report)
+    box = re.search(r'"m:unused" \[([^\]]*)\]', text).group(1)
+    assert "dotted" in box and "never ran" in box and "dashed" not in box
+    assert "never ran in the forward" in text and "only behind a cut" not in text
+    # its red leaf counts its parameters as the others do: 4 * 4 + 4
+    leaf = re.search(r'"u:unused" \[([^\]]*)\]', text).group(1)
+    assert "20 params · 2 of 2 tensors unreached" in leaf

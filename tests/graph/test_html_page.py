@@ -390,6 +390,12 @@ def test_the_detached_branch_sample_from_the_command_line(browser, tmp_path):
     assert len(data["cuts"]) >= 1
     shown = [li.text for li in browser.find_elements("css selector", "#unreached li .name")]
     assert shown == [u["name"] for u in data["unreached"]]
+    # the gate's leaf: its elements (16 * 16 + 16), and tensors, not elements, unreached
+    pills = [e.text for e in browser.find_elements("css selector", "g.box .param-leaf")]
+    assert "272 params · 2 of 2 tensors unreached" in pills
+    # the cut's ends named: the Mul of the model's own forward, not "(model)"
+    panel = " ".join(li.text for li in browser.find_elements("css selector", "#cuts li"))
+    assert "encoder.3 → Mul in DetachedBranch.forward" in panel and "(model)" not in panel
 
 
 def test_a_12_layer_transformer_encoder_from_the_command_line(browser, tmp_path):
