@@ -207,7 +207,12 @@ def modules_table(report: GraphReport, view: Collapsed, width: int = 80) -> Tabl
     full = [c for c in all_cells if len(c) == ncols]
     src_min = max([_longest_piece(c[-2]) for c in full] + [4])
     dst_min = max([_longest_piece(c[-1]) for c in full] + [2])
-    src_w = max(src_min, room * 2 // 5)
+    src_nat = max([len(c[-2].plain) for c in full] + [4])
+    dst_nat = max([len(c[-1].plain) for c in full] + [2])
+    # the room shared as the columns would be wide unwrapped, each at least its longest name
+    src_w = max(src_min, min(src_nat, room * src_nat // (src_nat + dst_nat)))
+    if room - src_nat >= max(dst_min, min(dst_nat, 24)):
+        src_w = src_nat  # "from" whole, with room enough left for "to"
     dst_w = max(dst_min, room - src_w)
     for cells in all_cells:
         if len(cells) == ncols:
