@@ -887,12 +887,18 @@ class GraphCut:
     location: SourceLocation | None = None  # the user's line that cut it
     params: tuple[str, ...] = ()  # parameters that no longer reach the loss because of it
     module: str | None = None  # the module whose forward made the cutting call
+    # for the reader: the module, or when it is the model's own forward the op made there
+    # ("Relu in Buggy.forward"); "" in reports made before these were added
+    producer_text: str = ""
+    consumer_text: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "kind": self.kind,
             "producer": self.producer,
             "consumer": self.consumer,
+            "producer_text": self.producer_text,
+            "consumer_text": self.consumer_text,
             "text": self.text,
             "location": self.location.to_dict() if self.location is not None else None,
             "params": list(self.params),
@@ -907,9 +913,15 @@ class Unreached:
     name: str
     module: str
     reason: str  # "cut by detach() in encoder (model.py:23)", "never used by the forward"
+    numel: int = 0  # its elements
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "module": self.module, "reason": self.reason}
+        return {
+            "name": self.name,
+            "module": self.module,
+            "reason": self.reason,
+            "numel": self.numel,
+        }
 
 
 @dataclass(frozen=True)
@@ -954,6 +966,16 @@ class GraphReport:
     interrupted: str | None = None
     max_depth: int = 0  # the deepest level any module has
     depth_given: bool = False  # --depth was given (else `depth` was chosen: formats/_graph.py)
+    depth_asked: int | None = None  # --depth as given when deeper than the model (clamped)
+    # values taken out of the graph that the loss never used, costing no parameter anything
+    # (a metric under no_grad, a loss printed with .item()): "no_grad at model.py:12"
+    not_cuts: tuple[str, ...] = ()
+
+    @property
+    def autograd_nodes(self) -> int:
+        """The one count every view gives: the op nodes (the forward's grad_fn nodes, those
+        behind a cut included; the loss's own calls are the loss node, leaves not counted)."""
+        return sum(n.kind == "op" for n in self.nodes)
 
     @property
     def passed(self) -> bool:
@@ -976,6 +998,8 @@ class GraphReport:
             "depth": self.depth,
             "max_depth": self.max_depth,
             "depth_given": self.depth_given,
+            "depth_asked": self.depth_asked,
+            "autograd_nodes": self.autograd_nodes,
             "modules": [m.to_dict() for m in self.modules],
             "nodes": [n.to_dict() for n in self.nodes],
             "edges": [e.to_dict() for e in self.edges],
@@ -983,6 +1007,7 @@ class GraphReport:
             "unreached": [u.to_dict() for u in self.unreached],
             "flow": [f.to_dict() for f in self.flow],
             "warnings": list(self.warnings),
+            "not_cuts": list(self.not_cuts),
             "seconds": round(self.seconds, 3),
         }
 

@@ -72,9 +72,34 @@ def max_depth(report: GraphReport) -> int:
     return max((m.depth for m in report.modules), default=0)
 
 
+STACKS = ("ModuleList", "Sequential")
+
+
+def repeated_stack(report: GraphReport) -> GraphModule | None:
+    """The shallowest repeated stack: a ModuleList / Sequential holding at least 2 modules
+    of one type (a Transformer's layers, a ResNet stage's blocks); stacks of blocks (members
+    with submodules) before stacks of plain layers. None: the model has none."""
+    found: list[tuple[int, int, int, GraphModule]] = []
+    for i, m in enumerate(report.modules):
+        if m.type not in STACKS:
+            continue
+        members = [c for c in report.modules if c.parent == m.name]
+        types = [c.type for c in members]
+        if not any(types.count(t) >= 2 for t in set(types)):
+            continue
+        plain = not any(c2.parent in {c.name for c in members} for c2 in report.modules)
+        level = min(c.depth for c in members)
+        found.append((int(plain), level, i, m))
+    return min(found, key=lambda f: f[:3])[3] if found else None
+
+
 def default_depth(report: GraphReport, limit: int = MAX_BOXES) -> int:
-    """The deepest level whose collapsed graph has at most `limit` boxes and op nodes; at
-    least 1 when the model has submodules (0 is one box)."""
+    """With a repeated stack (`repeated_stack`): its members' level, one box per layer
+    whatever the model's size. Else the deepest level whose collapsed graph has at most
+    `limit` boxes and op nodes; at least 1 when the model has submodules (0 is one box)."""
+    stack = repeated_stack(report)
+    if stack is not None:
+        return min(c.depth for c in report.modules if c.parent == stack.name)
     deepest = max_depth(report)
     chosen = min(1, deepest)
     for d in range(1, deepest + 1):
@@ -313,7 +338,7 @@ def _params_label(names: list[str], group: str, unreached: dict | None) -> str:
     head = "unreached: " if unreached is not None else ""
     if len(short) <= 3:
         return head + ", ".join(short)
-    return f"{head}{len(short)} parameters"
+    return f"{head}{len(short)} tensors"
 
 
 def _under(name: str, box: str) -> bool:
@@ -326,6 +351,7 @@ def _with_numbers(report: GraphReport, boxes: dict[str, Box]) -> dict[str, Box]:
     numel = {m.name: m.numel for m in report.modules}
     flows = list(report.flow)
     sizes = {n.label: math.prod(n.shape) for n in report.nodes if n.kind == "param"}
+    sizes.update({u.name: u.numel for u in report.unreached if u.numel})
     out = {}
     for bid, b in boxes.items():
         if b.kind == "module":

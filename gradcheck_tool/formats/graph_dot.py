@@ -20,6 +20,7 @@ DARK = {"#fc4e2a", "#e31a1c"}  # fills that need white text
 CUT = "#d62728"
 DEAD = "#7b3294"
 NO_GRAD_FILL = "#d9d9d9"
+NEVER_RAN = "#777777"
 
 STYLE = {
     "module": 'shape=box, style="rounded,filled", fillcolor="#e8eef7", color="#4a6fa5"',
@@ -51,9 +52,12 @@ def to_dot(report: GraphReport, depth: int | None = None) -> str:
         where = b.cluster if b.cluster in parents else None
         inside.setdefault(where, []).append(b)
 
+    by_id = {b.id: b for b in view.boxes}
+
     def emit(cluster: str | None, indent: str) -> None:
         for b in inside.get(cluster, []):
-            lines.append(f"{indent}{_id(b.id)} [{_node(b, scale)}];")
+            sibling = by_id.get("p:" + b.id[2:]) if b.kind == "unreached" else None
+            lines.append(f"{indent}{_id(b.id)} [{_node(b, scale, sibling)}];")
         for child in [c for c, p in parents.items() if p == cluster]:
             m = next(m for m in view.clusters if m.name == child)
             lines.append(f"{indent}subgraph {_id('cluster_' + child)} {{")
@@ -78,8 +82,17 @@ def to_dot(report: GraphReport, depth: int | None = None) -> str:
                 f'label="{_q(lk.cut)}", fontsize=9]'
             )
         lines.append(f"  {_id(lk.src)} -> {_id(lk.dst)}{attrs};")
+    # a parameter leaf beside its box (same rank), not a rank below it: otherwise each leaf
+    # pushes the next box sideways and a chain of blocks reads as a diagonal staircase
+    by_id = {b.id: b for b in view.boxes}
+    for lk in view.links:
+        leaf, box = by_id.get(lk.src), by_id.get(lk.dst)
+        if leaf is not None and box is not None and leaf.kind in ("params", "unreached"):
+            if box.kind == "module" and box.module == leaf.module and lk.cut is None:
+                lines.append(f"  {{ rank=same; {_id(leaf.id)}; {_id(box.id)} }}")
     marked = any(lk.cut for lk in view.links) or any(
-        b.kind == "unreached" or not b.reaches_loss for b in view.boxes
+        b.kind == "unreached" or not b.reaches_loss or (b.kind == "module" and b.calls == 0)
+        for b in view.boxes
     )
     if scale is not None or marked:
         lines.append(f"  legend [shape=plaintext, margin=0, label=<{_legend(scale, view)}>];")
@@ -127,7 +140,8 @@ class _Scale:
         return PALETTE[min(len(PALETTE) - 1, max(0, round(at * (len(PALETTE) - 1))))]
 
 
-def _node(b: Box, scale: _Scale | None) -> str:
+def _node(b: Box, scale: _Scale | None, sibling: Box | None = None) -> str:
+    """`sibling`: for an unreached leaf, the reached one of the same box."""
     lines = [b.label]
     style = STYLE[b.kind]
     if b.kind == "module":
@@ -138,7 +152,14 @@ def _node(b: Box, scale: _Scale | None) -> str:
             name = name[len(b.cluster) + 1 :]
         lines = [name, b.type] if b.type else [name]
         style += f', tooltip="{_q(b.label)}"'
-        if not b.reaches_loss:  # only behind a cut: no gradient from the loss gets here
+        if b.calls == 0:  # never ran: white, dotted (not "behind a cut")
+            style = style.replace('"rounded,filled"', '"rounded,filled,dotted"')
+            style = style.replace('fillcolor="#e8eef7"', 'fillcolor="white"')
+            style = style.replace(
+                'color="#4a6fa5"', f'color="{NEVER_RAN}", fontcolor="{NEVER_RAN}"'
+            )
+            lines.append("never ran")
+        elif not b.reaches_loss:  # only behind a cut: no gradient from the loss gets here
             style = style.replace('"rounded,filled"', '"rounded,filled,dashed"')
             style = style.replace('fillcolor="#e8eef7"', f'fillcolor="{NO_GRAD_FILL}"')
         if b.numel:
@@ -162,7 +183,11 @@ def _node(b: Box, scale: _Scale | None) -> str:
         lines.append(f"[dead {b.dead_fraction:.0%}]")
         style = style.replace('color="#999999"', f'color="{DEAD}", penwidth=2.5')
     elif b.kind in ("params", "unreached") and b.numel:
-        lines.append(f"({count(b.numel)})")
+        lines.append(f"{count(b.numel)} params")
+        if b.kind == "unreached":  # of how many tensors its module (box) has in the graph
+            both = len(b.params) + len(sibling.params) if sibling is not None else len(b.params)
+            lines[-1] += f" · {len(b.params)} of {both} tensors unreached"
+            lines[0] = lines[0].removeprefix("unreached: ")
     label = "\\n".join(_q(x) for x in lines)
     return f'{style}, label="{label}"'
 
@@ -181,10 +206,15 @@ def _legend(scale: _Scale | None, view: Collapsed) -> str:
         rows.append(
             f'<TR><TD COLSPAN="3"><FONT COLOR="{CUT}">- - red dashed: gradient cut</FONT></TD></TR>'
         )
-    if any(not b.reaches_loss for b in view.boxes):
+    if any(not b.reaches_loss and b.calls for b in view.boxes if b.kind in ("module", "ops")):
         rows.append(
             f'<TR><TD COLSPAN="3" BGCOLOR="{NO_GRAD_FILL}">'
             "grey dashed box: only behind a cut</TD></TR>"
+        )
+    if any(b.kind == "module" and b.calls == 0 for b in view.boxes):
+        rows.append(
+            f'<TR><TD COLSPAN="3"><FONT COLOR="{NEVER_RAN}">'
+            "white dotted box: never ran in the forward</FONT></TD></TR>"
         )
     if any(b.kind == "unreached" for b in view.boxes):
         rows.append(

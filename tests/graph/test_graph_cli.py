@@ -74,3 +74,26 @@ def test_a_path_that_cannot_be_written_is_refused(tmp_path, monkeypatch) -> None
 def test_depth_must_not_be_negative() -> None:
     result = invoke_cli("graph", DETACHED, "--depth", "-1")
     assert result.code == 2
+
+
+def test_a_depth_deeper_than_the_model_is_clamped_and_said() -> None:
+    # the sample's deepest module is encoder.0 (level 2: encoder, then its children)
+    result = invoke_cli("graph", DETACHED, "--depth", "99")
+    assert result.code == 0, result.output
+    assert "depth 2 of 2 (--depth 99: the model is only 2 deep)" in flat(result.stdout)
+    data = json.loads(invoke_cli("graph", DETACHED, "--format", "json", "--depth", "99").stdout)
+    assert (data["depth"], data["max_depth"], data["depth_asked"]) == (2, 2, 99)
+
+
+def test_a_cut_in_the_model_s_own_forward_names_the_op_there() -> None:
+    """The sample multiplies by the gate in DetachedBranch.forward itself (`features * gate`):
+    the no_grad cut's value is used by that Mul, which the text, JSON and table name."""
+    data = json.loads(invoke_cli("graph", DETACHED, "--format", "json").stdout)
+    no_grad = next(c for c in data["cuts"] if c["kind"] == "no_grad")
+    assert (no_grad["producer_text"], no_grad["consumer_text"]) == (
+        "encoder.3",
+        "Mul in DetachedBranch.forward",
+    )
+    assert "→ Mul in DetachedBranch.forward" in no_grad["text"]
+    assert "encoder.3 → Mul in DetachedBranch.forward" in flat(invoke_cli("graph", DETACHED).stdout)
+    assert "(model)" not in flat(invoke_cli("graph", DETACHED).stdout)

@@ -78,6 +78,7 @@ CUT_CASES = [
     ("Numpy", ".numpy()", "a", "b"),
     ("NumpyDirect", "detach()", "a", None),
     ("DecoratedNoGrad", "no_grad", "a", "b"),
+    ("FunctionAndDetach", "detach()", "c", ""),
 ]
 
 
@@ -116,19 +117,51 @@ def test_a_cut_is_a_red_edge_from_the_producer_to_the_consumer(name) -> None:
     assert "b" in {nodes[i].module for i in after}
 
 
-@pytest.mark.parametrize("name", ["Healthy", "MetricUnderNoGrad", "LibraryCuts"])
+@pytest.mark.parametrize("name", ["Healthy", "MetricUnderNoGrad", "LibraryCuts", "FunctionDetach"])
 def test_no_false_alarm(name) -> None:
     """A healthy model has no cut; a metric under no_grad that never feeds the loss, a number
-    printed with .item() and a boolean mask of a detached value are no cuts either (they are
-    counted in a warning); torch's own no_grad and detach (spectral norm, gumbel_softmax's
-    straight-through estimator) are not the user's cuts."""
+    printed with .item() and a boolean mask of a detached value are no cuts either (named in
+    a note, not a warning); torch's own no_grad and detach (spectral norm, gumbel_softmax's
+    straight-through estimator) are not the user's cuts, nor is what a custom
+    autograd.Function's forward does (its backward carries the gradient)."""
     model, report = graph_of(CUTS.MODELS[name])
     assert report.cuts == ()
     assert report.unreached == ()
     assert torch_unreached(model, (CUTS.example_inputs(),)) == set()
     assert not any(e.cut for e in report.edges)
+    assert report.warnings == ()
     if name == "MetricUnderNoGrad":
-        assert any("never reached the loss" in w for w in report.warnings)
+        lines, first = inspect.getsourcelines(CUTS.MODELS[name])
+        at = {
+            key: first + i
+            for i, text in enumerate(lines)
+            for key in ("float(h.norm())", ".item() > 1e9", "h.detach() > 0")
+            if key in text
+        }
+        assert [n.rpartition(":")[0].rpartition(" at ")[0] for n in report.not_cuts] == [
+            "no_grad",
+            ".item()",
+            "detach()",
+        ]
+        assert [int(n.rpartition(":")[2]) for n in report.not_cuts] == [
+            at["float(h.norm())"],
+            at[".item() > 1e9"],
+            at["h.detach() > 0"],
+        ]
+    else:
+        assert report.not_cuts == ()
+
+
+def test_a_function_s_forward_cuts_nothing_but_the_user_s_detach_beside_it_does() -> None:
+    """Both ways, against torch: with the Function alone every parameter gets a gradient; with
+    the user's detach() beside it, exactly c's parameters get none, and the one cut is
+    reported at the user's line (not inside the Function)."""
+    model, report = graph_of(CUTS.MODELS["FunctionAndDetach"])
+    assert torch_unreached(model, (CUTS.example_inputs(),)) == {"c.weight", "c.bias"}
+    assert [c.location.line for c in report.cuts] == [
+        marked_line(CUTS.MODELS["FunctionAndDetach"], "detach()")
+    ]
+    assert {u.name for u in report.unreached} == {"c.weight", "c.bias"}
 
 
 def test_detached_branch_sample() -> None:
@@ -266,3 +299,12 @@ def test_nodes_behind_a_cut_are_marked() -> None:
         by_module.setdefault(n.module, set()).add(n.reaches_loss)
     assert by_module["a"] == {False} and by_module["b"] == {True}
     assert torch_unreached(model, (CUTS.example_inputs(),)) == {"a.weight", "a.bias"}
+
+
+def test_the_item_round_trip_names_the_ops_of_the_forward() -> None:
+    """Item's forward: `self.s(h).mean().item()` (a Mean made in Item.forward) and
+    `self.b(h) * scale` (a Mul there): neither is a module's."""
+    _, report = graph_of(CUTS.MODELS["Item"])
+    (cut,) = report.cuts
+    assert (cut.producer_text, cut.consumer_text) == ("Mean in Item.forward", "Mul in Item.forward")
+    assert cut.text.startswith(".item() cuts Mean in Item.forward → Mul in Item.forward (")

@@ -11,10 +11,12 @@ import re
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 import torch
 from conftest import FIXTURES, REPO, SAMPLES
+from torch import nn
 
 from gradcheck_tool.engines.graph import run_graph
 from gradcheck_tool.formats import table
@@ -57,8 +59,8 @@ def test_a_12_layer_transformer_shows_one_box_per_layer(transformer) -> None:
     assert [b.type for b in view.module_boxes][1:-1] == ["TransformerEncoderLayer"] * 12
     assert transformer.depth == 2 and not transformer.depth_given
     assert transformer.cuts == () and transformer.unreached == ()
-    # the deepest readable level: one more would show each layer's insides
-    assert view.size <= MAX_BOXES < collapse(transformer, transformer.depth + 1).size
+    # one more level would show each layer's insides
+    assert len(collapse(transformer, transformer.depth + 1).module_boxes) > 14
     # each layer's parameters are one leaf, with every one of its 12 tensors
     leaves = [b for b in view.boxes if b.kind == "params" and b.module == "encoder.layers.3"]
     assert len(leaves) == 1 and len(leaves[0].params) == 12
@@ -67,15 +69,19 @@ def test_a_12_layer_transformer_shows_one_box_per_layer(transformer) -> None:
     )
 
 
-def test_a_12_layer_bert_shows_one_box_per_layer() -> None:
-    model, inputs = DEEP.bert()
+@pytest.mark.parametrize("n", [2, 6, 12])
+def test_a_bert_shows_one_box_per_layer_whatever_its_size(n) -> None:
+    """The default depth keeps a repeated stack's members one box each, with 2 layers as with
+    12 (BertModel: encoder.layer is a ModuleList of BertLayer)."""
+    model, inputs = DEEP.bert(n)
     report = run_graph(
         model, (), inputs, loss_fn=lambda out, **kw: out.last_hidden_state.pow(2).mean()
     )
     view = collapse(report, report.depth)
     labels = [b.label for b in view.module_boxes]
     layers = [x for x in labels if x.startswith("encoder.")]
-    assert layers == [f"encoder.layer.{i}" for i in range(DEEP.LAYERS)]
+    assert layers == [f"encoder.layer.{i}" for i in range(n)]
+    assert {b.type for b in view.module_boxes if b.label in layers} == {"BertLayer"}
     assert len(view.module_boxes) <= MAX_BOXES
     # the pooler is not in this loss: torch leaves its gradients None, and so does the graph
     assert {u.name for u in report.unreached} == {"pooler.dense.weight", "pooler.dense.bias"}
@@ -102,9 +108,20 @@ def test_depth_zero_is_one_box_and_expanding_a_module_shows_its_children(transfo
     assert [m.name for m in opened.clusters] == ["encoder"]
 
 
-def test_default_depth_grows_with_the_limit(transformer) -> None:
-    assert default_depth(transformer, limit=3) == 1
-    assert default_depth(transformer, limit=10_000) == transformer.max_depth
+def test_default_depth_is_the_stack_s_level_whatever_the_limit(transformer) -> None:
+    assert default_depth(transformer, limit=3) == 2 == default_depth(transformer, limit=10_000)
+
+
+def test_without_a_repeated_stack_the_default_depth_grows_with_the_limit(transformer) -> None:
+    # the same report with the ModuleList renamed: no repeated stack left
+    plain = replace(
+        transformer,
+        modules=tuple(
+            replace(m, type="Holder") if m.type == "ModuleList" else m for m in transformer.modules
+        ),
+    )
+    assert default_depth(plain, limit=3) == 1
+    assert default_depth(plain, limit=10_000) == plain.max_depth
 
 
 def test_collapsed_links_are_deduplicated_and_cuts_kept(detached) -> None:
@@ -127,7 +144,7 @@ def test_dot_marks_cuts_and_unreached_parameters(detached) -> None:
     assert cut and "style=dashed" in cut.group(1) and 'label="detach()"' in cut.group(1)
     assert '"#d62728"' in cut.group(1)
     leaf = re.search(r'"u:gate" \[([^\]]*)\]', text)
-    assert leaf and 'label="unreached: weight, bias\\n(272)"' in leaf.group(1)
+    assert leaf and 'label="weight, bias\\n272 params · 2 of 2 tensors unreached"' in leaf.group(1)
     assert 'rank=max; "loss"' in text
     assert '"m:encoder" [' in text and 'label="encoder\\nSequential\\n416 params"' in text
 
@@ -139,7 +156,7 @@ def test_svg_and_png_are_written_by_dot(detached, tmp_path) -> None:
     render(to_dot(detached), "png", str(png))
     image = svg.read_text()
     assert "detach()" in image and "no_grad" in image and "stroke-dasharray" in image
-    assert "unreached: weight, bias" in image
+    assert "2 of 2 tensors unreached" in image
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -170,8 +187,9 @@ def test_summary_of_a_transformer_lists_the_layers_in_order(transformer) -> None
     table.write(transformer, out, width=80)
     text = out.getvalue()
     assert max(len(line) for line in text.splitlines()) <= 80
-    rows = [line.split("│")[0].strip() for line in text.splitlines() if "│" in line]
-    assert rows == ["embed", *[f"encoder.layers.{i}" for i in range(12)], "head"]
+    rows = [line.split("│")[0].rstrip() for line in text.splitlines() if "│" in line]
+    # the layers under their parent's heading, named relative to it
+    assert rows == ["embed", "encoder.", *[f"  layers.{i}" for i in range(12)], "head"]
     assert "no gradient cut" in text
 
 
@@ -258,3 +276,76 @@ def test_a_box_behind_a_cut_is_marked() -> None:
     boxes = {b.label: b for b in collapse(report, 1).module_boxes}
     assert (boxes["a"].reaches_loss, boxes["b"].reaches_loss) == (False, True)
     assert re.search(r'"m:a" \[[^\]]*"rounded,filled,dashed"', to_dot(report, 1))
+
+
+class _LongEmbeddings(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.word_embeddings_of_the_vocabulary = nn.Linear(4, 4)
+        self.token_type_embeddings = nn.Linear(4, 4)
+        self.position_embeddings_for_long_inputs = nn.Linear(4, 4)
+
+
+class _LongNames(nn.Module):
+    """Names longer than an 80-column table's module column (BERT-like, longer)."""
+
+    def __init__(self):
+        super().__init__()
+        self.embeddings_with_a_rather_long_name = _LongEmbeddings()
+        self.classifier_head_with_a_long_name = nn.Linear(4, 1000)
+
+    def forward(self, x):
+        e = self.embeddings_with_a_rather_long_name
+        h = e.word_embeddings_of_the_vocabulary(x) + e.token_type_embeddings(x)
+        return self.classifier_head_with_a_long_name(h + e.position_embeddings_for_long_inputs(x))
+
+
+def test_at_80_columns_no_module_name_or_number_is_cut() -> None:
+    torch.manual_seed(0)
+    model = _LongNames()
+    report = run_graph(model, (torch.randn(2, 4),), {}, target="long_names.py", depth=2)
+    out = io.StringIO()
+    table.write(report, out, width=80)
+    text = out.getvalue()
+    assert max(len(line) for line in text.splitlines()) <= 80
+    assert "…" not in text
+    words = set(re.findall(r"[A-Za-z_][\w]*", text))
+    for name, _ in model.named_modules():
+        for part in name.split(".") if name else ():
+            assert part in words, part  # each piece of every name whole on some line
+    assert "5.0k" in text  # the head's 4 * 1000 + 1000 parameters, whole
+    # a module's row starts with (the end of) its name: no row of a type without a name
+    rows = [ln.split("│") for ln in text.splitlines() if "│ Linear" in ln]
+    assert len(rows) == 4 and all(r[0].strip() for r in rows)
+    assert f"{report.autograd_nodes} autograd nodes" in text
+
+
+def test_one_count_of_autograd_nodes_in_every_view(detached) -> None:
+    data = json.loads(json.dumps(detached.to_dict()))
+    out = io.StringIO()
+    table.write(detached, out, width=80)
+    assert data["autograd_nodes"] == detached.autograd_nodes
+    assert f"{detached.autograd_nodes} autograd nodes" in out.getvalue()
+    # the op nodes of the report, counted here: no leaf, no loss, no input
+    assert detached.autograd_nodes == len([n for n in data["nodes"] if n["kind"] == "op"])
+
+
+class _NeverRuns(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.used = nn.Linear(4, 4)
+        self.unused = nn.Linear(4, 4)
+
+    def forward(self, x):
+        return self.used(x)
+
+
+def test_a_module_that_never_ran_has_its_own_style_and_legend_entry() -> None:
+    report = run_graph(_NeverRuns(), (torch.randn(2, 4),), {}, target="never.py")
+    text = to_dot(report)
+    box = re.search(r'"m:unused" \[([^\]]*)\]', text).group(1)
+    assert "dotted" in box and "never ran" in box and "dashed" not in box
+    assert "never ran in the forward" in text and "only behind a cut" not in text
+    # its red leaf counts its parameters as the others do: 4 * 4 + 4
+    leaf = re.search(r'"u:unused" \[([^\]]*)\]', text).group(1)
+    assert "20 params · 2 of 2 tensors unreached" in leaf

@@ -195,6 +195,8 @@ def test_clicking_a_box_expands_it_and_its_frame_title_collapses_it(browser):
     _screenshot(browser, "transformer12_expanded")
     _click(browser, "g.box[data-module='layers.3.attn']")  # one level deeper
     assert {"layers.3.attn.qkv", "layers.3.attn.proj"} <= set(_boxes(browser))
+    # the expand kept layers.3.attn in view, which may have panned layers.3's head off it
+    browser.find_element("id", "zoom-fit").click()
     _click(browser, ".frame-head[data-module='layers.3']")  # collapses it and all below
     assert sorted(_boxes(browser)) == sorted(
         ["embed", "pos", "norm", "head"] + [f"layers.{i}" for i in range(12)]
@@ -388,6 +390,12 @@ def test_the_detached_branch_sample_from_the_command_line(browser, tmp_path):
     assert len(data["cuts"]) >= 1
     shown = [li.text for li in browser.find_elements("css selector", "#unreached li .name")]
     assert shown == [u["name"] for u in data["unreached"]]
+    # the gate's leaf: its elements (16 * 16 + 16), and tensors, not elements, unreached
+    pills = [e.text for e in browser.find_elements("css selector", "g.box .param-leaf")]
+    assert "272 params · 2 of 2 tensors unreached" in pills
+    # the cut's ends named: the Mul of the model's own forward, not "(model)"
+    panel = " ".join(li.text for li in browser.find_elements("css selector", "#cuts li"))
+    assert "encoder.3 → Mul in DetachedBranch.forward" in panel and "(model)" not in panel
 
 
 def test_a_12_layer_transformer_encoder_from_the_command_line(browser, tmp_path):
@@ -414,3 +422,58 @@ def test_dead_relus_of_a_forward_are_marked_on_their_nodes(browser, tmp_path):
     assert sorted(badges) == sorted(
         ["Relu", f"dead {round(100 * f['dead_fraction'])}%"] for f in dead
     )
+
+
+_INSIDE = (
+    "const s = document.getElementById('graph').getBoundingClientRect();"
+    "const inside = e => { const r = e.getBoundingClientRect(); return r.left >= s.left - 1"
+    " && r.right <= s.right + 1 && r.top >= s.top - 1 && r.bottom <= s.bottom + 1; };"
+)
+
+
+def test_on_load_a_12_layer_graph_is_whole_in_view_at_a_legible_zoom(browser):
+    report = graph_reports.transformer(12)
+    _open(browser, report, "transformer12_load")
+    # the page counts autograd nodes as the text and JSON do
+    meta = browser.find_element("id", "meta").text
+    assert f"· {report.autograd_nodes} autograd nodes ·" in meta
+    assert report.autograd_nodes == sum(n.kind == "op" for n in report.nodes) < len(report.nodes)
+    # the loss (last) and the input (first) and every box inside the window
+    assert browser.execute_script(
+        _INSIDE + "return inside(document.querySelector('g.fine.loss'))"
+        " && inside(document.querySelector('g.fine.input'))"
+        " && Array.from(document.querySelectorAll('g.box')).every(inside)"
+    )
+    assert _scale(browser) >= 0.45
+
+
+def test_on_load_a_graph_too_tall_to_read_whole_shows_its_top_at_full_width(browser):
+    _open(browser, graph_reports.transformer(48), "transformer48_load")
+    assert 0.45 <= _scale(browser) <= 1  # legible, not shrunk to fit 48 layers
+    # the top (the input and the first layer) in view, the loss below the window
+    assert browser.execute_script(
+        _INSIDE + "return inside(document.querySelector('g.fine.input'))"
+        " && inside(document.querySelector(\"g.box[data-module='layers.0']\"))"
+        " && !inside(document.querySelector('g.fine.loss'))"
+    )
+    # the full width: the drawing's left and right edges inside the window
+    assert browser.execute_script(
+        "const s = document.getElementById('graph').getBoundingClientRect();"
+        "const v = document.getElementById('viewport').getBoundingClientRect();"
+        "return v.left >= s.left - 1 && v.right <= s.right + 1"
+    )
+
+
+def test_an_expanded_box_stays_in_view(browser):
+    _open(browser, graph_reports.transformer(12), "transformer12_expand_last")
+    _click(browser, "g.box[data-module='layers.11']")
+    # every unit of the expanded Block (its frame, children and own nodes) inside the window,
+    # none hidden under the side panel or below the window's edge
+    shown = browser.execute_script(
+        _INSIDE + "const mine = Array.from(document.querySelectorAll("
+        "\"g.box[data-module^='layers.11.'], g.fine[data-module='layers.11']\"));"
+        "return [mine.length, mine.filter(inside).length]"
+    )
+    assert shown[0] >= 4 and shown == [shown[0], shown[0]]
+    _screenshot(browser, "transformer12_expand_last")
+    _assert_no_console_errors(browser)

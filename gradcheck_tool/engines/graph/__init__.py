@@ -102,11 +102,6 @@ def run_graph(
         owner = {n: n.rpartition(".")[0] for n, _ in work.named_parameters()}
         fine = build(loss, tracer, _input_labels(inputs, args, kwargs), owner)
         warnings.extend(tracer.errors)
-        if fine.dropped_cuts:
-            warnings.append(
-                f"{fine.dropped_cuts} value(s) taken out of the graph (detach, no_grad, .item(), "
-                "...) never reached the loss and cost no parameter its gradient: not cuts"
-            )
         del loss, output, tracer
 
     flows: tuple[ModuleFlow, ...] = ()
@@ -124,15 +119,21 @@ def run_graph(
         flow=flows,
         found_by=found_by,
         warnings=tuple(warnings),
+        not_cuts=tuple(fine.not_cuts),
     )
+    deepest = max_depth(report)
     chosen = depth if depth is not None else default_depth(report)
+    asked = None
+    if chosen > deepest:  # --depth 99: the model's depth, and the header says so
+        chosen, asked = deepest, chosen
     from dataclasses import replace
 
     return replace(
         report,
         depth=chosen,
-        max_depth=max_depth(report),
+        max_depth=deepest,
         depth_given=depth is not None,
+        depth_asked=asked,
         seconds=time.perf_counter() - started,
     )
 

@@ -22,7 +22,8 @@ class FineGraph:
     edges: list[GraphEdge] = field(default_factory=list)
     cuts: list[GraphCut] = field(default_factory=list)
     unreached: list[Unreached] = field(default_factory=list)
-    dropped_cuts: int = 0  # cuts whose value never reached the loss and cost nothing
+    # cuts whose value never reached the loss and cost nothing: "no_grad at model.py:12"
+    not_cuts: list[str] = field(default_factory=list)
 
 
 def _walk(roots: Iterable[Any]) -> list[Any]:
@@ -157,26 +158,42 @@ def build(
                 lost[name] = i
                 break
 
+    forward = f"{type(tracer.model).__name__}.forward"
+    line_of: dict[str, tuple[str, int]] = {}
     for i, c in enumerate(tracer.cuts):
         consumers = [(n, m) for n, m in c.consumers if id(n) in reached]
         params_lost = tuple(n for n in unreached if lost.get(n) == i)
         if not consumers and not params_lost:
-            g.dropped_cuts += 1
+            at = f" at {c.location.display_file}:{c.location.line}" if c.location else ""
+            if f"{c.kind}{at}" not in g.not_cuts:
+                g.not_cuts.append(f"{c.kind}{at}")
+                line_of[f"{c.kind}{at}"] = (
+                    (c.location.display_file, c.location.line) if c.location else ("", 0)
+                )
             continue
         consumer = None
+        consumer_text = "nothing on the loss's path"
         if consumers:
             consumer = consumers[0][1]
             consumer = "(loss)" if consumer == LOSS else consumer
+            consumer_text = _who(consumer, consumers[0][0], forward)
+        first = next((p for p in c.producers if not isinstance(p, torch.Tensor)), None)
+        producer_text = _who(c.producer_module, first, forward)
         where = f" ({c.location.display_file}:{c.location.line})" if c.location else ""
-        into = (
-            f" → {consumer or '(model)'}"
-            if consumer is not None
-            else " → nothing on the loss's path"
-        )
-        at = f" in {c.module or '(model)'}" if c.kind in ("no_grad", "inference_mode") else ""
-        text = f"{c.kind}{at} cuts {c.producer_module or '(model)'}{into}{where}"
+        at = f" in {c.module or forward}" if c.kind in ("no_grad", "inference_mode") else ""
+        text = f"{c.kind}{at} cuts {producer_text} → {consumer_text}{where}"
         g.cuts.append(
-            GraphCut(c.kind, c.producer_module, consumer, text, c.location, params_lost, c.module)
+            GraphCut(
+                c.kind,
+                c.producer_module,
+                consumer,
+                text,
+                c.location,
+                params_lost,
+                c.module,
+                producer_text,
+                consumer_text,
+            )
         )
         _cut_edges(g, c, consumers, ids, params, owner)
         for name in params_lost:
@@ -194,8 +211,19 @@ def build(
             reason = "never used by the forward"
         else:
             reason = "used, but what it computes never reaches the loss"
-        g.unreached.append(Unreached(name, mod, reason))
+        g.unreached.append(Unreached(name, mod, reason, params[name].numel()))
+    g.not_cuts.sort(key=lambda t: line_of.get(t, ("", 0)))
     return g
+
+
+def _who(module: str, node: Any, forward: str) -> str:
+    """A cut's producer or consumer for the reader: its module, or when that is the model's
+    own forward, the op made there ("Relu in Buggy.forward") or the forward itself."""
+    if module:
+        return module
+    if node is not None and not isinstance(node, torch.Tensor):
+        return f"{_label(node)} in {forward}"
+    return forward
 
 
 def _cut_edges(

@@ -14,7 +14,9 @@ inputs require grad, `.item()` / `.tolist()` / `.numpy()` of a tensor that requi
 made by the user: the call comes from the user's code (locations.is_user_file), or, under
 no_grad, the user's code switched gradients off (the outermost switch counts: torch's
 no_grad inside the user's is the user's). torch's own (spectral norm's power iteration,
-gumbel_softmax's straight-through detach) are not cuts. The
+gumbel_softmax's straight-through detach) are not cuts, nor is anything a custom
+`autograd.Function`'s forward does (its backward carries the gradient; grad mode is off there
+without the user turning it off: no kind of cut is made while that is so). The
 value it returns is *tainted* by the cut; the taint follows floating results that do not
 require grad (an integer or boolean result carries no gradient, so nothing was cut there:
 `x.detach() > 0`, `logits.detach().argmax()`). When a tainted value is used by a call whose
@@ -161,6 +163,11 @@ class Tracer:
         kind = self._cut_kind(func, grad_on)
         if kind is not None and not self._users(kind, caller):
             kind = None  # the library's own (spectral norm's power iteration, straight-through)
+        if kind is not None and kind != "inference_mode" and not grad_on:
+            if not self.grad_off_by_user:
+                kind = None  # grad mode off, not by the user: an autograd.Function's forward
+        if kind is not None and _in_function_forward(caller):
+            kind = None  # the Function's backward carries the gradient past this forward
         if kind is not None and needing:
             cut = self._cut(kind, needing, module, getattr(func, "__name__", "call"))
             self._taint(out, (cut,), floating_only=kind not in _TAKE_OUT.values())
@@ -270,6 +277,20 @@ class _Calls(TorchFunctionMode):
                     f"gradtool internal error in the graph's hook: {type(exc).__name__}: {exc}"
                 )
         return out
+
+
+_FUNCTION_FILE = os.path.join("torch", "autograd", "function.py")
+
+
+def _in_function_forward(frame: Any) -> bool:
+    """Whether a custom `torch.autograd.Function`'s forward is running (its `apply` is on the
+    stack): what it does to its inputs is not what the gradient sees."""
+    while frame is not None:
+        code = frame.f_code
+        if code.co_name == "apply" and code.co_filename.endswith(_FUNCTION_FILE):
+            return True
+        frame = frame.f_back
+    return False
 
 
 def _outside(frame: Any, files: tuple[str, ...]) -> str | None:

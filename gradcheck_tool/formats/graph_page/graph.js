@@ -307,7 +307,8 @@ window.addEventListener("error", function (ev) {
     var text = numel ? count(numel) + " params"
       : params.length <= 2 ? params.map(function (p) { return p.slice(p.lastIndexOf(".") + 1); }).join(", ")
       : params.length + " tensors";
-    return text + (bad && (numel || params.length > 2) ? " · " + bad + " unreached" : "");
+    return text + (bad && (numel || params.length > 2)
+      ? " · " + bad + " of " + params.length + " tensor" + (params.length > 1 ? "s" : "") + " unreached" : "");
   }
 
   function buildGraph() {
@@ -844,16 +845,50 @@ window.addEventListener("error", function (ev) {
     view.k = k;
     applyView();
   }
+  var TOP = 44; // below the toolbar
+  var LEGIBLE = 0.45; // the smallest zoom whose labels still read (12px titles at 5.4px)
   function fit(readable) {
-    // the whole graph; `readable`: never so small that labels can't be read, top-aligned
-    var TOP = 44; // below the toolbar
+    // the whole graph; `readable`: when the whole graph would need a zoom below LEGIBLE, the
+    // full width (still at least LEGIBLE) and the top of the graph instead
     var r = svg.getBoundingClientRect(), b = current.bbox, room = r.height - TOP - 10;
     var kw = (r.width - 20) / b.w, kh = room / b.h;
     var k = Math.min(kw, kh, 1.25);
-    if (readable && k < 0.85) k = Math.min(kw, 0.85, 1.25);
+    if (readable && k < LEGIBLE) k = Math.max(Math.min(kw, 1), LEGIBLE);
     view.k = k;
-    view.x = (r.width - b.w * k) / 2;
+    view.x = b.w * k <= r.width - 20 ? (r.width - b.w * k) / 2 : 10;
     view.y = TOP + (b.h * k <= room ? (room - b.h * k) / 2 : 0);
+    applyView();
+  }
+  function unitsBox(name) {
+    // the drawing's box around a module's units (its box, or its cluster's contents)
+    var box = null;
+    current.units.forEach(function (u) {
+      var m = u.kind === "module" ? u.module : u.node && u.node.module;
+      if (m === undefined || !isUnder(m, name) || u.x === undefined) return;
+      var b = [u.x - u.w / 2, u.y - u.h / 2, u.x + u.w / 2, u.y + u.h / 2]; // x, y: the centre
+      box = box ? [Math.min(box[0], b[0]), Math.min(box[1], b[1]), Math.max(box[2], b[2]), Math.max(box[3], b[3])] : b;
+    });
+    return box;
+  }
+  function keepInView(name) {
+    // after an expand: the module's units inside the window (zoomed out, not below LEGIBLE,
+    // when they do not fit; then their top left corner shows)
+    var b = unitsBox(name);
+    if (!b) return;
+    var r = svg.getBoundingClientRect(), M = 12, room = r.height - TOP - M;
+    var w = b[2] - b[0], h = b[3] - b[1];
+    var k = Math.min(view.k, (r.width - 2 * M) / w, room / h);
+    if (k < view.k) {
+      var k2 = Math.max(k, Math.min(view.k, LEGIBLE));
+      zoomAt(k2 / view.k, view.x + b[0] * view.k, view.y + b[1] * view.k);
+    }
+    var x1 = view.x + b[2] * view.k, y1 = view.y + b[3] * view.k;
+    if (x1 > r.width - M) view.x -= x1 - (r.width - M); // the right edge in, then the left
+    var x0 = view.x + b[0] * view.k;
+    if (x0 < M) view.x += M - x0;
+    if (y1 > r.height - M) view.y -= y1 - (r.height - M);
+    var y0 = view.y + b[1] * view.k;
+    if (y0 < TOP) view.y += TOP - y0;
     applyView();
   }
   function centreOf() { var r = svg.getBoundingClientRect(); return [r.width / 2, r.height / 2]; }
@@ -918,7 +953,7 @@ window.addEventListener("error", function (ev) {
     });
     return best;
   }
-  function expand(name) { expanded.add(name); rerender(name); }
+  function expand(name) { expanded.add(name); rerender(name); keepInView(name); }
   function collapse(name) {
     expanded.forEach(function (n) { if (isUnder(n, name)) expanded.delete(n); });
     rerender(name);
@@ -994,7 +1029,7 @@ window.addEventListener("error", function (ev) {
 
   function panel() {
     document.getElementById("target").textContent = DATA.target;
-    var meta = ["gradtool " + DATA.version, DATA.nodes.length + " autograd nodes", DATA.modules.length + " modules"];
+    var meta = ["gradtool " + DATA.version, (DATA.autograd_nodes !== undefined ? DATA.autograd_nodes : DATA.nodes.length) + " autograd nodes", DATA.modules.length + " modules"];
     if (DATA.found_by) meta.push(DATA.found_by);
     document.getElementById("meta").textContent = meta.join(" · ");
     var cuts = DATA.cuts || [];
@@ -1008,7 +1043,9 @@ window.addEventListener("error", function (ev) {
       kind.className = "kind";
       kind.textContent = c.kind;
       head.appendChild(kind);
-      head.appendChild(document.createTextNode(" " + moduleTitle(c.producer) + " → " + (c.consumer === null ? "(nothing)" : moduleTitle(c.consumer))));
+      var from = c.producer_text || moduleTitle(c.producer);
+      var to = c.consumer === null ? "(nothing)" : c.consumer_text || moduleTitle(c.consumer);
+      head.appendChild(document.createTextNode(" " + from + " → " + to));
       item.appendChild(head);
       if (c.location) item.appendChild(div(c.location.file + ":" + c.location.line + (c.location.what ? "  " + c.location.what : ""), "loc"));
       if (c.text) item.appendChild(div(c.text, "text"));
