@@ -75,6 +75,10 @@ class StepRecord:
     forward_total_ms: float = 0.0
     backward_total_ms: float = 0.0
     grad_bytes: dict[str, int] = field(default_factory=dict)  # parameter name -> .grad bytes
+    # FlopCounterMode's counts (a separate step): each module's forward, inclusive; the step's
+    # forward + backward
+    forward_flops: dict[str, int] = field(default_factory=dict)
+    step_flops: int = 0
 
 
 class StepProbe:
