@@ -5,12 +5,15 @@ The orchestrator reads as its list of steps, all on gradtool's copy of the model
 mode, at the model's own dtype, each from the same seeded RNG state:
 
 1. a warm-up step (lazy modules initialise, caches fill);
-2. a plain step: its time, and on CUDA the peak (`torch.cuda.max_memory_allocated`);
-3. two probed steps (measure.StepProbe): saved bytes per module, forward and backward
-   times (the faster of the two);
-4. a held step (measure.HeldStorages): the independent measurement of what the forward
+2. STEPS_TIMED plain steps: their median time, and on CUDA the peak
+   (`torch.cuda.max_memory_allocated`);
+3. STEPS_PROBED probed steps (measure.StepProbe): saved bytes per module, forward and
+   backward times (each the median of the steps': figures to read, not to rank by);
+4. a FLOP step (torch's FlopCounterMode): each module's forward FLOPs and the step's,
+   which rank the candidates (deterministic);
+5. a held step (measure.HeldStorages): the independent measurement of what the forward
    leaves alive for the backward;
-5. the checkpointing candidates (candidates.py), and with `apply_checkpoint` the advice
+6. the checkpointing candidates (candidates.py), and with `apply_checkpoint` the advice
    applied to a fresh copy, measured again and checked (apply.py).
 """
 
