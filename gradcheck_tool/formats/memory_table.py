@@ -170,7 +170,7 @@ def render_memory(report: MemoryReport, console: Console) -> None:
             console.print(f"peak {human(ck.peak_before)} -> {human(ck.peak_after)}")
         console.print(
             f"step {ck.step_ms_before:.1f} ms -> {ck.step_ms_after:.1f} ms "
-            "(measured, median of 5 steps)"
+            "(measured: median of 5 each, taken in turn)"
         )
         console.print(Text("PASS" if ck.check_passed else "FAIL", style), end=" ")
         for line in ck.check_summary.split("; "):  # a line each: 80 columns

@@ -14,6 +14,7 @@ Note [verifying a checkpointed copy]
 from __future__ import annotations
 
 import re
+import statistics
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -154,17 +155,26 @@ def apply_and_verify(
 ) -> tuple[CheckpointResult, list[str]]:
     """Checkpoint `wrapped` (the modules `blocks` name) on a fresh copy, measure it as the
     plain one was, and verify its gradients (Note [verifying a checkpointed copy])."""
-    from . import Session
+    from . import STEPS_TIMED, Session
 
     rec_before, held_before, peak_before, step_ms_before = before
     warnings: list[str] = []
     session = Session(model, args, kwargs, loss_fn=loss_fn, device=device, seed=seed, folder=folder)
     wrap_blocks(session.model, wrapped)
     predicted = predicted_saving(rec_before, wrapped)
+    plain = Session(model, args, kwargs, loss_fn=loss_fn, device=device, seed=seed, folder=folder)
+    plain.step()  # warm-up
     try:
         session.step()  # warm-up, as the plain copy had
-        step_ms_after, peak_after = session.peak_step()
+        _, peak_after = session.peak_step(steps=1)
         rec_after, held_by, _ = session.held_step()
+        # the step before and after: plain and checkpointed steps taken in turn, so that a
+        # busy machine slows both alike; each the median of STEPS_TIMED
+        times: list[tuple[float, float]] = [
+            (plain.step(), session.step()) for _ in range(STEPS_TIMED)
+        ]
+        step_ms_before = statistics.median(t[0] for t in times)
+        step_ms_after = statistics.median(t[1] for t in times)
     except CheckpointError as exc:  # the recomputation made other tensors than the forward
         first = str(exc).strip().splitlines()[0]
         return CheckpointResult(
@@ -189,8 +199,6 @@ def apply_and_verify(
             f"{DISAGREEMENT:.0%} apart"
         )
 
-    plain = Session(model, args, kwargs, loss_fn=loss_fn, device=device, seed=seed, folder=folder)
-    plain.step()
     try:
         grad_worst, differ = compare_gradients(gradients(plain), gradients(session))
     except GradtoolError:
