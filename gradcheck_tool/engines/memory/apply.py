@@ -6,7 +6,9 @@ Note [verifying a checkpointed copy]
     the RNG state does not capture, or has a side effect, so the recomputation differs), and
     a recomputation that never happens (a check that bypassed the checkpoint would verify
     the plain model). So the checkpointed copy is judged twice: its autograd gradients
-    against the plain copy's, from the same seeded step, and by gradtool's own check, whose
+    against the plain copy's, fresh copies both, step k against step k for two seeded steps
+    (a side effect of the forward runs twice per checkpointed step: the second step shows
+    it), and by gradtool's own check (on another fresh copy), whose
     analytic pass runs the backward with the checked values substituted
     (prepare.Problem.substituted): the recomputation sees them.
 """
@@ -31,6 +33,7 @@ from ...results import CheckpointResult
 from .candidates import predicted_saving
 
 GRAD_TOLERANCE = 1e-4  # relative to the gradient's largest entry: rounding, not a change
+TRAINING_STEPS = 2  # plain and checkpointed gradients compared over this many fresh steps
 DISAGREEMENT = 0.20  # predicted and measured savings further apart than this: a warning
 
 
@@ -200,7 +203,12 @@ def apply_and_verify(
         )
 
     try:
-        grad_worst, differ = compare_gradients(gradients(plain), gradients(session))
+        grad_worst, differ = _same_steps(
+            lambda: Session(
+                model, args, kwargs, loss_fn=loss_fn, device=device, seed=seed, folder=folder
+            ),
+            wrapped,
+        )
     except GradtoolError:
         raise
     except Exception as exc:  # torch.utils.checkpoint's own complaint about a recomputation
@@ -257,6 +265,20 @@ def apply_and_verify(
         fails_without_checkpoint=tuple(shared),
     )
     return result, warnings
+
+
+def _same_steps(new_session: Callable[[], Any], wrapped: Sequence[str]) -> tuple[float, list]:
+    """Fresh plain and checkpointed copies, TRAINING_STEPS steps each, compared step by
+    step: the k-th step of one against the k-th of the other, so that a block whose forward
+    changes the model's state (run twice per step when checkpointed) shows in a later step."""
+    plain, checkpointed = new_session(), new_session()
+    wrap_blocks(checkpointed.model, wrapped)
+    worst, differ = 0.0, []
+    for _ in range(TRAINING_STEPS):
+        w, d = compare_gradients(gradients(plain), gradients(checkpointed))
+        worst = max(worst, w)
+        differ.extend(n for n in d if n not in differ)
+    return worst, differ
 
 
 def _few(names: Sequence[str]) -> str:
