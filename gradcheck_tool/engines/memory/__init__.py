@@ -140,6 +140,7 @@ class Session:
                 out = self.forward()
                 self.sync()
                 probe.rec.forward_total_ms = (time.perf_counter() - began) * 1e3
+                probe.note_kept()
                 probe.phase = "loss"
                 loss = self.loss_of(out)
                 del out

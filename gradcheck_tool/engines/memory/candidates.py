@@ -5,7 +5,8 @@ Note [predicted saving of checkpointing]
     operations saved, recomputing it in the backward. So wrapping the blocks B frees the
     storages saved inside B, except
       - the blocks' inputs (checkpoint keeps them; saved or not, they stay alive), and
-      - storages also saved outside B (a block's output saved by the next layer stays);
+      - storages also saved outside B (a block's output saved by the next layer stays),
+      - storages the model keeps on itself (`self.last_attn = a`: alive anyway);
     and it costs the blocks' inputs that nothing saved before (now kept by checkpoint).
     Computed on the set B at once: adjacent blocks share a storage (one's output is the
     next one's input), which summing per-block predictions would count wrongly.
@@ -37,7 +38,7 @@ def predicted_saving(rec: StepRecord, blocks: Iterable[str]) -> int:
         (within if any(_inside(owner, b) for b in blocks) else outside).update(storages)
     kept = set().union(*(rec.inputs_of.get(b, set()) for b in blocks)) - rec.fixed
     kept -= rec.step_inputs  # alive anyway, and not counted as activations
-    freed = within - outside - kept
+    freed = within - outside - kept - rec.kept_by_model
     newly_kept = kept - within - outside
     return sum(rec.sizes[s] for s in freed) - sum(rec.sizes[s] for s in newly_kept)
 
