@@ -668,11 +668,15 @@ class CheckpointCandidate:
     type: str
     saved_bytes: int  # saved for the backward inside the block
     predicted_saving_bytes: int  # of those, freed by checkpointing (its inputs stay saved)
-    recompute_ms: float  # one more forward of the block in the backward
-    extra_compute: float  # recompute_ms as a fraction of the step's forward + backward time
+    recompute_ms: float  # one more forward of the block in the backward: measured (median)
+    # the recompute as a fraction of the step's forward + backward: by FLOPs (FlopCounterMode)
+    # when torch counts any for the block, else by measured time (cost_from says which)
+    extra_compute: float
     # the modules it wraps: (name,) for a single module; for a stack of repeated layers
     # ("encoder.layers.0-11") each layer, every one wrapped on its own
     blocks: tuple[str, ...] = ()
+    recompute_flops: int = 0  # the block's forward FLOPs, as torch's FlopCounterMode counts
+    cost_from: str = "flops"  # "flops", or "ms" for a block torch counts no FLOPs for
 
     @property
     def modules(self) -> tuple[str, ...]:
@@ -686,7 +690,9 @@ class CheckpointCandidate:
             "saved_bytes": self.saved_bytes,
             "predicted_saving_bytes": self.predicted_saving_bytes,
             "recompute_ms": round(self.recompute_ms, 4),
+            "recompute_flops": self.recompute_flops,
             "extra_compute": round(self.extra_compute, 4),
+            "cost_from": self.cost_from,
         }
 
 
@@ -713,6 +719,9 @@ class CheckpointResult:
     grad_difference: float | None = None
     wrapped: tuple[str, ...] = ()  # the modules wrapped in torch.utils.checkpoint, each
     check_seconds: float | None = None  # the wall time of gradtool check of the copy
+    # tensors the check fails on the checkpointed copy AND on a plain copy (re-checked with
+    # wrt= those names): a question for `gradtool check`, not for checkpointing
+    fails_without_checkpoint: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -731,6 +740,7 @@ class CheckpointResult:
             "check_worst_error": _json_float(self.check_worst_error),
             "grad_difference": _json_float(self.grad_difference),
             "check_seconds": None if self.check_seconds is None else round(self.check_seconds, 2),
+            "fails_without_checkpoint": list(self.fails_without_checkpoint),
             "modules": [m.to_dict() for m in self.modules],
         }
 

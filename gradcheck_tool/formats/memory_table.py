@@ -19,6 +19,23 @@ LEGEND = (  # two lines at 80 columns
 )
 
 
+CANDIDATE_LEGEND = (  # two lines at 80 columns
+    "FLOPs: the block's forward, recomputed in the backward (torch's flop counter);\n"
+    "extra: of the step's forward+backward FLOPs; ms: its forward, median of 3 steps"
+)
+TIME_FALLBACK = "*: torch counts no FLOPs for it: extra is its share of the measured time"
+
+
+def flops(n: int) -> str:
+    """A count with an SI prefix, 3 digits: 885k, 75.5M, 1.2G."""
+    value = float(n)
+    for unit in ("", "k", "M", "G", "T"):
+        if value < 999.5 or unit == "T":
+            return f"{value:.3g}{unit}" if unit else str(int(value))
+        value /= 1000
+    return str(n)
+
+
 def human(n: int | None) -> str:
     """Bytes in B, KiB, MiB or GiB, three significant figures."""
     if n is None:
@@ -117,13 +134,14 @@ def render_memory(report: MemoryReport, console: Console) -> None:
         console.print(f"CUDA memory_allocated over the forward {human(report.held_cuda_bytes)}")
     if report.checkpoint_candidates:
         console.print(Text("checkpointing candidates", style="bold"))
-        titles = ("saved", "frees", "recompute", "extra")
+        titles = ("saved", "frees", "FLOPs", "extra", "ms")
         numbers = [
             [
                 human(c.saved_bytes),
                 human(c.predicted_saving_bytes),
-                f"{c.recompute_ms:.2f} ms",
-                f"{100 * c.extra_compute:.1f}%",
+                flops(c.recompute_flops) if c.cost_from == "flops" else "-",
+                f"{100 * c.extra_compute:.1f}%" + ("" if c.cost_from == "flops" else "*"),
+                f"{c.recompute_ms:.2f}",
             ]
             for c in report.checkpoint_candidates
         ]
@@ -134,6 +152,9 @@ def render_memory(report: MemoryReport, console: Console) -> None:
             kind = f"{count} × {c.type}" if count > 1 else c.type
             cands.add_row(label(0, c.name, kind, width), *row)
         console.print(cands)
+        console.print(Text(CANDIDATE_LEGEND, style="dim"))
+        if any(c.cost_from != "flops" for c in report.checkpoint_candidates):
+            console.print(Text(TIME_FALLBACK, style="dim"))
     else:
         console.print("no checkpointing candidate: checkpointing no submodule would free memory")
     ck = report.checkpoint
@@ -147,7 +168,10 @@ def render_memory(report: MemoryReport, console: Console) -> None:
         )
         if ck.peak_before is not None:
             console.print(f"peak {human(ck.peak_before)} -> {human(ck.peak_after)}")
-        console.print(f"step {ck.step_ms_before:.1f} ms -> {ck.step_ms_after:.1f} ms")
+        console.print(
+            f"step {ck.step_ms_before:.1f} ms -> {ck.step_ms_after:.1f} ms "
+            "(measured: median of 5 each, taken in turn)"
+        )
         console.print(Text("PASS" if ck.check_passed else "FAIL", style), end=" ")
         for line in ck.check_summary.split("; "):  # a line each: 80 columns
             console.print(Text(line, style))

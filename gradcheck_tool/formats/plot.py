@@ -39,8 +39,7 @@ def plot_flow(report: FlowReport, path: str | Path) -> Path:
         x=0.01,
         ha="left",
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format=path.suffix.lower().lstrip("."), dpi=120)
+    _save(fig, path)
     return path
 
 
@@ -220,8 +219,7 @@ def plot_memory(report: MemoryReport, path: str | Path) -> Path:
             f" MiB (predicted {ck.predicted_saving_bytes / mib:.2f})"
         )
     ax.set_title(title, fontsize=9, loc="left")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format=path.suffix.lower().lstrip("."), dpi=120)
+    _save(fig, path)
     return path
 
 
@@ -247,10 +245,29 @@ def _positive(value: float | None) -> float | None:
 
 
 def check_plot_path(path: str | Path) -> None:
-    """Fail before the run, not after it, on a bad path or a missing matplotlib."""
+    """Fail before the run, not after it, on a bad path (a folder that does not exist is
+    not made: a typo would leave one behind), or a missing matplotlib."""
+    from .json import check_path
+
     if Path(path).suffix.lower() not in PLOT_SUFFIXES:
         raise OptionError("plot", f"writes .png or .svg files; got {Path(path).name!r}")
+    check_path(str(path), "plot")
+    target = Path(path)
+    if not target.exists():  # a folder the permission bits allow but that takes no file (/proc)
+        try:
+            target.open("xb").close()
+        except OSError as exc:
+            raise OptionError("plot", f"{path}: cannot be written: {exc.strerror or exc}") from None
+        target.unlink()
     if importlib.util.find_spec("matplotlib") is None:
         raise OptionError(
             "plot", "needs matplotlib, which is not installed", hint="pip install gradtool[plot]"
         )
+
+
+def _save(fig: Any, path: Path) -> None:
+    """Write the figure; a path that became unwritable since check_plot_path is the user's."""
+    try:
+        fig.savefig(path, format=path.suffix.lower().lstrip("."), dpi=120)
+    except OSError as exc:
+        raise OptionError("plot", f"{path}: could not write: {exc.strerror or exc}") from None

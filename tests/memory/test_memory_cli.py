@@ -175,6 +175,7 @@ def _long_names(kind, width):
         recompute_ms=1234.5,
         extra_compute=0.5,
         blocks=tuple(f"encoder.layer.{i}" for i in range(24)),
+        recompute_flops=123_456_789_012,
     )
     out = io.StringIO()
     write(_report(rows, [cand]), out, width=width)
@@ -183,7 +184,8 @@ def _long_names(kind, width):
     assert "…" not in text
     for number in ("1000 MiB", "999 MiB", "123 MiB", "1234.56", "9876.54", "998 MiB"):
         assert number in text
-    assert "1234.50 ms" in text
+    assert re.search(r" 1234\.50 *$", text, re.M)  # the measured ms: the last column
+    assert "123G" in text and "50.0%" in text  # FLOPs, and extra from them
     return text
 
 

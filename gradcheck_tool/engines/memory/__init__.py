@@ -5,19 +5,24 @@ The orchestrator reads as its list of steps, all on gradtool's copy of the model
 mode, at the model's own dtype, each from the same seeded RNG state:
 
 1. a warm-up step (lazy modules initialise, caches fill);
-2. a plain step: its time, and on CUDA the peak (`torch.cuda.max_memory_allocated`);
-3. two probed steps (measure.StepProbe): saved bytes per module, forward and backward
-   times (the faster of the two);
-4. a held step (measure.HeldStorages): the independent measurement of what the forward
+2. STEPS_TIMED plain steps: their median time, and on CUDA the peak
+   (`torch.cuda.max_memory_allocated`);
+3. STEPS_PROBED probed steps (measure.StepProbe): saved bytes per module, forward and
+   backward times (each the median of the steps': figures to read, not to rank by);
+4. a FLOP step (torch's FlopCounterMode): each module's forward FLOPs and the step's,
+   which rank the candidates (deterministic);
+5. a held step (measure.HeldStorages): the independent measurement of what the forward
    leaves alive for the backward;
-5. the checkpointing candidates (candidates.py), and with `apply_checkpoint` the advice
+6. the checkpointing candidates (candidates.py), and with `apply_checkpoint` the advice
    applied to a fresh copy, measured again and checked (apply.py).
 """
 
 from __future__ import annotations
 
 import contextlib
+import statistics
 import time
+from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Callable
@@ -25,10 +30,10 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from ..._guest import RngState, call_user, init_cuda, preserved_state
+from ..._guest import RngState, call_user, describe_exception, init_cuda, preserved_state
 from ..._tree import first_tensor, map_tensors
 from ..._version import __version__
-from ...errors import InputError, OptionError
+from ...errors import GradtoolError, InputError, OptionError, UserCodeError
 from ...options import at_least
 from ...prepare import copy_of_model, home_device, no_room_on_gpu, parse_device
 from ...results import MemoryReport, ModuleMemory
@@ -37,6 +42,8 @@ from .measure import LOSS, HeldStorages, StepProbe, StepRecord, fixed_keys
 
 PEAK_CUDA = "torch.cuda.max_memory_allocated"
 PEAK_CPU = "saved-tensor accounting"
+STEPS_PROBED = 3  # per-module times: the median over this many probed steps
+STEPS_TIMED = 5  # the step's time: the median over this many plain steps
 
 
 class Session:
@@ -81,6 +88,28 @@ class Session:
     def loss_of(self, out: Any) -> torch.Tensor:
         return self.loss(out, self.args, self.kwargs)
 
+    def backward(self, loss: torch.Tensor) -> None:
+        """The step's backward: user code too (a custom Function's backward, an in-place
+        operation on a saved tensor), so what it raises is the user's error."""
+        from torch.utils.checkpoint import CheckpointError as RecomputeDiffers
+
+        if not isinstance(loss, torch.Tensor) or not loss.requires_grad:
+            raise UserCodeError(
+                "the loss does not require grad: no backward to measure (the model's output "
+                "has no grad_fn)",
+                hint="Does the forward detach its output, or run under torch.no_grad()?",
+            )
+        try:
+            loss.backward()
+        except (GradtoolError, RecomputeDiffers, torch.cuda.OutOfMemoryError):
+            raise
+        except Exception as exc:
+            raise UserCodeError(
+                f"the backward raised {describe_exception(exc, self.folder)}",
+                hint="An in-place operation on a tensor saved for the backward, or a custom "
+                "autograd Function's backward: `gradtool check TARGET` shows which.",
+            ) from exc
+
     def clear_grads(self) -> None:
         for p in self.model.parameters():
             p.grad = None
@@ -90,7 +119,7 @@ class Session:
         self.clear_grads()
         self.sync()
         began = time.perf_counter()
-        self.loss_of(self.forward()).backward()
+        self.backward(self.loss_of(self.forward()))
         self.sync()
         return (time.perf_counter() - began) * 1e3
 
@@ -111,13 +140,14 @@ class Session:
                 out = self.forward()
                 self.sync()
                 probe.rec.forward_total_ms = (time.perf_counter() - began) * 1e3
+                probe.note_kept()
                 probe.phase = "loss"
                 loss = self.loss_of(out)
                 del out
                 probe.phase = "backward"
             probe.time_backward(loss)
             began = time.perf_counter()
-            loss.backward()
+            self.backward(loss)
             self.sync()
             probe.rec.backward_total_ms = (time.perf_counter() - began) * 1e3
         finally:
@@ -150,20 +180,56 @@ class Session:
             held = mode.alive()
             self.sync()
             grew = torch.cuda.memory_allocated(self.device) - before if self.on_cuda else None
-            loss.backward()
+            self.backward(loss)
         finally:
             probe.phase = "idle"
             probe.close()
         self.clear_grads()
         return probe.rec, held, grew
 
-    def peak_step(self) -> tuple[float, int | None]:
-        """A plain step's milliseconds, and on CUDA its peak allocation."""
+    def peak_step(self, steps: int = STEPS_TIMED) -> tuple[float, int | None]:
+        """Plain steps' median milliseconds, and on CUDA their peak allocation."""
         if self.on_cuda:
             torch.cuda.reset_peak_memory_stats(self.device)
-        ms = self.step()
+        ms = statistics.median(self.step() for _ in range(steps))
         peak = torch.cuda.max_memory_allocated(self.device) if self.on_cuda else None
         return ms, peak
+
+    def flop_step(self) -> tuple[dict[str, int], int]:
+        """The FLOPs torch's FlopCounterMode counts: each module's forward (inclusive, summed
+        over its calls) and the whole step's forward + backward. Deterministic, unlike times:
+        the checkpointing advice is ranked by them."""
+        from torch.utils.flop_counter import FlopCounterMode
+
+        names = {id(m): n for n, m in self.model.named_modules()}
+        flops: dict[str, int] = defaultdict(int)
+        started: list[int] = []
+        counter = FlopCounterMode(display=False)
+
+        def pre(module: nn.Module, args: tuple) -> None:
+            started.append(counter.get_total_flops())
+
+        def post(module: nn.Module, args: tuple, out: Any) -> None:
+            if started:
+                flops[names[id(module)]] += counter.get_total_flops() - started.pop()
+
+        handles = []
+        self.clear_grads()
+        try:
+            for m in self.model.modules():
+                handles.append(m.register_forward_pre_hook(pre))
+                handles.append(m.register_forward_hook(post))
+            with counter:
+                out = self.forward()
+                for h in handles:
+                    h.remove()
+                handles.clear()
+                self.backward(self.loss_of(out))
+        finally:
+            for h in handles:
+                h.remove()
+        self.clear_grads()
+        return dict(flops), int(counter.get_total_flops())
 
 
 def _own_copy(t: torch.Tensor, device: torch.device | None) -> torch.Tensor:
@@ -218,9 +284,10 @@ def run_memory(
             resolve_blocks(s.model, checkpoint)  # a bad name fails before the measuring
         s.step()  # warm-up: lazy modules, caches
         step_ms, peak = s.peak_step()
-        # times are the faster of two probed steps: one step's time can carry a pause of the
-        # machine's, and the candidates are ranked by it
-        rec = fastest(s.probed_step(), s.probed_step())
+        # per-module times: the median of STEPS_PROBED probed steps (figures to read; the
+        # advice is ranked by FLOPs, which do not vary from run to run)
+        rec = median_times([s.probed_step() for _ in range(STEPS_PROBED)])
+        rec.forward_flops, rec.step_flops = s.flop_step()
         _, held_by, held_cuda = s.held_step()
         held = sum(held_by.values())
         modules = module_rows(s.model, rec, held_by)
@@ -249,6 +316,7 @@ def run_memory(
                     before=(rec, held, peak, step_ms),
                     module_rows=module_rows,
                     folder=folder,
+                    target=target,
                 )
                 warnings.extend(result[1])
                 result = result[0]
@@ -282,14 +350,16 @@ def run_memory(
     )
 
 
-def fastest(first: StepRecord, second: StepRecord) -> StepRecord:
-    """`first`, with each time the smaller of the two steps' (the bytes are the same)."""
+def median_times(records: list[StepRecord]) -> StepRecord:
+    """The first record, with each time the median of the records' (the bytes are the
+    same in every step)."""
+    first = records[0]
     for times in ("forward_ms", "own_backward_ms"):
-        mine, other = getattr(first, times), getattr(second, times)
-        for name in mine:
-            mine[name] = min(mine[name], other.get(name, mine[name]))
-    first.forward_total_ms = min(first.forward_total_ms, second.forward_total_ms)
-    first.backward_total_ms = min(first.backward_total_ms, second.backward_total_ms)
+        mine = getattr(first, times)
+        for name in list(mine):
+            mine[name] = statistics.median(getattr(r, times).get(name, 0.0) for r in records)
+    for total in ("forward_total_ms", "backward_total_ms"):
+        setattr(first, total, statistics.median(getattr(r, total) for r in records))
     return first
 
 

@@ -6,7 +6,9 @@ Note [verifying a checkpointed copy]
     the RNG state does not capture, or has a side effect, so the recomputation differs), and
     a recomputation that never happens (a check that bypassed the checkpoint would verify
     the plain model). So the checkpointed copy is judged twice: its autograd gradients
-    against the plain copy's, from the same seeded step, and by gradtool's own check, whose
+    against the plain copy's, fresh copies both, step k against step k for two seeded steps
+    (a side effect of the forward runs twice per checkpointed step: the second step shows
+    it), and by gradtool's own check (on another fresh copy), whose
     analytic pass runs the backward with the checked values substituted
     (prepare.Problem.substituted): the recomputation sees them.
 """
@@ -14,6 +16,7 @@ Note [verifying a checkpointed copy]
 from __future__ import annotations
 
 import re
+import statistics
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,10 +28,12 @@ from torch.utils.checkpoint import CheckpointError
 from torch.utils.checkpoint import checkpoint as torch_checkpoint
 
 from ...errors import GradtoolError, OptionError
+from ...prepare import copy_of_model
 from ...results import CheckpointResult
 from .candidates import predicted_saving
 
 GRAD_TOLERANCE = 1e-4  # relative to the gradient's largest entry: rounding, not a change
+TRAINING_STEPS = 2  # plain and checkpointed gradients compared over this many fresh steps
 DISAGREEMENT = 0.20  # predicted and measured savings further apart than this: a warning
 
 
@@ -149,21 +154,30 @@ def apply_and_verify(
     before: tuple,
     module_rows: Callable,
     folder: Path | None = None,
+    target: str = "TARGET",
 ) -> tuple[CheckpointResult, list[str]]:
     """Checkpoint `wrapped` (the modules `blocks` name) on a fresh copy, measure it as the
     plain one was, and verify its gradients (Note [verifying a checkpointed copy])."""
-    from ...api import check
-    from . import Session
+    from . import STEPS_TIMED, Session
 
     rec_before, held_before, peak_before, step_ms_before = before
     warnings: list[str] = []
     session = Session(model, args, kwargs, loss_fn=loss_fn, device=device, seed=seed, folder=folder)
     wrap_blocks(session.model, wrapped)
     predicted = predicted_saving(rec_before, wrapped)
+    plain = Session(model, args, kwargs, loss_fn=loss_fn, device=device, seed=seed, folder=folder)
+    plain.step()  # warm-up
     try:
         session.step()  # warm-up, as the plain copy had
-        step_ms_after, peak_after = session.peak_step()
+        _, peak_after = session.peak_step(steps=1)
         rec_after, held_by, _ = session.held_step()
+        # the step before and after: plain and checkpointed steps taken in turn, so that a
+        # busy machine slows both alike; each the median of STEPS_TIMED
+        times: list[tuple[float, float]] = [
+            (plain.step(), session.step()) for _ in range(STEPS_TIMED)
+        ]
+        step_ms_before = statistics.median(t[0] for t in times)
+        step_ms_after = statistics.median(t[1] for t in times)
     except CheckpointError as exc:  # the recomputation made other tensors than the forward
         first = str(exc).strip().splitlines()[0]
         return CheckpointResult(
@@ -188,41 +202,47 @@ def apply_and_verify(
             f"{DISAGREEMENT:.0%} apart"
         )
 
-    plain = Session(model, args, kwargs, loss_fn=loss_fn, device=device, seed=seed, folder=folder)
-    plain.step()
     try:
-        grad_worst, differ = compare_gradients(gradients(plain), gradients(session))
+        grad_worst, differ = _same_steps(
+            lambda: Session(
+                model, args, kwargs, loss_fn=loss_fn, device=device, seed=seed, folder=folder
+            ),
+            wrapped,
+        )
     except GradtoolError:
         raise
     except Exception as exc:  # torch.utils.checkpoint's own complaint about a recomputation
         grad_worst, differ = float("inf"), [f"the recomputation failed: {exc}"]
     began = time.perf_counter()
-    report = check(
-        session.model,
-        args,
-        kwargs=kwargs,
-        loss_fn=loss_fn,
-        seed=seed,
-        device=device,
-        name="checkpointed copy",
-        found_by="gradtool memory --apply-checkpoint",
-    )
-    check_seconds = time.perf_counter() - began
+    # a fresh copy with the blocks wrapped: the stepped one may hold what a deep copy can't
+    # take (an activation kept on the module: `self.last_attn = a`)
+    fresh = copy_of_model(model)
+    wrap_blocks(fresh, wrapped)
+    report = _check(fresh, args, kwargs, loss_fn, seed, device, "checkpointed copy")
     failed = [r.name for r in report.failures]
+    shared: list[str] = []
+    if failed:  # does the plain model fail the same way? then checkpointing is not why
+        plain_report = _check(
+            copy_of_model(model), args, kwargs, loss_fn, seed, device, "plain copy", wrt=failed
+        )
+        shared = [r.name for r in plain_report.failures if r.name in failed]
+    check_seconds = time.perf_counter() - began
+    own = [n for n in failed if n not in shared]
     unresolved = len(report.inconclusive)
     check_worst = max((r.rel_error for r in report.results), default=None)
     counts = f"{len(report.results) - len(failed) - unresolved} pass"
     if unresolved:  # finite differences could not resolve them: neither verified nor refuted
         counts += f", {unresolved} inconclusive"
     parts = [f"gradtool check {counts}, {len(failed)} fail"]
-    if failed:
-        parts.append("failing: " + ", ".join(failed[:5]) + ("…" if len(failed) > 5 else ""))
-    if differ:
+    if own:
+        parts.append("failing: " + _few(own))
+    if shared:
         parts.append(
-            "gradients differ from the plain copy's: "
-            + ", ".join(differ[:5])
-            + ("…" if len(differ) > 5 else "")
+            "also fails without checkpointing: " + _few(shared) + f": a question for "
+            f"`gradtool check {target}`, not for checkpointing"
         )
+    if differ:
+        parts.append("gradients differ from the plain copy's: " + _few(differ))
     else:
         parts.append(f"grads = plain copy's (max diff {grad_worst:.0e})")
     result = CheckpointResult(
@@ -235,12 +255,56 @@ def apply_and_verify(
         peak_after=peak_after,
         step_ms_before=step_ms_before,
         step_ms_after=step_ms_after,
-        check_passed=not failed and not differ and not report.interrupted,
+        check_passed=not own and not differ and not report.interrupted,
         check_summary="; ".join(parts),
         check_worst_error=check_worst,
         grad_difference=grad_worst,
         modules=tuple(module_rows(session.model, rec_after, held_by)),
         wrapped=tuple(wrapped),
         check_seconds=check_seconds,
+        fails_without_checkpoint=tuple(shared),
     )
     return result, warnings
+
+
+def _same_steps(new_session: Callable[[], Any], wrapped: Sequence[str]) -> tuple[float, list]:
+    """Fresh plain and checkpointed copies, TRAINING_STEPS steps each, compared step by
+    step: the k-th step of one against the k-th of the other, so that a block whose forward
+    changes the model's state (run twice per step when checkpointed) shows in a later step."""
+    plain, checkpointed = new_session(), new_session()
+    wrap_blocks(checkpointed.model, wrapped)
+    worst, differ = 0.0, []
+    for _ in range(TRAINING_STEPS):
+        w, d = compare_gradients(gradients(plain), gradients(checkpointed))
+        worst = max(worst, w)
+        differ.extend(n for n in d if n not in differ)
+    return worst, differ
+
+
+def _few(names: Sequence[str]) -> str:
+    return ", ".join(names[:5]) + ("…" if len(names) > 5 else "")
+
+
+def _check(
+    model: nn.Module,
+    args: tuple,
+    kwargs: dict,
+    loss_fn: Callable | None,
+    seed: int,
+    device: torch.device | None,
+    name: str,
+    wrt: Sequence[str] = (),
+) -> Any:
+    from ...api import check
+
+    return check(
+        model,
+        args,
+        kwargs=kwargs,
+        loss_fn=loss_fn,
+        seed=seed,
+        device=device,
+        wrt=wrt,
+        name=name,
+        found_by="gradtool memory --apply-checkpoint",
+    )

@@ -5,7 +5,8 @@ Note [predicted saving of checkpointing]
     operations saved, recomputing it in the backward. So wrapping the blocks B frees the
     storages saved inside B, except
       - the blocks' inputs (checkpoint keeps them; saved or not, they stay alive), and
-      - storages also saved outside B (a block's output saved by the next layer stays);
+      - storages also saved outside B (a block's output saved by the next layer stays),
+      - storages the model keeps on itself (`self.last_attn = a`: alive anyway);
     and it costs the blocks' inputs that nothing saved before (now kept by checkpoint).
     Computed on the set B at once: adjacent blocks share a storage (one's output is the
     next one's input), which summing per-block predictions would count wrongly.
@@ -37,7 +38,7 @@ def predicted_saving(rec: StepRecord, blocks: Iterable[str]) -> int:
         (within if any(_inside(owner, b) for b in blocks) else outside).update(storages)
     kept = set().union(*(rec.inputs_of.get(b, set()) for b in blocks)) - rec.fixed
     kept -= rec.step_inputs  # alive anyway, and not counted as activations
-    freed = within - outside - kept
+    freed = within - outside - kept - rec.kept_by_model
     newly_kept = kept - within - outside
     return sum(rec.sizes[s] for s in freed) - sum(rec.sizes[s] for s in newly_kept)
 
@@ -89,7 +90,8 @@ def rank_candidates(
     """Blocks worth checkpointing: the stacks of repeated layers first (one candidate each:
     every layer wrapped), then single modules outside any stack that would free a large
     share, then any other module outside a stack that would free at least 1%; within each,
-    most bytes freed per millisecond of recompute first."""
+    most bytes freed per unit of recompute (extra_compute: FLOPs, deterministic; measured
+    time only for a block torch counts no FLOPs for), ties by name."""
     step_ms = rec.forward_total_ms + rec.backward_total_ms
     total = sum(r.saved_bytes for r in rows if r.name == "")
     by_name = {r.name: r for r in rows}
@@ -106,14 +108,21 @@ def rank_candidates(
         if not saved or saving <= 0:
             return None
         recompute = sum(m.forward_ms for m in members)
+        flops = sum(rec.forward_flops.get(b, 0) for b in blocks)
+        if flops > 0 and rec.step_flops > 0:
+            extra, cost_from = flops / rec.step_flops, "flops"
+        else:  # no matmul, convolution... torch counts: the measured time's share
+            extra, cost_from = (recompute / step_ms if step_ms > 0 else 0.0), "ms"
         return CheckpointCandidate(
             name=name,
             type=type_,
             saved_bytes=sum(rec.sizes[s] for s in saved),
             predicted_saving_bytes=saving,
             recompute_ms=recompute,
-            extra_compute=recompute / step_ms if step_ms > 0 else 0.0,
+            extra_compute=extra,
             blocks=blocks if len(blocks) > 1 else (),
+            recompute_flops=flops,
+            cost_from=cost_from,
         )
 
     layered = stacks(model)
@@ -130,7 +139,11 @@ def rank_candidates(
             tier = 1 if c.predicted_saving_bytes >= BIG_SHARE * total else 2
             found.append((tier, c))
     found.sort(
-        key=lambda tc: (tc[0], -tc[1].predicted_saving_bytes / max(tc[1].recompute_ms, 1e-3))
+        key=lambda tc: (
+            tc[0],
+            -tc[1].predicted_saving_bytes / max(tc[1].extra_compute, 1e-9),
+            tc[1].name,
+        )
     )
     return [c for _, c in found]
 

@@ -72,9 +72,16 @@ class StepRecord:
     inputs_of: dict[str, set[int]] = field(default_factory=lambda: defaultdict(set))
     fixed: set[int] = field(default_factory=set)  # parameters', buffers' storages
     step_inputs: set[int] = field(default_factory=set)  # the model's inputs' storages
+    # storages the model keeps on itself after the forward (`self.last_attn = a`): alive
+    # whether or not the block is checkpointed
+    kept_by_model: set[int] = field(default_factory=set)
     forward_total_ms: float = 0.0
     backward_total_ms: float = 0.0
     grad_bytes: dict[str, int] = field(default_factory=dict)  # parameter name -> .grad bytes
+    # FlopCounterMode's counts (a separate step): each module's forward, inclusive; the step's
+    # forward + backward
+    forward_flops: dict[str, int] = field(default_factory=dict)
+    step_flops: int = 0
 
 
 class StepProbe:
@@ -149,6 +156,14 @@ class StepProbe:
 
     def saving(self) -> Any:
         return torch.autograd.graph.saved_tensors_hooks(self.pack, lambda t: t)
+
+    def note_kept(self) -> None:
+        """Tensors the modules hold as plain attributes after the forward (not parameters
+        or buffers): checkpointing cannot free them."""
+        skip = ("_parameters", "_buffers", "_modules")
+        for m in self.model.modules():
+            held = [v for k, v in vars(m).items() if k not in skip]
+            self.rec.kept_by_model.update(self._ids(tensors_in(held)))
 
     def note_inputs(self, args: tuple, kwargs: dict) -> None:
         self.rec.step_inputs.update(self._ids(tensors_in((args, kwargs))))
