@@ -28,6 +28,7 @@ def test_a_failure_the_plain_model_shares_is_not_checkpointings():
     assert set(ck.fails_without_checkpoint) == {"first.weight", "first.bias", "input:x"}
     assert ck.check_passed and report.exit_code == 0
     assert "also fails without checkpointing" in ck.check_summary
+    assert ck.check_summary.startswith("checkpointing changed no gradient: gradtool check")
     result = invoke_cli("memory", WRONG, "--apply-checkpoint", "--checkpoint", "block")
     assert result.code == 0, result.output
     assert "not for checkpointing" in result.stdout

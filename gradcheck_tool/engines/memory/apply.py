@@ -233,7 +233,13 @@ def apply_and_verify(
     counts = f"{len(report.results) - len(failed) - unresolved} pass"
     if unresolved:  # finite differences could not resolve them: neither verified nor refuted
         counts += f", {unresolved} inconclusive"
-    parts = [f"gradtool check {counts}, {len(failed)} fail"]
+    if failed and not own and not differ:  # every failure is the plain model's own
+        parts = [
+            f"checkpointing changed no gradient: gradtool check {counts}, {len(failed)} fail "
+            "(the same without checkpointing)"
+        ]
+    else:
+        parts = [f"gradtool check {counts}, {len(failed)} fail"]
     if own:
         parts.append("failing: " + _few(own))
     if shared:
