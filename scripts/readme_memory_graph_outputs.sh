@@ -17,7 +17,10 @@ run memory_cnn gradtool memory sample_models/wide_cnn.py --apply-checkpoint
 run memory_t12 gradtool memory sample_models/transformer12.py --apply-checkpoint
 run memory_side gradtool memory tests/fixtures/memory/side_effect_block.py --apply-checkpoint \
     --checkpoint block
-gradtool memory sample_models/wide_cnn.py --format json > "$OUT/memory_cnn.json" 2>/dev/null
+run memory_shared gradtool memory tests/fixtures/memory/wrong_grad.py --apply-checkpoint \
+    --checkpoint block
+run memory_badname gradtool memory sample_models/transformer12.py --apply-checkpoint \
+    --checkpoint encoder.layers.0-13
 run graph_detached gradtool graph sample_models/detached_branch.py --dot "$OUT/detached.dot" \
     --png docs/images/graph_detached_branch.png --html "$OUT/detached.html"
 run graph_t12 gradtool graph sample_models/transformer12.py \
