@@ -32,7 +32,10 @@ BAD_TARGETS = {
     ),
     "import error hiding its cause": (
         lambda tmp: [BAD / "lazy_import_error.py"],
-        ["Could not import module 'BertModel'", "caused by RuntimeError: operator torchvision::nms"],
+        [
+            "Could not import module 'BertModel'",
+            "caused by RuntimeError: operator torchvision::nms",
+        ],
     ),
     "no target": (lambda tmp: [BAD / "no_target.py"], ["no_target.py", "no_target.py:NAME"]),
     "ambiguous": (

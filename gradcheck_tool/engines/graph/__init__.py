@@ -20,13 +20,13 @@ import torch
 from torch import nn
 
 from ..._guest import RngState, describe_exception, init_cuda, preserved_state
-from ..._tree import floating_leaves, leaves_with_paths, map_tensors
+from ..._tree import leaves_with_paths, map_tensors
 from ..._version import __version__
 from ...errors import GradtoolError, InputError, UserCodeError
-from ...losses import call_loss, loss_terms
 from ...options import at_least
 from ...prepare import copy_of_model, home_device, no_room_on_gpu, parse_device
 from ...results import GraphModule, GraphReport, ModuleFlow
+from ..flow.train import _StepLoss
 from .fine_graph import build
 from .tracer import Tracer
 
@@ -93,7 +93,7 @@ def run_graph(
                     f"the model's forward raised {describe_exception(exc, None)}"
                 ) from exc
             tracer.end_forward()
-            loss = _loss(output, args, kwargs, loss_fn, seed)
+            loss = _StepLoss(loss_fn, seed, None)(output, args, kwargs)
         finally:
             tracer.close()
         if not loss.requires_grad:
@@ -194,35 +194,6 @@ def _modules(
             )
         )
     return tuple(out)
-
-
-def _loss(
-    output: Any, args: tuple, kwargs: dict, loss_fn: Callable[..., Any] | None, seed: int
-) -> torch.Tensor:
-    """The user's loss_fn (its terms summed), else a seeded projection Σ⟨R, out⟩ of the
-    floating outputs that require grad (as flow's, without the differencing a check needs)."""
-    if loss_fn is not None:
-        value = call_loss(loss_fn, output, args, kwargs)
-        terms = loss_terms(value)
-        total = sum(t.sum() for t in terms.values())
-        if not isinstance(total, torch.Tensor):
-            raise UserCodeError("loss_fn returned no tensor")
-        return total
-    leaves = [t for _, t in floating_leaves(output)]
-    if not leaves:
-        raise UserCodeError(
-            "the output has no floating-point tensor to differentiate",
-            hint="Return a tensor (or a tuple/dict of tensors), or define loss_fn(output, "
-            "*inputs) returning a scalar tensor.",
-        )
-    used = [t for t in leaves if t.requires_grad] or leaves
-    gen = torch.Generator().manual_seed(seed + 7919)
-    total = None
-    for t in used:
-        r = torch.randn(t.shape, generator=gen, dtype=torch.float64).to(t.device, t.real.dtype)
-        term = (t.real * r).sum()
-        total = term if total is None else total + term
-    return total  # type: ignore[return-value]
 
 
 def _flow(
