@@ -42,6 +42,7 @@ class Box:
     reaches_loss: bool = True  # False: every node in it lies behind a cut
     grad_norm: float | None = None  # --flow: over the parameters under it
     dead_fraction: float | None = None  # --flow: the largest of its activations'
+    cuts_inside: tuple[str, ...] = ()  # cut kinds whose both ends this box holds (no edge)
 
 
 @dataclass(frozen=True)
@@ -230,7 +231,9 @@ def collapse(report: GraphReport, depth: int, expanded: Iterable[str] = ()) -> C
         if b.kind in ("module", "ops") and bid not in on_path:
             boxes[bid] = replace(b, reaches_loss=False)
     _place_calls(report, node_place, boxes)
-    links = _links(report, node_place, boxes)
+    links, inside = _links(report, node_place, boxes)
+    for bid, kinds in inside.items():  # a cut within one box: said on it, not a self-loop
+        boxes[bid] = replace(boxes[bid], cuts_inside=tuple(kinds))
     for bid, b in list(boxes.items()):
         if b.kind in ("params", "unreached"):
             target = f"m:{b.module}"
@@ -318,18 +321,27 @@ def _find(root: dict[int, int], i: int) -> int:
     return i
 
 
-def _links(report: GraphReport, node_place: dict[int, str], boxes: dict[str, Box]) -> list[Link]:
+def _links(
+    report: GraphReport, node_place: dict[int, str], boxes: dict[str, Box]
+) -> tuple[list[Link], dict[str, list[str]]]:
+    """The links between boxes, each once; and per box the kinds of the cuts inside it."""
     seen: set[tuple[str, str, str | None]] = set()
     links = []
+    inside: dict[str, list[str]] = {}
     for e in report.edges:
         s, d = node_place.get(e.src), node_place.get(e.dst)
         if s is None or d is None or (s == d and e.cut is None):
+            continue
+        if s == d:
+            kinds = inside.setdefault(s, [])
+            if e.cut not in kinds:
+                kinds.append(e.cut)
             continue
         key = (s, d, e.cut)
         if key not in seen:
             seen.add(key)
             links.append(Link(s, d, e.cut))
-    return links
+    return links, inside
 
 
 def _params_label(names: list[str], group: str, unreached: dict | None) -> str:

@@ -164,6 +164,9 @@ def _node(b: Box, scale: _Scale | None, sibling: Box | None = None) -> str:
             style = style.replace('fillcolor="#e8eef7"', f'fillcolor="{NO_GRAD_FILL}"')
         if b.numel:
             lines.append(f"{count(b.numel)} params")
+        if b.cuts_inside:  # both ends of a cut in this box: said here, not drawn as a loop
+            lines.append("cut inside: " + ", ".join(b.cuts_inside))
+            style = style.replace('color="#4a6fa5"', f'color="{CUT}", penwidth=2')
         if b.calls > 1:
             lines.append(f"called {b.calls}×")
         if scale is not None:

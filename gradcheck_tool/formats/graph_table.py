@@ -178,6 +178,9 @@ def modules_table(report: GraphReport, view: Collapsed, width: int = 80) -> Tabl
             if [(lk.dst, lk.cut) for lk in out] == [(after, None)]
             else _ends(out, "dst", boxes, prefix)
         )
+        if b.cuts_inside:  # a cut with both ends in this row's module
+            dst.append(("; " if dst.plain else "") + "cut inside: ", style="red")
+            dst.append(", ".join(b.cuts_inside), style="red")
         lost = f"u:{b.module}" in boxes
         cells: list[Text | str] = [
             Text(

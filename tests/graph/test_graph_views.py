@@ -349,3 +349,16 @@ def test_a_module_that_never_ran_has_its_own_style_and_legend_entry() -> None:
     # its red leaf counts its parameters as the others do: 4 * 4 + 4
     leaf = re.search(r'"u:unused" \[([^\]]*)\]', text).group(1)
     assert "20 params · 2 of 2 tensors unreached" in leaf
+
+
+def test_a_cut_inside_one_box_is_said_on_it_not_drawn_as_a_loop(detached):
+    """At --depth 0 every cut of a model lies inside its one box: the DOT and the summary say
+    'cut inside: ...' on it (they drew self-loops whose labels overlapped)."""
+    report = detached
+    view = collapse(report, 0)
+    assert all(lk.src != lk.dst for lk in view.links)
+    (model,) = [b for b in view.boxes if b.kind == "module"]
+    assert set(model.cuts_inside) == {"detach()", "no_grad"}
+    dot = to_dot(report, 0)
+    assert "cut inside: detach(), no_grad" in dot
+    assert "m: -> m:" not in dot.replace('"', "")

@@ -175,3 +175,23 @@ def test_extra_compute_is_the_blocks_share_of_the_steps_flops():
     assert c.recompute_flops == fwd
     step = 2 * fwd + 2 * fwd + fwd  # forwards, layer 2's two grads, layer 0's weight grad
     assert c.extra_compute == pytest.approx(fwd / step)
+
+
+def test_a_block_without_flops_never_outranks_one_with_them_by_its_measured_time():
+    """wide_cnn's MaxPool2d (no FLOPs torch counts) ranked by its time's share came before or
+    after stage3 depending on the machine's load; now the order is by FLOPs, then bytes."""
+    from gradcheck_tool.engines.memory.candidates import rank_key
+    from gradcheck_tool.results import CheckpointCandidate
+
+    def cand(name, saving, extra, cost_from):
+        return CheckpointCandidate(name, "T", saving, saving, 1.0, extra, cost_from=cost_from)
+
+    stage3 = cand("stage3", 525_312, 0.065, "flops")
+    pool_fast = cand("pool1", 524_288, 0.0001, "ms")  # a quiet machine: tiny time share
+    pool_slow = cand("pool1", 524_288, 0.5, "ms")  # a loaded one
+    big_pool = cand("pool0", 9_000_000, 0.3, "ms")
+    for pool in (pool_fast, pool_slow):
+        ranked = sorted([pool, stage3, big_pool], key=lambda c: rank_key(2, c))
+        assert [c.name for c in ranked] == ["stage3", "pool0", "pool1"]
+    # the tier still comes first
+    assert rank_key(1, pool_fast) < rank_key(2, stage3)

@@ -90,8 +90,8 @@ def rank_candidates(
     """Blocks worth checkpointing: the stacks of repeated layers first (one candidate each:
     every layer wrapped), then single modules outside any stack that would free a large
     share, then any other module outside a stack that would free at least 1%; within each,
-    most bytes freed per unit of recompute (extra_compute: FLOPs, deterministic; measured
-    time only for a block torch counts no FLOPs for), ties by name."""
+    most bytes freed per unit of recompute (extra_compute: FLOPs, deterministic), the blocks
+    torch counts no FLOPs for after them (`rank_key`)."""
     step_ms = rec.forward_total_ms + rec.backward_total_ms
     total = sum(r.saved_bytes for r in rows if r.name == "")
     by_name = {r.name: r for r in rows}
@@ -138,14 +138,18 @@ def rank_candidates(
         if c is not None and c.predicted_saving_bytes >= SMALL_SHARE * total:
             tier = 1 if c.predicted_saving_bytes >= BIG_SHARE * total else 2
             found.append((tier, c))
-    found.sort(
-        key=lambda tc: (
-            tc[0],
-            -tc[1].predicted_saving_bytes / max(tc[1].extra_compute, 1e-9),
-            tc[1].name,
-        )
-    )
+    found.sort(key=lambda tc: rank_key(*tc))
     return [c for _, c in found]
+
+
+def rank_key(tier: int, c: CheckpointCandidate) -> tuple:
+    """Where a candidate ranks: by tier; in a tier, the blocks torch counts FLOPs for by
+    bytes freed per FLOP-share, then the blocks it counts none for (pooling, embeddings,
+    LSTMs: `*`) by bytes freed alone — their measured time moves with the machine's load and
+    would make the advice change from run to run; ties by name."""
+    if c.cost_from == "flops":
+        return (tier, 0, -c.predicted_saving_bytes / max(c.extra_compute, 1e-9), c.name)
+    return (tier, 1, -c.predicted_saving_bytes, c.name)
 
 
 def _overlap(a: CheckpointCandidate, b: CheckpointCandidate) -> bool:
