@@ -287,7 +287,9 @@ window.addEventListener("error", function (ev) {
     if (m.parent && m.parent !== ROOT && name.indexOf(m.parent + ".") === 0) title = name.slice(m.parent.length + 1);
     if (title.length > 30) title = "…" + title.slice(title.length - 29);
     // a module whose forward ran more than once (a shared block, a cell in a loop): ×N
-    return { title: title, type: (m.type || "") + (m.calls > 1 ? "  ×" + m.calls : "") };
+    // one that never ran is said on its box, as the DOT view says it
+    var ran = m.calls === 0 ? "  · never ran" : m.calls > 1 ? "  ×" + m.calls : "";
+    return { title: title, type: (m.type || "") + ran };
   }
   function subtreeNumel(name) {
     var m = modules.get(name), n = m.numel || 0;
@@ -1048,7 +1050,7 @@ window.addEventListener("error", function (ev) {
       head.appendChild(document.createTextNode(" " + from + " → " + to));
       item.appendChild(head);
       if (c.location) item.appendChild(div(c.location.file + ":" + c.location.line + (c.location.what ? "  " + c.location.what : ""), "loc"));
-      if (c.text) item.appendChild(div(c.text, "text"));
+      // c.text says the head and the line again in one sentence (the text summary's words)
       if (c.params && c.params.length) item.appendChild(div("cuts off " + c.params.join(", "), "text"));
       list.appendChild(item);
     });
