@@ -595,7 +595,7 @@ def memory(
     weights: Optional[str] = WeightsOpt,
     apply_checkpoint: bool = typer.Option(
         False,
-        "--apply-checkpoint/--no-apply-checkpoint",
+        "--apply-checkpoint",
         help="Wrap the suggested blocks (or --checkpoint's) in torch.utils.checkpoint on a "
         "copy, measure again, and check the copy's gradients with gradtool check.",
     ),
@@ -603,10 +603,14 @@ def memory(
         None,
         "--checkpoint",
         help="Blocks to checkpoint with --apply-checkpoint instead of the suggested ones "
-        "(module names, repeatable or comma-separated).",
+        "(module names, or a stack's range such as encoder.layers.0-5; repeatable or "
+        "comma-separated).",
     ),
     top: int = typer.Option(
-        3, "--top", min=1, help="How many checkpointing candidates to suggest (and apply)."
+        3,
+        "--top",
+        min=1,
+        help="How many checkpointing candidates to suggest (and apply); a stack of layers is one.",
     ),
     plot: Optional[str] = typer.Option(
         None,
@@ -646,7 +650,7 @@ def graph(
     ),
     flow: bool = typer.Option(
         False,
-        "--flow/--no-flow",
+        "--flow",
         help="Colour modules by gradient norm and dead fraction from a gradtool flow run.",
     ),
     dot: Optional[str] = typer.Option(None, "--dot", help="Write the graph as DOT to PATH."),
