@@ -286,7 +286,7 @@ def test_an_input_that_requires_grad_is_a_leaf() -> None:
     x = torch.randn(4, 3, requires_grad=True)
     report = run_graph(model, (x,), {})
     inputs = [n for n in report.nodes if n.kind == "input"]
-    assert [(n.label, n.shape) for n in inputs] == [("args[0]", (4, 3))]
+    assert [(n.label, n.shape) for n in inputs] == [("input", (4, 3))]
     assert x.grad is None
 
 
@@ -308,3 +308,22 @@ def test_the_item_round_trip_names_the_ops_of_the_forward() -> None:
     (cut,) = report.cuts
     assert (cut.producer_text, cut.consumer_text) == ("Mean in Item.forward", "Mul in Item.forward")
     assert cut.text.startswith(".item() cuts Mean in Item.forward → Mul in Item.forward (")
+
+
+def test_inputs_are_named_as_the_forward_names_them():
+    """An input node is named by the forward's parameter (as `gradtool check` names it:
+    `input:z`), a path inside it as Python indexing; keyword inputs by their keyword."""
+    from gradcheck_tool.engines.graph import _input_labels
+
+    def forward(x, z, *rest, mask=None):
+        return x
+
+    paths = {1: "[0][1]", 2: "[0][0]['a'][0]", 3: "[1]['mask']", 4: "[0][2]"}
+    args, kwargs = (0, 0, 0), {"mask": 0}
+    assert _input_labels(paths, args, kwargs, forward) == {
+        1: "z",
+        2: "x['a'][0]",
+        3: "mask",
+        4: "rest[0]",
+    }
+    assert _input_labels({1: "[0][1]"}, args, kwargs) == {1: "args[1]"}  # no forward to read

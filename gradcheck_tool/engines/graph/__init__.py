@@ -24,7 +24,7 @@ from ..._tree import leaves_with_paths, map_tensors
 from ..._version import __version__
 from ...errors import GradtoolError, InputError, UserCodeError
 from ...options import at_least
-from ...prepare import copy_of_model, home_device, no_room_on_gpu, parse_device
+from ...prepare import _argument_names, copy_of_model, home_device, no_room_on_gpu, parse_device
 from ...results import GraphModule, GraphReport, ModuleFlow
 from ..flow.train import _StepLoss
 from .fine_graph import build
@@ -100,7 +100,7 @@ def run_graph(
             warnings.append("the loss does not require grad: no gradient reaches any parameter")
         modules = _modules(work, tracer.ran, tracer.calls)
         owner = {n: n.rpartition(".")[0] for n, _ in work.named_parameters()}
-        fine = build(loss, tracer, _input_labels(inputs, args, kwargs), owner)
+        fine = build(loss, tracer, _input_labels(inputs, args, kwargs, work.forward), owner)
         warnings.extend(tracer.errors)
         del loss, output, tracer
 
@@ -144,14 +144,22 @@ def _fresh(t: torch.Tensor) -> torch.Tensor:
     return copy.requires_grad_(True) if t.requires_grad and copy.is_floating_point() else copy
 
 
-def _input_labels(inputs: dict[int, str], args: tuple, kwargs: dict) -> dict[int, str]:
-    """`((args, kwargs))[0][1]` paths read as the user's: `args[1]`, `kwargs['mask']`."""
+def _input_labels(
+    inputs: dict[int, str], args: tuple, kwargs: dict, forward: Any = None
+) -> dict[int, str]:
+    """`((args, kwargs))[0][1]` paths read as the user's: the forward's own names (`z`,
+    `batch['x']`, as `gradtool check` names inputs), else `args[1]`, `kwargs['mask']`."""
+    positional = list(_argument_names(forward, args, kwargs, False)[0]) if forward else []
     out = {}
     for key, path in inputs.items():
         if path.startswith("[0]"):
-            path = "args" + path[3:]
+            index, _, rest = path[4:].partition("]")
+            if index.isdigit() and int(index) < len(positional):
+                path = positional[int(index)] + rest
+            else:
+                path = "args" + path[3:]
         elif path.startswith("[1]"):
-            path = "kwargs" + path[3:]
+            path = path[4:].partition("]")[0].strip("'\"") + path[4:].partition("]")[2]
         out[key] = path
     return out
 
