@@ -71,7 +71,9 @@ _TEMPLATE = """<!DOCTYPE html>
   <h2>How to read it</h2>
   <ul><li class="help">Boxes are modules, arrows the forward's data (gradients flow back
     along them). Click a box with + to expand it, a frame's title to collapse it. Drag to pan,
-    wheel or &minus; / + to zoom. Red dashed arrows: the gradient was cut there.</li></ul>
+    wheel or &minus; / + to zoom. Red dashed arrows: the gradient was cut there. A red dashed
+    box: none of its parameters reaches the loss; a white dotted one: it never ran; a faded
+    one: only behind a cut.</li></ul>
 </aside>
 <div id="tip" hidden></div>
 <script type="application/json" id="graph-data">{data}</script>

@@ -7,6 +7,7 @@ by construction (`expected_boxes`)."""
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import replace
 from pathlib import Path
 
 from gradcheck_tool.results import (
@@ -94,10 +95,20 @@ class GraphBuilder:
         return self.op("Add", name, x, h)
 
     def report(self, target: str, depth: int, **extra) -> GraphReport:
+        # as the engine counts them: a module ran once when a node of its own or of a
+        # submodule was made in its forward; containers (never called) and unused modules 0
+        made = {n.module for n in self.nodes}
+
+        def ran(m: GraphModule) -> bool:
+            if m.container:
+                return False
+            return m.name == "" or any(x == m.name or x.startswith(m.name + ".") for x in made)
+
+        modules = tuple(replace(m, calls=1 if ran(m) else 0) for m in self.modules)
         return GraphReport(
             target=target,
             version="0.1.0",
-            modules=tuple(self.modules),
+            modules=modules,
             nodes=tuple(self.nodes),
             edges=tuple(self.edges),
             depth=depth,

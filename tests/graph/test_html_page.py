@@ -268,8 +268,12 @@ def test_the_detached_branch_shows_its_cuts_and_unreached_parameters(browser):
     assert ".item()" in panel_cuts[1] and "tests/graph/detached_branch.py:25" in panel_cuts[1]
     names = [e.text for e in browser.find_elements("css selector", "#unreached li .name")]
     assert names == [u.name for u in report.unreached]
-    # the spare Linear never ran: its box is there, marked, with its parameters as red leaves
-    assert browser.find_element("css selector", "g.box.all-unreached[data-module='spare']")
+    # the spare Linear never ran: its box is there, marked as such (white, dotted, "never
+    # ran", as in the DOT view), with its parameters as red leaves; no other box is
+    spare = browser.find_element("css selector", "g.box.never-ran[data-module='spare']")
+    assert "never ran" in spare.text
+    assert len(browser.find_elements("css selector", "g.box.never-ran")) == 1
+    assert "never ran" not in browser.find_element("css selector", "g.box[data-module='aux']").text
     red = browser.find_elements("css selector", "g.box .param-leaf.unreached")
     assert len(red) == 3  # aux, gate, spare
     # the boxes whose every node is behind a cut are faded; the path to the loss is not

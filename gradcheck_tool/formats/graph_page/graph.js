@@ -804,7 +804,9 @@ window.addEventListener("error", function (ev) {
       el("rect", { x: bx - 4, y: u.h - 7, width: cw, height: 15, rx: 7 }, cg);
       text(cg, bx - 4 + cw / 2, u.h + 4, cl, "");
     }
-    if (bad.length && bad.length === subtreeParams(u.module).length) g.classList.add("all-unreached");
+    var mod = modules.get(u.module);
+    if (mod && mod.calls === 0) g.classList.add("never-ran"); // as the DOT view: white, dotted
+    else if (bad.length && bad.length === subtreeParams(u.module).length) g.classList.add("all-unreached");
     if (u.behindCut && u.behindCut === u.members) g.classList.add("behind-cut"); // nothing of it reaches the loss
     g.addEventListener("click", function (ev) {
       onClick(ev, function () {
