@@ -120,7 +120,7 @@ class CheckProblem(Protocol):
     ) -> contextlib.AbstractContextManager[None]: ...
 
 
-def _argument_names(
+def argument_names(
     fn: Callable[..., Any], args: tuple, kwargs: dict, skip_first: bool
 ) -> tuple[list[str], dict[str, str]]:
     """Names of positional args and keyword args as the forward signature calls them."""
@@ -206,7 +206,7 @@ class Problem:
             fn_for_names, skip_first = target.forward, _function_forward_takes_ctx(target)
         else:
             fn_for_names, skip_first = target, False
-        positional, keywords = _argument_names(fn_for_names, self.args, self.kwargs, skip_first)
+        positional, keywords = argument_names(fn_for_names, self.args, self.kwargs, skip_first)
         roots = [("arg", i, positional[i], a, given_args[i]) for i, a in enumerate(self.args)]
         roots += [("kwarg", k, keywords[k], v, given_kwargs[k]) for k, v in self.kwargs.items()]
         self._root_names = {(where, key): name for where, key, name, _, _ in roots}
@@ -367,6 +367,40 @@ def copy_of_model(module: torch.nn.Module) -> torch.nn.Module:
             "model deep-copyable (keep locks, files and generators out of it), or build it in "
             "build_model().",
         ) from None
+
+
+def training_copy(
+    model: torch.nn.Module,
+    args: tuple,
+    kwargs: dict,
+    device: torch.device | None,
+    *,
+    move_model: bool,
+    own_inputs: bool = False,
+) -> tuple[torch.nn.Module, tuple, dict]:
+    """gradtool's train-mode copy of `model` to run training steps on (flow, memory, graph),
+    and the inputs on `device` (the model moved there too with `move_model`). `own_inputs`:
+    the inputs copied, so that a forward that writes into its input leaves the user's tensors
+    alone (graph keeps the tensors themselves: an input that requires grad is its leaf). A GPU
+    with no room for the copy is the user's problem (`no_room_on_gpu`)."""
+    try:
+        work = copy_of_model(model)
+        work.train()
+        if move_model and device is not None:
+            work.to(device)
+        if own_inputs:
+            args, kwargs = map_tensors(lambda t: _own_copy(t, device), (args, kwargs))
+        elif device is not None:
+            args, kwargs = map_tensors(lambda t: t.to(device), (args, kwargs))
+    except torch.cuda.OutOfMemoryError:
+        first = next((t for t in model.parameters() if t.is_floating_point()), None)
+        raise no_room_on_gpu(first.dtype if first is not None else torch.float32) from None
+    return work, args, kwargs
+
+
+def _own_copy(t: torch.Tensor, device: torch.device | None) -> torch.Tensor:
+    copy = t.detach().to(device if device is not None else t.device, copy=True)
+    return copy.requires_grad_(t.requires_grad)
 
 
 def _private_copy(

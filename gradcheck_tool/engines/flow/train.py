@@ -20,11 +20,10 @@ from ...locations import locate_findings
 from ...losses import ProjectionLoss, UserLoss, call_loss
 from ...options import Optimizer, at_least, choice, positive
 from ...prepare import (
-    copy_of_model,
     home_device,
-    no_room_on_gpu,
     normalize_inputs,
     parse_device,
+    training_copy,
 )
 from ...results import FlowReport, LayerStats
 from ...stopping import Interrupted, caught, raise_if_stopped, shielded
@@ -129,15 +128,7 @@ def run_flow(
     with preserved_state():
         RngState.seeded(seed).restore()
         torch.set_grad_enabled(True)
-        try:
-            work = copy_of_model(model)
-            work.train()
-            if device is not None:
-                if move_model:
-                    work.to(device)
-                args, kwargs = map_tensors(lambda t: t.to(device), (args, kwargs))
-        except torch.cuda.OutOfMemoryError:
-            raise no_room_on_gpu(model_dtype_device(model)[0]) from None
+        work, args, kwargs = training_copy(model, args, kwargs, device, move_model=move_model)
         model_dtype, model_device = model_dtype_device(work)
         samples, warnings, comparable, interrupted = _train_and_measure(
             work,
@@ -286,7 +277,7 @@ def _train_and_measure(
             if optimizer == "sgd"
             else torch.optim.Adam(trainable, lr=lr)
         )
-    step_loss = _StepLoss(loss_fn, seed, folder, shard)
+    step_loss = StepLoss(loss_fn, seed, folder, shard)
     samples: list[StepSample] = []
     warnings: list[str] = [note] if note is not None else []
     # the update of each step, through the same optimizer hooks as the Monitor's (p.grad is
@@ -389,7 +380,7 @@ def _recorded_forward(
         recorder.end_forward()
 
 
-class _StepLoss:
+class StepLoss:
     """The scalar loss of a step: the user's `loss_fn(output, *inputs)` (its terms summed), or
     a seeded random projection of the output, made at the first step."""
 

@@ -24,9 +24,9 @@ from ..._tree import leaves_with_paths, map_tensors
 from ..._version import __version__
 from ...errors import GradtoolError, InputError, UserCodeError
 from ...options import at_least
-from ...prepare import _argument_names, copy_of_model, home_device, no_room_on_gpu, parse_device
+from ...prepare import argument_names, home_device, parse_device, training_copy
 from ...results import GraphModule, GraphReport, ModuleFlow
-from ..flow.train import _StepLoss
+from ..flow.train import StepLoss
 from .fine_graph import build
 from .tracer import Tracer
 
@@ -64,15 +64,7 @@ def run_graph(
     with preserved_state():
         RngState.seeded(seed).restore()
         torch.set_grad_enabled(True)
-        try:
-            work = copy_of_model(model)
-            work.train()
-            if move:
-                work.to(device)
-            if device is not None:
-                args, kwargs = map_tensors(lambda t: t.to(device), (args, kwargs))
-        except torch.cuda.OutOfMemoryError:
-            raise no_room_on_gpu(torch.float32) from None
+        work, args, kwargs = training_copy(model, args, kwargs, device, move_model=move)
         # the inputs as given (those that require grad stay leaves that do)
         args, kwargs = map_tensors(_fresh, (args, kwargs))
         inputs = {
@@ -93,7 +85,7 @@ def run_graph(
                     f"the model's forward raised {describe_exception(exc, None)}"
                 ) from exc
             tracer.end_forward()
-            loss = _StepLoss(loss_fn, seed, None)(output, args, kwargs)
+            loss = StepLoss(loss_fn, seed, None)(output, args, kwargs)
         finally:
             tracer.close()
         if not loss.requires_grad:
@@ -149,7 +141,7 @@ def _input_labels(
 ) -> dict[int, str]:
     """`((args, kwargs))[0][1]` paths read as the user's: the forward's own names (`z`,
     `batch['x']`, as `gradtool check` names inputs), else `args[1]`, `kwargs['mask']`."""
-    positional = list(_argument_names(forward, args, kwargs, False)[0]) if forward else []
+    positional = list(argument_names(forward, args, kwargs, False)[0]) if forward else []
     out = {}
     for key, path in inputs.items():
         if path.startswith("[0]"):

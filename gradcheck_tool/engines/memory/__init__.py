@@ -31,13 +31,13 @@ import torch
 from torch import nn
 
 from ..._guest import RngState, call_user, describe_exception, init_cuda, preserved_state
-from ..._tree import first_tensor, map_tensors
+from ..._tree import first_tensor
 from ..._version import __version__
 from ...errors import GradtoolError, InputError, OptionError, UserCodeError
 from ...options import at_least
-from ...prepare import copy_of_model, home_device, no_room_on_gpu, parse_device
+from ...prepare import home_device, parse_device, training_copy
 from ...results import MemoryReport, ModuleMemory
-from ..flow.train import _StepLoss
+from ..flow.train import StepLoss
 from .measure import LOSS, HeldStorages, StepProbe, StepRecord, fixed_keys
 
 PEAK_CUDA = "torch.cuda.max_memory_allocated"
@@ -64,17 +64,12 @@ class Session:
         self.seed = seed
         self.device = device
         self.folder = folder
-        try:
-            self.model = copy_of_model(model).train()
-            if device is not None:
-                self.model.to(device)
-            # gradtool's own inputs: a forward that writes into its input must not change
-            # the user's tensors
-            args, kwargs = map_tensors(lambda t: _own_copy(t, device), (args, kwargs))
-        except torch.cuda.OutOfMemoryError:
-            raise no_room_on_gpu(torch.float32) from None
-        self.args, self.kwargs = args, kwargs
-        self.loss = _StepLoss(loss_fn, seed, folder)
+        # gradtool's own inputs: a forward that writes into its input must not change the
+        # user's tensors
+        self.model, self.args, self.kwargs = training_copy(
+            model, args, kwargs, device, move_model=True, own_inputs=True
+        )
+        self.loss = StepLoss(loss_fn, seed, folder)
         self.on_cuda = device is not None and device.type == "cuda"
 
     def sync(self) -> None:
@@ -230,11 +225,6 @@ class Session:
                 h.remove()
         self.clear_grads()
         return dict(flops), int(counter.get_total_flops())
-
-
-def _own_copy(t: torch.Tensor, device: torch.device | None) -> torch.Tensor:
-    copy = t.detach().to(device if device is not None else t.device, copy=True)
-    return copy.requires_grad_(t.requires_grad)
 
 
 def _bytes(t: torch.Tensor) -> int:
