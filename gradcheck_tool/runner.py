@@ -179,25 +179,48 @@ def _flow_here(target: str, o: dict[str, Any], seed: int) -> Any:
     """flow in this process: the report (partial, with its reason, when it was stopped)."""
     from .engines.flow import run_flow
 
-    loaded, args, kwargs = load_seeded(target, o, valid_seed(seed))
+    return _run_loaded(
+        run_flow,
+        target,
+        o,
+        valid_seed(seed),
+        steps=o.get("steps", 1),
+        lr=o.get("lr"),
+        optimizer=o.get("optimizer", "sgd"),
+        pass_folder=True,
+    )
+
+
+def _run_loaded(
+    engine: Callable[..., Any],
+    target: str,
+    o: Mapping[str, Any],
+    seed: int,
+    pass_folder: bool = False,
+    **options: Any,
+) -> Any:
+    """Load the target (`load_seeded`) and run a training-step engine (flow, memory, graph)
+    on it with the options every one takes — the file's loss_fn, --device, --seed, the
+    target's name and how it was found, and with `pass_folder` the file's folder (where the
+    user's loss_fn is located in messages) — and `options`; a stopped run gives the partial
+    report its engine kept."""
+    loaded, args, kwargs = load_seeded(target, o, seed)
+    if pass_folder:
+        options["folder"] = loaded.path.resolve().parent
     try:
-        report = run_flow(
+        return engine(
             loaded.obj,
             args,
             kwargs,
             loss_fn=loaded.loss_fn,
-            steps=o.get("steps", 1),
-            lr=o.get("lr"),
-            optimizer=o.get("optimizer", "sgd"),
-            seed=seed,
             device=o.get("device"),
+            seed=seed,
             target=loaded.spec,
             found_by=loaded.found_by,
-            folder=loaded.path.resolve().parent,
+            **options,
         )
     except Interrupted as stop:
         return stop.report
-    return report
 
 
 def _memory(target: str, options: Mapping[str, Any], on_note: Callable[[str], None] | None) -> Any:
@@ -211,23 +234,16 @@ def _memory(target: str, options: Mapping[str, Any], on_note: Callable[[str], No
         from .formats.plot import check_plot_path
 
         check_plot_path(plot)
-    loaded, args, kwargs = load_seeded(target, o, seed)
-    try:
-        report = run_memory(
-            loaded.obj,
-            args,
-            kwargs,
-            loss_fn=loaded.loss_fn,
-            device=o.get("device"),
-            seed=seed,
-            apply_checkpoint=o.get("apply_checkpoint", False),
-            checkpoint=list(o.get("checkpoint") or ()),
-            top=o.get("top", 3),
-            target=loaded.spec,
-            found_by=loaded.found_by,
-        )
-    except Interrupted as stop:
-        return stop.report
+    report = _run_loaded(
+        run_memory,
+        target,
+        o,
+        seed,
+        pass_folder=True,
+        apply_checkpoint=o.get("apply_checkpoint", False),
+        checkpoint=list(o.get("checkpoint") or ()),
+        top=o.get("top", 3),
+    )
     if plot and report is not None:
         from .formats.plot import plot_memory
 
@@ -247,22 +263,9 @@ def _graph(target: str, options: Mapping[str, Any], on_note: Callable[[str], Non
     seed = valid_seed(o.get("seed", 0))
     outputs = {k: o[k] for k in ("dot", "svg", "png", "html") if o.get(k)}
     check_outputs(outputs)  # a bad path or a missing Graphviz before the model runs
-    loaded, args, kwargs = load_seeded(target, o, seed)
-    try:
-        report = run_graph(
-            loaded.obj,
-            args,
-            kwargs,
-            loss_fn=loaded.loss_fn,
-            device=o.get("device"),
-            seed=seed,
-            depth=o.get("depth"),
-            flow=o.get("flow", False),
-            target=loaded.spec,
-            found_by=loaded.found_by,
-        )
-    except Interrupted as stop:
-        return stop.report
+    report = _run_loaded(
+        run_graph, target, o, seed, depth=o.get("depth"), flow=o.get("flow", False)
+    )
     if report is not None and not report.interrupted:
         for written in write_outputs(report, outputs):
             if on_note is not None:
