@@ -48,6 +48,63 @@ def parse_fail_on(fail_on: str | Sequence[str] | None) -> tuple[str, ...]:
     return tuple(k for k in finding_kinds() if k in fatal)
 
 
+class SessionCallback:
+    """What the trainer callbacks (Lightning's, Hugging Face's) share: their options, the
+    FlowSession they drive, the report and the Monitor. A callback class derives from this
+    and its trainer's callback class, in that order.
+
+    every: record every N-th step (1: all of them).
+    fail_on: finding kinds ("nan,diverging", a list, or "all") that fail the run: training
+        stops at the first report that shows one, and the trainer's fit()/train() raises
+        GradFlowFailed once the report is written.
+    json: write the report (`gradtool flow --json`'s, plus the history) there at the end.
+    tensorboard: write each recorded step's scalars to this folder or SummaryWriter.
+    log: log the scalars through the trainer.
+    print_report: print the table and findings at the end (main process).
+    thresholds, functional, check_finite, name: as for Monitor.
+    """
+
+    def __init__(
+        self,
+        every: int = 10,
+        *,
+        fail_on: str | Sequence[str] | None = None,
+        json: str | None = None,
+        tensorboard: Any = None,
+        log: bool = True,
+        print_report: bool = True,
+        thresholds: Any = None,
+        functional: bool = True,
+        check_finite: bool = True,
+        name: str | None = None,
+    ) -> None:
+        super().__init__()
+        self._session = FlowSession(
+            every=every,
+            fail_on=fail_on,
+            json=json,
+            tensorboard=tensorboard,
+            print_report=print_report,
+            monitor_options={
+                "thresholds": thresholds,
+                "functional": functional,
+                "check_finite": check_finite,
+                "name": name,
+            },
+        )
+        self._log = log
+
+    @property
+    def report(self) -> Any:
+        """The last FlowReport (after training: the final one; None if gradtool failed: it
+        warned then, and training went on without it)."""
+        return self._session.report
+
+    @property
+    def monitor(self) -> Any:
+        return self._session.monitor
+
+
 class FlowSession:
     """One Monitor over one training run, as a trainer callback drives it."""
 

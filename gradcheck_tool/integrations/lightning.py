@@ -20,7 +20,6 @@ DDP's all-reduce, dead units over the global batch); the other ranks report noth
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 try:  # the unified package; the standalone one where only it is installed
@@ -28,8 +27,7 @@ try:  # the unified package; the standalone one where only it is installed
 except ImportError:  # pragma: no cover - depends on what is installed
     from pytorch_lightning.callbacks import Callback
 
-from ..engines.flow.thresholds import FlowThresholds
-from ._training import FlowSession, GradFlowFailed
+from ._training import GradFlowFailed, SessionCallback
 
 __all__ = ["GradFlowCallback", "GradFlowFailed"]
 
@@ -57,7 +55,7 @@ class _LoggerSink:
     _first = 0  # the trainer's step when the Monitor started (a resumed fit)
 
 
-class GradFlowCallback(Callback):
+class GradFlowCallback(SessionCallback, Callback):
     """Gradient flow of the LightningModule while it trains (see the module's docstring).
 
     every: record every N-th training batch (1: all of them).
@@ -75,45 +73,9 @@ class GradFlowCallback(Callback):
     and training went on without it).
     """
 
-    def __init__(
-        self,
-        every: int = 10,
-        *,
-        fail_on: str | Sequence[str] | None = None,
-        json: str | None = None,
-        tensorboard: Any = None,
-        log: bool = True,
-        print_report: bool = True,
-        thresholds: FlowThresholds | None = None,
-        functional: bool = True,
-        check_finite: bool = True,
-        name: str | None = None,
-    ) -> None:
-        super().__init__()
-        self._session = FlowSession(
-            every=every,
-            fail_on=fail_on,
-            json=json,
-            tensorboard=tensorboard,
-            print_report=print_report,
-            monitor_options={
-                "thresholds": thresholds,
-                "functional": functional,
-                "check_finite": check_finite,
-                "name": name,
-            },
-        )
-        self._log = log
+    def __init__(self, every: int = 10, **options: Any) -> None:
+        super().__init__(every, **options)
         self._batches = 0
-
-    @property
-    def report(self) -> Any:
-        """The last FlowReport (at the end of fit: the final one)."""
-        return self._session.report
-
-    @property
-    def monitor(self) -> Any:
-        return self._session.monitor
 
     # training begins and ends
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:

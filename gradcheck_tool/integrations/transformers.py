@@ -36,13 +36,11 @@ the gradient of all the micro-batches (Monitor's docstring).
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
 from typing import Any
 
 from transformers import TrainerCallback
 
-from ..engines.flow.thresholds import FlowThresholds
-from ._training import FlowSession, GradFlowFailed
+from ._training import GradFlowFailed, SessionCallback
 from .scalars import ERRORS_TAG, FINDINGS_TAG
 
 COUNT_TAGS = (FINDINGS_TAG, ERRORS_TAG)
@@ -84,7 +82,7 @@ def _model_wrapped(model: Any) -> Any:
     return None
 
 
-class GradFlowCallback(TrainerCallback):
+class GradFlowCallback(SessionCallback, TrainerCallback):
     """Gradient flow of the model while the Trainer trains it (see the module's docstring).
 
     every: record every N-th call of the model with grad enabled (1: all of them).
@@ -102,44 +100,9 @@ class GradFlowCallback(TrainerCallback):
     then, and training went on without it).
     """
 
-    def __init__(
-        self,
-        every: int = 10,
-        *,
-        fail_on: str | Sequence[str] | None = None,
-        json: str | None = None,
-        tensorboard: Any = None,
-        log: bool = True,
-        print_report: bool = True,
-        thresholds: FlowThresholds | None = None,
-        functional: bool = True,
-        check_finite: bool = True,
-        name: str | None = None,
-    ) -> None:
-        self._session = FlowSession(
-            every=every,
-            fail_on=fail_on,
-            json=json,
-            tensorboard=tensorboard,
-            print_report=print_report,
-            monitor_options={
-                "thresholds": thresholds,
-                "functional": functional,
-                "check_finite": check_finite,
-                "name": name,
-            },
-        )
-        self._log = log
+    def __init__(self, every: int = 10, **options: Any) -> None:
+        super().__init__(every, **options)
         self._latest = _LatestScalars()
-
-    @property
-    def report(self) -> Any:
-        """The last FlowReport (after train(): the final one)."""
-        return self._session.report
-
-    @property
-    def monitor(self) -> Any:
-        return self._session.monitor
 
     def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kw: Any):
         from ..engines.flow.monitor import Monitor
