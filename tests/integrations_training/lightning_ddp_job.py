@@ -7,6 +7,7 @@ writes what it saw to OUT/<mode>_rank<r>.txt (the report's found_by, gradtool's 
 
 from __future__ import annotations
 
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -117,3 +118,10 @@ if __name__ == "__main__":
     if dist.is_initialized():  # Lightning leaves its process group: gloo may abort at exit
         dist.barrier()
         dist.destroy_process_group()
+    # The results are on disk. Even with its group destroyed, gloo's threads still abort the
+    # interpreter's teardown now and then ("terminate called without an active exception":
+    # 2 of 4 runs of tests/integrations_training here, with and without gradtool's change),
+    # which would fail the job after it succeeded: leave without that teardown.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
