@@ -974,9 +974,9 @@ class GraphReport:
     warnings: tuple[str, ...] = ()
     seconds: float = 0.0
     interrupted: str | None = None
-    max_depth: int = 0  # the deepest level any module has
-    depth_given: bool = False  # --depth was given (else `depth` was chosen: formats/_graph.py)
-    depth_asked: int | None = None  # --depth as given when deeper than the model (clamped)
+    # --depth as given (None: `depth` was chosen, formats/_graph.default_depth); `depth` is
+    # the model's depth when this is deeper (clamped)
+    depth_asked: int | None = None
     # values taken out of the graph that the loss never used, costing no parameter anything
     # (a metric under no_grad, a loss printed with .item()): "no_grad at model.py:12"
     not_cuts: tuple[str, ...] = ()
@@ -996,6 +996,15 @@ class GraphReport:
         if self.interrupted:
             return EXIT_STOPPED.get(self.interrupted, EXIT_STOPPED["interrupt"])
         return 0
+
+    @property
+    def max_depth(self) -> int:
+        """The deepest level any module has."""
+        return max((m.depth for m in self.modules), default=0)
+
+    @property
+    def depth_given(self) -> bool:
+        return self.depth_asked is not None
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -69,10 +69,6 @@ class Collapsed:
         return sum(b.kind in ("module", "ops") for b in self.boxes)
 
 
-def max_depth(report: GraphReport) -> int:
-    return max((m.depth for m in report.modules), default=0)
-
-
 STACKS = ("ModuleList", "Sequential")
 
 
@@ -101,7 +97,7 @@ def default_depth(report: GraphReport, limit: int = MAX_BOXES) -> int:
     stack = repeated_stack(report)
     if stack is not None:
         return min(c.depth for c in report.modules if c.parent == stack.name)
-    deepest = max_depth(report)
+    deepest = report.max_depth
     chosen = min(1, deepest)
     for d in range(1, deepest + 1):
         if collapse(report, d).size <= limit:

@@ -25,7 +25,7 @@ def header_lines(report: GraphReport, view: Collapsed) -> list[str]:
         how = f"default: one box per member of {stack.name or '(model)'}; --depth N"
     else:
         how = f"default: deepest with at most {MAX_BOXES} boxes; --depth N"
-    if report.depth_asked is not None:
+    if report.depth_asked is not None and report.depth_asked > report.max_depth:
         how = f"--depth {report.depth_asked}: the model is only {report.max_depth} deep"
     lost = {u.name for u in report.unreached}
     reached = len({n.label for n in report.nodes if n.kind == "param"} - lost)

@@ -47,7 +47,7 @@ def run_graph(
     found_by: str = "",
 ) -> GraphReport:
     """The autograd graph of one forward and loss of `model` on (args, kwargs)."""
-    from ...formats._graph import default_depth, max_depth
+    from ...formats._graph import default_depth
 
     if not isinstance(model, nn.Module):
         raise InputError(
@@ -113,21 +113,11 @@ def run_graph(
         warnings=tuple(warnings),
         not_cuts=tuple(fine.not_cuts),
     )
-    deepest = max_depth(report)
-    chosen = depth if depth is not None else default_depth(report)
-    asked = None
-    if chosen > deepest:  # --depth 99: the model's depth, and the header says so
-        chosen, asked = deepest, chosen
+    # --depth 99: the model's depth, and the header says so
+    chosen = min(depth, report.max_depth) if depth is not None else default_depth(report)
     from dataclasses import replace
 
-    return replace(
-        report,
-        depth=chosen,
-        max_depth=deepest,
-        depth_given=depth is not None,
-        depth_asked=asked,
-        seconds=time.perf_counter() - started,
-    )
+    return replace(report, depth=chosen, depth_asked=depth, seconds=time.perf_counter() - started)
 
 
 def _fresh(t: torch.Tensor) -> torch.Tensor:
